@@ -1,0 +1,112 @@
+"""Composition root: build every long-lived object from a Config, and the startup/shutdown order.
+
+Startup: state directories, reap engine groups a previous daemon left behind (pid file), GPU probe,
+engines, residency manager, then the autostart engines (in the background: the API answers while
+they load). Shutdown (one ordered function): stop admitting work, let streams drain up to a
+deadline, stop every engine in stages, close the probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .engines.base import EngineContext
+from .engines.engine import Engine, build_adapter, enabled_engines
+from .events import EventBus
+from .gpu import GIB_BYTES, DeclaredProbe, FakeGpuProbe, GpuProbe, NvmlProbe, detect_probe
+from .residency import DirectResidency, Residency
+from .supervisor.launcher import Launcher, OsLauncher, PidFile
+
+log = logging.getLogger("appliance")
+
+
+def make_probe(config: Config) -> GpuProbe:
+    g = config.gpu
+    declared = int(g.declared_total_gb * GIB_BYTES)
+    if g.probe == "fake":
+        return FakeGpuProbe(Path(g.fake_dir).expanduser(), declared or 24 * GIB_BYTES)
+    if g.probe == "declared":
+        return DeclaredProbe(declared, reason="gpu.probe = declared")
+    if g.probe == "nvml":
+        return NvmlProbe(g.index)
+    return detect_probe(declared, g.index)
+
+
+class Appliance:
+    def __init__(self, config: Config, *, host: str, port: int, probe: GpuProbe | None = None,
+                 launcher: Launcher | None = None) -> None:
+        self.config = config
+        self.host = host
+        self.port = port
+        self.state_dir = config.state_path()
+        for sub in ("run", "logs", "engines", "data"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.started_at = time.time()
+        self.bus = EventBus()
+        self.gpu = probe or make_probe(config)
+        self.pidfile = PidFile(self.state_dir / "run" / "engines.json")
+        self.launcher = launcher or OsLauncher(self.pidfile)
+        gateway_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        self.ctx = EngineContext(config, self.state_dir, f"http://{gateway_host}:{port}")
+        self.engines: dict[str, Engine] = {
+            name: Engine(build_adapter(name, self.ctx), self.launcher, self.bus, self.gpu)
+            for name in enabled_engines(config)
+        }
+        self.residency: Residency = DirectResidency(
+            self.engines, {mid: m.engine for mid, m in config.models.items()}
+        )
+        self.accepting = True
+        self._background: set[asyncio.Task[None]] = set()
+
+    def gpu_note(self) -> str:
+        if isinstance(self.gpu, DeclaredProbe):
+            return f"{self.gpu.reason}; using a declared budget of {self.gpu.total_bytes / GIB_BYTES:.1f} GiB"
+        return ""
+
+    async def startup(self) -> None:
+        for line in self.pidfile.reap_leftovers():
+            log.warning("reaped: %s", line)
+        note = self.gpu_note()
+        if note:
+            log.warning("GPU: %s", note)
+        for name, eng in self.engines.items():
+            if self.config.engines[name].autostart:
+                task = asyncio.ensure_future(eng.process.start())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def shutdown(self) -> None:
+        self.accepting = False
+        await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)
+        self.pidfile.forget_all()
+        self.gpu.close()
+
+    def status(self) -> dict[str, Any]:
+        snap = self.gpu.snapshot()
+        gpu = snap.as_dict()
+        note = self.gpu_note()
+        if note:
+            gpu["note"] = note
+        return {
+            "version": __import__("appliance").__version__,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "profile": self.config.profile,
+            "config": self.config.source,
+            "gpu": gpu,
+            "engines": [e.status() for e in self.engines.values()],
+            "models": [
+                {"id": mid, "engine": m.engine, "modality": m.modality, "tier": self.residency.tier(mid)}
+                for mid, m in self.config.models.items()
+            ],
+        }
+
+    async def start_engine(self, name: str) -> None:
+        await self.engines[name].process.start()
+
+    async def stop_engine(self, name: str) -> None:
+        await self.engines[name].stop()

@@ -1,0 +1,175 @@
+"""The `appliance` command line (typer). The edge of the program: it reads the environment
+(`APPLIANCE_CONFIG`, `APPLIANCE_STATE_DIR`, `APPLIANCE_URL`, `APPLIANCE_API_KEY`), loads the
+configuration once, and turns errors into one clear line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .config import Config, ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="AI Appliance: one GPU box, every model, one OpenAI-compatible API.")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="config file (default: $APPLIANCE_CONFIG, "
+                                                "./config.toml, ~/.config/appliance/config.toml, "
+                                                "/etc/appliance/config.toml)")]
+
+SEARCH = (Path("config.toml"), Path("~/.config/appliance/config.toml"), Path("/etc/appliance/config.toml"))
+
+
+def resolve_config_path(explicit: Path | None) -> Path:
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("APPLIANCE_CONFIG")
+    if env:
+        return Path(env)
+    for cand in SEARCH:
+        if cand.expanduser().is_file():
+            return cand.expanduser()
+    raise ConfigError(["no configuration file found: pass --config PATH or set APPLIANCE_CONFIG "
+                       f"(looked for {', '.join(str(p) for p in SEARCH)})"])
+
+
+def obtain_config(explicit: Path | None) -> Config:
+    try:
+        return load_config(resolve_config_path(explicit), state_dir=os.environ.get("APPLIANCE_STATE_DIR"))
+    except ConfigError as exc:
+        for line in exc.lines:
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("check-config")
+def check_config(path: Annotated[Path | None, typer.Argument(help="config file to check")] = None,
+                 config: ConfigOpt = None) -> None:
+    """Validate a configuration file; exit non-zero with one line per problem."""
+    cfg = obtain_config(path or config)
+    typer.echo(f"{cfg.source}: ok (profile {cfg.profile}, {len(cfg.engines)} engines, {len(cfg.models)} models)")
+
+
+@app.command()
+def serve(config: ConfigOpt = None,
+          host: Annotated[str | None, typer.Option(help="bind address (default: server.host)")] = None,
+          port: Annotated[int | None, typer.Option(help="port (default: server.port)")] = None) -> None:
+    """Run the daemon in the foreground."""
+    cfg = obtain_config(config)
+    logging.basicConfig(level=cfg.server.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .daemon import RefusedBind, serve as run_daemon
+    from .gateway.keys import KeyStore
+
+    bind_host = host or cfg.server.host
+    bind_port = port or cfg.server.port
+    has_keys = KeyStore(cfg.state_path() / "data" / "keys.db").has_active()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        asyncio.run(run_daemon(cfg, bind_host, bind_port, has_keys))
+    except RefusedBind as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        pass
+
+
+def _api(path: str, method: str = "GET") -> Any:
+    base = os.environ.get("APPLIANCE_URL", "http://127.0.0.1:8080").rstrip("/")
+    req = urllib.request.Request(base + path, method=method)
+    key = os.environ.get("APPLIANCE_API_KEY")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            msg = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            msg = exc.reason
+        typer.echo(f"error: {base}{path}: {exc.code} {msg}", err=True)
+        raise typer.Exit(1) from None
+    except (urllib.error.URLError, OSError) as exc:
+        typer.echo(f"error: cannot reach the daemon at {base} ({exc}); is it running?", err=True)
+        raise typer.Exit(1) from None
+
+
+def _gb(n: int | None) -> str:
+    return "-" if n is None else f"{n / (1 << 30):.1f}G"
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False) -> None:
+    """Show the daemon's GPU and engines (from GET /api/status)."""
+    data = _api("/api/status")
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    gpu = data["gpu"]
+    console = Console()
+    console.print(f"[bold]appliance[/] {data['version']}  profile {data['profile']}  up {data['uptime_s']:.0f}s")
+    console.print(f"GPU ({gpu['kind']}): {gpu.get('name') or '-'}  used {_gb(gpu['used_bytes'])} of "
+                  f"{_gb(gpu['total_bytes'])}" + (f"  [yellow]{gpu['note']}[/]" if gpu.get("note") else ""))
+    table = Table("engine", "kind", "state", "pid", "port", "restarts", "GPU mem", "models", "last error")
+    for e in data["engines"]:
+        table.add_row(e["name"], e["kind"], e["state"], str(e["pid"] or "-"), str(e["port"]), str(e["restarts"]),
+                      _gb(e["memory_bytes"]), ", ".join(e["models"]), e["last_error"] or "")
+    console.print(table)
+
+
+@app.command()
+def logs(engine: str, tail: Annotated[int, typer.Option(help="lines")] = 100) -> None:
+    """Print an engine's recent output."""
+    data = _api(f"/api/engines/{engine}/logs?tail={tail}")
+    for line in data["lines"]:
+        typer.echo(line)
+
+
+@app.command()
+def engine(name: str, action: Annotated[str, typer.Argument(help="start, stop or restart")]) -> None:
+    """Start, stop or restart an engine through the running daemon."""
+    data = _api(f"/api/engines/{name}/{action}", method="POST")
+    typer.echo(f"{data['name']}: {data['state']}")
+
+
+def _register_optional() -> None:
+    """Commands whose modules are owned by other parts (catalog, keys)."""
+    try:
+        from . import catalog_cli
+    except ImportError:
+        pass
+    else:
+        app.command("models")(catalog_cli.models_command)
+        app.command("pull")(catalog_cli.pull_command)
+        app.command("plan")(catalog_cli.plan_command)
+    try:
+        from .gateway import keys_cli
+    except ImportError:
+        pass
+    else:
+        app.add_typer(keys_cli.app, name="keys")
+
+
+_register_optional()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,300 @@
+"""Configuration: TOML parsed once, at the edge, into frozen typed models.
+
+Owns every default and every validation rule. `load_config(path)` returns a `Config` or raises
+`ConfigError`, whose lines each name the file and the key path
+(`config.toml: engines.vllm.port: must be 1-65535, got 70000`).
+
+It must not read the environment beyond the two documented overrides (`APPLIANCE_CONFIG` chooses the
+file in the CLI; `APPLIANCE_STATE_DIR` overrides `server.state_dir`, passed in by the caller), start
+anything, or exit the process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+GIB = 1 << 30
+
+
+class ConfigError(Exception):
+    """One or more configuration problems, each line naming file and key path."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _port(v: int) -> int:
+    if not 1 <= v <= 65535:
+        raise ValueError(f"must be 1-65535, got {v}")
+    return v
+
+
+Port = Annotated[int, Field(strict=True)]
+
+
+class ServerConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    state_dir: str = "~/.local/share/appliance"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_body_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    load_deadline_s: float = Field(default=900.0, gt=0)  # how long a request may wait for its model
+    keepalive_interval_s: float = Field(default=5.0, gt=0)  # SSE comments while a stream waits
+    rate_limit_per_minute: int = Field(default=0, ge=0)  # per API key; 0 = unlimited
+    image_url_ttl_s: int = Field(default=3600, gt=0)
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+
+    _check_port = field_validator("port")(classmethod(lambda cls, v: _port(v)))
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, v: str) -> str:
+        if v in ("localhost", ""):
+            return "127.0.0.1" if v == "" else v
+        try:
+            ipaddress.ip_address(v)
+        except ValueError as exc:
+            raise ValueError(f"must be an IP address or 'localhost', got {v!r}") from exc
+        return v
+
+
+class GpuConfig(_Frozen):
+    probe: Literal["auto", "nvml", "declared", "fake"] = "auto"
+    index: int = Field(default=0, ge=0)
+    declared_total_gb: float = Field(default=0.0, ge=0)  # budget when there is no NVIDIA GPU
+    reserve_gb: float = Field(default=1.5, ge=0)  # kept free for CUDA contexts and fragmentation
+    host_ram_budget_gb: float = Field(default=32.0, ge=0)  # pinned host RAM for slept/offloaded weights
+    fake_dir: str = ""  # used with probe = "fake" (tests): where stand-ins report usage
+    sample_interval_s: float = Field(default=2.0, gt=0)
+
+
+class SchedulerConfig(_Frozen):
+    max_wait_s: float = Field(default=30.0, gt=0)  # starvation bound for other models' waiters
+    preemption: bool = False  # abort and resume LLM streams to swap sooner
+    tick_s: float = Field(default=1.0, gt=0)
+    release_deadline_s: float = Field(default=30.0, gt=0)  # before a release escalates
+    footprint_headroom: float = Field(default=1.05, ge=1.0)
+
+
+class RestartPolicy(_Frozen):
+    max_failures: int = Field(default=5, ge=1)  # within window_s, then FATAL
+    window_s: float = Field(default=300.0, gt=0)
+    backoff_initial_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+
+
+class _EngineBase(_Frozen):
+    enabled: bool = True
+    autostart: bool = False  # start with the daemon instead of on the first request
+    port: Port
+    command: list[str] = Field(default_factory=list)  # executable prefix override
+    env: dict[str, str] = Field(default_factory=dict)
+    ready_timeout_s: float = Field(default=120.0, gt=0)
+    stop_grace_s: float = Field(default=10.0, ge=0)
+    restart: RestartPolicy = RestartPolicy()
+
+    _check_port = field_validator("port")(classmethod(lambda cls, v: _port(v)))
+
+
+class LmcacheConfig(_Frozen):
+    enabled: bool = True
+    chunk_size: int = Field(default=256, gt=0)
+    cpu_gb: float = Field(default=8.0, ge=0)
+    disk_gb: float = Field(default=0.0, ge=0)
+    disk_path: str = ""  # default: <state_dir>/lmcache
+
+
+class VllmEngine(_EngineBase):
+    kind: Literal["vllm"]
+    model: str = Field(min_length=1)
+    served_model_name: str = ""
+    port: Port = 8001
+    ready_timeout_s: float = Field(default=900.0, gt=0)  # vLLM may take 10 minutes to answer /health
+    stop_grace_s: float = Field(default=30.0, ge=0)
+    gpu_memory_utilization: float | Literal["auto"] = "auto"
+    max_model_len: int | Literal["auto"] = "auto"
+    kv_bytes_per_token: int = Field(default=262_144, gt=0)  # Qwen2.5-32B: 64 layers x 8 KV heads x 128 x 2 x 2
+    sleep_mode: bool = True
+    quantization: str = ""
+    extra_args: list[str] = Field(default_factory=list)
+    lmcache: LmcacheConfig = LmcacheConfig()
+
+    @field_validator("gpu_memory_utilization")
+    @classmethod
+    def _check_util(cls, v: float | str) -> float | str:
+        if isinstance(v, float | int) and not 0.05 <= float(v) <= 0.99:
+            raise ValueError(f"must be between 0.05 and 0.99 or \"auto\", got {v}")
+        return v
+
+
+class ComfyUIEngine(_EngineBase):
+    kind: Literal["comfyui"]
+    path: str = "~/ComfyUI"  # checkout holding main.py
+    port: Port = 8188
+    ready_timeout_s: float = Field(default=180.0, gt=0)
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class WorkerEngine(_EngineBase):
+    kind: Literal["worker"]
+    worker: Literal["text", "embed", "speech", "diffusers"]
+    model_path: str = Field(min_length=1)
+    python: str = ""  # interpreter (the XTTS backend runs from its own virtual environment)
+    device: str = "auto"
+    port: Port = 8010
+    ready_timeout_s: float = Field(default=60.0, gt=0)
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class OpenWebUIEngine(_EngineBase):
+    kind: Literal["openwebui"]
+    port: Port = 3000
+    ready_timeout_s: float = Field(default=300.0, gt=0)
+    api_key_env: str = ""  # name of an environment variable holding the gateway key for Open WebUI
+
+
+EngineConfig = Annotated[
+    VllmEngine | ComfyUIEngine | WorkerEngine | OpenWebUIEngine, Field(discriminator="kind")
+]
+
+
+class ModelConfig(_Frozen):
+    engine: str = Field(min_length=1)
+    modality: Literal["text", "image", "speech", "embedding"]
+    catalog: str = ""  # id in the model catalog, for sizes and downloads
+    vram_gb: float = Field(default=1.0, gt=0)  # estimate until measured
+    host_ram_gb: float = Field(default=0.0, ge=0)  # 0: same as vram_gb
+    max_wait_s: float | None = None  # default: scheduler.max_wait_s
+    keep_alive_s: float | None = None  # None = keep until evicted
+    pinned: bool = False
+    queue_limit: int = Field(default=64, ge=1)
+    concurrency: int = Field(default=0, ge=0)  # 0 = by modality (text 32, others 1)
+    max_tokens_cap: int = Field(default=4096, gt=0)
+    workflow: str = ""  # ComfyUI workflow template (image models on comfyui)
+    checkpoint: str = ""  # ComfyUI checkpoint file name
+    voices: list[str] = Field(default_factory=list)
+
+
+class LicenceConfig(_Frozen):
+    accepted: list[str] = Field(default_factory=list)  # e.g. ["CPML"] for XTTS v2
+
+
+class Config(_Frozen):
+    profile: Literal["ultra-minimal", "full"] = "ultra-minimal"
+    server: ServerConfig = ServerConfig()
+    gpu: GpuConfig = GpuConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    engines: dict[str, EngineConfig] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    licences: LicenceConfig = LicenceConfig()
+    source: str = "<defaults>"  # the file this came from (not a TOML key)
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Config:
+        problems: list[str] = []
+        for mid, m in self.models.items():
+            eng = self.engines.get(m.engine)
+            if eng is None:
+                known = ", ".join(sorted(self.engines)) or "none"
+                problems.append(f"models.{mid}.engine: unknown engine {m.engine!r} (defined: {known})")
+            elif isinstance(eng, OpenWebUIEngine):
+                problems.append(f"models.{mid}.engine: {m.engine!r} is an Open WebUI engine, not a model server")
+        ports: dict[int, str] = {}
+        for name, eng in self.engines.items():
+            if eng.port == self.server.port:
+                problems.append(f"engines.{name}.port: {eng.port} is the daemon's own port (server.port)")
+            if eng.port in ports:
+                problems.append(f"engines.{name}.port: {eng.port} is already used by engines.{ports[eng.port]}")
+            ports[eng.port] = name
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def state_path(self) -> Path:
+        return Path(self.server.state_dir).expanduser()
+
+    def models_of(self, engine: str) -> list[str]:
+        return [mid for mid, m in self.models.items() if m.engine == engine]
+
+
+def _describe(err: Mapping[str, Any]) -> tuple[str, str]:
+    loc = [str(p) for p in err.get("loc", ())]
+    # Drop the discriminator tag pydantic inserts for tagged unions (engines.vllm.vllm.port).
+    if len(loc) >= 3 and loc[0] == "engines" and loc[2] in ("vllm", "comfyui", "worker", "openwebui"):
+        loc = loc[:2] + loc[3:]
+    path = ".".join(loc)
+    kind = err.get("type", "")
+    got = err.get("input")
+    msg: str
+    if kind == "extra_forbidden":
+        msg = "unknown key"
+    elif kind == "missing":
+        msg = "required key missing"
+    elif kind in ("int_type", "int_parsing", "int_from_float"):
+        msg = f"must be an integer, got {got!r}"
+    elif kind in ("float_type", "float_parsing"):
+        msg = f"must be a number, got {got!r}"
+    elif kind in ("bool_type", "bool_parsing"):
+        msg = f"must be true or false, got {got!r}"
+    elif kind in ("string_type",):
+        msg = f"must be a string, got {got!r}"
+    elif kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        msg = f"must be one of {expected}, got {got!r}"
+    elif kind == "union_tag_invalid":
+        msg = f"kind must be one of vllm, comfyui, worker, openwebui, got {err.get('ctx', {}).get('tag')!r}"
+    elif kind == "union_tag_not_found":
+        msg = "kind: required key missing (vllm, comfyui, worker or openwebui)"
+    elif kind == "value_error":
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+    else:
+        msg = str(err.get("msg", kind))
+        if got is not None and not isinstance(got, dict):
+            msg += f", got {got!r}"
+    return path, msg
+
+
+def parse_config(data: Mapping[str, Any], source: str = "<defaults>", state_dir: str | None = None) -> Config:
+    """Validate a parsed TOML document; raise ConfigError naming `source` and each key path."""
+    raw = dict(data)
+    if "source" in raw:
+        raise ConfigError([f"{source}: source: unknown key"])
+    if state_dir:
+        raw["server"] = {**dict(raw.get("server", {})), "state_dir": state_dir}
+    try:
+        return Config.model_validate({**raw, "source": source})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            path, msg = _describe(err)
+            if not path and ";" in msg:  # cross-checks: one line each
+                lines.extend(f"{source}: {part.strip()}" for part in msg.split(";"))
+            else:
+                lines.append(f"{source}: {path}: {msg}" if path else f"{source}: {msg}")
+        raise ConfigError(lines) from None
+
+
+def load_config(path: Path | str, state_dir: str | None = None) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: file not found"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{p}: invalid TOML: {exc}"]) from None
+    return parse_config(data, source=str(p), state_dir=state_dir)

@@ -1,0 +1,76 @@
+"""Running the daemon: uvicorn serving the app, systemd notification, orderly signals.
+
+uvicorn's own handlers turn SIGTERM/SIGINT into a flag; the lifespan then runs the Appliance's one
+ordered shutdown. READY=1 goes to systemd (NOTIFY_SOCKET) once the port listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+
+import uvicorn
+
+from .app import Appliance
+from .config import Config
+from .gateway.app import build_app
+
+log = logging.getLogger("appliance")
+
+
+class RefusedBind(Exception):
+    pass
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def sd_notify(message: str) -> bool:
+    """Send a datagram to systemd's NOTIFY_SOCKET; a no-op without one."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(addr)
+        sock.sendall(message.encode())
+    return True
+
+
+async def _notify_when_listening(server: uvicorn.Server) -> None:
+    while not server.started:
+        if server.should_exit:
+            return
+        await asyncio.sleep(0.05)
+    sd_notify("READY=1\nSTATUS=serving")
+    log.info("appliance ready on port %s", server.config.port)
+
+
+async def serve(config: Config, host: str, port: int, has_keys: bool) -> None:
+    if not is_loopback(host) and not has_keys:
+        raise RefusedBind(
+            f"refusing to listen on {host}: no API key exists. Create one first with "
+            "`appliance keys create --name admin --admin`, or bind 127.0.0.1."
+        )
+    appliance = Appliance(config, host=host, port=port)
+    app = build_app(appliance)
+    uv = uvicorn.Config(app, host=host, port=port, log_level=config.server.log_level, access_log=False,
+                        lifespan="on", loop="none", http="httptools",
+                        timeout_graceful_shutdown=int(config.server.shutdown_grace_s) or None)
+    server = uvicorn.Server(uv)
+    notifier = asyncio.ensure_future(_notify_when_listening(server))
+    try:
+        await server.serve()
+    finally:
+        notifier.cancel()
+        sd_notify("STOPPING=1")

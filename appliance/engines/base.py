@@ -1,0 +1,115 @@
+"""The adapter protocol every engine kind implements, and what they share.
+
+An adapter knows one engine kind's command line and environment, its readiness probe, how to
+`activate` it (wake or load onto the GPU) and how to `release(tier)` it (sleep/offload to host RAM,
+or drop the weights), and what its process group holds on the GPU. It does not own the process
+(the supervisor does) and does not decide when to do any of this (the residency scheduler does).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import aiohttp
+
+from ..config import Config
+from ..gpu import GpuSnapshot
+from ..supervisor.launcher import LaunchSpec
+
+LOOPBACK = "127.0.0.1"
+
+
+class Tier(str, Enum):
+    """Where a model's weights live."""
+
+    VRAM = "vram"
+    HOST = "host"  # slept / offloaded to (pinned) host RAM: fast to bring back
+    DISK = "disk"  # dropped from memory, on local disk
+    ABSENT = "absent"  # not downloaded
+
+
+class ControlError(Exception):
+    """An engine's control route failed (status or transport)."""
+
+
+@dataclass(frozen=True)
+class EngineContext:
+    """What adapters need from the daemon: where state lives and where the gateway listens."""
+
+    config: Config
+    state_dir: Path
+    gateway_url: str
+    python: str = sys.executable
+
+    def engine_dir(self, name: str) -> Path:
+        path = self.state_dir / "engines" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class Adapter:
+    kind = "base"
+    readiness_path = "/health"
+    releasable: frozenset[Tier] = frozenset()  # tiers release() can reach without stopping
+
+    def __init__(self, name: str, ctx: EngineContext) -> None:
+        self.name = name
+        self.ctx = ctx
+        self.cfg = ctx.config.engines[name]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.cfg.port}"
+
+    @property
+    def models(self) -> list[str]:
+        return self.ctx.config.models_of(self.name)
+
+    def launch_spec(self) -> LaunchSpec:
+        raise NotImplementedError
+
+    async def probe(self, session: aiohttp.ClientSession) -> bool:
+        try:
+            async with session.get(self.base_url + self.readiness_path,
+                                   timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def activate(self, session: aiohttp.ClientSession) -> None:
+        """Bring the weights onto the GPU (wake or load). Default: nothing to do."""
+
+    async def release(self, session: aiohttp.ClientSession, tier: Tier) -> None:
+        """Move the weights down to `tier` (HOST or DISK) while the process keeps running."""
+        raise ControlError(f"{self.name}: {self.kind} engines cannot release to {tier.value}")
+
+    def memory_held(self, snapshot: GpuSnapshot, pids: set[int]) -> int:
+        return snapshot.used_by(pids)
+
+    async def _post(self, session: aiohttp.ClientSession, path: str, *, json_body: object | None = None,
+                    timeout_s: float = 120.0) -> bytes:
+        try:
+            async with session.post(self.base_url + path, json=json_body,
+                                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise ControlError(f"{self.name}: POST {path} -> {resp.status} {body[:200]!r}")
+                return body
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ControlError(f"{self.name}: POST {path} failed: {exc!r}") from exc
+
+    async def _get_json(self, session: aiohttp.ClientSession, path: str, timeout_s: float = 10.0) -> object:
+        try:
+            async with session.get(self.base_url + path, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                if resp.status != 200:
+                    raise ControlError(f"{self.name}: GET {path} -> {resp.status}")
+                return await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise ControlError(f"{self.name}: GET {path} failed: {exc!r}") from exc
+
+
+def expand(path: str) -> str:
+    return str(Path(path).expanduser())

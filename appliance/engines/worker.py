@@ -1,0 +1,55 @@
+"""The appliance's own workers (services/): one model per process, a small HTTP control protocol:
+`/load` (load or wake), `/offload` (weights to pinned host RAM), `/unload` (drop weights), `/stats`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import aiohttp
+
+from ..config import WorkerEngine
+from ..supervisor.launcher import LaunchSpec
+from .base import Adapter, EngineContext, Tier
+
+
+def _services_root() -> str:
+    spec = importlib.util.find_spec("services")  # locate without importing the worker code
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the 'services' package (the appliance's workers) is not installed")
+    return str(Path(spec.origin).parent.parent)
+
+
+class WorkerAdapter(Adapter):
+    kind = "worker"
+    readiness_path = "/health"
+    releasable = frozenset({Tier.HOST, Tier.DISK})
+
+    def __init__(self, name: str, ctx: EngineContext) -> None:
+        super().__init__(name, ctx)
+        assert isinstance(self.cfg, WorkerEngine)
+        self.wcfg: WorkerEngine = self.cfg
+
+    def launch_spec(self) -> LaunchSpec:
+        w = self.wcfg
+        prefix = list(w.command) or [w.python or self.ctx.python, "-m", f"services.{w.worker}"]
+        model_id = self.models[0] if self.models else self.name
+        argv = [*prefix, "--host", "127.0.0.1", "--port", str(w.port), "--model-id", model_id,
+                "--model-path", os.path.expanduser(w.model_path), "--device", w.device, *w.extra_args]
+        env = dict(w.env)
+        if not w.command:
+            root = _services_root()
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        return LaunchSpec(self.name, argv, env)
+
+    async def activate(self, session: aiohttp.ClientSession) -> None:
+        await self._post(session, "/load", timeout_s=self.wcfg.ready_timeout_s * 10)
+
+    async def release(self, session: aiohttp.ClientSession, tier: Tier) -> None:
+        await self._post(session, "/offload" if tier is Tier.HOST else "/unload")
+
+    async def stats(self, session: aiohttp.ClientSession) -> dict[str, object]:
+        data = await self._get_json(session, "/stats")
+        return data if isinstance(data, dict) else {}

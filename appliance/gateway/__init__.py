@@ -1,0 +1,1 @@
+"""The HTTP layer: the app factory, one router per resource, errors mapped in one place."""

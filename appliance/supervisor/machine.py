@@ -1,0 +1,242 @@
+"""The pure per-engine supervision machine: inputs in, effects out, time passed in.
+
+It owns the state, the failure history and the timers' tokens of one engine; it never spawns,
+signals, sleeps or reads a clock, so tests drive it synchronously with a fake launcher and clock.
+
+Staged stop (the effects it emits, in order): SIGTERM to the process group; after `stop_grace_s`
+SIGKILL to the group; the driver reaps, and the `Exited` input moves the machine to STOPPED.
+Restart: an unexpected exit (or a readiness timeout, which first kills the group) records a failure;
+with fewer than `max_failures` failures inside `window_s` it waits `backoff_initial_s * 2**k`
+(capped at `backoff_max_s`) in BACKOFF and starts again, otherwise it goes FATAL.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .states import ProcessState, check_transition
+
+S = ProcessState
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StartRequested:
+    pass
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    pass
+
+
+@dataclass(frozen=True)
+class Spawned:
+    pid: int
+
+
+@dataclass(frozen=True)
+class SpawnFailed:
+    reason: str
+    permanent: bool  # e.g. the executable does not exist: retrying cannot help
+
+
+@dataclass(frozen=True)
+class ProbePassed:
+    pass
+
+
+@dataclass(frozen=True)
+class Exited:
+    pid: int
+    returncode: int
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    kind: str  # "ready" | "grace" | "backoff"
+    token: int
+
+
+Input = StartRequested | StopRequested | Spawned | SpawnFailed | ProbePassed | Exited | TimerFired
+
+
+# ---- effects ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Spawn:
+    pass
+
+
+@dataclass(frozen=True)
+class BeginProbe:
+    pid: int
+
+
+@dataclass(frozen=True)
+class SignalGroup:
+    signum: int
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    kind: str
+    delay_s: float
+    token: int
+
+
+Effect = Spawn | BeginProbe | SignalGroup | SetTimer
+
+StateListener = Callable[[ProcessState, ProcessState, str], None]
+
+
+class ProcessMachine:
+    def __init__(
+        self,
+        name: str,
+        *,
+        ready_timeout_s: float,
+        stop_grace_s: float,
+        max_failures: int,
+        window_s: float,
+        backoff_initial_s: float,
+        backoff_max_s: float,
+        on_state: StateListener | None = None,
+    ) -> None:
+        self.name = name
+        self.ready_timeout_s = ready_timeout_s
+        self.stop_grace_s = stop_grace_s
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.state = S.STOPPED
+        self.pid: int | None = None
+        self.restarts = 0
+        self.last_error = ""
+        self._failures: deque[float] = deque()
+        self._token = 0
+        self._on_state = on_state
+        self._kill_sent = False
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _set_state(self, new: ProcessState, reason: str = "") -> None:
+        old = self.state
+        check_transition(self.name, old, new)
+        self.state = new
+        if self._on_state is not None:
+            self._on_state(old, new, reason)
+
+    def _timer(self, kind: str, delay: float) -> SetTimer:
+        self._token += 1
+        return SetTimer(kind, delay, self._token)
+
+    def _record_failure(self, now: float, reason: str) -> list[Effect]:
+        self.last_error = reason
+        self._failures.append(now)
+        while self._failures and now - self._failures[0] > self.window_s:
+            self._failures.popleft()
+        if len(self._failures) >= self.max_failures:
+            self._set_state(S.FATAL, f"{reason}; {len(self._failures)} failures within {self.window_s:g}s")
+            return []
+        delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (len(self._failures) - 1))
+        self._set_state(S.BACKOFF, f"{reason}; retrying in {delay:g}s")
+        return [self._timer("backoff", delay)]
+
+    def _begin_start(self, reason: str) -> list[Effect]:
+        self._set_state(S.STARTING, reason)
+        self._kill_sent = False
+        return [Spawn()]
+
+    def backoff_delay_preview(self) -> float:
+        n = max(1, len(self._failures))
+        return min(self.backoff_max_s, self.backoff_initial_s * 2 ** (n - 1))
+
+    # -- the transition function -----------------------------------------------------------------
+    def handle(self, event: Input, now: float) -> list[Effect]:
+        st = self.state
+        if isinstance(event, StartRequested):
+            if st is S.STOPPED:
+                return self._begin_start("start requested")
+            if st is S.FATAL:
+                self._failures.clear()
+                return self._begin_start("start requested after fatal")
+            if st is S.BACKOFF:
+                # An explicit start skips the remaining backoff wait.
+                self._token += 1
+                return self._begin_start("start requested during backoff")
+            return []
+        if isinstance(event, StopRequested):
+            if st in (S.STARTING, S.READY):
+                self._set_state(S.STOPPING, "stop requested")
+                if self.pid is None:  # spawn still pending: nothing to signal yet
+                    return [self._timer("grace", self.stop_grace_s)]
+                return [SignalGroup(signal.SIGTERM), self._timer("grace", self.stop_grace_s)]
+            if st in (S.BACKOFF, S.FATAL):
+                self._token += 1
+                self._set_state(S.STOPPED, "stop requested")
+            return []
+        if isinstance(event, Spawned):
+            if st is S.STARTING:
+                self.pid = event.pid
+                return [BeginProbe(event.pid), self._timer("ready", self.ready_timeout_s)]
+            if st is S.STOPPING:
+                self.pid = event.pid
+                return [SignalGroup(signal.SIGTERM)]
+            return []
+        if isinstance(event, SpawnFailed):
+            self.pid = None
+            if st is S.STOPPING:
+                self._set_state(S.STOPPED, "stopped before spawn")
+                return []
+            if st is not S.STARTING:
+                return []
+            if event.permanent:
+                self.last_error = event.reason
+                self._set_state(S.FATAL, event.reason)
+                return []
+            return self._record_failure(now, event.reason)
+        if isinstance(event, ProbePassed):
+            if st is S.STARTING:
+                self._token += 1  # cancels the ready timer
+                self._set_state(S.READY, "readiness probe passed")
+            return []
+        if isinstance(event, Exited):
+            if event.pid != self.pid:
+                return []
+            self.pid = None
+            if st is S.STOPPING:
+                self._token += 1
+                self._set_state(S.STOPPED, f"exited with {event.returncode}")
+                return []
+            if st in (S.STARTING, S.READY):
+                self._token += 1
+                if st is S.STARTING and self._kill_sent:
+                    reason = f"not ready within {self.ready_timeout_s:g}s; killed"
+                elif st is S.STARTING:
+                    reason = f"exited during start with code {event.returncode}"
+                else:
+                    reason = f"exited unexpectedly with code {event.returncode}"
+                return self._record_failure(now, reason)
+            return []
+        if isinstance(event, TimerFired):
+            if event.token != self._token:
+                return []  # stale timer
+            if event.kind == "ready" and st is S.STARTING:
+                # Not ready in time: kill the group now; the exit is then counted as a failure.
+                self.last_error = f"not ready within {self.ready_timeout_s:g}s"
+                self._kill_sent = True
+                return [SignalGroup(signal.SIGKILL)]
+            if event.kind == "grace" and st is S.STOPPING:
+                self._kill_sent = True
+                if self.pid is None:
+                    self._set_state(S.STOPPED, "stopped")
+                    return []
+                return [SignalGroup(signal.SIGKILL)]
+            if event.kind == "backoff" and st is S.BACKOFF:
+                self.restarts += 1
+                return self._begin_start("restarting after backoff")
+            return []
+        raise TypeError(f"unknown input {event!r}")
