@@ -67,7 +67,8 @@ def serve(config: ConfigOpt = None,
     cfg = obtain_config(config)
     logging.basicConfig(level=cfg.server.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .daemon import RefusedBind, serve as run_daemon
+    from .daemon import RefusedBind
+    from .daemon import serve as run_daemon
     from .gateway.keys import KeyStore
 
     bind_host = host or cfg.server.host
@@ -153,7 +154,7 @@ def engine(name: str, action: Annotated[str, typer.Argument(help="start, stop or
 def _register_optional() -> None:
     """Commands whose modules are owned by other parts (catalog, keys)."""
     try:
-        from . import catalog_cli
+        from . import catalog_cli  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         pass
     else:
@@ -161,7 +162,7 @@ def _register_optional() -> None:
         app.command("pull")(catalog_cli.pull_command)
         app.command("plan")(catalog_cli.plan_command)
     try:
-        from .gateway import keys_cli
+        from .gateway import keys_cli  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         pass
     else:

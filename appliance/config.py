@@ -275,7 +275,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<defaults>", state_dir:
     try:
         return Config.model_validate({**raw, "source": source})
     except ValidationError as exc:
-        lines = []
+        lines: list[str] = []
         for err in exc.errors():
             path, msg = _describe(err)
             if not path and ";" in msg:  # cross-checks: one line each

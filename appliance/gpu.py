@@ -13,6 +13,7 @@ It must not make decisions (the scheduler does) nor log on the hot path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -206,10 +207,8 @@ class NvmlProbe:
         )
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(self._nvml.NVMLError):
             self._nvml.nvmlShutdown()
-        except self._nvml.NVMLError:
-            pass
 
 
 def detect_probe(declared_total_bytes: int = 0, index: int = 0) -> GpuProbe:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import aiohttp
@@ -22,7 +22,7 @@ from ..supervisor.launcher import LaunchSpec
 LOOPBACK = "127.0.0.1"
 
 
-class Tier(str, Enum):
+class Tier(StrEnum):
     """Where a model's weights live."""
 
     VRAM = "vram"

@@ -35,7 +35,7 @@ class ApiError(Exception):
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
             return {}
-        return {"Retry-After": str(max(1, int(round(self.retry_after))))}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
 
     def response(self) -> Response:
         return Response(json.dumps(self.body()), status_code=self.status, headers=self.headers(),

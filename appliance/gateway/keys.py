@@ -43,7 +43,7 @@ class KeyStore:
         conn.execute("PRAGMA journal_mode=WAL")
         db = sqlite_utils.Database(conn)
         if "keys" not in db.table_names():
-            db["keys"].create({"id": str, "name": str, "admin": int, "hash": str, "created": float,
+            db.table("keys").create({"id": str, "name": str, "admin": int, "hash": str, "created": float,
                                "revoked": float}, pk="id", not_null={"name", "hash"})
             self.path.chmod(0o600)
         return db
@@ -56,7 +56,7 @@ class KeyStore:
         now = time.time()
         db = self._db()
         with db.conn:
-            db["keys"].insert({"id": key_id, "name": name, "admin": int(admin), "hash": _hash(secret),
+            db.table("keys").insert({"id": key_id, "name": name, "admin": int(admin), "hash": _hash(secret),
                                "created": now, "revoked": None})
         return ApiKey(key_id, name, admin, now, None), f"{PREFIX}{key_id}-{secret}"
 

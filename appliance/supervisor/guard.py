@@ -11,6 +11,7 @@ child's status (128+N for a signal). Stdlib only: it must start in milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -55,16 +56,14 @@ def main(argv: list[str]) -> int:
         return 1
     try:
         # The child gets default dispositions back (Popen restores SIGPIPE etc.; reset ours here).
-        child = subprocess.Popen(command, preexec_fn=_reset_signals)  # noqa: PLW1509
+        child = subprocess.Popen(command, preexec_fn=_reset_signals)
     except OSError as exc:
         print(f"guard: cannot execute {command[0]!r}: {exc.strerror}", file=sys.stderr)
         return 127
     rc = child.wait()
     for pid in _group_members(os.getpgid(0)):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return 128 - rc if rc < 0 else rc
 
 

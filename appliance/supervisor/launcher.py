@@ -7,6 +7,7 @@ Tests replace `Launcher` with a recording fake; nothing else in the supervisor t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -99,16 +100,22 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19]) if fields else None  # starttime, clock ticks since boot
 
 
+def check_spec(spec: LaunchSpec) -> None:
+    """Failures no retry can fix: no executable, no working directory."""
+    exe = spec.argv[0] if spec.argv else ""
+    if not exe or shutil.which(exe, path=spec.env.get("PATH", os.environ.get("PATH"))) is None:
+        raise SpawnError(f"executable {exe!r} not found", permanent=True)
+    if spec.cwd and not os.path.isdir(spec.cwd):
+        raise SpawnError(f"working directory {spec.cwd!r} does not exist", permanent=True)
+
+
 class OsLauncher:
     def __init__(self, pidfile: PidFile | None = None) -> None:
         self.pidfile = pidfile
 
     async def spawn(self, spec: LaunchSpec) -> ChildHandle:
-        exe = spec.argv[0] if spec.argv else ""
-        if not exe or shutil.which(exe, path=spec.env.get("PATH", os.environ.get("PATH"))) is None:
-            raise SpawnError(f"executable {exe!r} not found", permanent=True)
-        if spec.cwd and not Path(spec.cwd).is_dir():
-            raise SpawnError(f"working directory {spec.cwd!r} does not exist", permanent=True)
+        check_spec(spec)
+        exe = spec.argv[0]
         env = {**os.environ, **spec.env}
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -127,10 +134,8 @@ class OsLauncher:
         return _Child(proc, spec.name, self.pidfile)
 
     def signal_group(self, pgid: int, signum: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signum)
-        except ProcessLookupError:
-            pass
 
     def group_pids(self, pgid: int) -> set[int]:
         return group_members(pgid)

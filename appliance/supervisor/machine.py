@@ -152,7 +152,7 @@ class ProcessMachine:
 
     def backoff_delay_preview(self) -> float:
         n = max(1, len(self._failures))
-        return min(self.backoff_max_s, self.backoff_initial_s * 2 ** (n - 1))
+        return float(min(self.backoff_max_s, self.backoff_initial_s * 2 ** (n - 1)))
 
     # -- the transition function -----------------------------------------------------------------
     def handle(self, event: Input, now: float) -> list[Effect]:

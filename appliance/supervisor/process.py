@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..events import Event, EventBus
-from .launcher import ChildHandle, LaunchSpec, Launcher, SpawnError
+from .launcher import ChildHandle, Launcher, LaunchSpec, SpawnError
 from .logs import OutputLog
 from .machine import (
     BeginProbe,
@@ -116,9 +116,9 @@ class ManagedProcess:
 
     async def ensure_ready(self, timeout_s: float | None = None) -> None:
         """Start if needed and wait for READY; raise EngineUnavailable on FATAL or deadline."""
-        if self.state is ProcessState.READY:
+        if self.machine.state is ProcessState.READY:
             return
-        if self.state in (ProcessState.STOPPED, ProcessState.FATAL):
+        if self.machine.state in (ProcessState.STOPPED, ProcessState.FATAL):
             await self._feed(StartRequested())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout_s if timeout_s is not None else self._timings.ready_timeout_s * 2)

@@ -10,10 +10,10 @@ FATAL --start (operator)--> STARTING ; FATAL --stop/reset--> STOPPED
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class ProcessState(str, Enum):
+class ProcessState(StrEnum):
     STOPPED = "stopped"
     STARTING = "starting"
     READY = "ready"

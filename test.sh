@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install the test dependencies (system packages, a virtual environment with every extra the
+# tests need) and run the whole suite: ruff, mypy --strict, pytest.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+APT_PACKAGES="espeak-ng libsndfile1 ffmpeg"
+if command -v apt-get >/dev/null 2>&1; then
+  missing=""
+  for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+  if [ -n "$missing" ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+  fi
+fi
+
+# torch==2.13.0 (CPU) is the build the tests use; it exists for CPython 3.11 on these machines.
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  for cand in python3.11 python3; do command -v "$cand" >/dev/null 2>&1 && { PY="$cand"; break; }; done
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+echo "== installing test dependencies (log: .venv/pip.log)"
+.venv/bin/python -m pip install -e '.[dev,workers]' --config-settings editable_mode=compat >.venv/pip.log 2>&1 \
+  || { tail -40 .venv/pip.log; exit 1; }
+
+echo "== ruff"
+.venv/bin/ruff check appliance services tests bench
+echo "== mypy --strict"
+.venv/bin/mypy --strict appliance services
+echo "== pytest"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"

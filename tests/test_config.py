@@ -1,0 +1,89 @@
+"""Configuration: the shipped default is valid; bad files give one clear line each, exit non-zero,
+and start nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True, text=True,
+                          timeout=60, env=env, cwd=ROOT)
+
+
+def test_shipped_default_config_is_valid() -> None:
+    cfg = load_config(ROOT / "config.toml")
+    assert cfg.profile == "ultra-minimal"
+    assert cfg.server.port == 8080 and cfg.server.host == "127.0.0.1"
+    assert all(m.engine in cfg.engines for m in cfg.models.values())
+
+
+def test_empty_config_gets_every_default() -> None:
+    cfg = parse_config({})
+    assert cfg.server.port == 8080 and cfg.scheduler.max_wait_s == 30.0 and cfg.engines == {}
+
+
+BAD = {
+    "unknown key": ('[server]\nprot = 8080\n', "server.prot: unknown key"),
+    "wrong type": ('[server]\nport = "eighty"\n', "server.port: must be an integer, got 'eighty'"),
+    "out-of-range port": ('[engines.vllm]\nkind = "vllm"\nmodel = "m"\nport = 70000\n',
+                          "engines.vllm.port: must be 1-65535, got 70000"),
+    "missing model": ('[engines.vllm]\nkind = "vllm"\nport = 8001\n', "engines.vllm.model: required key missing"),
+    "unknown engine kind": ('[engines.x]\nkind = "ollama"\nport = 9\n',
+                            "engines.x: kind must be one of vllm, comfyui, worker, openwebui, got 'ollama'"),
+    "model on unknown engine": ('[models.a]\nengine = "nope"\nmodality = "text"\n',
+                                "models.a.engine: unknown engine 'nope' (defined: none)"),
+    "bad modality": ('[engines.e]\nkind = "worker"\nworker = "embed"\nmodel_path = "x"\n'
+                     '[models.a]\nengine = "e"\nmodality = "video"\n',
+                     "models.a.modality: must be one of 'text', 'image', 'speech' or 'embedding', got 'video'"),
+    "port clash": ('[engines.a]\nkind = "worker"\nworker = "embed"\nmodel_path = "x"\nport = 9000\n'
+                   '[engines.b]\nkind = "worker"\nworker = "text"\nmodel_path = "y"\nport = 9000\n',
+                   "engines.b.port: 9000 is already used by engines.a"),
+    "invalid toml": ('[server\nport = 1\n', "invalid TOML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config_names_file_and_key(tmp_path: Path, case: str) -> None:
+    text, expected = BAD[case]
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert any(line.startswith(f"{path}: ") and expected in line for line in err.value.lines), err.value.lines
+
+
+@pytest.mark.parametrize("case", ["unknown key", "out-of-range port", "missing model"])
+def test_check_config_and_serve_exit_non_zero_with_one_line(tmp_path: Path, case: str) -> None:
+    text, expected = BAD[case]
+    path = tmp_path / "bad.toml"
+    path.write_text(text + '\n[gpu]\nprobe = "declared"\n')
+    env = {**os.environ, "APPLIANCE_STATE_DIR": str(tmp_path / "state")}
+    for args in (["check-config", str(path)], ["serve", "--config", str(path), "--port", "18999"]):
+        proc = run_cli(*args, env=env)
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and str(path) in lines[0]
+    # nothing was started: serve never created the state directory it was pointed at
+    assert not (tmp_path / "state").exists()
+
+
+def test_check_config_accepts_the_default(tmp_path: Path) -> None:
+    proc = run_cli("check-config", str(ROOT / "config.toml"))
+    assert proc.returncode == 0 and "ok" in proc.stdout
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[server]\nport = 0\n")
+    proc = run_cli("check-config", env={**os.environ, "APPLIANCE_CONFIG": str(path)})
+    assert proc.returncode == 2 and "server.port: must be 1-65535, got 0" in proc.stderr
