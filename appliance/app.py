@@ -19,7 +19,7 @@ from .engines.base import EngineContext
 from .engines.engine import Engine, build_adapter, enabled_engines
 from .events import EventBus
 from .gpu import GIB_BYTES, DeclaredProbe, FakeGpuProbe, GpuProbe, NvmlProbe, detect_probe
-from .residency import DirectResidency, Residency
+from .scheduler.loop import ResidencyManager
 from .supervisor.launcher import Launcher, OsLauncher, PidFile
 
 log = logging.getLogger("appliance")
@@ -57,9 +57,7 @@ class Appliance:
             name: Engine(build_adapter(name, self.ctx), self.launcher, self.bus, self.gpu)
             for name in enabled_engines(config)
         }
-        self.residency: Residency = DirectResidency(
-            self.engines, {mid: m.engine for mid, m in config.models.items()}
-        )
+        self.residency = ResidencyManager(config, self.engines, self.gpu, self.bus, self.state_dir)
         self.accepting = True
         self._background: set[asyncio.Task[None]] = set()
 
@@ -74,6 +72,7 @@ class Appliance:
         note = self.gpu_note()
         if note:
             log.warning("GPU: %s", note)
+        self.residency.start()
         for name, eng in self.engines.items():
             if self.config.engines[name].autostart:
                 task = asyncio.ensure_future(eng.process.start())
@@ -82,6 +81,7 @@ class Appliance:
 
     async def shutdown(self) -> None:
         self.accepting = False
+        await self.residency.close()
         await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)
         self.pidfile.forget_all()
         self.gpu.close()
@@ -103,6 +103,7 @@ class Appliance:
                 {"id": mid, "engine": m.engine, "modality": m.modality, "tier": self.residency.tier(mid)}
                 for mid, m in self.config.models.items()
             ],
+            "residency": self.residency.snapshot(),
         }
 
     async def start_engine(self, name: str) -> None:

@@ -6,8 +6,9 @@ gives the slot back when the block exits (completion, error or client disconnect
 Failures to obtain a lease are these exceptions, which the gateway maps to HTTP errors:
 `QueueFullError` (429), `CannotFitError` (503), `ModelUnavailable` (503), each with a Retry-After.
 
-`DirectResidency` is the trivial implementation (no scheduling: start and activate on demand); the
-residency manager in `appliance.scheduler.loop` is the real one.
+`DirectResidency` is the trivial implementation (no scheduling: start and activate on demand), used
+for models that run on the CPU; the residency manager in `appliance.scheduler.loop` schedules the
+GPU and delegates CPU models to it.
 """
 
 from __future__ import annotations

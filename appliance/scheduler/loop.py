@@ -1,0 +1,424 @@
+"""The residency manager: the one asyncio task that owns the pure `ResidencyCore`.
+
+It feeds the core events (requests arriving and finishing, engines ready or crashed, releases
+verified, GPU samples, ticks at the core's deadlines) from one queue, and executes the actions the
+core returns through the engines: Start/Wake -> start the process if needed and activate;
+Sleep/Unload -> `release(tier)`; Stop -> staged stop. Every release is verified against the GPU
+probe: the engine's process group must actually drop its memory before `ReleaseDone`; a release
+that misses `scheduler.release_deadline_s` is reported failed, and the core escalates to Stop
+(SIGTERM, grace, SIGKILL of the group).
+
+The gateway uses `lease(model)`: it waits in the model's queue and yields the engine's loopback URL
+once dispatched; leaving the block (completion, error, client disconnect) tells the core.
+
+It must not decide anything itself: every residency decision is the core's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, ModelConfig, WorkerEngine
+from ..engines.base import Tier as EngineTier
+from ..engines.engine import Engine
+from ..events import Event as BusEvent
+from ..events import EventBus
+from ..gpu import GpuProbe
+from ..residency import CannotFitError, DirectResidency, Lease, ModelUnavailable, QueueFullError
+from ..supervisor.process import EngineUnavailable
+from ..supervisor.states import ProcessState
+from .core import ResidencyCore
+from .events import (
+    Action,
+    ActionFailed,
+    ActionKind,
+    Dispatch,
+    EngineExited,
+    EngineReady,
+    Event,
+    GpuSample,
+    Preempt,
+    Reject,
+    ReleaseDone,
+    RequestArrived,
+    RequestCancelled,
+    RequestDone,
+    Sleep,
+    Start,
+    Stop,
+    Tick,
+    Unload,
+    Wake,
+)
+from .memory import MemoryBudget
+from .policy import PolicySettings
+from .types import ModelKind, ModelProfile, Request, SwapCosts
+
+log = logging.getLogger("appliance.residency")
+
+GIB = 1 << 30
+PCIE_BYTES_PER_S = 24e9  # pinned host RAM -> GPU on PCIe 4.0 x16 (SCHEDULING.md §2)
+DISK_BYTES_PER_S = 5e9
+RELEASE_POLL_S = 0.05
+KIND_OF = {"text": ModelKind.LLM, "image": ModelKind.IMAGE, "speech": ModelKind.SPEECH, "embedding": ModelKind.EMBED}
+COLD_START_S = {"vllm": 90.0, "comfyui": 15.0, "worker": 5.0}
+
+
+def profile_for(mid: str, m: ModelConfig, config: Config, releasable: frozenset[EngineTier]) -> ModelProfile:
+    """A model's scheduling profile from its configuration (estimates until measured)."""
+    engine_kind = config.engines[m.engine].kind
+    footprint = int(m.vram_gb * GIB)
+    host = int((m.host_ram_gb or m.vram_gb) * GIB)
+    kind = KIND_OF[m.modality]
+    costs = SwapCosts(
+        wake_s=0.3 + host / PCIE_BYTES_PER_S,
+        cold_start_s=COLD_START_S.get(engine_kind, 10.0) + footprint / DISK_BYTES_PER_S,
+        load_s=1.5 + footprint / DISK_BYTES_PER_S,
+        release_s=0.05,
+    )
+    concurrency = m.concurrency or (32 if kind is ModelKind.LLM else 1)
+    return ModelProfile(
+        id=mid,
+        kind=kind,
+        footprint_bytes=max(1, footprint),
+        host_bytes=max(1, host),
+        costs=costs,
+        max_wait_s=m.max_wait_s if m.max_wait_s is not None else config.scheduler.max_wait_s,
+        keep_alive_s=m.keep_alive_s,
+        pinned=m.pinned,
+        queue_limit=m.queue_limit,
+        max_tokens=m.max_tokens_cap if kind is ModelKind.LLM else None,
+        concurrency=concurrency,
+        supports_sleep=EngineTier.HOST in releasable,
+        supports_unload=EngineTier.DISK in releasable,
+        preemptible=False,  # stream resumption is simulated (bench), not yet wired to live streams
+    )
+
+
+def runs_on_cpu(config: Config, engine: str, *, has_gpu: bool) -> bool:
+    eng = config.engines[engine]
+    if not isinstance(eng, WorkerEngine):
+        return False
+    return eng.device == "cpu" or (eng.device == "auto" and not has_gpu)
+
+
+class FootprintFile:
+    """Measured footprints persisted as JSON so the next start knows them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def save(self, footprints: dict[str, int]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(footprints, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+@dataclass
+class _Waiter:
+    model: str
+    future: asyncio.Future[Lease]
+    max_tokens: int | None = None
+
+
+class ResidencyManager:
+    def __init__(self, config: Config, engines: dict[str, Engine], gpu: GpuProbe, bus: EventBus,
+                 state_dir: Path, clock: Callable[[], float] | None = None) -> None:
+        self.config = config
+        self.engines = engines
+        self.gpu = gpu
+        self.bus = bus
+        self.model_engine = {mid: m.engine for mid, m in config.models.items() if m.engine in engines}
+        self.footprint_file = FootprintFile(state_dir / "data" / "footprints.json")
+        snap = gpu.snapshot()
+        # Models whose worker runs on the CPU take no GPU memory: they bypass the GPU scheduler.
+        self.cpu_models = {mid for mid, eng in self.model_engine.items()
+                           if runs_on_cpu(config, eng, has_gpu=snap.kind != "declared")}
+        self._direct = DirectResidency(engines, self.model_engine)
+        profiles = [
+            profile_for(mid, config.models[mid], config, engines[eng].adapter.releasable)
+            for mid, eng in self.model_engine.items() if mid not in self.cpu_models
+        ]
+        budget = MemoryBudget(
+            vram_bytes=max(0, snap.total_bytes - int(config.gpu.reserve_gb * GIB)),
+            host_bytes=int(config.gpu.host_ram_budget_gb * GIB),
+        )
+        self.core = ResidencyCore(
+            profiles, budget,
+            PolicySettings(preemption=False, max_start_failures=3, failure_backoff_s=1.0),
+            measured=self.footprint_file.load(),
+        )
+        self._clock = clock or time.monotonic
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._waiters: dict[str, _Waiter] = {}
+        self._ids = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._expect_ready: set[str] = set()  # engines we are starting: their READY is ours
+        self._stopping: set[str] = set()  # engines we are stopping: their STOPPED is ours
+        self._bus_queue = bus.subscribe()
+
+    # -- public -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+        self._spawn(self._watch_engines())
+        self._spawn(self._sample_gpu())
+
+    async def close(self) -> None:
+        for t in [self._task, *self._jobs]:
+            if t is not None:
+                t.cancel()
+        for w in self._waiters.values():
+            if not w.future.done():
+                w.future.set_exception(ModelUnavailable("the daemon is shutting down"))
+        self.bus.unsubscribe(self._bus_queue)
+
+    def tier(self, model: str) -> str:
+        if model in self.cpu_models:
+            eng = self.engines[self.model_engine[model]]
+            return "host" if eng.state is ProcessState.READY else "disk"
+        view = self.core.snapshot().models.get(model)
+        return view.tier.value if view is not None else "absent"
+
+    def snapshot(self) -> dict[str, object]:
+        snap = self.core.snapshot()
+        return {
+            "vram_used_bytes": snap.vram_used_bytes,
+            "vram_budget_bytes": snap.vram_budget_bytes,
+            "host_used_bytes": snap.host_used_bytes,
+            "host_budget_bytes": snap.host_budget_bytes,
+            "switching_to": snap.plan_target,
+            "models": {
+                mid: {"tier": v.tier.value, "phase": v.phase, "queued": v.queued, "in_flight": v.in_flight,
+                      "footprint_bytes": v.footprint_bytes, "measured": self.core.footprints.is_measured(mid)}
+                for mid, v in snap.models.items()
+            },
+        }
+
+    @contextlib.asynccontextmanager
+    async def lease(self, model: str, *, deadline_s: float | None = None,
+                    max_tokens: int | None = None) -> AsyncIterator[Lease]:
+        if model not in self.model_engine:
+            raise ModelUnavailable(f"model {model!r} has no enabled engine", retry_after=60)
+        if model in self.cpu_models:
+            async with self._direct.lease(model, deadline_s=deadline_s) as lease:
+                yield lease
+            return
+        rid = f"r{next(self._ids)}"
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Lease] = loop.create_future()
+        self._waiters[rid] = _Waiter(model, fut, max_tokens)
+        start = self._clock()
+        self._post(RequestArrived(start, Request(rid, model, start, max_tokens=max_tokens)))
+        dispatched = False
+        try:
+            timeout = deadline_s if deadline_s is not None else self.config.server.load_deadline_s
+            try:
+                lease = await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except TimeoutError:
+                raise ModelUnavailable(f"model {model!r} was not ready within {timeout:g}s",
+                                       retry_after=30) from None
+            dispatched = True
+            lease.waited_s = self._clock() - start
+            yield lease
+        finally:
+            self._waiters.pop(rid, None)
+            if dispatched or (fut.done() and not fut.cancelled() and fut.exception() is None):
+                self._post(RequestDone(self._clock(), rid))
+            elif not fut.done():
+                fut.cancel()
+                self._post(RequestCancelled(self._clock(), rid))
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _post(self, event: Event) -> None:
+        self._events.put_nowait(event)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    async def _run(self) -> None:
+        last_tick = float("-inf")
+        while True:
+            event: Event
+            try:
+                event = self._events.get_nowait()
+            except asyncio.QueueEmpty:
+                deadline = self.core.next_deadline()
+                now = self._clock()
+                if deadline is None:
+                    timeout = None
+                elif deadline > last_tick:
+                    timeout = max(0.0, deadline - now)
+                else:  # a trigger that already fired but cannot act yet (a drain): re-check at tick_s
+                    timeout = self.config.scheduler.tick_s
+                try:
+                    event = await asyncio.wait_for(self._events.get(), timeout)
+                except TimeoutError:
+                    event = Tick(self._clock())
+                    last_tick = event.now
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("residency event %r", event)
+            try:
+                actions = self.core.handle(event)
+            except Exception:
+                log.exception("residency core failed on %r", event)
+                continue
+            for action in actions:
+                self._execute(action)
+            if self.core.footprints.take_dirty():
+                with contextlib.suppress(OSError):
+                    self.footprint_file.save(self.core.measured_footprints())
+
+    def _execute(self, action: Action) -> None:
+        if isinstance(action, Dispatch):
+            w = self._waiters.get(action.request_id)
+            if w is None or w.future.done():
+                self._post(RequestDone(self._clock(), action.request_id))
+                return
+            eng = self.engines[self.model_engine[action.model]]
+            w.future.set_result(Lease(action.model, eng.base_url, eng,
+                                      info={"max_tokens": action.max_tokens}))
+            return
+        if isinstance(action, Reject):
+            w = self._waiters.get(action.request_id)
+            if w is None or w.future.done():
+                return
+            exc: Exception
+            if action.status == 429:
+                exc = QueueFullError(f"model {action.model!r}: {action.reason}", action.retry_after_s)
+            elif action.reason == "cannot fit" or action.reason.startswith("cannot fit"):
+                exc = CannotFitError(f"model {action.model!r}: {action.reason}", action.retry_after_s)
+            else:
+                exc = ModelUnavailable(f"model {action.model!r}: {action.reason}", action.retry_after_s)
+            w.future.set_exception(exc)
+            return
+        if isinstance(action, Preempt):
+            return  # preemption is off in the daemon (PolicySettings(preemption=False))
+        log.info("residency: %s %s", type(action).__name__.lower(), action.model)
+        self.bus.publish(BusEvent("residency.action", action.model, {"action": type(action).__name__.lower()}))
+        if isinstance(action, Start | Wake):
+            self._spawn(self._activate(action))
+        elif isinstance(action, Sleep | Unload):
+            self._spawn(self._release(action))
+        elif isinstance(action, Stop):
+            self._spawn(self._stop(action.model))
+
+    async def _activate(self, action: Start | Wake) -> None:
+        model = action.model
+        eng = self.engines[self.model_engine[model]]
+        kind = ActionKind.START if isinstance(action, Start) else ActionKind.WAKE
+        if eng.state is not ProcessState.READY:
+            self._expect_ready.add(eng.name)
+        try:
+            await eng.ensure_ready()
+            await eng.activate()
+        except Exception as exc:  # every failure goes back to the core
+            log.warning("residency: %s %s failed: %s", kind.value, model, exc)
+            self._post(ActionFailed(self._clock(), model, kind, str(exc)))
+            return
+        self._post(EngineReady(self._clock(), model))
+
+    async def _release(self, action: Sleep | Unload) -> None:
+        model = action.model
+        eng = self.engines[self.model_engine[model]]
+        kind = ActionKind.SLEEP if isinstance(action, Sleep) else ActionKind.UNLOAD
+        tier = EngineTier.HOST if isinstance(action, Sleep) else EngineTier.DISK
+        before = eng.memory_held()
+        try:
+            if eng.state is not ProcessState.READY:
+                raise EngineUnavailable(f"{eng.name} is {eng.state.value}")
+            await eng.release(tier)
+            held = await self._verify_drop(eng, before)
+        except Exception as exc:
+            log.warning("residency: %s %s not verified: %s; escalating", kind.value, model, exc)
+            self._post(ActionFailed(self._clock(), model, kind, str(exc)))
+            return
+        self._post(ReleaseDone(self._clock(), model, held))
+
+    async def _verify_drop(self, eng: Engine, before: int) -> int:
+        """Wait until the engine's process group holds at most a CUDA context's worth."""
+        allowed = max(1 * GIB, before // 4)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.config.scheduler.release_deadline_s
+        while True:
+            held = eng.memory_held()
+            if held <= allowed or before <= allowed:
+                return held
+            if loop.time() >= end:
+                raise TimeoutError(f"{eng.name} still holds {held / GIB:.1f} GiB after "
+                                   f"{self.config.scheduler.release_deadline_s:g}s")
+            await asyncio.sleep(RELEASE_POLL_S)
+
+    async def _stop(self, model: str) -> None:
+        eng = self.engines[self.model_engine[model]]
+        self._stopping.add(eng.name)
+        await eng.stop()  # staged: SIGTERM, grace, SIGKILL of the group; returns once reaped
+        self._post(ReleaseDone(self._clock(), model, 0))
+
+    # -- watchers ---------------------------------------------------------------------------------
+    async def _watch_engines(self) -> None:
+        """Turn supervisor state changes into core events (crashes, unsolicited restarts)."""
+        by_engine: dict[str, list[str]] = {}
+        for mid, eng in self.model_engine.items():
+            by_engine.setdefault(eng, []).append(mid)
+        while True:
+            ev = await self._bus_queue.get()
+            if ev.kind != "engine.state" or ev.subject not in by_engine:
+                continue
+            old, new = ev.data.get("from"), ev.data.get("to")
+            crashed = old == "ready" and new in ("backoff", "fatal")
+            stopped_by_operator = new == "stopped" and ev.subject not in self._stopping
+            if new == "stopped":
+                self._stopping.discard(ev.subject)
+            if crashed or stopped_by_operator:
+                for mid in by_engine[ev.subject]:
+                    self._post(EngineExited(self._clock(), mid, str(ev.data.get("reason", ""))))
+            elif new == "ready" and ev.subject in self._expect_ready:
+                self._expect_ready.discard(ev.subject)
+            elif new == "ready":
+                # Restarted by the supervisor after a crash, not by us: the core believes its
+                # models are on disk, so give the memory back until the core asks for them.
+                self._spawn(self._park(ev.subject))
+
+    async def _park(self, engine: str) -> None:
+        eng = self.engines[engine]
+        log.info("residency: %s restarted by its supervisor; releasing it until it is needed", engine)
+        if EngineTier.DISK in eng.adapter.releasable:
+            with contextlib.suppress(Exception):
+                await eng.release(EngineTier.DISK)
+                return
+        self._stopping.add(engine)
+        await eng.stop()
+
+    async def _sample_gpu(self) -> None:
+        interval = self.config.gpu.sample_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            snap = self.gpu.snapshot()
+            # Attribute every engine's memory to its models whatever their tier (an engine being
+            # started or released holds memory too); the core only learns footprints from
+            # models it knows to be resident, and counts the rest as foreign.
+            used: dict[str, int] = {}
+            for mid, eng_name in self.model_engine.items():
+                if mid not in self.cpu_models:
+                    used[mid] = snap.used_by(self.engines[eng_name].pids())
+            self._post(GpuSample(self._clock(), snap.total_bytes, snap.free_bytes, used))
