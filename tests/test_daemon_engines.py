@@ -70,7 +70,8 @@ def test_both_standins_start_from_config_and_are_ready_only_after_their_probes(
             },
         },
     )
-    daemons.append(d.start())
+    daemons.append(d)
+    d.start()
     starting = d.wait_engine("vllm", lambda e: e["state"] in ("starting", "ready"), 10, "spawned")
     assert starting["state"] == "starting" and starting["pid"]
     # while the probe fails, vLLM's port is bound but not serving: a connection is refused
@@ -98,7 +99,8 @@ def test_crashed_engine_restarts_with_backoff(tmp_path: Path, daemons: list[Daem
             }
         },
     )
-    daemons.append(d.start())
+    daemons.append(d)
+    d.start()
     first = d.wait_engine("vllm", lambda e: e["state"] == "ready", 20, "ready")
     with pytest.raises((OSError, http.client.HTTPException)):
         chat(vport, stream=True)  # the stand-in dies in the middle of this request
@@ -120,7 +122,8 @@ def test_engine_that_keeps_crashing_goes_fatal(tmp_path: Path, daemons: list[Dae
         "restart": {"max_failures": 3, "backoff_initial_s": 0.1, "window_s": 60},
     }
     d = Daemon(tmp_path, {"engines": {"vllm": crasher}})
-    daemons.append(d.start())
+    daemons.append(d)
+    d.start()
     fatal = d.wait_engine("vllm", lambda e: e["state"] == "fatal", 20, "fatal")
     assert fatal["restarts"] == 2 and "3 failures" not in fatal["last_error"]
     assert "exited during start with code 3" in fatal["last_error"]
@@ -142,7 +145,8 @@ def test_missing_executable_is_fatal_with_a_clear_error(tmp_path: Path, daemons:
             }
         },
     )
-    daemons.append(d.start())
+    daemons.append(d)
+    d.start()
     fatal = d.wait_engine("vllm", lambda e: e["state"] == "fatal", 10, "fatal")
     assert "executable '/nonexistent/vllm' not found" in fatal["last_error"]
 
@@ -153,11 +157,14 @@ def test_hung_engine_is_killed_after_the_grace_period(tmp_path: Path, daemons: l
         tmp_path,
         {"engines": {"vllm": vllm_engine(vport, autostart=True, stop_grace_s=1.0, env={"VLLM_STANDIN_HANG": "1"})}},
     )
-    daemons.append(d.start())
+    daemons.append(d)
+    d.start()
     # The hang knob: the stand-in accepts connections and never answers, even its health probe,
     # and ignores SIGTERM.
     ready = d.wait_engine("vllm", lambda e: e["state"] == "starting" and len(group_members(e["pid"])) >= 2,
                           20, "spawned")
+    wait_for(lambda: any("startup complete" in line for line in d.get("/api/engines/vllm/logs")["lines"]),
+             20, "the stand-in to be serving (its signal handlers installed)")
     members = group_members(ready["pid"])
     status, body = d.post("/api/engines/vllm/stop")
     assert status == 200 and body["state"] == "stopped"
@@ -177,7 +184,8 @@ def test_sigkill_of_the_daemon_leaves_no_engine_process(tmp_path: Path, daemons:
             }
         },
     )
-    daemons.append(d.start())
+    daemons.append(d)
+    d.start()
     v = d.wait_engine("vllm", lambda e: e["state"] == "ready", 20, "ready")
     c = d.wait_engine("comfyui", lambda e: e["state"] == "ready", 20, "ready")
     pids = group_members(v["pid"]) | group_members(c["pid"])
@@ -190,7 +198,8 @@ def test_restart_after_a_crash_reaps_leftover_engines(tmp_path: Path, daemons: l
     vport = free_port()
     doc = {"engines": {"vllm": vllm_engine(vport, autostart=True, env={"VLLM_STANDIN_ENGINE_CORE": "1"})}}
     d = Daemon(tmp_path, doc)
-    daemons.append(d.start())
+    daemons.append(d)
+    d.start()
     v = d.wait_engine("vllm", lambda e: e["state"] == "ready", 20, "ready")
     members = group_members(v["pid"])
     # A crash that takes the guards with it (an OOM kill of the whole cgroup slice, say):
@@ -202,6 +211,7 @@ def test_restart_after_a_crash_reaps_leftover_engines(tmp_path: Path, daemons: l
     assert leftovers and all(alive(p) for p in leftovers)
     assert json.loads(PidFile(d.state / "run" / "engines.json").path.read_text())["vllm"]["pgid"] == v["pid"]
     d2 = Daemon(tmp_path, doc)
-    daemons.append(d2.start())
+    daemons.append(d2)
+    d2.start()
     wait_for(lambda: not any(alive(p) for p in leftovers), 10, f"leftovers {leftovers} reaped")
     assert "reaped: vllm: killed leftover process group" in d2.log.read_text()
