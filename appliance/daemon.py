@@ -10,7 +10,9 @@ import asyncio
 import ipaddress
 import logging
 import os
+import signal
 import socket
+from types import FrameType
 
 import uvicorn
 
@@ -47,6 +49,17 @@ def sd_notify(message: str) -> bool:
     return True
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises the signal after its graceful shutdown (the process then dies of SIGTERM);
+    the daemon's shutdown is complete at that point, so it exits 0 instead."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+
 async def _notify_when_listening(server: uvicorn.Server) -> None:
     while not server.started:
         if server.should_exit:
@@ -67,7 +80,7 @@ async def serve(config: Config, host: str, port: int, has_keys: bool) -> None:
     uv = uvicorn.Config(app, host=host, port=port, log_level=config.server.log_level, access_log=False,
                         lifespan="on", loop="none", http="httptools",
                         timeout_graceful_shutdown=int(config.server.shutdown_grace_s) or None)
-    server = uvicorn.Server(uv)
+    server = _Server(uv)
     notifier = asyncio.ensure_future(_notify_when_listening(server))
     try:
         await server.serve()
