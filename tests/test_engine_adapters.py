@@ -1,0 +1,114 @@
+"""Engine adapters: the command lines and environments they build (checked by the faithful
+stand-ins' own argument parsers), and their activate/release against the stand-ins."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from daemon_harness import free_port, vllm_engine
+from standins.launch import async_wait_until, start
+
+from appliance.config import parse_config
+from appliance.engines.base import EngineContext, Tier
+from appliance.engines.engine import build_adapter
+from appliance.engines.openwebui import OpenWebUIAdapter
+from appliance.engines.vllm import VllmAdapter
+from appliance.gpu import FakeGpuProbe
+
+GIB = 1 << 30
+
+
+def ctx(tmp_path: Path, engines: dict[str, Any], models: dict[str, Any] | None = None) -> EngineContext:
+    cfg = parse_config({"server": {"state_dir": str(tmp_path / "state")}, "engines": engines,
+                        "models": models or {}}, "test")
+    return EngineContext(cfg, tmp_path / "state", "http://127.0.0.1:8080")
+
+
+def test_vllm_command_line_and_environment(tmp_path: Path) -> None:
+    c = ctx(tmp_path, {"vllm": {"kind": "vllm", "model": "Qwen/Qwen2.5-32B-Instruct-AWQ", "port": 8001,
+                                "quantization": "awq_marlin", "lmcache": {"cpu_gb": 12, "disk_gb": 50}}},
+            {"qwen": {"engine": "vllm", "modality": "text"}})
+    a = VllmAdapter("vllm", c, gpu_fraction=0.812, max_model_len=16384)
+    argv = a.argv()
+    assert argv[:3] == ["vllm", "serve", "Qwen/Qwen2.5-32B-Instruct-AWQ"]
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "8001"
+    assert argv[argv.index("--served-model-name") + 1] == "qwen"
+    assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.812"
+    assert argv[argv.index("--max-model-len") + 1] == "16384"
+    assert "--enable-sleep-mode" in argv and "--quantization" in argv
+    kv = json.loads(argv[argv.index("--kv-transfer-config") + 1])
+    assert kv == {"kv_connector": "LMCacheConnectorV1", "kv_role": "kv_both"}
+    env = a.environment()
+    assert env["VLLM_SERVER_DEV_MODE"] == "1"
+    lm = json.loads(Path(env["LMCACHE_CONFIG_FILE"]).read_text())
+    assert lm["max_local_cpu_size"] == 12 and lm["max_local_disk_size"] == 50
+    assert lm["local_disk"].startswith("file://") and lm["local_cpu"] is True
+    assert Path(env["PROMETHEUS_MULTIPROC_DIR"]).is_dir()
+
+
+def test_vllm_without_sleep_mode_has_no_dev_routes_and_cannot_release(tmp_path: Path) -> None:
+    c = ctx(tmp_path, {"vllm": {"kind": "vllm", "model": "m", "sleep_mode": False,
+                                "lmcache": {"enabled": False}}})
+    a = VllmAdapter("vllm", c)
+    assert "--enable-sleep-mode" not in a.argv() and "VLLM_SERVER_DEV_MODE" not in a.environment()
+    assert "--kv-transfer-config" not in a.argv() and a.releasable == frozenset()
+
+
+def test_comfyui_and_worker_command_lines(tmp_path: Path) -> None:
+    c = ctx(tmp_path, {
+        "comfyui": {"kind": "comfyui", "path": str(tmp_path), "port": 8188},
+        "tts": {"kind": "worker", "worker": "speech", "model_path": "piper:en_US-joe-medium", "port": 8010,
+                "device": "cpu", "python": "/opt/xtts/bin/python"},
+    }, {"voice": {"engine": "tts", "modality": "speech"}})
+    spec = build_adapter("comfyui", c).launch_spec()
+    assert spec.argv[1:2] == ["main.py"] and spec.cwd == str(tmp_path)
+    assert spec.argv[spec.argv.index("--listen") + 1] == "127.0.0.1"
+    out = spec.argv[spec.argv.index("--output-directory") + 1]
+    assert out.startswith(str(tmp_path / "state")) and Path(out).is_dir()
+    w = build_adapter("tts", c).launch_spec()
+    assert w.argv[:3] == ["/opt/xtts/bin/python", "-m", "services.speech"]
+    assert w.argv[w.argv.index("--model-id") + 1] == "voice"
+    assert w.argv[w.argv.index("--host") + 1] == "127.0.0.1"
+    assert "PYTHONPATH" in w.env
+
+
+def test_openwebui_is_wired_to_the_gateway(tmp_path: Path) -> None:
+    c = ctx(tmp_path, {"ui": {"kind": "openwebui", "port": 3000}, "img": {"kind": "comfyui"}},
+            {"sd": {"engine": "img", "modality": "image"}})
+    a = OpenWebUIAdapter("ui", c)
+    spec = a.launch_spec()
+    assert spec.argv == ["open-webui", "serve", "--host", "127.0.0.1", "--port", "3000"]
+    env = spec.env
+    assert env["OPENAI_API_BASE_URL"] == "http://127.0.0.1:8080/v1"
+    assert env["ENABLE_PERSISTENT_CONFIG"] == "False" and env["ENABLE_OLLAMA_API"] == "False"
+    assert env["IMAGE_GENERATION_ENGINE"] == "openai" and env["IMAGE_GENERATION_MODEL"] == "sd"
+    assert env["AUDIO_TTS_OPENAI_API_BASE_URL"] == env["OPENAI_API_BASE_URL"]
+    assert env["WEBUI_SECRET_KEY"] == a.environment()["WEBUI_SECRET_KEY"]  # generated once, then kept
+
+
+async def test_vllm_adapter_sleeps_and_wakes_the_standin_at_both_levels(tmp_path: Path) -> None:
+    fake = tmp_path / "gpu"
+    fake.mkdir()
+    port = free_port()
+    c = ctx(tmp_path, {"vllm": vllm_engine(port)}, {"chat": {"engine": "vllm", "modality": "text"}})
+    adapter = VllmAdapter("vllm", c, gpu_fraction=0.8)
+    spec = adapter.launch_spec()
+    env = {**spec.env, "APPLIANCE_FAKE_GPU_DIR": str(fake), "VLLM_STANDIN_FOOTPRINT_BYTES": str(20 * GIB)}
+    gpu = FakeGpuProbe(fake, 24 * GIB)
+    with start(spec.argv, env=env, port=port) as server:
+        async with aiohttp.ClientSession() as session:
+            await async_wait_until(lambda: adapter.probe(session), 20, message="vLLM stand-in ready")
+            assert gpu.snapshot().used_bytes == 20 * GIB
+            for tier in (Tier.HOST, Tier.DISK):
+                await adapter.release(session, tier)
+                assert await adapter.is_sleeping(session)
+                assert gpu.snapshot().used_bytes < 2 * GIB
+                await adapter.activate(session)
+                assert not await adapter.is_sleeping(session)
+                body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+                async with session.post(server.url("/v1/chat/completions"), json=body) as r:
+                    assert r.status == 200, await r.text()  # after level 2, only with reload_weights
+            assert gpu.snapshot().used_bytes == 20 * GIB
