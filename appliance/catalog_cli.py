@@ -1,0 +1,207 @@
+"""The `models`, `pull` and `plan` commands: typer functions the CLI registers.
+
+`appliance/cli.py` registers them with `app.command("models")(models_command)` and so on. This module
+is the edge: it reads the environment (APPLIANCE_STATE_DIR, HF_ENDPOINT, HF_TOKEN, APPLIANCE_API_KEY,
+APPLIANCE_HOURLY_PRICE), asks the running daemon for residency (GET /api/status, when reachable),
+probes the box for `plan`, draws the progress bar, and maps errors to exit codes (1: the operation
+failed, 2: bad input). The work itself lives in catalog.py, pull.py and plan.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from appliance.catalog import Catalog, CatalogError, UnknownModel, load_catalog
+from appliance.plan import DEFAULT_RESERVE_BYTES, format_table, load_snapshot, make_plan, render_plan
+from appliance.pull import PullError, PullEvent, default_models_dir, is_on_disk, pull_model
+
+GIB = 1 << 30
+TIER_LABELS = {"vram": "in VRAM", "host": "in host RAM", "disk": "on disk"}
+
+CatalogOption = Annotated[
+    Path | None, typer.Option("--catalog", help="catalog TOML (default: the one shipped with the appliance)")
+]
+ModelsDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--models-dir", help="model store (default: $APPLIANCE_STATE_DIR/models or ~/.local/share/appliance/models)"
+    ),
+]
+
+
+def _catalog(path: Path | None) -> Catalog:
+    try:
+        return load_catalog(path)
+    except CatalogError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _models_dir(path: Path | None) -> Path:
+    return path.expanduser() if path is not None else default_models_dir(os.environ)
+
+
+def daemon_tiers(url: str, api_key: str | None, timeout_s: float = 1.0) -> dict[str, str] | None:
+    """Model id -> tier from the running daemon's /api/status, or None when it does not answer."""
+    request = urllib.request.Request(url.rstrip("/") + "/api/status")
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            status = json.loads(response.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    tiers: dict[str, str] = {}
+    for entry in status.get("models", []) if isinstance(status, dict) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("tier"), str):
+            for key in ("catalog", "id"):  # config ids and catalog ids may differ; accept both
+                if isinstance(entry.get(key), str):
+                    tiers.setdefault(entry[key], entry["tier"])
+    return tiers
+
+
+def models_command(
+    catalog: CatalogOption = None,
+    models_dir: ModelsDirOption = None,
+    daemon_url: Annotated[str, typer.Option("--daemon-url", help="the running daemon")] = "http://127.0.0.1:8080",
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="APPLIANCE_API_KEY", help="daemon API key")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List the catalog's models and where each one is: not downloaded, on disk, in host RAM, in VRAM."""
+    cat = _catalog(catalog)
+    store = _models_dir(models_dir)
+    tiers = daemon_tiers(daemon_url, api_key)
+    rows: list[dict[str, Any]] = []
+    for model in cat:
+        local = "on disk" if is_on_disk(store, model.id) else "not downloaded"
+        tier = (tiers or {}).get(model.id)
+        state = TIER_LABELS.get(tier, local) if tier else local
+        rows.append({
+            "id": model.id, "modality": model.modality, "engine": model.engine, "state": state,
+            "disk_gb": round(model.disk_bytes / 1e9, 2), "vram_gib": round(model.vram_bytes / GIB, 1),
+            "licence": model.licence, "licence_acceptance": model.licence_acceptance,
+        })  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps({"models": rows, "daemon": tiers is not None}, indent=1))
+        return
+    table = [
+        [r["id"], r["modality"], r["engine"], f"{r['disk_gb']:.2f} GB", f"{r['vram_gib']:.1f} GiB",
+         r["licence"] + (" (accept)" if r["licence_acceptance"] else ""), r["state"]]
+        for r in rows
+    ]  # fmt: skip
+    for line in format_table(["model", "modality", "engine", "size", "VRAM", "licence", "state"], table):
+        typer.echo(line)
+    if tiers is None:
+        typer.echo(f"(daemon not reachable at {daemon_url}: showing what is on disk in {store})")
+
+
+def pull_command(
+    model: Annotated[str, typer.Argument(help="catalog id, e.g. qwen2.5-32b-instruct-awq")],
+    catalog: CatalogOption = None,
+    models_dir: ModelsDirOption = None,
+    accept_licence: Annotated[
+        bool, typer.Option("--accept-licence", help="accept the model's licence (required for some models)")
+    ] = False,
+    events: Annotated[bool, typer.Option("--events", help="print progress as JSON lines, not a bar")] = False,
+) -> None:
+    """Download a catalog model (resumable, verified), after checking licence and free disk."""
+    cat = _catalog(catalog)
+    try:
+        entry = cat.get(model)
+    except UnknownModel as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    store = _models_dir(models_dir)
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    token = os.environ.get("HF_TOKEN") or None
+    if events:
+
+        def show(event: PullEvent) -> None:
+            typer.echo(json.dumps(event.as_dict()))
+
+        try:
+            result = pull_model(entry, store, accepted=accept_licence, endpoint=endpoint, token=token, on_progress=show)
+        except PullError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+    else:
+        result = _pull_with_bar(entry.id, lambda on: pull_model(
+            entry, store, accepted=accept_licence, endpoint=endpoint, token=token, on_progress=on))  # fmt: skip
+    typer.echo(
+        f"{result.model_id}: {len(result.files)} files verified in {result.directory} "
+        f"({result.fetched_bytes / 1e9:.2f} GB fetched, {result.reused_bytes / 1e9:.2f} GB already there)"
+    )
+
+
+def _pull_with_bar(model_id: str, run: Any) -> Any:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn()) as bar:  # fmt: skip
+        task = bar.add_task(model_id, total=None)
+
+        def on_progress(event: PullEvent) -> None:
+            if event.kind in ("planned", "progress", "done"):
+                bar.update(task, completed=event.done_bytes, total=event.total_bytes or None)
+            if event.kind in ("file", "skipped"):
+                bar.update(task, description=f"{model_id}: {event.file}")
+            if event.kind == "verified":
+                bar.console.print(f"verified {event.file}")
+
+        try:
+            return run(on_progress)
+        except PullError as exc:
+            bar.stop()
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+
+def plan_command(
+    snapshot: Annotated[
+        Path | None, typer.Option("--snapshot", help="a recorded box (JSON) instead of probing this one")
+    ] = None,
+    catalog: CatalogOption = None,
+    models_dir: ModelsDirOption = None,
+    hourly_price: Annotated[
+        float | None, typer.Option("--hourly-price", envvar="APPLIANCE_HOURLY_PRICE", help="USD per hour of the box")
+    ] = None,
+    reserve_gb: Annotated[float, typer.Option("--reserve-gb", help="GPU memory kept free")] = DEFAULT_RESERVE_BYTES
+    / GIB,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Size this box: profile, models that fit, VRAM/RAM per service, co-residence, monthly cost."""
+    cat = _catalog(catalog)
+    if snapshot is not None:
+        try:
+            gpu, host = load_snapshot(snapshot)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            typer.echo(f"error: {snapshot}: not a recorded box: {exc}", err=True)
+            raise typer.Exit(2) from None
+        ram, cores, disk = host.ram_bytes, host.cores, host.disk_free_bytes
+    else:
+        import psutil
+
+        from appliance.gpu import detect_probe
+
+        probe = detect_probe(declared_total_bytes=0)
+        try:
+            gpu = probe.snapshot()
+        finally:
+            probe.close()
+        store = _models_dir(models_dir)
+        probe_dir = next((p for p in (store, *store.parents) if p.exists()), Path("/"))
+        ram, cores, disk = psutil.virtual_memory().total, os.cpu_count() or 1, shutil.disk_usage(probe_dir).free
+    plan = make_plan(gpu, ram, cores, disk, cat, hourly_price, reserve_bytes=int(reserve_gb * GIB))
+    if as_json:
+        typer.echo(json.dumps(asdict(plan), indent=1))
+    else:
+        typer.echo(render_plan(plan))

@@ -1,0 +1,321 @@
+"""OpenAI routes of the text worker: /v1/chat/completions, /v1/completions, /v1/models.
+
+Owns request validation (400s that name the field), the response and chunk shapes of contracts.md §1.3
+(first chunk carries the role, `stream_options.include_usage` adds a usage chunk with empty choices, the
+stream always ends with `data: [DONE]`), and the bridge from the model thread's token callback to the
+event loop. Generations run one at a time on the model thread, in arrival order (this worker serves
+small models and CPU boxes; vLLM does continuous batching). A client that disconnects cancels its
+generation at the next token. Must not touch the model directly: everything goes through `TextBackend`
+on the model thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from services.errors import (
+    OpenAIError,
+    bad_request,
+    optional_bool,
+    optional_float,
+    optional_int,
+    optional_object,
+)
+from services.protocol import Worker, check_model, read_json
+from services.text.backend import Encoded, Sampling, TextBackend
+from services.text.streaming import TextAssembler
+
+_ROLES = ("system", "developer", "user", "assistant", "tool")
+_MAX_STOPS = 16
+
+
+@dataclass(frozen=True)
+class Outcome:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+def parse_sampling(body: dict[str, Any]) -> Sampling:
+    if optional_int(body, "n", 1, lo=1) != 1:
+        raise bad_request("n", "only n=1 is supported by this worker")
+    if optional_bool(body, "logprobs", False) or body.get("top_logprobs") is not None:
+        raise bad_request("logprobs", "logprobs are not supported by this worker")
+    max_tokens = optional_int(body, "max_completion_tokens", None, lo=1)
+    if max_tokens is None:
+        max_tokens = optional_int(body, "max_tokens", None, lo=1)
+    stop_raw = body.get("stop")
+    if stop_raw is None:
+        stop: tuple[str, ...] = ()
+    elif isinstance(stop_raw, str):
+        stop = (stop_raw,)
+    elif isinstance(stop_raw, list) and all(isinstance(s, str) for s in stop_raw) and len(stop_raw) <= _MAX_STOPS:
+        stop = tuple(stop_raw)
+    else:
+        raise bad_request("stop", f"'stop' must be a string or a list of at most {_MAX_STOPS} strings")
+    top_k = optional_int(body, "top_k", None, lo=-1)
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=None if body.get("temperature") is None else optional_float(body, "temperature", 1.0, lo=0, hi=2),
+        top_p=None if body.get("top_p") is None else optional_float(body, "top_p", 1.0, lo=0.0, hi=1.0),
+        top_k=None if top_k is None else max(top_k, 0),
+        seed=optional_int(body, "seed", None),
+        stop=stop,
+        ignore_eos=optional_bool(body, "ignore_eos", False),
+    )
+
+
+def parse_messages(body: dict[str, Any]) -> list[dict[str, str]]:
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise bad_request("messages", "'messages' is required and must be a non-empty list")
+    messages: list[dict[str, str]] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or item.get("role") not in _ROLES:
+            raise bad_request(f"messages[{i}]", f"messages[{i}] must be an object with a role in {', '.join(_ROLES)}")
+        content = item.get("content")
+        if content is None:
+            content = ""
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise bad_request(f"messages[{i}].content", "this text model accepts only text content parts")
+                parts.append(part["text"])
+            content = "".join(parts)
+        if not isinstance(content, str):
+            raise bad_request(f"messages[{i}].content", f"messages[{i}].content must be a string or text parts")
+        messages.append({"role": item["role"], "content": content})
+    return messages
+
+
+def parse_prompt(body: dict[str, Any]) -> str | list[int]:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    if isinstance(prompt, str) and prompt:
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return prompt
+    raise bad_request("prompt", "'prompt' must be a non-empty string or token list (one prompt per request)")
+
+
+async def generate(
+    worker: Worker,
+    backend: TextBackend,
+    encoded: Encoded,
+    sampling: Sampling,
+    emit: Callable[[str], Awaitable[None]],
+) -> Outcome:
+    """Run one generation on the model thread, handing text deltas to `emit` as they are decoded."""
+    loop = asyncio.get_running_loop()
+    tokens: asyncio.Queue[int | None] = asyncio.Queue()
+    cancel = threading.Event()
+    assembler = TextAssembler(backend.decode, encoded.prompt_ids, sampling.stop)
+
+    def on_token(token: int) -> None:  # model thread
+        loop.call_soon_threadsafe(tokens.put_nowait, token)
+
+    future = worker.submit(backend.generate, encoded, sampling, on_token, cancel)
+
+    # Runs after every on_token callback already queued: the executor's result arrives the same way.
+    def finished(done: asyncio.Future[str]) -> None:
+        tokens.put_nowait(None)
+        if not done.cancelled():
+            done.exception()  # retrieved here; raised again by `await future` below unless cancelled
+
+    future.add_done_callback(finished)
+    try:
+        while (token := await tokens.get()) is not None:
+            delta = assembler.feed(token)
+            if delta:
+                await emit(delta)
+            if assembler.stopped:
+                cancel.set()  # generation notices at its next step; the rest of the queue is drained
+        reason = await future
+        tail = assembler.finish()
+        if tail:
+            await emit(tail)
+    except BaseException:
+        cancel.set()
+        raise
+    return Outcome(assembler.text, "stop" if assembler.stopped else reason, len(encoded.prompt_ids), assembler.tokens)
+
+
+class _EventStream:
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+
+    @classmethod
+    async def open(cls, request: web.Request) -> _EventStream:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        return cls(response)
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        await self.response.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+
+    async def close(self) -> web.StreamResponse:
+        await self.response.write(b"data: [DONE]\n\n")
+        await self.response.write_eof()
+        return self.response
+
+
+def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> None:
+    model_id = worker.options.model_id
+
+    async def models(_: web.Request) -> web.Response:
+        card = {
+            "id": model_id,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "appliance",
+            "root": worker.options.model_path,
+        }
+        return web.json_response({"object": "list", "data": [card]})
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await read_json(request)
+        check_model(body, worker)
+        messages = parse_messages(body)
+        sampling = parse_sampling(body)
+        stream = optional_bool(body, "stream", False)
+        include_usage = optional_bool(optional_object(body, "stream_options"), "include_usage", False)
+        async with worker.serving():
+            encoded = await worker.run(backend.encode_chat, messages, sampling)
+            return await _respond(request, "chat", encoded, sampling, stream, include_usage)
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await read_json(request)
+        check_model(body, worker)
+        prompt = parse_prompt(body)
+        sampling = parse_sampling(body)
+        stream = optional_bool(body, "stream", False)
+        include_usage = optional_bool(optional_object(body, "stream_options"), "include_usage", False)
+        echo = optional_bool(body, "echo", False)
+        if body.get("suffix"):
+            raise bad_request("suffix", "'suffix' is not supported by this worker")
+        async with worker.serving():
+            encoded = await worker.run(backend.encode_prompt, prompt, sampling)
+            prefix = (prompt if isinstance(prompt, str) else backend.decode(prompt)) if echo else ""
+            return await _respond(request, "completion", encoded, sampling, stream, include_usage, prefix)
+
+    async def _respond(
+        request: web.Request,
+        kind: str,
+        encoded: Encoded,
+        sampling: Sampling,
+        stream: bool,
+        include_usage: bool,
+        prefix: str = "",
+    ) -> web.StreamResponse:
+        is_chat = kind == "chat"
+        rid = ("chatcmpl-" if is_chat else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+        obj = "chat.completion" if is_chat else "text_completion"
+
+        def chunk(delta: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+            if is_chat:
+                d: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+                if delta is not None:
+                    d["content"] = delta
+                choice: dict[str, Any] = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
+            return {
+                "id": rid,
+                "object": obj + ".chunk" if is_chat else obj,
+                "created": created,
+                "model": model_id,
+                "choices": [choice],
+            }
+
+        if not stream:
+            outcome = await generate(worker, backend, encoded, sampling, _ignore)
+            if is_chat:
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": outcome.text},
+                    "logprobs": None,
+                    "finish_reason": outcome.finish_reason,
+                }
+            else:
+                choice = {
+                    "index": 0,
+                    "text": prefix + outcome.text,
+                    "logprobs": None,
+                    "finish_reason": outcome.finish_reason,
+                }
+            return web.json_response(
+                {
+                    "id": rid,
+                    "object": obj,
+                    "created": created,
+                    "model": model_id,
+                    "choices": [choice],
+                    "usage": outcome.usage(),
+                }
+            )
+
+        events = await _EventStream.open(request)
+        if is_chat:
+            await events.send(chunk(None, None, role=True))
+        elif prefix:
+            await events.send(chunk(prefix, None))
+        try:
+            outcome = await generate(worker, backend, encoded, sampling, lambda d: events.send(chunk(d, None)))
+        except OpenAIError as exc:
+            await events.send(exc.envelope())
+            return await events.close()
+        except ConnectionResetError:  # the client went away: generation was cancelled, nothing to send
+            return events.response
+        except Exception as exc:
+            await events.send(OpenAIError(500, f"{type(exc).__name__}: {exc}").envelope())
+            return await events.close()
+        final = chunk(None, outcome.finish_reason)
+        if is_chat:
+            final["choices"][0]["delta"] = {}
+        await events.send(final)
+        if include_usage:
+            await events.send(
+                {
+                    "id": rid,
+                    "object": final["object"],
+                    "created": created,
+                    "model": model_id,
+                    "choices": [],
+                    "usage": outcome.usage(),
+                }
+            )
+        return await events.close()
+
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", completions)
+
+
+async def _ignore(_: str) -> None:
+    return None

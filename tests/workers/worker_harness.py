@@ -1,0 +1,110 @@
+"""Helpers for the worker tests: real processes on free loopback ports, started and stopped in stages.
+
+Owns free-port allocation, starting `python -m services.<kind>` (or any script) in its own process group
+with the repository on PYTHONPATH and downloads switched off, waiting for /health by polling with a
+deadline (never a fixed sleep), and stopping a process group (SIGTERM, a grace period, then SIGKILL).
+A module of its own (not conftest) so test modules import it by a name no other conftest can shadow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Any, deadline_s: float, what: str, interval_s: float = 0.05) -> None:
+    """Poll `predicate` until it returns true or the deadline passes (never a fixed sleep)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {deadline_s:.0f}s waiting for {what}")
+
+
+@dataclass
+class ServedProcess:
+    base_url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop_process_group(self.proc)
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=grace_s)
+    else:  # the leader is gone; make sure nothing it started survives
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def start_process(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    full_env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+        )
+
+
+def start_worker(
+    kind: str,
+    model_id: str,
+    model_path: str | Path,
+    log_dir: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    deadline_s: float = 60.0,
+) -> ServedProcess:
+    port = free_port()
+    argv = [
+        sys.executable, "-m", f"services.{kind}", "--host", "127.0.0.1", "--port", str(port),
+        "--model-id", model_id, "--model-path", str(model_path), "--device", "cpu", *extra,
+    ]  # fmt: skip
+    log_path = log_dir / f"{kind}-{model_id}-{port}.log"
+    proc = start_process(argv, log_path, env)
+    served = ServedProcess(f"http://127.0.0.1:{port}", proc, log_path)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited with {proc.returncode}:\n{served.log()}")
+        try:
+            return httpx.get(served.base_url + "/health", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(healthy, deadline_s, f"{kind} worker /health")
+    except BaseException:
+        served.stop()
+        raise
+    return served
