@@ -36,7 +36,7 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 if command -v apt-get >/dev/null 2>&1; then
   need=""
-  for p in espeak-ng libsndfile1 ffmpeg curl; do dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"; done
+  for p in espeak-ng curl; do dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"; done
   if [ -n "$need" ]; then
     say "installing system packages:$need"
     $SUDO apt-get update -qq

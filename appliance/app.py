@@ -100,7 +100,8 @@ class Appliance:
             "gpu": gpu,
             "engines": [e.status() for e in self.engines.values()],
             "models": [
-                {"id": mid, "engine": m.engine, "modality": m.modality, "tier": self.residency.tier(mid)}
+                {"id": mid, "catalog": m.catalog, "engine": m.engine, "modality": m.modality,
+                 "tier": self.residency.tier(mid)}
                 for mid, m in self.config.models.items()
             ],
             "residency": self.residency.snapshot(),

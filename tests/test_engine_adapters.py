@@ -112,3 +112,26 @@ async def test_vllm_adapter_sleeps_and_wakes_the_standin_at_both_levels(tmp_path
                 async with session.post(server.url("/v1/chat/completions"), json=body) as r:
                     assert r.status == 200, await r.text()  # after level 2, only with reload_weights
             assert gpu.snapshot().used_bytes == 20 * GIB
+
+
+def test_comfyui_points_at_pulled_models(tmp_path: Path) -> None:
+    c = ctx(tmp_path, {"comfyui": {"kind": "comfyui", "path": str(tmp_path)}},
+            {"sd": {"engine": "comfyui", "modality": "image", "catalog": "sd3.5-large-turbo-comfyui"}})
+    assert "--extra-model-paths-config" not in build_adapter("comfyui", c).launch_spec().argv  # nothing pulled
+    (tmp_path / "state" / "models" / "sd3.5-large-turbo-comfyui" / "checkpoints").mkdir(parents=True)
+    argv = build_adapter("comfyui", c).launch_spec().argv
+    yaml = Path(argv[argv.index("--extra-model-paths-config") + 1]).read_text()
+    assert f"base_path: {tmp_path / 'state' / 'models' / 'sd3.5-large-turbo-comfyui'}" in yaml
+    assert "text_encoders: text_encoders" in yaml
+
+
+def test_xtts_licence_flag_only_once_accepted(tmp_path: Path) -> None:
+    engines = {"tts": {"kind": "worker", "worker": "speech", "model_path": "xtts:xtts_v2"}}
+    models = {"voice": {"engine": "tts", "modality": "speech", "catalog": "xtts-v2"}}
+    refused = build_adapter("tts", ctx(tmp_path, engines, models)).launch_spec().argv
+    assert "--accept-cpml" not in refused
+    cfg = parse_config({"server": {"state_dir": str(tmp_path / "s")}, "engines": engines, "models": models,
+                        "licences": {"accepted": ["CPML"]}}, "test")
+    accepted = build_adapter("tts", EngineContext(cfg, tmp_path / "s", "http://127.0.0.1:8080")).launch_spec()
+    assert accepted.argv.count("--accept-cpml") == 1
+    assert accepted.env["APPLIANCE_STATE_DIR"] == str(tmp_path / "s")

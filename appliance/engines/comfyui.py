@@ -6,6 +6,8 @@ residency manager verifies the drop against the GPU probe.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 
 from ..config import ComfyUIEngine
@@ -30,6 +32,23 @@ class ComfyUIAdapter(Adapter):
             d.mkdir(parents=True, exist_ok=True)
         return {k: str(v) for k, v in dirs.items()}
 
+    def model_paths_file(self) -> Path | None:
+        """ComfyUI's `extra_model_paths.yaml`, pointing at the models `appliance pull` stored
+        (`<state>/models/<catalog id>/{checkpoints,text_encoders,vae}`)."""
+        store = self.ctx.state_dir / "models"
+        lines: list[str] = []
+        for mid in self.models:
+            catalog = self.ctx.config.models[mid].catalog
+            if not catalog or not (store / catalog).is_dir():
+                continue
+            lines += [f"{catalog}:", f"  base_path: {store / catalog}", "  checkpoints: checkpoints",
+                      "  text_encoders: text_encoders", "  clip: text_encoders", "  vae: vae"]
+        if not lines:
+            return None
+        path = self.ctx.engine_dir(self.name) / "extra_model_paths.yaml"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
     def launch_spec(self) -> LaunchSpec:
         c = self.ccfg
         d = self.directories()
@@ -39,7 +58,11 @@ class ComfyUIAdapter(Adapter):
             prefix, cwd = [self.ctx.python, "main.py"], expand(c.path)
         argv = [*prefix, "--listen", "127.0.0.1", "--port", str(c.port),
                 "--output-directory", d["output"], "--input-directory", d["input"],
-                "--temp-directory", d["temp"], "--preview-method", "none", *c.extra_args]
+                "--temp-directory", d["temp"], "--preview-method", "none"]
+        paths = self.model_paths_file()
+        if paths is not None:
+            argv += ["--extra-model-paths-config", str(paths)]
+        argv += c.extra_args
         return LaunchSpec(self.name, argv, dict(c.env), cwd)
 
     async def release(self, session: aiohttp.ClientSession, tier: Tier) -> None:

@@ -10,9 +10,13 @@ from pathlib import Path
 
 import aiohttp
 
+from ..catalog import CatalogError, load_catalog
 from ..config import WorkerEngine
 from ..supervisor.launcher import LaunchSpec
 from .base import Adapter, EngineContext, Tier
+
+
+ACCEPT_CPML = "--accept-cpml"  # XTTS v2's licence: passed only when `licences.accepted` holds "CPML"
 
 
 def _services_root() -> str:
@@ -37,12 +41,27 @@ class WorkerAdapter(Adapter):
         prefix = list(w.command) or [w.python or self.ctx.python, "-m", f"services.{w.worker}"]
         model_id = self.models[0] if self.models else self.name
         argv = [*prefix, "--host", "127.0.0.1", "--port", str(w.port), "--model-id", model_id,
-                "--model-path", os.path.expanduser(w.model_path), "--device", w.device, *w.extra_args]
-        env = dict(w.env)
+                "--model-path", os.path.expanduser(w.model_path), "--device", w.device,
+                *self.catalog_args(model_id), *w.extra_args]
+        env = {"APPLIANCE_STATE_DIR": str(self.ctx.state_dir), **w.env}
         if not w.command:
             root = _services_root()
             env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         return LaunchSpec(self.name, argv, env)
+
+    def catalog_args(self, model_id: str) -> list[str]:
+        """The catalog's flags for this model; licence flags only once the operator accepted it."""
+        args: list[str] = []
+        entry = self.ctx.config.models.get(model_id)
+        if entry is not None and entry.catalog:
+            try:
+                args = list(load_catalog().get(entry.catalog).worker_args)
+            except (CatalogError, KeyError):
+                args = []
+        args = [a for a in args if a != ACCEPT_CPML]
+        if self.wcfg.worker == "speech" and "CPML" in self.ctx.config.licences.accepted:
+            args.append(ACCEPT_CPML)
+        return args
 
     async def activate(self, session: aiohttp.ClientSession) -> None:
         await self._post(session, "/load", timeout_s=self.wcfg.ready_timeout_s * 10)

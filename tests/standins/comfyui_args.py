@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cuda-device",
     ):
         p.add_argument(name, default=None)
+    # Real ComfyUI takes one or more YAML files (action append, nargs +); the stand-in only checks they exist.
+    p.add_argument("--extra-model-paths-config", nargs="+", action="append", default=None)
     p.add_argument("--default-device", type=int, default=None)
     p.add_argument("--auto-launch", action="store_true")
     p.add_argument("--disable-auto-launch", action="store_true")
