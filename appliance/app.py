@@ -21,6 +21,7 @@ from .events import EventBus
 from .gpu import GIB_BYTES, DeclaredProbe, FakeGpuProbe, GpuProbe, NvmlProbe, detect_probe
 from .scheduler.loop import ResidencyManager
 from .supervisor.launcher import Launcher, OsLauncher, PidFile
+from .usage import MemoryUsageSink, UsageSink
 
 log = logging.getLogger("appliance")
 
@@ -58,6 +59,7 @@ class Appliance:
             for name in enabled_engines(config)
         }
         self.residency = ResidencyManager(config, self.engines, self.gpu, self.bus, self.state_dir)
+        self.usage: UsageSink = MemoryUsageSink()  # the data layer replaces it with a durable store
         self.accepting = True
         self._background: set[asyncio.Task[None]] = set()
 

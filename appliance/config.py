@@ -53,6 +53,7 @@ class ServerConfig(_Frozen):
     keepalive_interval_s: float = Field(default=5.0, gt=0)  # SSE comments while a stream waits
     rate_limit_per_minute: int = Field(default=0, ge=0)  # per API key; 0 = unlimited
     image_url_ttl_s: int = Field(default=3600, gt=0)
+    image_timeout_s: float = Field(default=600.0, gt=0)  # one ComfyUI prompt, queued and run, before a 502
     shutdown_grace_s: float = Field(default=20.0, ge=0)
 
     _check_port = field_validator("port")(classmethod(lambda cls, v: _port(v)))

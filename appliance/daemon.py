@@ -76,9 +76,9 @@ async def serve(config: Config, host: str, port: int, has_keys: bool) -> None:
             "`appliance keys create --name admin --admin`, or bind 127.0.0.1."
         )
     appliance = Appliance(config, host=host, port=port)
-    app = build_app(appliance)
+    app = build_app(appliance, usage=appliance.usage)
     uv = uvicorn.Config(app, host=host, port=port, log_level=config.server.log_level, access_log=False,
-                        lifespan="on", loop="none", http="httptools",
+                        lifespan="on", loop="none", http="httptools", proxy_headers=False,
                         timeout_graceful_shutdown=int(config.server.shutdown_grace_s) or None)
     server = _Server(uv)
     notifier = asyncio.ensure_future(_notify_when_listening(server))

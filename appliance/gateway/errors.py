@@ -1,8 +1,10 @@
 """Domain errors and their one mapping to OpenAI-style error JSON:
 `{"error": {"message", "type", "param", "code"}}`.
 
-Every route raises an `ApiError` (or a subclass); the app's handler renders it. Nothing else in the
-gateway builds error bodies by hand.
+Every route raises an `ApiError` (or a subclass); the app's handler renders it, the raw /v1 path sends
+`asgi_start()`/`payload()`, and a stream that already started gets `sse_event()`. Lease failures from the
+residency manager map through `from_lease_error`. Nothing else in the gateway builds error bodies by
+hand.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 from typing import Any
 
 from starlette.responses import Response
+
+from ..residency import CannotFitError, LeaseError, ModelUnavailable, QueueFullError
 
 
 class ApiError(Exception):
@@ -40,6 +44,19 @@ class ApiError(Exception):
     def response(self) -> Response:
         return Response(json.dumps(self.body()), status_code=self.status, headers=self.headers(),
                         media_type="application/json")
+
+    def payload(self) -> bytes:
+        return json.dumps(self.body()).encode()
+
+    def asgi_start(self, length: int) -> dict[str, Any]:
+        """The ASGI `http.response.start` message for `payload()` of `length` bytes."""
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in self.headers().items()]
+        return {"type": "http.response.start", "status": self.status, "headers": headers}
+
+    def sse_event(self) -> bytes:
+        """The error as a server-sent event, the way vLLM ends a failed stream (contracts.md §1.3)."""
+        return b"data: " + self.payload() + b"\n\n"
 
 
 class InvalidRequest(ApiError):
@@ -97,3 +114,45 @@ class UpstreamFailed(ApiError):
     status = 502
     type = "server_error"
     code = "engine_failed"
+
+
+class EngineUnreachable(UpstreamFailed):
+    """The engine refused the connection: the request never reached it (safe to send again)."""
+
+
+class EngineError(ApiError):
+    """An engine's own error answer (already an envelope), passed on with its status and body."""
+
+    type = "engine_error"
+
+    def __init__(self, status: int, raw: bytes) -> None:
+        try:
+            message = str(json.loads(raw)["error"]["message"])
+        except (ValueError, KeyError, TypeError):
+            message = raw[:200].decode("utf-8", "replace")
+        super().__init__(message, status=status)
+        self.raw = raw
+
+    def payload(self) -> bytes:
+        return self.raw if self.raw.startswith(b"{") else super().payload()
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class CannotFit(Unavailable):
+    code = "cannot_fit"
+
+
+def from_lease_error(exc: LeaseError) -> ApiError:
+    """Map a residency failure to its HTTP error, keeping the scheduler's Retry-After."""
+    if isinstance(exc, QueueFullError):
+        return QueueFull(str(exc), retry_after=exc.retry_after)
+    if isinstance(exc, CannotFitError):
+        return CannotFit(str(exc), retry_after=exc.retry_after)
+    if isinstance(exc, ModelUnavailable):
+        return Unavailable(str(exc), retry_after=exc.retry_after)
+    return Unavailable(str(exc), retry_after=exc.retry_after)

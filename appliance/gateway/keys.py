@@ -29,6 +29,18 @@ class ApiKey:
     revoked: float | None
 
 
+def split_key(presented: str) -> tuple[str, str] | None:
+    """(id, secret) of a well-formed key, else None."""
+    if not presented.startswith(PREFIX):
+        return None
+    key_id, _, secret = presented[len(PREFIX):].partition("-")
+    return (key_id, secret) if key_id and secret else None
+
+
+def secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -72,6 +84,14 @@ class KeyStore:
             cur = db.execute("update keys set revoked = ? where (id = ? or name = ?) and revoked is null",
                              [time.time(), key_id_or_name, key_id_or_name])
         return cur.rowcount
+
+    def snapshot(self) -> dict[str, tuple[ApiKey, str]]:
+        """Every key by id with its stored hash: the daemon's in-memory copy (see gateway.auth)."""
+        if not self.path.exists():
+            return {}
+        rows = self._db().query("select id, name, admin, hash, created, revoked from keys")
+        return {r["id"]: (ApiKey(r["id"], r["name"], bool(r["admin"]), r["created"], r["revoked"]), r["hash"])
+                for r in rows}
 
     def has_active(self) -> bool:
         return any(k.revoked is None for k in self.list())

@@ -192,12 +192,11 @@ class Lifecycle:
         self.stop = asyncio.Event()
 
     def install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
         if self.hang:
-            # A no-op handler through the loop: uvloop does not keep a plain SIG_IGN disposition.
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, lambda: None)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             return
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
 

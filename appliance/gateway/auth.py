@@ -1,0 +1,144 @@
+"""Who may call the API: Bearer keys checked against an in-memory copy of the key store, scopes, and
+the per-key request rate limit.
+
+Policy (what the README documents):
+- `/health` is always open; so are the API docs and signed image URLs (their signature is the check).
+- While NO active key exists and the daemon listens on a loopback address, the API is open, so the
+  two-command install works on a workstation. (The daemon refuses a non-loopback bind without a key.)
+- Once any key exists, every `/v1` and `/api` request needs `Authorization: Bearer <key>`; `/api`
+  routes need an admin key, except `GET /api/status`, which any key may read.
+- On a non-loopback bind the API is never open, even if every key was revoked after the start.
+
+Keys are verified without touching SQLite per request: `KeyCache` holds id -> (record, hash) and
+reloads when the database files change (checked at most once a second, so `appliance keys revoke`
+takes effect within about a second). The secret's SHA-256 is compared with hmac.compare_digest.
+It must not write to the key store (the CLI is its one writer).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import Forbidden, RateLimited, Unauthorized
+from .keys import ApiKey, KeyStore, secret_hash, split_key
+
+RECHECK_S = 1.0
+_DUMMY_HASH = secret_hash("x" * 32)  # compared against for unknown ids: the same work either way
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class KeyCache:
+    """The key table in memory, refreshed when keys.db or its WAL changes."""
+
+    def __init__(self, store: KeyStore, *, clock: Callable[[], float] = time.monotonic,
+                 recheck_s: float = RECHECK_S) -> None:
+        self.store = store
+        self._clock = clock
+        self._recheck_s = recheck_s
+        self._keys: dict[str, tuple[ApiKey, str]] = {}
+        self._fingerprint: object = ()
+        self._next_check = 0.0
+        self.any_active = False
+        self.refresh(force=True)
+
+    def _files(self) -> tuple[tuple[int, int, int] | None, ...]:
+        p = self.store.path
+        return (_stat(p), _stat(p.with_name(p.name + "-wal")))
+
+    def refresh(self, force: bool = False) -> None:
+        now = self._clock()
+        if not force and now < self._next_check:
+            return
+        self._next_check = now + self._recheck_s
+        fingerprint = self._files()
+        if not force and fingerprint == self._fingerprint:
+            return
+        self._fingerprint = fingerprint
+        self._keys = self.store.snapshot()
+        self.any_active = any(k.revoked is None for k, _ in self._keys.values())
+
+    def verify(self, presented: str) -> tuple[ApiKey | None, str]:
+        """(record, "") for a live key, else (None, why) with why in {"invalid", "revoked"}."""
+        self.refresh()
+        parts = split_key(presented)
+        if parts is None:
+            return None, "invalid"
+        key_id, secret = parts
+        entry = self._keys.get(key_id)
+        ok = hmac.compare_digest(secret_hash(secret), entry[1] if entry else _DUMMY_HASH)
+        if entry is None or not ok:
+            return None, "invalid"
+        if entry[0].revoked is not None:
+            return None, "revoked"
+        return entry[0], ""
+
+
+class RateLimiter:
+    """Token bucket per key: `per_minute` requests, refilled continuously; 0 disables it."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def admit(self, who: str) -> None:
+        if self.rate <= 0:
+            return
+        now = self._clock()
+        tokens, last = self._buckets.get(who, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self._buckets[who] = (tokens, now)
+            raise RateLimited(f"rate limit of {int(self.capacity)} requests per minute reached for this key",
+                              retry_after=(1.0 - tokens) / self.rate)
+        self._buckets[who] = (tokens - 1.0, now)
+
+
+class Authenticator:
+    def __init__(self, keys: KeyCache, limiter: RateLimiter, *, open_when_no_keys: bool) -> None:
+        self.keys = keys
+        self.limiter = limiter
+        self.open_when_no_keys = open_when_no_keys
+
+    def check(self, authorization: bytes | None, *, admin: bool) -> ApiKey | None:
+        """The caller's key (None when the API is open); raise 401/403/429 as ApiError."""
+        self.keys.refresh()
+        if self.open_when_no_keys and not self.keys.any_active:
+            # Open mode: whatever the client sends (the SDKs insist on some key) is not looked at.
+            self.limiter.admit("-")
+            return None
+        if authorization is None:
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' "
+                               "(create one with `appliance keys create --name NAME`)")
+        scheme, _, token = authorization.decode("latin-1").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("malformed Authorization header: expected 'Bearer <key>'")
+        key, why = self.keys.verify(token.strip())
+        if key is None:
+            raise Unauthorized("this API key has been revoked" if why == "revoked" else "invalid API key")
+        if admin and not key.admin:
+            raise Forbidden(f"key {key.name!r} is not an admin key; this route needs one")
+        self.limiter.admit(key.id)
+        return key

@@ -1,0 +1,169 @@
+"""Forwarding /v1 requests to engines that speak OpenAI themselves (vLLM, the appliance's workers).
+
+The body goes upstream unchanged over the engine's keep-alive pool (gateway.upstream); the answer
+comes back unchanged: a JSON body whole, an SSE stream event by event as it arrives (never buffered
+beyond one incomplete event, so a crash mid-event cannot leave half an event before the error
+event), raw audio chunk by chunk. Usage is read from the bytes without parsing the whole body
+(`find_usage`). A refused connection becomes `EngineUnreachable` (nothing was sent: the caller may
+try again under a new lease); any other transport failure `UpstreamFailed` (502, or an SSE error
+event once a stream has started). Leaving early (the client went away) closes the upstream
+connection, which is how the engine learns to abort.
+It must not choose engines or hold leases: the caller does, around these calls.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import EngineUnreachable, UpstreamFailed
+from .exchange import Exchange
+from .upstream import ConnectFailed, ResponseBroken, UpstreamPool
+
+_USAGE = b'"usage":'
+DONE = b"data: [DONE]\n\n"
+_decoder = json.JSONDecoder()
+
+
+def find_usage(data: bytes) -> tuple[int | None, int | None] | None:
+    """(prompt_tokens, completion_tokens) of the last non-null `"usage"` object in `data`."""
+    end = len(data)
+    while True:
+        i = data.rfind(_USAGE, 0, end)
+        if i < 0:
+            return None
+        j = i + len(_USAGE)
+        while j < len(data) and data[j] in b" \t\r\n":
+            j += 1
+        if data[j:j + 1] == b"{":
+            try:
+                usage, _ = _decoder.raw_decode(data[j:j + 1024].decode("utf-8", "replace"))
+            except ValueError:
+                usage = None
+            if isinstance(usage, dict):
+                pin, pout = usage.get("prompt_tokens"), usage.get("completion_tokens")
+                return (pin if isinstance(pin, int) else None, pout if isinstance(pout, int) else None)
+        end = i
+
+
+def _failed(engine: str, exc: Exception, during: str = "the request") -> UpstreamFailed:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ConnectFailed):
+        return EngineUnreachable(f"engine {engine!r} refused the connection: {text}")
+    return UpstreamFailed(f"engine {engine!r} failed during {during}: {text}")
+
+
+class StreamMeter:
+    """Cuts an SSE byte stream at event boundaries, counts content events, finds the engine's usage."""
+
+    __slots__ = ("chunks", "pending", "usage")
+
+    def __init__(self) -> None:
+        self.pending = b""
+        self.chunks = 0  # content-bearing events: an estimate of completion tokens
+        self.usage: tuple[int | None, int | None] | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        """The complete events in `pending + data`; keeps the incomplete tail."""
+        buf = self.pending + data if self.pending else data
+        cut = buf.rfind(b"\n\n")
+        if cut < 0:
+            crlf = buf.rfind(b"\r\n\r\n")
+            if crlf < 0:
+                self.pending = buf
+                return b""
+            cut = crlf + 2
+        out, self.pending = buf[:cut + 2], buf[cut + 2:]
+        # Role and finish chunks carry "content":"" (chat) or "text":"" (completions); the rest one token.
+        self.chunks += out.count(b"data: {") - out.count(b'"content":""') - out.count(b'"text":""')
+        if _USAGE in out:
+            found = find_usage(out)
+            if found is not None:
+                self.usage = found
+        return out
+
+
+async def post(pool: UpstreamPool, path: str, body: bytes, engine: str) -> tuple[int, bytes, bytes]:
+    """(status, body, content type) of a non-streaming request."""
+    try:
+        resp = await pool.post(path, body)
+        try:
+            return resp.status, await resp.read(), resp.content_type or b"application/json"
+        finally:
+            resp.release()
+    except (ConnectFailed, ResponseBroken) as exc:
+        raise _failed(engine, exc) from exc
+
+
+def _as_error_event(status: int, data: bytes) -> bytes:
+    """An upstream error body as the data of an SSE event (vLLM's shape when it already is an envelope)."""
+    try:
+        parsed: Any = json.loads(data)
+    except ValueError:
+        parsed = None
+    if not (isinstance(parsed, dict) and "error" in parsed):
+        message = data[:500].decode("utf-8", "replace") or f"engine answered {status}"
+        parsed = {"error": {"message": message, "type": "server_error", "param": None, "code": status}}
+    return b"data: " + json.dumps(parsed).encode() + b"\n\ndata: [DONE]\n\n"
+
+
+async def relay_stream(ex: Exchange, pool: UpstreamPool, path: str, body: bytes, engine: str,
+                       meter: StreamMeter) -> int:
+    """Send an SSE stream from upstream to the client; return the upstream status."""
+    try:
+        resp = await pool.post(path, body)
+    except ConnectFailed as exc:
+        raise _failed(engine, exc) from exc
+    except ResponseBroken as exc:
+        raise _failed(engine, exc, "the stream") from exc
+    try:
+        if resp.status != 200:
+            data = await resp.read()
+            if ex.started:  # keep-alive comments already began the event stream
+                await ex.end(_as_error_event(resp.status, data))
+            else:
+                await ex.respond(resp.status, data, resp.content_type or b"application/json")
+            return resp.status
+        await ex.start_sse()
+        async for chunk in resp.chunks():
+            out = meter.feed(chunk)
+            if out:
+                await ex.write(out)
+                if out.endswith(DONE):
+                    ex.delivered()  # a client may hang up now; the engine's last bytes are a formality
+        await ex.end(meter.pending)
+        return 200
+    except ResponseBroken as exc:
+        raise _failed(engine, exc, "the stream") from exc
+    finally:
+        resp.release()
+
+
+async def relay_raw(ex: Exchange, pool: UpstreamPool, path: str, body: bytes, engine: str,
+                    content_type: bytes) -> tuple[int, bytes]:
+    """Pass a binary response (audio) through as it arrives; return (status, all bytes sent)."""
+    try:
+        resp = await pool.post(path, body)
+    except (ConnectFailed, ResponseBroken) as exc:
+        raise _failed(engine, exc) from exc
+    try:
+        if resp.status != 200:
+            data = await resp.read()
+            await ex.respond(resp.status, data, resp.content_type or b"application/json")
+            return resp.status, data
+        if resp.content_type.startswith(b"audio/"):
+            content_type = resp.content_type
+        headers = [(b"content-type", content_type)]
+        if resp.content_length is not None:
+            headers.append((b"content-length", b"%d" % resp.content_length))
+        await ex.start(200, headers)
+        parts: list[bytes] = []
+        async for chunk in resp.chunks():
+            parts.append(chunk)
+            await ex.write(chunk)
+        await ex.end()
+        return 200, b"".join(parts)
+    except ResponseBroken as exc:
+        raise _failed(engine, exc) from exc
+    finally:
+        resp.release()
