@@ -1,0 +1,414 @@
+"""The residency scheduler's pure decision core: events in, actions out.
+
+Owns: which models are in VRAM, in host RAM or on disk, every model's queue of waiting
+requests and its in-flight requests, and the single eviction plan in progress. One
+caller (the daemon's residency loop, the simulator, a test) passes each event with the
+current time and executes the returned actions in order.
+
+Must not: do I/O, read a clock, log, sleep or await. Time exists only as `event.now`.
+
+Decision order, applied after every event once its facts are recorded:
+ 1. Admission (on arrival): unknown model 404; not downloaded, or larger than the VRAM
+    budget left beside pinned models, 503; start failures in backoff 503; queue at its
+    `queue_limit` 429. Every rejection carries a Retry-After estimate.
+ 2. Plan progress: each victim of the eviction plan with nothing in flight is released;
+    once the plan's target fits, it is activated.
+ 3. Keep-alive: an idle, unpinned resident model past its TTL is released.
+ 4. Dispatch: every resident model not being drained gets queued requests, oldest
+    first, up to its concurrency: the resident model is served while it has work. This
+    comes before any switch decision, so a model that just arrived in VRAM always serves
+    a first batch (two backlogged models cannot evict each other in a loop).
+ 5. Candidates (models with waiting requests, or pinned, that are not in VRAM), pinned
+    first, then by earliest max_wait deadline:
+    a. if it fits beside what is resident (co-residence) and beside the plan's target,
+       activate it now;
+    b. else, if no plan is in progress, choose victims by GreedyDual-Size-Frequency
+       (never pinned; prefer victims without queued work, then idle ones, then the lowest
+       H = L + frequency x reload cost / size) and start a plan when a trigger fires:
+       - urgency: the candidate is pinned, or its queue head has waited `max_wait`,
+         counted only while its model was neither serving nor loading and only since the
+         request became the oldest waiter; this overrides the protection that the
+         resident batch otherwise enjoys, so no batch can starve another model;
+       - idle victims: they have no work at all, queued or running;
+       - optionally a cheap drain (`PolicySettings.drain_below_s`).
+       Victims then admit nothing new and drain: a job in flight is never killed. With
+       preemption enabled, a victim's LLM streams (only those) are aborted and re-queued
+       to be resumed after the swap back; image and speech jobs always run to the end.
+ 6. Plan progress again (a new plan's idle victims are released at once).
+Releases go to host RAM (sleep) while it has room, dropping cheaper host copies by the
+same GreedyDual value across tiers, else to disk (unload keeps the process, stop not).
+
+Crash semantics (EngineExited): the model's residency is dropped (tier disk, engine
+down, its memory counted free). Its in-flight requests are forgotten: the driver fails
+them to their clients (their engine connection broke) and any later RequestDone for them
+is ignored. Its waiting requests stay queued and the model is started again when next
+chosen. An exit while starting counts as a failed start; after `max_start_failures` in a
+row its queue is answered 503 until the backoff ends. A failed Sleep or Unload escalates
+to Stop; a failed Stop keeps the memory counted until the engine is reported exited.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from appliance.scheduler import admission
+from appliance.scheduler.events import (
+    Action,
+    ActionFailed,
+    ActionKind,
+    Dispatch,
+    EngineExited,
+    EngineReady,
+    Event,
+    GpuSample,
+    Preempt,
+    ReleaseDone,
+    RequestArrived,
+    RequestCancelled,
+    RequestDone,
+    Sleep,
+    Start,
+    Stop,
+    Tick,
+    Wake,
+)
+from appliance.scheduler.ledger import Ledger
+from appliance.scheduler.memory import Footprints, MemoryBudget
+from appliance.scheduler.policy import (
+    HostView,
+    PolicySettings,
+    SwitchView,
+    VictimView,
+    choose_release,
+    choose_victims,
+    gdsf_value,
+    should_switch,
+)
+from appliance.scheduler.snapshot import CoreSnapshot
+from appliance.scheduler.state import InFlight, ModelSlot, Phase
+from appliance.scheduler.types import ModelProfile, Request, Tier
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    target: str
+    victims: tuple[str, ...]
+
+
+class ResidencyCore:
+    """The decision core. `handle(event)` returns the actions to execute, in order."""
+
+    def __init__(
+        self,
+        profiles: Iterable[ModelProfile],
+        budget: MemoryBudget,
+        settings: PolicySettings | None = None,
+        measured: Mapping[str, int] | None = None,
+        tiers: Mapping[str, Tier] | None = None,
+    ) -> None:
+        """`measured`: footprints persisted by a previous run; `tiers`: where models start
+        (default: on disk with the engine stopped, or absent when not downloaded)."""
+        self.settings = settings or PolicySettings()
+        self.ledger = Ledger(profiles, budget, measured, tiers)
+        self._slots = self.ledger.slots
+        self._where: dict[str, str] = {}
+        self._plan: _Plan | None = None
+        self._clock = 0.0  # GreedyDual's L: raised to the value of every released model
+        self._now = 0.0
+        self._out: list[Action] = []
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def footprints(self) -> Footprints:
+        return self.ledger.footprints
+
+    def handle(self, event: Event) -> list[Action]:
+        now = max(event.now, self._now)
+        self._now = now
+        for slot in self._slots.values():
+            slot.settle_credit(now)
+        self._out = []
+        self._apply(event, now)
+        self._decide(now)
+        out, self._out = self._out, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The next future time at which the core must be ticked (max_wait, TTL, backoff), if any."""
+        times: list[float] = []
+        for s in self._slots.values():
+            if s.accrues_credit() and not s.in_vram and s.phase is Phase.STEADY:
+                times.append(s.credit_mark + s.profile.max_wait_s - s.credit_s)
+            if s.queue and s.failed_until > self._now:
+                times.append(s.failed_until)
+            ttl = s.profile.keep_alive_s
+            if ttl is not None and s.servable and not s.has_work and not s.profile.pinned:
+                times.append(s.last_used + ttl)
+        future = [t for t in times if t > self._now]
+        return min(future) if future else None
+
+    def measured_footprints(self) -> dict[str, int]:
+        """Peak footprints measured so far, for the loop to persist (`FootprintStore.save`)."""
+        return self.footprints.measured()
+
+    def snapshot(self) -> CoreSnapshot:
+        return self.ledger.snapshot(self._now, self._plan.target if self._plan else None)
+
+    # ------------------------------------------------------------- event handling
+
+    def _apply(self, event: Event, now: float) -> None:
+        match event:
+            case RequestArrived(request=request):
+                self._arrive(request, now)
+            case RequestDone(request_id=rid) | RequestCancelled(request_id=rid):
+                self._finish(rid, now)
+            case EngineReady(model=model):
+                slot = self._slots.get(model)
+                if slot is not None and slot.phase is Phase.ACTIVATING:
+                    slot.became_ready(now)
+            case ReleaseDone(model=model, held_bytes=held):
+                slot = self._slots.get(model)
+                if slot is not None and slot.phase is Phase.RELEASING:
+                    slot.release_verified(held)
+            case EngineExited(model=model):
+                self._exited(model, now)
+            case ActionFailed(model=model, action=kind):
+                self._failed(model, kind, now)
+            case GpuSample():
+                self._sample(event)
+            case Tick():
+                pass
+
+    def _arrive(self, request: Request, now: float) -> None:
+        if request.id in self._where:
+            raise ValueError(f"request id {request.id} is already known to the scheduler")
+        slot = self._slots.get(request.model)
+        fits = self.ledger.fits_ever(slot) if slot is not None else False
+        rejection = admission.admit(request, slot, now, fits, self.settings)
+        if rejection is not None:
+            self._out.append(rejection)
+            return
+        assert slot is not None
+        if not slot.queue:
+            slot.restart_credit(now)
+        slot.queue.append(request)
+        self._where[request.id] = request.model
+
+    def _finish(self, rid: str, now: float) -> None:
+        model = self._where.pop(rid, None)
+        if model is None:
+            return
+        slot = self._slots[model]
+        slot.resumable.discard(rid)
+        entry = slot.in_flight.pop(rid, None)
+        if entry is not None:
+            ran = now - entry.since
+            slot.service_s += 0.2 * (ran - slot.service_s)
+            if not entry.resumed:
+                slot.history.record(ran)
+            slot.last_used = now
+            return
+        was_head = bool(slot.queue) and slot.queue[0].id == rid
+        slot.queue = deque(r for r in slot.queue if r.id != rid)
+        if was_head:
+            slot.restart_credit(now)
+
+    def _exited(self, model: str, now: float) -> None:
+        slot = self._slots.get(model)
+        if slot is None:
+            return
+        if slot.phase is Phase.ACTIVATING:
+            self._note_start_failure(slot, now)
+        for rid in slot.lost_engine():
+            self._where.pop(rid, None)
+        if slot.queue:
+            slot.restart_credit(now)
+
+    def _failed(self, model: str, kind: ActionKind, now: float) -> None:
+        slot = self._slots.get(model)
+        if slot is None:
+            return
+        if kind in (ActionKind.START, ActionKind.WAKE) and slot.phase is Phase.ACTIVATING:
+            # The driver cleans up a failed start (stops what it started); any host copy is gone.
+            slot.lost_engine()
+            self._note_start_failure(slot, now)
+        elif kind in (ActionKind.SLEEP, ActionKind.UNLOAD) and slot.phase is Phase.RELEASING:
+            slot.release_to, slot.stopping = Tier.DISK, True
+            self._out.append(Stop(model))
+
+    def _note_start_failure(self, slot: ModelSlot, now: float) -> None:
+        slot.failures += 1
+        slot.failed_until = now + self.settings.failure_backoff_s * 2 ** (slot.failures - 1)
+        if slot.failures >= self.settings.max_start_failures:
+            self._reject_queue(slot, 503, slot.failed_until - now, "model failed to start")
+
+    def _reject_queue(self, slot: ModelSlot, status: int, retry_after_s: float, reason: str) -> None:
+        for r in slot.queue:
+            self._where.pop(r.id, None)
+            self._out.append(admission.reject(r, status, retry_after_s, reason))
+        slot.queue.clear()
+
+    def _sample(self, sample: GpuSample) -> None:
+        known = 0
+        for model, used in sample.used_by_model.items():
+            known += used
+            slot = self._slots.get(model)
+            if slot is not None and slot.tier is Tier.VRAM and slot.phase is Phase.STEADY:
+                self.footprints.observe(model, used)
+        foreign = sample.total_bytes - sample.free_bytes - known
+        self.ledger.foreign_bytes = max(0, foreign - self.settings.foreign_allowance_bytes)
+
+    # ------------------------------------------------------------------ decisions
+
+    def _decide(self, now: float) -> None:
+        self._advance_plan()
+        self._expire_keep_alive(now)
+        self._dispatch(now)
+        self._consider_candidates(now)
+        self._advance_plan()
+
+    def _advance_plan(self) -> None:
+        plan = self._plan
+        if plan is None:
+            return
+        target = self._slots[plan.target]
+        if target.in_vram or target.phase is not Phase.STEADY:
+            self._plan = None
+            return
+        if not target.queue and not target.profile.pinned:
+            for v in plan.victims:  # nobody waits any more: victims not yet released serve again
+                victim = self._slots[v]
+                victim.draining = victim.phase is Phase.RELEASING
+            self._plan = None
+            return
+        for v in plan.victims:
+            slot = self._slots[v]
+            if slot.tier is Tier.VRAM and slot.phase is Phase.STEADY and not slot.in_flight:
+                self._release(slot)
+        if self.ledger.footprint(target) <= self.ledger.vram_free():
+            self._activate(target)
+            self._plan = None
+        elif not any(self._slots[v].tier is Tier.VRAM for v in plan.victims):
+            self._plan = None  # the victims are gone and it still does not fit: plan afresh
+
+    def _expire_keep_alive(self, now: float) -> None:
+        for slot in self._slots.values():
+            ttl = slot.profile.keep_alive_s
+            if ttl is None or slot.profile.pinned or not slot.servable or slot.has_work:
+                continue
+            if now - slot.last_used >= ttl:
+                self._release(slot)
+
+    def _dispatch(self, now: float) -> None:
+        for slot in self._slots.values():
+            if not slot.servable:
+                continue
+            while slot.queue and len(slot.in_flight) < slot.profile.concurrency:
+                request = slot.queue.popleft()
+                resume = request.id in slot.resumable
+                slot.resumable.discard(request.id)
+                slot.in_flight[request.id] = InFlight(request, now, resume)
+                slot.frequency += 1.0
+                slot.last_used = now
+                slot.gdsf_value = gdsf_value(self._clock, slot.frequency, slot.profile, self.ledger.footprint(slot))
+                self._out.append(Dispatch(slot.id, request.id, admission.clamp_tokens(request, slot), resume))
+                if slot.queue:
+                    slot.restart_credit(now)
+
+    def _consider_candidates(self, now: float) -> None:
+        candidates = [
+            s
+            for s in self._slots.values()
+            if (s.queue or s.profile.pinned)
+            and not s.in_vram
+            and s.phase is Phase.STEADY
+            and s.tier is not Tier.ABSENT
+            and s.failed_until <= now
+        ]
+        candidates.sort(key=lambda s: (not s.profile.pinned, s.credit_mark + s.profile.max_wait_s - s.credit_s))
+        for slot in candidates:
+            if self._fits_beside_plan(self.ledger.footprint(slot)):
+                self._activate(slot)
+            elif self._plan is None:
+                self._maybe_plan(slot, now)
+
+    def _maybe_plan(self, slot: ModelSlot, now: float) -> None:
+        need = self.ledger.footprint(slot)
+        free = self.ledger.vram_free() + self.ledger.leaving_vram()
+        if need <= free:
+            return  # releases already under way will make room
+        views = [
+            VictimView(s.id, self.ledger.footprint(s), s.gdsf_value, busy=s.busy, queued=len(s.queue))
+            for s in self._slots.values()
+            if s.tier is Tier.VRAM and s.phase is Phase.STEADY and not s.profile.pinned
+        ]
+        victims = choose_victims(need, free, views)
+        if victims is None:
+            if not self.ledger.fits_ever(slot):
+                self._reject_queue(slot, 503, admission.CANNOT_FIT_RETRY_S, "cannot fit beside pinned models")
+            return
+        chosen = [v for v in views if v.id in victims]
+        drain = max((self._drain_s(self._slots[v.id], now) for v in chosen), default=0.0)
+        target = SwitchView(slot.credit_s, slot.profile.max_wait_s, urgent=slot.profile.pinned)
+        if not should_switch(target, chosen, drain, self.settings):
+            return
+        self._plan = _Plan(slot.id, victims)
+        for v in victims:
+            victim = self._slots[v]
+            victim.draining = True
+            if self.settings.preemption and victim.profile.preemptible:
+                self._preempt_all(victim, now)
+
+    def _preempt_all(self, slot: ModelSlot, now: float) -> None:
+        entries = sorted(slot.in_flight.values(), key=lambda e: e.request.arrival)
+        for entry in entries:
+            self._out.append(Preempt(slot.id, entry.request.id))
+            slot.resumable.add(entry.request.id)
+        slot.in_flight.clear()
+        if entries:
+            slot.queue.extendleft(reversed([e.request for e in entries]))
+            slot.restart_credit(now)
+
+    # -------------------------------------------------------------- transitions
+
+    def _activate(self, slot: ModelSlot) -> None:
+        slot.phase = Phase.ACTIVATING
+        self._out.append(Wake(slot.id) if slot.tier is Tier.HOST else Start(slot.id))
+
+    def _release(self, slot: ModelSlot) -> None:
+        self._clock = max(self._clock, slot.gdsf_value)
+        hosts = [
+            HostView(s.id, s.profile.host_bytes, s.gdsf_value, stop_only=not s.profile.supports_unload)
+            for s in self._slots.values()
+            if s.tier is Tier.HOST and s.phase is Phase.STEADY
+        ]
+        plan = choose_release(slot.profile, slot.gdsf_value, self.ledger.host_free(), hosts)
+        for drop in plan.drop_from_host:
+            # Dropping a host copy moves no data: its RAM is counted free from now on.
+            host_slot = self._slots[drop.model]
+            host_slot.phase, host_slot.release_to = Phase.RELEASING, Tier.DISK
+            host_slot.stopping = isinstance(drop, Stop)
+            self._out.append(drop)
+        release = plan.release
+        slot.phase, slot.draining = Phase.RELEASING, True
+        slot.release_to = Tier.HOST if isinstance(release, Sleep) else Tier.DISK
+        slot.stopping = isinstance(release, Stop)
+        self._out.append(release)
+
+    def _fits_beside_plan(self, need: int) -> bool:
+        """Fits now, and after the plan in progress (if any) completes."""
+        free = self.ledger.vram_free()
+        if need > free:
+            return False
+        plan = self._plan
+        if plan is None:
+            return True
+        freed = sum(self.ledger.footprint(self._slots[v]) for v in plan.victims if self._slots[v].tier is Tier.VRAM)
+        return need <= free + freed - self.ledger.footprint(self._slots[plan.target])
+
+    def _drain_s(self, slot: ModelSlot, now: float) -> float:
+        """Expected seconds until the slot's longest running job ends (from observed durations)."""
+        return max((slot.history.residual(now - e.since) for e in slot.in_flight.values()), default=0.0)

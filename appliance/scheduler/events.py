@@ -1,0 +1,194 @@
+"""Events fed to the residency core, and the actions it returns.
+
+Owns: the vocabulary between the pure core and whoever drives it (the daemon's
+residency loop, the simulator, tests). Every event carries `now`, the time in seconds
+on the driver's monotonic clock; the core never reads a clock. Every action names the
+model it concerns; request-level actions carry the request id the driver maps to a
+waiting caller.
+
+Must not: contain behaviour. These are plain frozen values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from appliance.scheduler.types import Request
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class RequestArrived:
+    now: float
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDone:
+    """A dispatched request finished (successfully or not) and left the engine."""
+
+    now: float
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCancelled:
+    """The client went away, while waiting or while running (the driver aborts the engine call)."""
+
+    now: float
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class EngineReady:
+    """A Start or Wake completed: the model is in VRAM and answers its readiness probe."""
+
+    now: float
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class EngineExited:
+    """The engine process died without being asked to (crash, OOM kill)."""
+
+    now: float
+    model: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseDone:
+    """A Sleep, Unload or Stop is verified: the GPU probe shows the memory dropped.
+
+    held_bytes is what the engine still holds on the GPU afterwards (CUDA context of a
+    sleeping engine), measured; None when unknown.
+    """
+
+    now: float
+    model: str
+    held_bytes: int | None = None
+
+
+class ActionKind(StrEnum):
+    START = "start"
+    WAKE = "wake"
+    SLEEP = "sleep"
+    UNLOAD = "unload"
+    STOP = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionFailed:
+    """A Start, Wake, Sleep, Unload or Stop failed or missed its deadline."""
+
+    now: float
+    model: str
+    action: ActionKind
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    """One reading of the GPU probe: totals and the bytes each model's processes hold."""
+
+    now: float
+    total_bytes: int
+    free_bytes: int
+    used_by_model: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed; the driver sends one at `core.next_deadline()` (and may send more)."""
+
+    now: float
+
+
+Event = (
+    RequestArrived
+    | RequestDone
+    | RequestCancelled
+    | EngineReady
+    | EngineExited
+    | ReleaseDone
+    | ActionFailed
+    | GpuSample
+    | Tick
+)
+
+# -------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Bring the model into VRAM from disk: start the engine, or load into a running one."""
+
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Bring the model into VRAM from host RAM (vLLM /wake_up, worker /load)."""
+
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Move the model's weights to host RAM, keeping the process (vLLM /sleep?level=1)."""
+
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unload:
+    """Drop the weights from VRAM, keeping the process (vLLM level 2, ComfyUI /free)."""
+
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Stop the engine process (SIGTERM the group, then SIGKILL)."""
+
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Hand the request to the model's engine.
+
+    max_tokens: the request's cap clamped to the model's (the driver sends this one);
+    resume: a preempted stream continues (re-prefill prompt plus tokens already sent).
+    """
+
+    model: str
+    request_id: str
+    max_tokens: int | None = None
+    resume: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Answer the request with an error: 429 queue full, 503 cannot fit or engine failing."""
+
+    model: str
+    request_id: str
+    status: int
+    retry_after_s: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt:
+    """Abort a running LLM stream; it is re-queued and later dispatched with resume=True."""
+
+    model: str
+    request_id: str
+
+
+Action = Start | Wake | Sleep | Unload | Stop | Dispatch | Reject | Preempt
+ReleaseAction = Sleep | Unload | Stop

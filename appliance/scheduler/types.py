@@ -1,0 +1,111 @@
+"""Value types of the residency scheduler: model profiles, requests and tiers.
+
+Owns: the frozen descriptions the core decides over. A `ModelProfile` is what the
+catalog and configuration say about a model (footprint estimate, swap costs, limits);
+a `Request` is one client call waiting for a model.
+
+Must not: hold mutable runtime state (that is `state.ModelSlot`, owned by the core),
+read configuration files, or import anything outside the standard library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+GB = 1_000_000_000
+"""Decimal gigabyte: model sizes are quoted this way by the catalogs."""
+
+
+class ModelKind(StrEnum):
+    """What a model serves; decides batching and whether its jobs may be preempted."""
+
+    LLM = "llm"
+    IMAGE = "image"
+    SPEECH = "speech"
+    EMBED = "embed"
+    OTHER = "other"
+
+
+class Tier(StrEnum):
+    """Where a model's weights are. DISK covers both "engine stopped" and "engine up, unloaded"."""
+
+    VRAM = "vram"
+    HOST = "host"
+    DISK = "disk"
+    ABSENT = "absent"
+
+
+@dataclass(frozen=True, slots=True)
+class SwapCosts:
+    """Estimated seconds for each residency transition (replaced by a calibration on a real box).
+
+    wake_s: host RAM -> VRAM (vLLM sleep level 1 wake, worker /load from pinned RAM).
+    cold_start_s: process start plus load from disk (vLLM: compile and CUDA-graph capture).
+    load_s: disk -> VRAM into an engine whose process is already up (unloaded, not stopped).
+    release_s: VRAM -> host or dropped, once the engine is idle.
+    """
+
+    wake_s: float
+    cold_start_s: float
+    load_s: float
+    release_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelProfile:
+    """Everything the core needs to know about one model before it has measured anything.
+
+    footprint_bytes is the catalog's VRAM estimate; a measured footprint replaces it.
+    keep_alive_s None means the model stays in VRAM until memory is needed.
+    concurrency is how many requests the engine runs at once (continuous batching for
+    an LLM, one job at a time for image and speech engines).
+    preemptible means running jobs may be aborted and resumed (only LLM streams, and only
+    when stream preemption is enabled in the core's settings).
+    """
+
+    id: str
+    kind: ModelKind
+    footprint_bytes: int
+    host_bytes: int
+    costs: SwapCosts
+    max_wait_s: float = 30.0
+    keep_alive_s: float | None = None
+    pinned: bool = False
+    queue_limit: int = 64
+    max_tokens: int | None = None
+    concurrency: int = 1
+    supports_sleep: bool = True
+    supports_unload: bool = True
+    preemptible: bool = False
+    downloaded: bool = True
+    typical_service_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.footprint_bytes <= 0:
+            raise ValueError(f"model {self.id}: footprint_bytes must be positive")
+        if self.concurrency < 1:
+            raise ValueError(f"model {self.id}: concurrency must be at least 1")
+        if self.queue_limit < 1:
+            raise ValueError(f"model {self.id}: queue_limit must be at least 1")
+        if self.max_wait_s <= 0:
+            raise ValueError(f"model {self.id}: max_wait_s must be positive")
+        if self.preemptible and self.kind is not ModelKind.LLM:
+            raise ValueError(f"model {self.id}: only LLM streams can be preempted")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One client call. The loop maps `id` to the future the gateway is waiting on.
+
+    est_service_s is an optional estimate of the request's own GPU time (TTS text length,
+    prompt tokens and the max_tokens cap); the core uses it only to price drains and
+    Retry-After, never to order requests.
+    """
+
+    id: str
+    model: str
+    arrival: float
+    est_service_s: float | None = None
+    prompt_tokens: int | None = None
+    max_tokens: int | None = None

@@ -1,0 +1,367 @@
+"""The pure residency core driven synchronously with fake effects."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.scheduler import (
+    GB,
+    ActionFailed,
+    ActionKind,
+    Dispatch,
+    EngineExited,
+    GpuSample,
+    InMemoryFootprintStore,
+    ModelKind,
+    PolicySettings,
+    Preempt,
+    Reject,
+    Sleep,
+    Start,
+    Stop,
+    Tier,
+    Unload,
+    Wake,
+)
+
+from .residency_fakes import Driver, box, profile
+
+HOST = dict.fromkeys(("llm", "image", "speech"), Tier.HOST)
+
+
+def test_cold_model_is_started_then_dispatched() -> None:
+    d = Driver.create(box())
+    assert d.arrive("r1", "image", 0.0) == [Start("image")]
+    assert d.ready("image", 20.0) == [Dispatch("image", "r1")]
+
+
+def test_slept_model_is_woken() -> None:
+    d = Driver.create(box(), tiers=HOST)
+    assert d.arrive("r1", "llm", 0.0) == [Wake("llm")]
+    assert d.ready("llm", 1.0) == [Dispatch("llm", "r1", max_tokens=2048)]
+
+
+def test_speech_co_resides_with_image() -> None:
+    d = Driver.create(box(), tiers=HOST)
+    d.arrive("i1", "image", 0.0)
+    assert d.arrive("s1", "speech", 0.1) == [Wake("speech")]  # 14.8 + 3.4 GB fit in 22.5 GB
+    d.ready("image", 1.0)
+    d.ready("speech", 1.0)
+    assert set(d.dispatched()) == {"i1", "s1"}
+    assert d.of(Sleep) == []
+
+
+def test_llm_needs_both_co_residents_released() -> None:
+    d = Driver.create(box(), tiers=HOST)
+    d.arrive("i1", "image", 0.0)
+    d.arrive("s1", "speech", 0.0)
+    d.ready("image", 1.0)
+    d.ready("speech", 1.0)
+    d.done("i1", 7.0)
+    d.done("s1", 7.0)
+    # Both are idle, so the LLM's arrival switches at once; the LLM waits for both releases.
+    assert d.arrive("c1", "llm", 8.0) == [Sleep("image"), Sleep("speech")]
+    assert d.released("image", 8.05) == []
+    assert d.released("speech", 8.05) == [Wake("llm")]
+
+
+def test_resident_model_keeps_serving_while_it_has_work() -> None:
+    d = Driver.create(box(), tiers=HOST)
+    d.arrive("c1", "llm", 0.0)
+    d.ready("llm", 1.0)
+    d.arrive("i1", "image", 2.0)  # the LLM is busy: the image waits (protection)
+    assert d.arrive("c2", "llm", 3.0) == [Dispatch("llm", "c2", max_tokens=2048)]
+    assert d.of(Sleep) == []
+    d.done("c1", 10.0)
+    assert d.done("c2", 12.0) == [Sleep("llm")]  # no work left on the LLM: switch
+    assert d.released("llm", 12.05) == [Wake("image")]
+
+
+def test_max_wait_overrides_the_resident_batch_and_drains_before_evicting() -> None:
+    d = Driver.create(box(), tiers=HOST)
+    d.arrive("c1", "llm", 0.0)
+    d.ready("llm", 1.0)
+    d.arrive("i1", "image", 2.0)
+    assert d.core.next_deadline() == pytest.approx(32.0)  # image max_wait is 30 s
+    d.arrive("c2", "llm", 20.0)
+    assert d.tick(32.0) == []  # trigger fired: the LLM drains, nothing is killed
+    assert d.core.snapshot().plan_target == "image"
+    assert d.arrive("c3", "llm", 33.0) == []  # a draining model admits nothing new
+    assert d.done("c1", 40.0) == []  # c2 still runs
+    assert d.done("c2", 50.0) == [Sleep("llm")]
+    d.released("llm", 50.05)
+    assert d.ready("image", 51.0) == [Dispatch("image", "i1")]
+    # c3 waits its turn; after the image batch the LLM comes back.
+    assert d.done("i1", 57.0) == [Sleep("image")]
+    d.released("image", 57.05)
+    assert d.ready("llm", 58.2) == [Dispatch("llm", "c3", max_tokens=2048)]
+
+
+def test_running_image_job_is_never_preempted() -> None:
+    d = Driver.create(box(), tiers=HOST, settings=PolicySettings(preemption=True))
+    d.arrive("i1", "image", 0.0)
+    d.ready("image", 1.0)
+    d.arrive("i2", "image", 1.5)
+    d.arrive("c1", "llm", 2.0)
+    d.tick(62.0)  # the LLM's max_wait of 60 s is reached
+    assert d.of(Preempt) == []
+    assert d.of(Sleep, "image") == []
+    assert d.done("i1", 70.0) == [Sleep("image")]  # i2 waits: the image model drains
+    assert "i2" not in d.dispatched()
+
+
+def test_llm_streams_are_preempted_and_resumed_when_enabled() -> None:
+    profiles = box()
+    profiles[0] = profile("llm", 21.7, ModelKind.LLM, host_gb=19.3, concurrency=8, max_wait_s=60.0,
+                          preemptible=True)
+    d = Driver.create(profiles, tiers=HOST, settings=PolicySettings(preemption=True))
+    d.arrive("c1", "llm", 0.0)
+    d.ready("llm", 1.0)
+    d.arrive("c2", "llm", 2.0)
+    d.arrive("i1", "image", 3.0)
+    out = d.tick(33.0)
+    assert out == [Preempt("llm", "c1"), Preempt("llm", "c2"), Sleep("llm")]
+    d.released("llm", 33.05)
+    d.ready("image", 34.0)
+    d.done("i1", 40.0)
+    d.released("image", 40.05)
+    assert d.ready("llm", 41.2) == [
+        Dispatch("llm", "c1", max_tokens=None, resume=True),
+        Dispatch("llm", "c2", max_tokens=None, resume=True),
+    ]
+
+
+def test_preemption_disabled_means_drain() -> None:
+    profiles = box()
+    profiles[0] = profile("llm", 21.7, ModelKind.LLM, concurrency=8, max_wait_s=60.0, preemptible=True)
+    d = Driver.create(profiles, tiers=HOST)  # preemption off in the settings
+    d.arrive("c1", "llm", 0.0)
+    d.ready("llm", 1.0)
+    d.arrive("i1", "image", 2.0)
+    assert d.tick(32.0) == []
+    assert d.of(Preempt) == []
+
+
+def test_keep_alive_ttl_releases_an_idle_model() -> None:
+    d = Driver.create([profile("a", 5, keep_alive_s=10.0)], tiers={"a": Tier.HOST})
+    d.arrive("r1", "a", 0.0)
+    d.ready("a", 1.0)
+    d.done("r1", 3.0)
+    assert d.core.next_deadline() == pytest.approx(13.0)
+    assert d.tick(12.9) == []
+    assert d.tick(13.0) == [Sleep("a")]
+
+
+def test_no_keep_alive_means_stay_resident() -> None:
+    d = Driver.create([profile("a", 5)], tiers={"a": Tier.HOST})
+    d.arrive("r1", "a", 0.0)
+    d.ready("a", 1.0)
+    d.done("r1", 3.0)
+    assert d.core.next_deadline() is None
+    assert d.tick(10_000.0) == []
+
+
+def test_pinned_model_is_loaded_and_never_evicted() -> None:
+    d = Driver.create(
+        [profile("pin", 10, pinned=True, keep_alive_s=1.0), profile("a", 10), profile("b", 10)],
+        vram_gb=22.0,
+        tiers=dict.fromkeys(("pin", "a", "b"), Tier.HOST),
+    )
+    assert d.tick(0.0) == [Wake("pin")]
+    d.ready("pin", 1.0)
+    d.arrive("r1", "a", 2.0)
+    d.ready("a", 3.0)
+    d.done("r1", 4.0)
+    d.arrive("r2", "b", 5.0)  # b needs a victim: only "a" may go
+    assert d.of(Sleep) == [Sleep("a")]
+    d.tick(1_000.0)
+    assert d.of(Sleep, "pin") == []
+
+
+def test_model_too_big_beside_pins_is_rejected_503() -> None:
+    d = Driver.create([profile("pin", 15, pinned=True), profile("big", 10)], vram_gb=22.0)
+    out = d.arrive("r1", "big", 0.0)
+    assert Start("pin") in out
+    (reject,) = [a for a in out if isinstance(a, Reject)]
+    assert reject.status == 503 and reject.reason.startswith("cannot fit") and reject.retry_after_s > 0
+
+
+def test_queue_limit_answers_429_with_retry_after() -> None:
+    d = Driver.create([profile("a", 5, queue_limit=2, typical_service_s=6.0)])
+    d.arrive("r1", "a", 0.0)
+    d.arrive("r2", "a", 0.0)
+    (reject,) = d.arrive("r3", "a", 0.0)
+    assert isinstance(reject, Reject) and reject.status == 429
+    assert reject.retry_after_s >= 12.0  # two jobs of 6 s ahead, plus the start
+
+
+def test_not_downloaded_model_is_rejected_503() -> None:
+    d = Driver.create([profile("a", 5, downloaded=False)])
+    (reject,) = d.arrive("r1", "a", 0.0)
+    assert isinstance(reject, Reject) and reject.status == 503 and reject.retry_after_s > 0
+
+
+def test_unknown_model_is_rejected_404() -> None:
+    d = Driver.create([profile("a", 5)])
+    (reject,) = d.arrive("r1", "nope", 0.0)
+    assert isinstance(reject, Reject) and reject.status == 404
+
+
+def test_max_tokens_is_clamped_to_the_model_cap() -> None:
+    d = Driver.create(box(), tiers=HOST)
+    d.arrive("c1", "llm", 0.0, max_tokens=100_000)
+    d.arrive("c2", "llm", 0.0, max_tokens=50)
+    d.ready("llm", 1.0)
+    assert d.of(Dispatch) == [Dispatch("llm", "c1", max_tokens=2048), Dispatch("llm", "c2", max_tokens=50)]
+
+
+def test_measured_footprint_replaces_the_estimate_and_is_exposed() -> None:
+    # Estimated at 15 + 10 GB the two cannot share 22 GB; once "a" is measured at 9 GB they can.
+    d = Driver.create([profile("a", 15), profile("b", 10)], vram_gb=22.0, tiers={"a": Tier.HOST, "b": Tier.HOST})
+    d.arrive("r1", "a", 0.0)
+    d.ready("a", 1.0)
+    assert d.arrive("r2", "b", 1.5) == []  # "a" is busy and b does not fit beside it: b waits
+    out = d.feed(GpuSample(2.0, total_bytes=24 * GB, free_bytes=15 * GB, used_by_model={"a": 9 * GB, "b": 0}))
+    assert out == [Wake("b")]
+    assert d.core.measured_footprints() == {"a": 9 * GB}  # b is not resident: no measurement of b
+    assert d.core.footprints.take_dirty() and not d.core.footprints.take_dirty()
+    assert d.core.snapshot().vram_used_bytes == 19 * GB
+
+
+def test_measurements_persist_across_restarts() -> None:
+    store = InMemoryFootprintStore()
+    d = Driver.create([profile("a", 15), profile("b", 15)], vram_gb=22.0, tiers={"a": Tier.HOST})
+    d.arrive("r1", "a", 0.0)
+    d.ready("a", 1.0)
+    d.feed(GpuSample(2.0, total_bytes=24 * GB, free_bytes=15 * GB, used_by_model={"a": 7 * GB}))
+    store.save(d.core.measured_footprints())
+    again = Driver.create([profile("a", 15), profile("b", 15)], vram_gb=22.0, measured=store.load(),
+                          tiers={"a": Tier.HOST, "b": Tier.HOST})
+    again.arrive("r1", "a", 0.0)
+    assert again.arrive("r2", "b", 0.0) == [Wake("b")]  # 7 + 15 GB fit in 22 GB
+
+
+def test_foreign_gpu_memory_shrinks_the_budget() -> None:
+    d = Driver.create([profile("a", 10), profile("b", 10)], vram_gb=22.0, tiers={"a": Tier.HOST, "b": Tier.HOST})
+    d.feed(GpuSample(0.0, total_bytes=24 * GB, free_bytes=19 * GB, used_by_model={}))  # 5 GB not ours
+    d.arrive("r1", "a", 1.0)
+    assert d.arrive("r2", "b", 1.0) == []  # 10 + 10 > 22 - (5 - 0.5) GB
+    assert d.core.snapshot().vram_budget_bytes == 22 * GB - int(4.5 * GB)
+
+
+def test_crash_while_running_forgets_in_flight_and_restarts_for_waiters() -> None:
+    d = Driver.create(box(), tiers=HOST)
+    d.arrive("i1", "image", 0.0)
+    d.ready("image", 1.0)
+    d.arrive("i2", "image", 2.0)
+    d.resident.pop("image")
+    d.running.pop("image")
+    out = d.feed(EngineExited(3.0, "image", "killed by OOM"))
+    assert out == [Start("image")]  # the engine is down: a cold start for the waiting i2
+    view = d.core.snapshot().models["image"]
+    assert view.in_flight == 0 and view.queued == 1 and view.tier is Tier.DISK
+    assert d.done("i1", 4.0) == []  # a late RequestDone of a lost request is ignored
+    assert d.ready("image", 20.0) == [Dispatch("image", "i2")]
+
+
+def test_crash_during_a_swap_leaves_the_core_consistent() -> None:
+    d = Driver.create(box(), tiers=HOST, settings=PolicySettings(max_start_failures=2, failure_backoff_s=5.0))
+    d.arrive("c1", "llm", 0.0)
+    d.ready("llm", 1.0)
+    d.done("c1", 5.0)
+    d.arrive("i1", "image", 6.0)  # idle LLM: switch
+    d.released("llm", 6.05)
+    assert d.core.snapshot().models["image"].phase == "activating"
+    d.resident.pop("image")
+    assert d.feed(EngineExited(6.5, "image", "segfault during load")) == []  # backoff 5 s
+    snap = d.core.snapshot()
+    assert snap.vram_used_bytes == 0 and snap.models["image"].queued == 1
+    assert d.core.next_deadline() == pytest.approx(11.5)
+    assert d.tick(11.5) == [Start("image")]
+    d.resident.pop("image")
+    out = d.feed(ActionFailed(30.0, "image", ActionKind.START, "timeout"))
+    assert [(type(a), a.status) for a in out if isinstance(a, Reject)] == [(Reject, 503)]
+    (reject,) = d.arrive("i2", "image", 31.0)  # still in backoff: answered at once
+    assert isinstance(reject, Reject) and reject.status == 503
+    assert d.arrive("c2", "llm", 32.0) == [Wake("llm")]  # the rest of the box still works
+
+
+def test_failed_sleep_escalates_to_stop() -> None:
+    d = Driver.create([profile("a", 5, keep_alive_s=1.0)], tiers={"a": Tier.HOST})
+    d.arrive("r1", "a", 0.0)
+    d.ready("a", 1.0)
+    d.done("r1", 2.0)
+    assert d.tick(3.0) == [Sleep("a")]
+    assert d.feed(ActionFailed(13.0, "a", ActionKind.SLEEP, "memory did not drop")) == [Stop("a")]
+    d.released("a", 15.0)
+    assert d.core.snapshot().models["a"].tier is Tier.DISK
+    assert not d.core.snapshot().models["a"].engine_up
+
+
+def test_cancelled_waiter_is_never_dispatched() -> None:
+    d = Driver.create(box(), tiers=HOST)
+    d.arrive("c1", "llm", 0.0)
+    d.arrive("c2", "llm", 0.0)
+    d.cancel("c1", 0.5)
+    d.ready("llm", 1.0)
+    assert d.dispatched() == ["c2"]
+
+
+def test_cancelling_the_only_waiter_aborts_the_switch() -> None:
+    d = Driver.create(box(), tiers=HOST)
+    d.arrive("c1", "llm", 0.0)
+    d.ready("llm", 1.0)
+    d.arrive("i1", "image", 2.0)
+    d.tick(32.0)  # the switch starts: the LLM drains
+    d.cancel("i1", 33.0)
+    assert d.core.snapshot().plan_target is None
+    assert d.arrive("c2", "llm", 34.0) == [Dispatch("llm", "c2", max_tokens=2048)]  # serving again
+
+
+def test_cancelled_running_request_frees_its_slot() -> None:
+    d = Driver.create([profile("a", 5, concurrency=1)], tiers={"a": Tier.HOST})
+    d.arrive("r1", "a", 0.0)
+    d.arrive("r2", "a", 0.0)
+    d.ready("a", 1.0)
+    assert d.cancel("r1", 2.0) == [Dispatch("a", "r2")]
+
+
+def test_host_ram_full_drops_a_cheaper_host_copy_first() -> None:
+    # Host RAM holds one 10 GB copy. "cold" sleeps there but is never used; "hot" is used often.
+    # "cold" cannot unload while keeping its process (vLLM after a level-1 sleep): it is stopped.
+    profiles = [profile("cold", 10, supports_unload=False), profile("hot", 10, keep_alive_s=1.0)]
+    d = Driver.create(profiles, vram_gb=22.0, host_gb=10.0, tiers={"cold": Tier.HOST})
+    d.arrive("h1", "hot", 0.0)
+    d.ready("hot", 10.0)
+    for i in range(5):
+        d.arrive(f"h{i + 2}", "hot", 11.0 + i)
+    for i in range(6):
+        d.done(f"h{i + 1}", 20.0)
+    assert d.tick(21.0) == [Stop("cold"), Sleep("hot")]
+
+
+def test_host_ram_full_of_a_more_valuable_copy_unloads_instead() -> None:
+    profiles = [profile("valuable", 10), profile("rare", 10, keep_alive_s=1.0)]
+    d = Driver.create(profiles, vram_gb=22.0, host_gb=10.0, tiers={"valuable": Tier.HOST})
+    d.core.ledger.slots["valuable"].gdsf_value = 1e9
+    d.arrive("r1", "rare", 0.0)
+    d.ready("rare", 5.0)
+    d.done("r1", 6.0)
+    assert d.tick(7.0) == [Unload("rare")]
+
+
+def test_next_deadline_is_never_in_the_past() -> None:
+    d = Driver.create(box(), tiers=HOST)
+    d.arrive("c1", "llm", 0.0)
+    d.ready("llm", 1.0)
+    d.arrive("i1", "image", 2.0)
+    d.tick(32.0)  # the trigger fired but the drain must finish first
+    deadline = d.core.next_deadline()
+    assert deadline is None or deadline > 32.0
+
+
+def test_duplicate_request_id_is_a_driver_bug() -> None:
+    d = Driver.create([profile("a", 5)])
+    d.arrive("r1", "a", 0.0)
+    with pytest.raises(ValueError, match="already known"):
+        d.arrive("r1", "a", 1.0)
