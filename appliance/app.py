@@ -9,21 +9,25 @@ deadline, stop every engine in stages, close the probe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from .catalog import CatalogError, load_catalog
+from .config import Config, VllmEngine
 from .engines.base import EngineContext
 from .engines.engine import Engine, build_adapter, enabled_engines
 from .events import EventBus
 from .gpu import GIB_BYTES, DeclaredProbe, FakeGpuProbe, GpuProbe, NvmlProbe, detect_probe
 from .scheduler.loop import ResidencyManager
+from .scheduler.sizing import size_vllm
 from .supervisor.launcher import Launcher, OsLauncher, PidFile
 from .usage import MemoryUsageSink, UsageSink
 
 log = logging.getLogger("appliance")
+VLLM_OVERHEAD_BYTES = 1 << 30  # CUDA context, graphs and the activation peak vLLM profiles at start
 
 
 def make_probe(config: Config) -> GpuProbe:
@@ -36,6 +40,45 @@ def make_probe(config: Config) -> GpuProbe:
     if g.probe == "nvml":
         return NvmlProbe(g.index)
     return detect_probe(declared, g.index)
+
+
+def vllm_sizing(config: Config, engine: str, gpu_total_bytes: int) -> tuple[float, int] | None:
+    """`--gpu-memory-utilization` and `--max-model-len` for a vLLM engine whose config says "auto".
+
+    vLLM takes exactly the VRAM the scheduler budgets for its model (`models.X.vram_gb`: weights,
+    KV cache and overhead), so everything else stays free for co-resident models, instead of
+    vLLM's 0.9 default. The length is what that KV budget holds (capped by a configured length).
+    None when there is nothing to size (no GPU, not a vLLM engine, both values given).
+    """
+    eng = config.engines[engine]
+    if not isinstance(eng, VllmEngine) or gpu_total_bytes <= 0:
+        return None
+    if eng.gpu_memory_utilization != "auto" and eng.max_model_len != "auto":
+        return None
+    models = [config.models[m] for m in config.models_of(engine)]
+    budget = int(max((m.vram_gb for m in models), default=0.9 * gpu_total_bytes / GIB_BYTES) * GIB_BYTES)
+    weights = 0
+    for m in models:
+        if m.catalog:
+            with contextlib.suppress(CatalogError, KeyError):
+                weights = max(weights, load_catalog().get(m.catalog).disk_bytes)
+    if weights <= 0:
+        weights = int(budget * 0.75)  # unknown model: assume a quarter of the budget for KV cache
+    reserve = int(config.gpu.reserve_gb * GIB_BYTES)
+    try:
+        sized = size_vllm(
+            gpu_total_bytes=gpu_total_bytes,
+            coresident_bytes=max(0, gpu_total_bytes - reserve - budget),
+            reserve_bytes=reserve,
+            weights_bytes=weights,
+            kv_bytes_per_token=eng.kv_bytes_per_token,
+            overhead_bytes=VLLM_OVERHEAD_BYTES,
+            model_max_len=eng.max_model_len if isinstance(eng.max_model_len, int) else None,
+        )
+    except ValueError as exc:
+        log.warning("vLLM engine %s: %s; leaving vLLM's own defaults", engine, exc)
+        return None
+    return sized.gpu_memory_utilization, sized.max_model_len
 
 
 class Appliance:
@@ -54,8 +97,10 @@ class Appliance:
         self.launcher = launcher or OsLauncher(self.pidfile)
         gateway_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.ctx = EngineContext(config, self.state_dir, f"http://{gateway_host}:{port}")
+        total = self.gpu.snapshot().total_bytes
         self.engines: dict[str, Engine] = {
-            name: Engine(build_adapter(name, self.ctx), self.launcher, self.bus, self.gpu)
+            name: Engine(build_adapter(name, self.ctx, vllm_sizing(config, name, total)), self.launcher,
+                         self.bus, self.gpu)
             for name in enabled_engines(config)
         }
         self.residency = ResidencyManager(config, self.engines, self.gpu, self.bus, self.state_dir)

@@ -135,3 +135,19 @@ def test_xtts_licence_flag_only_once_accepted(tmp_path: Path) -> None:
     accepted = build_adapter("tts", EngineContext(cfg, tmp_path / "s", "http://127.0.0.1:8080")).launch_spec()
     assert accepted.argv.count("--accept-cpml") == 1
     assert accepted.env["APPLIANCE_STATE_DIR"] == str(tmp_path / "s")
+
+
+def test_vllm_is_sized_to_its_budget_not_to_vllms_default(tmp_path: Path) -> None:
+    from appliance.app import vllm_sizing
+
+    doc = {"engines": {"vllm": {"kind": "vllm", "model": "Qwen/Qwen2.5-32B-Instruct-AWQ"}},
+           "models": {"qwen": {"engine": "vllm", "modality": "text", "vram_gb": 21.0,
+                               "catalog": "qwen2.5-32b-instruct-awq"}}}
+    cfg = parse_config(doc, "test")
+    frac, max_len = vllm_sizing(cfg, "vllm", 24 * GIB) or (0.0, 0)
+    assert frac == 0.875  # 21 GiB of 24: the other 3 GiB stay free for co-resident models
+    assert 2048 <= max_len and max_len % 16 == 0
+    smaller = parse_config({**doc, "models": {"qwen": {**doc["models"]["qwen"], "vram_gb": 20.5}}}, "test")
+    frac2, max_len2 = vllm_sizing(smaller, "vllm", 24 * GIB) or (0.0, 0)
+    assert frac2 < frac and max_len2 < max_len  # less VRAM: less KV cache, shorter context
+    assert vllm_sizing(cfg, "vllm", 0) is None  # no GPU: nothing to size
