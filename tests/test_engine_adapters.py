@@ -146,7 +146,7 @@ def test_vllm_is_sized_to_its_budget_not_to_vllms_default(tmp_path: Path) -> Non
     cfg = parse_config(doc, "test")
     frac, max_len = vllm_sizing(cfg, "vllm", 24 * GIB) or (0.0, 0)
     assert frac == 0.875  # 21 GiB of 24: the other 3 GiB stay free for co-resident models
-    assert 2048 <= max_len and max_len % 16 == 0
+    assert max_len >= 2048 and max_len % 16 == 0
     smaller = parse_config({**doc, "models": {"qwen": {**doc["models"]["qwen"], "vram_gb": 20.5}}}, "test")
     frac2, max_len2 = vllm_sizing(smaller, "vllm", 24 * GIB) or (0.0, 0)
     assert frac2 < frac and max_len2 < max_len  # less VRAM: less KV cache, shorter context

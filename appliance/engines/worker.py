@@ -15,7 +15,6 @@ from ..config import WorkerEngine
 from ..supervisor.launcher import LaunchSpec
 from .base import Adapter, EngineContext, Tier
 
-
 ACCEPT_CPML = "--accept-cpml"  # XTTS v2's licence: passed only when `licences.accepted` holds "CPML"
 
 
