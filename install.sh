@@ -6,7 +6,8 @@
 #
 # Environment: APPLIANCE_SOURCE (checkout path or git URL when piped), APPLIANCE_PREFIX (venv and
 # config for piped installs, default ~/.local/share/appliance), APPLIANCE_STATE_DIR, APPLIANCE_PORT
-# (default 8080), APPLIANCE_NO_START=1 (install only), PYTHON (interpreter to build the venv with).
+# (default 8080), APPLIANCE_NO_START=1 (install only), PYTHON (interpreter to build the venv with),
+# APPLIANCE_XTTS (1: build the XTTS v2 environment, 0: never, auto: when nvidia-smi exists).
 set -eu
 
 say() { printf '==> %s\n' "$*"; }
@@ -67,6 +68,17 @@ say "installing the appliance and its workers into $VENV (log: $VENV/install.log
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install -e "$SRC[workers]" supervisor --config-settings editable_mode=compat \
   >"$VENV/install.log" 2>&1 || { tail -30 "$VENV/install.log"; die "pip install failed"; }
+
+# ---- XTTS v2 (GPU boxes): coqui-tts imports only on torch 2.9.1 + torchaudio 2.9, so its own venv ----
+XTTS="${APPLIANCE_XTTS:-auto}"
+if [ "$XTTS" = 1 ] || { [ "$XTTS" = auto ] && command -v nvidia-smi >/dev/null 2>&1; }; then
+  XVENV="$(dirname "$VENV")/xtts-venv"
+  [ -x "$XVENV/bin/python" ] || "$PY" -m venv "$XVENV"
+  say "installing the XTTS v2 speech environment into $XVENV (about 7.6 GB; log: $XVENV/install.log)"
+  "$XVENV/bin/python" -m pip install torch==2.9.1 'torchaudio==2.9.*' 'torchcodec==0.8.*' coqui-tts six \
+    aiohttp soundfile numpy >"$XVENV/install.log" 2>&1 || { tail -30 "$XVENV/install.log"; die "XTTS install failed"; }
+  say "XTTS ready: set python = \"$XVENV/bin/python\" on the speech engine and accept the CPML in [licences]"
+fi
 
 # ---- configuration -------------------------------------------------------------------------------
 mkdir -p "$CONFIG_DIR"
