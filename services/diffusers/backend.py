@@ -11,14 +11,13 @@ device and after any offload. Runs on the model thread; must not know HTTP.
 
 from __future__ import annotations
 
-import gc
 import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.memory import MemoryUsage
+from services.memory import ResidentWeights
 
 if TYPE_CHECKING:
     import torch
@@ -59,7 +58,7 @@ def null_components(model_dir: Path) -> dict[str, None]:
     }
 
 
-class DiffusersBackend:
+class DiffusersBackend(ResidentWeights):
     def __init__(self, model_path: str, device: str, options: DiffusersOptions) -> None:
         self._model_path = model_path
         self._requested_device = device
@@ -104,23 +103,8 @@ class DiffusersBackend:
         self._pipe = pipe
         self.size_multiple = int(getattr(pipe, "vae_scale_factor", 8)) * int(getattr(pipe, "patch_size", 1) or 1)
 
-    def offload(self) -> None:
-        assert self._residence is not None
-        self._residence.offload()
-
-    def wake(self) -> None:
-        assert self._residence is not None
-        self._residence.wake()
-
-    def unload(self) -> None:
-        if self._residence is not None:
-            self._residence.release()
-        self._residence = None
+    def _forget(self) -> None:
         self._pipe = None
-        gc.collect()
-
-    def memory(self) -> MemoryUsage:
-        return self._residence.memory() if self._residence is not None else MemoryUsage()
 
     def generate(self, job: ImageJob) -> list[bytes]:
         """Encoded images (PNG, JPEG or WebP), one per generator seed."""

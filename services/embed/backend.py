@@ -8,13 +8,12 @@ Must not know HTTP.
 
 from __future__ import annotations
 
-import gc
 import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.memory import MemoryUsage
+from services.memory import ResidentWeights
 from services.store import pulled_model
 
 if TYPE_CHECKING:
@@ -47,7 +46,7 @@ def resolve_model_path(model_path: str, store: Path | None = None) -> str:
     return model_path
 
 
-class EmbedBackend:
+class EmbedBackend(ResidentWeights):
     def __init__(self, model_path: str, device: str, offload: str, batch_size: int, store: Path | None = None) -> None:
         self._model_path = model_path
         self._store = store
@@ -84,23 +83,8 @@ class EmbedBackend:
         self._residence = ModelResidence([model], self._device, self._offload)
         self._model = model
 
-    def offload(self) -> None:
-        assert self._residence is not None
-        self._residence.offload()
-
-    def wake(self) -> None:
-        assert self._residence is not None
-        self._residence.wake()
-
-    def unload(self) -> None:
-        if self._residence is not None:
-            self._residence.release()
-        self._residence = None
+    def _forget(self) -> None:
         self._model = None
-        gc.collect()
-
-    def memory(self) -> MemoryUsage:
-        return self._residence.memory() if self._residence is not None else MemoryUsage()
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return str(self._model.tokenizer.decode(list(ids), skip_special_tokens=True))

@@ -15,7 +15,6 @@ Runs on the model thread. Must not import TTS before the licence is accepted.
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from services.memory import MemoryUsage
+from services.memory import ResidentWeights
 from services.speech.audio import Audio
 from services.speech.engines import XTTS_MODEL_NAME, Utterance
 
@@ -54,7 +53,7 @@ def _coqui_factory(target: str) -> Any:
     return TTS(target, progress_bar=False)
 
 
-class XttsEngine:
+class XttsEngine(ResidentWeights):
     name = "xtts"
 
     def __init__(
@@ -100,23 +99,8 @@ class XttsEngine:
         self._residence = ModelResidence([tts], device, self._offload_strategy)
         self._tts = tts
 
-    def offload(self) -> None:
-        assert self._residence is not None
-        self._residence.offload()
-
-    def wake(self) -> None:
-        assert self._residence is not None
-        self._residence.wake()
-
-    def unload(self) -> None:
-        if self._residence is not None:
-            self._residence.release()
-        self._residence = None
+    def _forget(self) -> None:
         self._tts = None
-        gc.collect()
-
-    def memory(self) -> MemoryUsage:
-        return self._residence.memory() if self._residence is not None else MemoryUsage()
 
     def cloned_voices(self) -> dict[str, list[Path]]:
         voices: dict[str, list[Path]] = {}

@@ -8,14 +8,13 @@ thread. Must not know HTTP or the OpenAI shapes (routes do).
 
 from __future__ import annotations
 
-import gc
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from services.errors import OpenAIError
-from services.memory import MemoryUsage
+from services.memory import ResidentWeights
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +46,7 @@ class TextOptions:
     default_max_tokens: int = 512
 
 
-class TextBackend:
+class TextBackend(ResidentWeights):
     def __init__(self, model_path: str, device: str, options: TextOptions) -> None:
         self._model_path = model_path
         self._requested_device = device
@@ -86,24 +85,9 @@ class TextBackend:
         config = model.config
         self._context = int(getattr(config, "max_position_embeddings", 0) or tokenizer.model_max_length)
 
-    def offload(self) -> None:
-        assert self._residence is not None
-        self._residence.offload()
-
-    def wake(self) -> None:
-        assert self._residence is not None
-        self._residence.wake()
-
-    def unload(self) -> None:
-        if self._residence is not None:
-            self._residence.release()
-        self._residence = None
+    def _forget(self) -> None:
         self._model = None
         self._tokenizer = None
-        gc.collect()
-
-    def memory(self) -> MemoryUsage:
-        return self._residence.memory() if self._residence is not None else MemoryUsage()
 
     # --- inference ---
 
