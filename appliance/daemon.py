@@ -7,7 +7,6 @@ ordered shutdown. READY=1 goes to systemd (NOTIFY_SOCKET) once the port listens.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import signal
@@ -19,21 +18,13 @@ import uvicorn
 from .app import Appliance
 from .config import Config
 from .gateway.app import build_app
+from .gateway.auth import is_loopback
 
 log = logging.getLogger("appliance")
 
 
 class RefusedBind(Exception):
     pass
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def sd_notify(message: str) -> bool:
