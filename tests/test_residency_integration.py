@@ -208,3 +208,23 @@ async def test_crash_during_a_swap_leaves_the_scheduler_consistent(tmp_path: Pat
         assert {models["chat"]["tier"], models["img"]["tier"]} <= {"vram", "host", "disk"}
         assert all(m["queued"] == 0 and m["in_flight"] == 0 for m in models.values())
         assert r.peak <= BUDGET
+
+
+async def test_gpu_model_on_a_box_without_gpu_says_so(tmp_path: Path) -> None:
+    from appliance.residency import CannotFitError
+
+    doc: dict[str, Any] = {"server": {"state_dir": str(tmp_path / "state")},
+                           "gpu": {"probe": "declared", "declared_total_gb": 0},
+                           "engines": {"vllm": vllm_engine(free_port())},
+                           "models": {"chat": {"engine": "vllm", "modality": "text", "vram_gb": 20}}}
+    app = Appliance(parse_config(doc, "test"), host="127.0.0.1", port=free_port())
+    await app.startup()
+    try:
+        try:
+            async with app.residency.lease("chat"):
+                raise AssertionError("a 20 GiB model cannot be leased without a GPU")
+        except CannotFitError as exc:
+            assert "no NVIDIA GPU" in str(exc) and "20.0 GiB" in str(exc) and exc.retry_after > 0
+        assert app.engines["vllm"].state.value == "stopped"  # nothing was started
+    finally:
+        await app.shutdown()

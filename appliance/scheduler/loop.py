@@ -305,8 +305,8 @@ class ResidencyManager:
             exc: Exception
             if action.status == 429:
                 exc = QueueFullError(f"model {action.model!r}: {action.reason}", action.retry_after_s)
-            elif action.reason == "cannot fit" or action.reason.startswith("cannot fit"):
-                exc = CannotFitError(f"model {action.model!r}: {action.reason}", action.retry_after_s)
+            elif action.reason.startswith("cannot fit"):
+                exc = CannotFitError(self._cannot_fit_message(action.model, action.reason), action.retry_after_s)
             else:
                 exc = ModelUnavailable(f"model {action.model!r}: {action.reason}", action.retry_after_s)
             w.future.set_exception(exc)
@@ -321,6 +321,14 @@ class ResidencyManager:
             self._spawn(self._release(action))
         elif isinstance(action, Stop):
             self._spawn(self._stop(action.model))
+
+    def _cannot_fit_message(self, model: str, reason: str) -> str:
+        need = self.core.footprints.of(model) / GIB
+        budget = self.core.snapshot().vram_budget_bytes / GIB
+        if self.gpu.snapshot().kind == "declared" and budget <= 0:
+            return (f"model {model!r} needs a GPU with {need:.1f} GiB free; this box has no NVIDIA GPU "
+                    "(set gpu.declared_total_gb to plan for one, or serve the model from a CPU worker)")
+        return f"model {model!r} ({need:.1f} GiB) cannot fit in the GPU budget of {budget:.1f} GiB: {reason}"
 
     async def _activate(self, action: Start | Wake) -> None:
         model = action.model
