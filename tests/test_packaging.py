@@ -3,7 +3,9 @@ under supervisord (the path for hosts without systemd, such as vast.ai container
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -49,7 +51,7 @@ def test_runs_under_supervisord(tmp_path: Path) -> None:
                   config=config, state=state, port=port)
     env = {k: v for k, v in os.environ.items() if k != "APPLIANCE_STATE_DIR"}
     sup = subprocess.Popen([str(VENV / "bin" / "supervisord"), "-n", "-c", str(conf)], env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         import urllib.request
 
@@ -71,6 +73,7 @@ def test_runs_under_supervisord(tmp_path: Path) -> None:
         assert not healthy()
         assert "Application shutdown complete" in (state / "logs" / "daemon.log").read_text()
     finally:
-        if sup.poll() is None:
-            sup.kill()
+        if sup.poll() is None:  # a failed check: take supervisord and everything it started down
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(sup.pid, signal.SIGKILL)
             sup.wait(10)
