@@ -5,7 +5,6 @@ URLs when asked."""
 from __future__ import annotations
 
 import base64
-import json
 import struct
 import urllib.request
 from collections.abc import Iterator
@@ -17,41 +16,9 @@ import pytest
 from .conftest import Gateway, launch, worker_engine
 
 
-def build_tiny_sd3(out: Path) -> Path:
-    """A random-weight StableDiffusion3Pipeline: one-layer transformer, tiny VAE and CLIP encoders."""
-    torch = pytest.importorskip("torch")
-    diffusers = pytest.importorskip("diffusers")
-    transformers = pytest.importorskip("transformers")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
-    for ch in "abcdefghijklmnopqrstuvwxyz":
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    (out / "vocab.json").write_text(json.dumps(vocab))
-    (out / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = transformers.CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=77)
-    torch.manual_seed(0)
-    clip = transformers.CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
-                                       num_attention_heads=4, num_hidden_layers=2, projection_dim=32,
-                                       max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    transformer = diffusers.SD3Transformer2DModel(
-        sample_size=32, patch_size=1, in_channels=16, num_layers=1, attention_head_dim=8, num_attention_heads=4,
-        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=16)
-    vae = diffusers.AutoencoderKL(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 4), layers_per_block=1,
-        latent_channels=16, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.0609, scaling_factor=1.5035,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-    pipe = diffusers.StableDiffusion3Pipeline(
-        transformer=transformer, vae=vae, text_encoder=transformers.CLIPTextModelWithProjection(clip),
-        tokenizer=tokenizer, text_encoder_2=transformers.CLIPTextModelWithProjection(clip), tokenizer_2=tokenizer,
-        text_encoder_3=None, tokenizer_3=None, scheduler=diffusers.FlowMatchEulerDiscreteScheduler())
-    pipe.save_pretrained(out / "pipeline")
-    return out / "pipeline"
-
-
 @pytest.fixture(scope="module")
-def gateway(module_tmp: Path) -> Iterator[Gateway]:
-    pipeline = build_tiny_sd3(module_tmp)
+def gateway(module_tmp: Path, tiny_sd3_dir: Path) -> Iterator[Gateway]:
+    pipeline = tiny_sd3_dir
     doc = {
         "engines": {"diffusers": worker_engine("diffusers", str(pipeline),
                                                extra_args=["--default-size", "32x32", "--steps", "2"])},

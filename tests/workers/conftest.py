@@ -1,13 +1,11 @@
-"""Fixtures for the worker tests: tiny models built here, a log directory, skip reasons in the summary.
+"""Fixtures for the worker tests: a log directory, and skip reasons printed in the summary.
 
-Owns the session-scoped builders of tiny random-weight models (a Llama with a locally trained tokenizer;
-an SD3 pipeline with tiny transformer, VAE and CLIP encoders; an SD1 UNet pipeline for the generic path),
-saved with save_pretrained. Nothing downloads. Process helpers live in worker_harness.py.
+The tiny models come from tests/conftest.py (built by tests/tiny_models.py); process helpers live in
+worker_harness.py.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,136 +15,6 @@ import pytest
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("worker-logs")
-
-
-# --- tiny models -------------------------------------------------------------------------------
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-CORPUS = [
-    "the quick brown fox jumps over the lazy dog",
-    "hello world, how are you today?",
-    "a small language model built only for tests",
-    "speech, images and text share one graphics card",
-]
-
-
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight Llama (2 layers, hidden 32) with a byte-level BPE tokenizer trained here."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(CORPUS * 20, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<s>", eos_token="<|im_end|>", unk_token="<unk>", pad_token="</s>",
-        chat_template=CHAT_TEMPLATE,
-    )  # fmt: skip
-    tokenizer.save_pretrained(out)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
-        initializer_range=0.5,  # large random weights: varied tokens instead of one repeated token
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_sd3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight StableDiffusion3Pipeline: 1-layer transformer, 1-block VAE, two tiny CLIP encoders."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
-
-    out = tmp_path_factory.mktemp("tiny-sd3")
-    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
-    for ch in "abcdefghijklmnopqrstuvwxyz":
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    (out / "vocab.json").write_text(json.dumps(vocab))
-    (out / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=77)
-    torch.manual_seed(0)
-    clip = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        projection_dim=32, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )  # fmt: skip
-    transformer = SD3Transformer2DModel(
-        sample_size=32, patch_size=1, in_channels=16, num_layers=1, attention_head_dim=8, num_attention_heads=4,
-        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=16,
-    )  # fmt: skip
-    vae = AutoencoderKL(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 4), layers_per_block=1,
-        latent_channels=16, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.0609, scaling_factor=1.5035,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-    )  # fmt: skip
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer, vae=vae, text_encoder=CLIPTextModelWithProjection(clip), tokenizer=tokenizer,
-        text_encoder_2=CLIPTextModelWithProjection(clip), tokenizer_2=tokenizer,
-        text_encoder_3=None, tokenizer_3=None, scheduler=FlowMatchEulerDiscreteScheduler(),
-    )  # fmt: skip
-    pipe.save_pretrained(out / "pipeline")
-    return out / "pipeline"
-
-
-@pytest.fixture(scope="session")
-def tiny_sd1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight StableDiffusionPipeline (UNet), served through AutoPipelineForText2Image."""
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    out = tmp_path_factory.mktemp("tiny-sd1")
-    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in "abcdefghijklmnopqrstuvwxyz":
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    (out / "vocab.json").write_text(json.dumps(vocab))
-    (out / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=77)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, norm_num_groups=4, attention_head_dim=4,
-    )  # fmt: skip
-    vae = AutoencoderKL(
-        block_out_channels=(8,), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), sample_size=32,
-    )  # fmt: skip
-    clip = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )  # fmt: skip
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=CLIPTextModel(clip), tokenizer=tokenizer, unet=unet,
-        scheduler=EulerDiscreteScheduler(steps_offset=1), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )  # fmt: skip
-    pipe.save_pretrained(out / "pipeline")
-    return out / "pipeline"
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
