@@ -17,6 +17,7 @@ from typing import Any
 
 from .catalog import CatalogError, load_catalog
 from .config import Config, VllmEngine
+from .downloads import Downloads
 from .engines.base import EngineContext
 from .engines.engine import Engine, build_adapter, enabled_engines
 from .events import EventBus
@@ -83,7 +84,8 @@ def vllm_sizing(config: Config, engine: str, gpu_total_bytes: int) -> tuple[floa
 
 class Appliance:
     def __init__(self, config: Config, *, host: str, port: int, probe: GpuProbe | None = None,
-                 launcher: Launcher | None = None) -> None:
+                 launcher: Launcher | None = None, hub_endpoint: str | None = None,
+                 hub_token: str | None = None) -> None:
         self.config = config
         self.host = host
         self.port = port
@@ -104,6 +106,9 @@ class Appliance:
             for name in enabled_engines(config)
         }
         self.residency = ResidencyManager(config, self.engines, self.gpu, self.bus, self.state_dir)
+        catalog = load_catalog(config.server.catalog_file or None)
+        self.downloads = Downloads(catalog, self.state_dir / "models", self.bus, set(config.licences.accepted),
+                                   hub_endpoint, hub_token)
         self.usage: UsageSink = MemoryUsageSink()  # the data layer replaces it with a durable store
         self.accepting = True
         self._background: set[asyncio.Task[None]] = set()

@@ -81,7 +81,8 @@ def serve(config: ConfigOpt = None,
     except ImportError:
         pass
     try:
-        asyncio.run(run_daemon(cfg, bind_host, bind_port, has_keys))
+        asyncio.run(run_daemon(cfg, bind_host, bind_port, has_keys, os.environ.get("HF_ENDPOINT"),
+                               os.environ.get("HF_TOKEN")))
     except RefusedBind as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -55,6 +55,7 @@ class ServerConfig(_Frozen):
     image_url_ttl_s: int = Field(default=3600, gt=0)
     image_timeout_s: float = Field(default=600.0, gt=0)  # one ComfyUI prompt, queued and run, before a 502
     shutdown_grace_s: float = Field(default=20.0, ge=0)
+    catalog_file: str = ""  # a model catalog replacing the bundled one (appliance/data/catalog.toml)
 
     _check_port = field_validator("port")(classmethod(lambda cls, v: _port(v)))
 

@@ -60,13 +60,14 @@ async def _notify_when_listening(server: uvicorn.Server) -> None:
     log.info("appliance ready on port %s", server.config.port)
 
 
-async def serve(config: Config, host: str, port: int, has_keys: bool) -> None:
+async def serve(config: Config, host: str, port: int, has_keys: bool, hub_endpoint: str | None = None,
+                hub_token: str | None = None) -> None:
     if not is_loopback(host) and not has_keys:
         raise RefusedBind(
             f"refusing to listen on {host}: no API key exists. Create one first with "
             "`appliance keys create --name admin --admin`, or bind 127.0.0.1."
         )
-    appliance = Appliance(config, host=host, port=port)
+    appliance = Appliance(config, host=host, port=port, hub_endpoint=hub_endpoint, hub_token=hub_token)
     app = build_app(appliance, usage=appliance.usage)
     uv = uvicorn.Config(app, host=host, port=port, log_level=config.server.log_level, access_log=False,
                         lifespan="on", loop="none", http="httptools", proxy_headers=False,

@@ -1,16 +1,26 @@
-"""Operator routes: `/health` (open), `/api/status`, engine start/stop/restart, engine logs.
+"""Operator routes: `/health` (open), `/api/status`, engine start/stop/restart, engine logs, model
+downloads (`POST /api/models/{id}/pull`, `GET /api/downloads`) and the event stream (`GET /api/events`).
 
 Thin: each handler asks the Appliance (the owner of the state) and renders the answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
 
 from ..app import Appliance
-from .errors import NotFound, Unavailable
+from ..catalog import UnknownModel
+from ..downloads import DownloadBusy
+from ..pull import LicenceRequired
+from .errors import ApiError, Forbidden, NotFound, Unavailable
+
+KEEPALIVE_S = 15.0
 
 
 def _appliance(request: Request) -> Appliance:
@@ -57,6 +67,49 @@ async def engine_action(request: Request, name: str, action: str) -> dict[str, A
         raise Unavailable("the daemon is shutting down")
     status: dict[str, Any] = eng.status()
     return status
+
+
+@router.post("/api/models/{model_id}/pull", status_code=202)
+async def pull(request: Request, model_id: str, accept_licence: bool = False) -> dict[str, Any]:
+    """Start downloading a catalog model; progress arrives as `download.*` events on /api/events."""
+    app = _appliance(request)
+    try:
+        job = app.downloads.start(model_id, accept_licence)
+    except UnknownModel as exc:
+        raise NotFound(str(exc), param="model_id", code="model_not_found") from None
+    except LicenceRequired as exc:
+        raise Forbidden(str(exc), param="accept_licence", code="licence_not_accepted") from None
+    except DownloadBusy as exc:
+        raise ApiError(str(exc), status=409, code="download_in_progress") from None
+    return job.as_dict()
+
+
+@router.get("/api/downloads")
+async def downloads(request: Request) -> dict[str, Any]:
+    return {"downloads": _appliance(request).downloads.status()}
+
+
+@router.get("/api/events")
+async def events(request: Request, history: int = Query(0, ge=0, le=500)) -> StreamingResponse:
+    """Server-sent events: engine state changes, residency actions, download progress."""
+    app = _appliance(request)
+    queue = app.bus.subscribe()
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            for ev in app.bus.recent(history) if history else []:
+                yield f"event: {ev.kind}\ndata: {json.dumps(ev.as_dict())}\n\n".encode()
+            while True:
+                try:
+                    ev = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                yield f"event: {ev.kind}\ndata: {json.dumps(ev.as_dict())}\n\n".encode()
+        finally:
+            app.bus.unsubscribe(queue)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/api/engines/{name}/logs")

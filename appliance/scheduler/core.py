@@ -84,6 +84,7 @@ from appliance.scheduler.policy import (
     choose_release,
     choose_victims,
     gdsf_value,
+    reload_cost,
     should_switch,
 )
 from appliance.scheduler.snapshot import CoreSnapshot
@@ -353,7 +354,7 @@ class ResidencyCore:
         chosen = [v for v in views if v.id in victims]
         drain = max((self._drain_s(self._slots[v.id], now) for v in chosen), default=0.0)
         target = SwitchView(slot.credit_s, slot.profile.max_wait_s, urgent=slot.profile.pinned)
-        if not should_switch(target, chosen, drain, self.settings):
+        if not should_switch(target, chosen, drain, self.settings) and not self._exchange(slot, chosen):
             return
         self._plan = _Plan(slot.id, victims)
         for v in victims:
@@ -361,6 +362,25 @@ class ResidencyCore:
             victim.draining = True
             if self.settings.preemption and victim.profile.preemptible:
                 self._preempt_all(victim, now)
+
+    def _exchange(self, slot: ModelSlot, chosen: list[VictimView]) -> bool:
+        theta = self.settings.exchange
+        if theta is None:
+            return False
+        n_t = len(slot.queue)
+        conc = slot.profile.concurrency
+        batch = slot.history.mean() * -(-n_t // conc)
+        swap = reload_cost(slot.profile)
+        n_v = 0
+        v_work = 0.0
+        for v in chosen:
+            vs = self._slots[v.id]
+            swap += reload_cost(vs.profile)
+            n_v += len(vs.queue)
+            v_work += vs.history.mean() * -(-len(vs.queue) // vs.profile.concurrency)
+        if n_v == 0:
+            return False
+        return n_t * v_work > theta * n_v * (batch + swap)
 
     def _preempt_all(self, slot: ModelSlot, now: float) -> None:
         entries = sorted(slot.in_flight.values(), key=lambda e: e.request.arrival)

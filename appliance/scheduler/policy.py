@@ -45,6 +45,7 @@ class PolicySettings:
 
     preemption: bool = False
     drain_below_s: float | None = None
+    exchange: float | None = None
     max_start_failures: int = 3
     failure_backoff_s: float = 10.0
     foreign_allowance_bytes: int = GB // 2
