@@ -83,7 +83,6 @@ class GpuConfig(_Frozen):
 
 class SchedulerConfig(_Frozen):
     max_wait_s: float = Field(default=30.0, gt=0)  # starvation bound for other models' waiters
-    preemption: bool = False  # abort and resume LLM streams to swap sooner
     tick_s: float = Field(default=1.0, gt=0)
     release_deadline_s: float = Field(default=30.0, gt=0)  # before a release escalates
     footprint_headroom: float = Field(default=1.05, ge=1.0)
