@@ -426,7 +426,8 @@ class ResidencyManager:
             # started or released holds memory too); the core only learns footprints from
             # models it knows to be resident, and counts the rest as foreign.
             used: dict[str, int] = {}
-            for mid, eng_name in self.model_engine.items():
-                if mid not in self.cpu_models:
-                    used[mid] = snap.used_by(self.engines[eng_name].pids())
+            if snap.processes:  # a per-process reading exists (NVML, fake): attribute it by process group
+                for mid, eng_name in self.model_engine.items():
+                    if mid not in self.cpu_models:
+                        used[mid] = snap.used_by(self.engines[eng_name].pids())
             self._post(GpuSample(self._clock(), snap.total_bytes, snap.free_bytes, used))
