@@ -18,6 +18,13 @@ Decision order, applied after every event once its facts are recorded:
     first, up to its concurrency: the resident model is served while it has work. This
     comes before any switch decision, so a model that just arrived in VRAM always serves
     a first batch (two backlogged models cannot evict each other in a loop).
+    One engine at a time (`PolicySettings.one_engine_at_a_time`, on by default):
+    co-resident engines (XTTS beside SD3.5) share the GPU's compute, so running both at
+    once only stretches both jobs. A model starts work only while no other engine
+    computes, and takes more only while no co-resident model has an older waiter, so
+    co-resident models are served in the order of their oldest waiters. A head held for
+    `one_engine_hold` x its max_wait (0.2 by default; the same waiting credit as below)
+    is dispatched regardless, so holding never stretches the starvation bound.
  5. Candidates (models with waiting requests, or pinned, that are not in VRAM), pinned
     first, then by earliest max_wait deadline:
     a. if it fits beside what is resident (co-residence) and beside the plan's target,
@@ -84,7 +91,6 @@ from appliance.scheduler.policy import (
     choose_release,
     choose_victims,
     gdsf_value,
-    reload_cost,
     should_switch,
 )
 from appliance.scheduler.snapshot import CoreSnapshot
@@ -143,6 +149,8 @@ class ResidencyCore:
         for s in self._slots.values():
             if s.accrues_credit() and not s.in_vram and s.phase is Phase.STEADY:
                 times.append(s.credit_mark + s.profile.max_wait_s - s.credit_s)
+            if self.settings.one_engine_at_a_time and s.accrues_credit() and s.servable:
+                times.append(s.credit_mark + self._hold_s(s) - s.credit_s)  # a held co-resident head
             if s.queue and s.failed_until > self._now:
                 times.append(s.failed_until)
             ttl = s.profile.keep_alive_s
@@ -304,10 +312,13 @@ class ResidencyCore:
                 self._release(slot)
 
     def _dispatch(self, now: float) -> None:
-        for slot in self._slots.values():
+        slots: Iterable[ModelSlot] = self._slots.values()
+        if self.settings.one_engine_at_a_time:
+            slots = sorted(slots, key=lambda s: s.queue[0].arrival if s.queue else float("inf"))
+        for slot in slots:
             if not slot.servable:
                 continue
-            while slot.queue and len(slot.in_flight) < slot.profile.concurrency:
+            while slot.queue and len(slot.in_flight) < slot.profile.concurrency and self._may_compute(slot):
                 request = slot.queue.popleft()
                 resume = request.id in slot.resumable
                 slot.resumable.discard(request.id)
@@ -318,6 +329,26 @@ class ResidencyCore:
                 self._out.append(Dispatch(slot.id, request.id, admission.clamp_tokens(request, slot), resume))
                 if slot.queue:
                     slot.restart_credit(now)
+
+    def _may_compute(self, slot: ModelSlot) -> bool:
+        """One engine at a time: co-resident engines share the GPU's compute, so running two at
+        once only stretches both. A model starts work only when no other engine computes, and
+        takes more work only while no co-resident model has an older waiter. Its queue head is
+        held at most `one_engine_hold` x max_wait of waiting credit; then both run (time-sliced)."""
+        if not self.settings.one_engine_at_a_time or slot.credit_s >= self._hold_s(slot):
+            return True
+        head = slot.queue[0].arrival
+        for other in self._slots.values():
+            if other is slot or not other.in_vram:
+                continue
+            if other.in_flight and not slot.in_flight:
+                return False
+            if other.servable and other.queue and other.queue[0].arrival < head:
+                return False
+        return True
+
+    def _hold_s(self, slot: ModelSlot) -> float:
+        return self.settings.one_engine_hold * slot.profile.max_wait_s
 
     def _consider_candidates(self, now: float) -> None:
         candidates = [
@@ -354,7 +385,7 @@ class ResidencyCore:
         chosen = [v for v in views if v.id in victims]
         drain = max((self._drain_s(self._slots[v.id], now) for v in chosen), default=0.0)
         target = SwitchView(slot.credit_s, slot.profile.max_wait_s, urgent=slot.profile.pinned)
-        if not should_switch(target, chosen, drain, self.settings) and not self._exchange(slot, chosen):
+        if not should_switch(target, chosen, drain, self.settings):
             return
         self._plan = _Plan(slot.id, victims)
         for v in victims:
@@ -362,25 +393,6 @@ class ResidencyCore:
             victim.draining = True
             if self.settings.preemption and victim.profile.preemptible:
                 self._preempt_all(victim, now)
-
-    def _exchange(self, slot: ModelSlot, chosen: list[VictimView]) -> bool:
-        theta = self.settings.exchange
-        if theta is None:
-            return False
-        n_t = len(slot.queue)
-        conc = slot.profile.concurrency
-        batch = slot.history.mean() * -(-n_t // conc)
-        swap = reload_cost(slot.profile)
-        n_v = 0
-        v_work = 0.0
-        for v in chosen:
-            vs = self._slots[v.id]
-            swap += reload_cost(vs.profile)
-            n_v += len(vs.queue)
-            v_work += vs.history.mean() * -(-len(vs.queue) // vs.profile.concurrency)
-        if n_v == 0:
-            return False
-        return n_t * v_work > theta * n_v * (batch + swap)
 
     def _preempt_all(self, slot: ModelSlot, now: float) -> None:
         entries = sorted(slot.in_flight.values(), key=lambda e: e.request.arrival)

@@ -47,8 +47,40 @@ def test_speech_co_resides_with_image() -> None:
     assert d.arrive("s1", "speech", 0.1) == [Wake("speech")]  # 14.8 + 3.4 GB fit in 22.5 GB
     d.ready("image", 1.0)
     d.ready("speech", 1.0)
-    assert set(d.dispatched()) == {"i1", "s1"}
+    assert d.dispatched() == ["i1"]  # one engine computes at a time, oldest waiter first
+    assert d.done("i1", 7.0) == [Dispatch("speech", "s1")]
     assert d.of(Sleep) == []
+
+
+def test_co_residents_compute_together_when_not_serialized() -> None:
+    d = Driver.create(box(), tiers=HOST, settings=PolicySettings(one_engine_at_a_time=False))
+    d.arrive("i1", "image", 0.0)
+    d.arrive("s1", "speech", 0.1)
+    d.ready("image", 1.0)
+    d.ready("speech", 1.0)
+    assert set(d.dispatched()) == {"i1", "s1"}
+
+
+def test_co_resident_waiters_are_served_oldest_first() -> None:
+    d = Driver.create(box(), tiers=HOST)
+    d.arrive("i1", "image", 0.0)
+    d.arrive("s1", "speech", 0.1)
+    d.ready("image", 1.0)
+    d.ready("speech", 1.0)
+    d.arrive("i2", "image", 2.0)  # younger than s1: waits behind it
+    assert d.done("i1", 7.0) == [Dispatch("speech", "s1")]
+    assert d.done("s1", 9.0) == [Dispatch("image", "i2")]
+
+
+def test_held_co_resident_runs_once_its_head_waited_its_hold() -> None:
+    d = Driver.create(box(), tiers=HOST, settings=PolicySettings(one_engine_hold=0.5))
+    d.arrive("i1", "image", 0.0)
+    d.arrive("s1", "speech", 0.1)
+    d.ready("image", 1.0)
+    d.ready("speech", 1.0)
+    deadline = d.core.next_deadline()
+    assert deadline is not None and deadline == pytest.approx(16.0)  # half of speech's 30 s max_wait
+    assert d.tick(16.0) == [Dispatch("speech", "s1")]  # the image still runs: both are time-sliced
 
 
 def test_llm_needs_both_co_residents_released() -> None:

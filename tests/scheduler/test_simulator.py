@@ -66,7 +66,7 @@ def test_starvation_bound_holds_over_random_workloads(case: int) -> None:
     w = random_workload(rng, horizon_s=2 * HOUR)
     waits = {m: rng.choice([5.0, 15.0, 30.0, 90.0]) for m in ("llm", "image", "speech")}
     policy = rng.choice(["ours", "ours_preempt", "ours_free"])
-    settings = PolicySettings(drain_below_s=rng.choice([None, 3.0]))
+    settings = PolicySettings(drain_below_s=rng.choice([None, 3.0]), one_engine_at_a_time=rng.random() < 0.75)
     s = simulate(policy, w, CAL, settings=settings, max_wait_s=waits)
     assert s.incomplete == 0
     assert s.starvation_violations == 0, f"case {case}: {policy} {waits}"
