@@ -202,10 +202,12 @@ def test_restart_after_a_crash_reaps_leftover_engines(tmp_path: Path, daemons: l
     d.start()
     v = d.wait_engine("vllm", lambda e: e["state"] == "ready", 20, "ready")
     members = group_members(v["pid"])
-    # A crash that takes the guards with it (an OOM kill of the whole cgroup slice, say):
-    # SIGKILL the daemon and the guard together; the engine's own processes survive as orphans.
-    os.kill(v["pid"], signal.SIGKILL)
+    # A crash that takes the guards with it (an OOM kill of the whole cgroup slice, say): the guard
+    # is frozen so it cannot act on the daemon's death, then both die; the engine's own processes
+    # survive as orphans and the pid file still names their group.
+    os.kill(v["pid"], signal.SIGSTOP)
     d.kill()
+    os.kill(v["pid"], signal.SIGKILL)
     leftovers = {p for p in members if p != v["pid"]}
     wait_for(lambda: not alive(v["pid"]), 5, "guard gone")
     assert leftovers and all(alive(p) for p in leftovers)
@@ -215,3 +217,16 @@ def test_restart_after_a_crash_reaps_leftover_engines(tmp_path: Path, daemons: l
     d2.start()
     wait_for(lambda: not any(alive(p) for p in leftovers), 10, f"leftovers {leftovers} reaped")
     assert "reaped: vllm: killed leftover process group" in d2.log.read_text()
+
+
+def test_engine_orphaned_by_a_killed_guard_is_killed_by_the_daemon(tmp_path: Path, daemons: list[Daemon]) -> None:
+    vport = free_port()
+    d = Daemon(tmp_path, {"engines": {"vllm": vllm_engine(vport, autostart=True,
+                                                          env={"VLLM_STANDIN_ENGINE_CORE": "1"})}})
+    daemons.append(d)
+    d.start()
+    v = d.wait_engine("vllm", lambda e: e["state"] == "ready", 20, "ready")
+    orphans = group_members(v["pid"]) - {v["pid"]}
+    os.kill(v["pid"], signal.SIGKILL)  # the guard dies; its engine and EngineCore would linger
+    wait_for(lambda: not any(alive(p) for p in orphans), 10, f"orphans {orphans} killed")
+    d.wait_engine("vllm", lambda e: e["state"] == "ready" and e["pid"] != v["pid"], 30, "restarted")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 GUARD = str(Path(__file__).with_name("guard.py"))
+GROUP_EXIT_DEADLINE_S = 10.0  # after SIGKILL, how long the group's processes may take to disappear
 
 
 class SpawnError(Exception):
@@ -70,6 +71,15 @@ class _Child:
 
     async def wait(self) -> int:
         rc = await self.proc.wait()
+        # The guard normally takes its group down with it; if the guard itself was killed (SIGKILL,
+        # OOM), the engine's processes are orphans still in its group: they must not outlive it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        # "Exited" means the whole group is gone (its memory freed), not only the guard.
+        for _ in range(int(GROUP_EXIT_DEADLINE_S / 0.02)):
+            if not group_members(self.proc.pid):
+                break
+            await asyncio.sleep(0.02)
         if self.pidfile is not None:
             self.pidfile.forget(self.name)
         return rc
