@@ -209,14 +209,17 @@ def test_restart_after_a_crash_reaps_leftover_engines(tmp_path: Path, daemons: l
     d.kill()
     os.kill(v["pid"], signal.SIGKILL)
     leftovers = {p for p in members if p != v["pid"]}
-    wait_for(lambda: not alive(v["pid"]), 5, "guard gone")
-    assert leftovers and all(alive(p) for p in leftovers)
-    assert json.loads(PidFile(d.state / "run" / "engines.json").path.read_text())["vllm"]["pgid"] == v["pid"]
-    d2 = Daemon(tmp_path, doc)
-    daemons.append(d2)
-    d2.start()
-    wait_for(lambda: not any(alive(p) for p in leftovers), 10, f"leftovers {leftovers} reaped")
-    assert "reaped: vllm: killed leftover process group" in d2.log.read_text()
+    try:
+        wait_for(lambda: not alive(v["pid"]), 5, "guard gone")
+        assert leftovers and all(alive(p) for p in leftovers)
+        assert json.loads(PidFile(d.state / "run" / "engines.json").path.read_text())["vllm"]["pgid"] == v["pid"]
+        d2 = Daemon(tmp_path, doc)
+        daemons.append(d2)
+        d2.start()
+        wait_for(lambda: not any(alive(p) for p in leftovers), 10, f"leftovers {leftovers} reaped")
+        assert "reaped: vllm: killed leftover process group" in d2.log.read_text()
+    finally:
+        kill_groups({v["pid"]})  # whatever happened above, no orphan outlives the test
 
 
 def test_engine_orphaned_by_a_killed_guard_is_killed_by_the_daemon(tmp_path: Path, daemons: list[Daemon]) -> None:
