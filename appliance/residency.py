@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .engines.engine import Engine
@@ -49,25 +49,12 @@ class Lease:
     info: dict[str, object] = field(default_factory=dict)
 
 
-class Residency(Protocol):
-    def lease(self, model: str, *, deadline_s: float | None = None) -> contextlib.AbstractAsyncContextManager[Lease]:
-        ...
-
-    def tier(self, model: str) -> str:
-        """"vram" | "host" | "disk" | "absent" for /v1/models and /api/status."""
-        ...
-
-
 class DirectResidency:
     """No scheduling: each lease starts the model's engine if needed and activates it."""
 
     def __init__(self, engines: dict[str, Engine], model_engine: dict[str, str]) -> None:
         self.engines = engines
         self.model_engine = model_engine
-
-    def tier(self, model: str) -> str:
-        eng = self.engines.get(self.model_engine.get(model, ""))
-        return "vram" if eng is not None and eng.state.value == "ready" else "disk"
 
     @contextlib.asynccontextmanager
     async def lease(self, model: str, *, deadline_s: float | None = None) -> AsyncIterator[Lease]:
