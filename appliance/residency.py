@@ -6,6 +6,12 @@ gives the slot back when the block exits (completion, error or client disconnect
 Failures to obtain a lease are these exceptions, which the gateway maps to HTTP errors:
 `QueueFullError` (429), `CannotFitError` (503), `ModelUnavailable` (503), each with a Retry-After.
 
+A lease taken with `preemptible=True` for a model the scheduler may preempt carries a `Preemption`:
+the scheduler can take the GPU back mid-stream. The holder registers how to abort its engine
+connection (`attach`), reports when it is closed (`detach`), and `await lease.preemption.resume()`
+waits in the model's queue again for the lease to continue on (the request keeps its place: it is
+queued first).
+
 `DirectResidency` is the trivial implementation (no scheduling: start and activate on demand), used
 for models that run on the CPU; the residency manager in `appliance.scheduler.loop` schedules the
 GPU and delegates CPU models to it.
@@ -13,8 +19,9 @@ GPU and delegates CPU models to it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,6 +47,65 @@ class ModelUnavailable(LeaseError):
     """The engine is fatal, stopped, or not ready before the deadline (503)."""
 
 
+class Preempted(Exception):
+    """The scheduler preempted the request before its engine connection was opened."""
+
+
+class Preemption:
+    """The link between one preemptible lease and the residency manager (one per request).
+
+    The manager calls `request()` when the scheduler preempts the request; the holder aborts its
+    engine connection through the callback it attached and detaches once the connection is closed,
+    which the manager awaits (`wait_detached`) before it releases the engine.
+    """
+
+    __slots__ = ("_abort", "_detached", "_resume", "count", "requested")
+
+    def __init__(self, resume: Callable[[], Awaitable[Lease]]) -> None:
+        self.requested = False
+        self.count = 0  # how many times this request was preempted
+        self._abort: Callable[[], None] | None = None
+        self._detached = asyncio.Event()
+        self._detached.set()
+        self._resume = resume
+
+    def attach(self, abort: Callable[[], None]) -> None:
+        """An engine connection is open; `abort` closes it. Aborts at once if already preempted."""
+        self._abort = abort
+        self._detached.clear()
+        if self.requested:
+            abort()
+
+    def check(self) -> None:
+        """Raise `Preempted` if a preemption came before the engine connection was opened."""
+        if self.requested:
+            raise Preempted
+
+    def detach(self) -> None:
+        self._abort = None
+        self._detached.set()
+
+    def request(self) -> None:
+        """Called by the manager: abort the stream (now if a connection is open, else before it opens)."""
+        self.requested = True
+        self.count += 1
+        if self._abort is not None:
+            self._abort()
+
+    async def wait_detached(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._detached.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def resume(self) -> Lease:
+        """Wait in the model's queue (first) until the scheduler dispatches the request again."""
+        lease = await self._resume()
+        self.requested = False
+        return lease
+
+
 @dataclass
 class Lease:
     model: str
@@ -47,6 +113,7 @@ class Lease:
     engine: Engine
     waited_s: float = 0.0
     info: dict[str, object] = field(default_factory=dict)
+    preemption: Preemption | None = None  # set when the scheduler may preempt this request
 
 
 class DirectResidency:
@@ -57,7 +124,9 @@ class DirectResidency:
         self.model_engine = model_engine
 
     @contextlib.asynccontextmanager
-    async def lease(self, model: str, *, deadline_s: float | None = None) -> AsyncIterator[Lease]:
+    async def lease(self, model: str, *, deadline_s: float | None = None,
+                    preemptible: bool = False) -> AsyncIterator[Lease]:
+        """`preemptible` is accepted for the common interface; nothing here is ever preempted."""
         from .supervisor.process import EngineUnavailable
 
         eng = self.engines.get(self.model_engine.get(model, ""))

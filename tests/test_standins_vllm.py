@@ -246,6 +246,27 @@ async def test_chat_stream_chunks_usage_and_done(vllm: Running, http: aiohttp.Cl
     assert all("usage" not in c for c in chunks[:-1])
 
 
+async def test_continue_final_message_goes_on_where_the_message_stopped(
+    vllm: Running, http: aiohttp.ClientSession
+) -> None:
+    whole_body = chat_body(max_tokens=7)
+    async with http.post(vllm.url("/v1/chat/completions"), json=whole_body) as r:
+        whole = (await r.json())["choices"][0]["message"]["content"]
+    assert whole == "the quick brown fox the quick brown"
+    cont = chat_body(max_tokens=4)
+    cont["messages"] = [*cont["messages"], {"role": "assistant", "content": "the quick brown"}]
+    cont.update(continue_final_message=True, add_generation_prompt=False)
+    async with http.post(vllm.url("/v1/chat/completions"), json=cont) as r:
+        assert r.status == 200
+        rest = (await r.json())["choices"][0]["message"]["content"]
+    assert "the quick brown" + rest == whole  # the continuation brings its own leading space
+    both = {**cont, "add_generation_prompt": True}
+    async with http.post(vllm.url("/v1/chat/completions"), json=both) as r:
+        assert r.status == 400
+        err = (await r.json())["error"]
+    assert "Cannot set both `continue_final_message` and `add_generation_prompt` to True." in err["message"]
+
+
 async def test_completions_plain_and_streamed(vllm: Running, http: aiohttp.ClientSession) -> None:
     body = {"model": "qwen-alias", "prompt": "one two three", "max_tokens": 4}
     async with http.post(vllm.url("/v1/completions"), json=body) as r:

@@ -56,8 +56,8 @@ class Leased:
 
     __slots__ = ("_call", "_cm", "_held_from")
 
-    def __init__(self, app: Appliance, model: str, call: Call) -> None:
-        self._cm = app.residency.lease(model, deadline_s=app.config.server.load_deadline_s)
+    def __init__(self, app: Appliance, model: str, call: Call, preemptible: bool = False) -> None:
+        self._cm = app.residency.lease(model, deadline_s=app.config.server.load_deadline_s, preemptible=preemptible)
         self._call = call
         self._held_from = 0.0
 
@@ -78,12 +78,15 @@ class Leased:
         return await self._cm.__aexit__(kind, exc, tb)
 
 
-async def on_engine(app: Appliance, model: str, call: Call, op: Callable[[Lease], Awaitable[T]]) -> T:
+async def on_engine(app: Appliance, model: str, call: Call, op: Callable[[Lease], Awaitable[T]],
+                    preemptible: bool = False) -> T:
+    """`preemptible`: `op` can abort and resume its work when the scheduler preempts it
+    (gateway.resume); the lease then carries a `Preemption`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + app.config.server.load_deadline_s
     delay = RETRY_FIRST_S
     while True:
-        async with Leased(app, model, call) as lease:
+        async with Leased(app, model, call, preemptible) as lease:
             try:
                 return await op(lease)
             except EngineUnreachable:

@@ -25,7 +25,7 @@ from ..app import Appliance
 from ..config import ModelConfig
 from ..residency import Lease
 from ..usage import UsageSink
-from . import proxy, validation
+from . import proxy, resume, validation
 from .audio import CONTENT_TYPES, duration_s
 from .comfy import ComfyClient
 from .errors import (
@@ -173,7 +173,8 @@ class OpenAIRoutes:
             raw = json.dumps(body).encode()
         ex.watch_disconnect()
         if gen.stream:
-            await self._stream(ex, call, name, raw)
+            resumable = self.app.config.scheduler.preemption and resume.can_resume(call.route, body)
+            await self._stream(ex, call, name, raw, body if resumable else None)
             return
         status, data, ctype = await on_engine(self.app, name, call, lambda lease: proxy.post(
             self.pools.get(lease.endpoint), call.route, raw, lease.engine.name))
@@ -181,13 +182,18 @@ class OpenAIRoutes:
             call.tokens_in, call.tokens_out = proxy.find_usage(data) or (None, None)
         await ex.respond(status, data, ctype)
 
-    async def _stream(self, ex: Exchange, call: Call, name: str, raw: bytes) -> None:
+    async def _stream(self, ex: Exchange, call: Call, name: str, raw: bytes,
+                      resumable: dict[str, Any] | None = None) -> None:
+        """Relay a stream; `resumable` (the parsed body) when it may be preempted and resumed."""
         meter = proxy.StreamMeter()
         keepalive = KeepAlive(ex, f"waiting for model {name} to load", self.keepalive_s)
+        stitch = resume.StreamStitch(resumable) if resumable is not None else None
 
         async def relay(lease: Lease) -> int:
             await keepalive.stop()
             try:
+                if stitch is not None and lease.preemption is not None:
+                    return await resume.relay_resumable(ex, self.pools, lease, raw, meter, stitch, keepalive)
                 return await proxy.relay_stream(ex, self.pools.get(lease.endpoint), call.route, raw,
                                                 lease.engine.name, meter)
             except EngineUnreachable:
@@ -196,7 +202,7 @@ class OpenAIRoutes:
 
         keepalive.start()
         try:
-            await on_engine(self.app, name, call, relay)
+            await on_engine(self.app, name, call, relay, preemptible=stitch is not None)
         finally:
             await keepalive.stop()
             if meter.usage is not None:

@@ -45,7 +45,7 @@ class ResponseBroken(UpstreamError):
 
 class Response:
     __slots__ = ("_buffered", "_chunked", "_chunks", "_conn", "_done", "_error", "_headers_done", "_keep",
-                 "_streaming", "_waiter", "content_length", "content_type", "status")
+                 "_streaming", "_waiter", "aborted", "content_length", "content_type", "status")
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -61,6 +61,7 @@ class Response:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._streaming = False
+        self.aborted = False
 
     # -- fed by the connection -------------------------------------------------------------------
     def _wake(self) -> None:
@@ -127,6 +128,17 @@ class Response:
                 raise self._error
             else:
                 await self._wait()
+
+    def abort(self) -> None:
+        """Stop the response: close the connection (the engine aborts the request); `chunks()` yields
+        what already arrived, then ends. Safe to call from a callback, at any time."""
+        if self._done or self._error is not None:
+            return
+        self.aborted = True
+        self._keep = False
+        self._done = True
+        self._conn.close()
+        self._wake()
 
     def release(self) -> None:
         """Give the connection back (complete response) or close it (anything else)."""

@@ -39,8 +39,9 @@ Decision order, applied after every event once its facts are recorded:
        - idle victims: they have no work at all, queued or running;
        - optionally a cheap drain (`PolicySettings.drain_below_s`).
        Victims then admit nothing new and drain: a job in flight is never killed. With
-       preemption enabled, a victim's LLM streams (only those) are aborted and re-queued
-       to be resumed after the swap back; image and speech jobs always run to the end.
+       preemption enabled, a victim's preemptible LLM streams are aborted and re-queued
+       to be resumed after the swap back; every other job (image, speech, an LLM request
+       the caller cannot resume) runs to the end.
  6. Plan progress again (a new plan's idle victims are released at once).
 Releases go to host RAM (sleep) while it has room, dropping cheaper host copies by the
 same GreedyDual value across tiers, else to disk (unload keeps the process, stop not).
@@ -395,11 +396,13 @@ class ResidencyCore:
                 self._preempt_all(victim, now)
 
     def _preempt_all(self, slot: ModelSlot, now: float) -> None:
-        entries = sorted(slot.in_flight.values(), key=lambda e: e.request.arrival)
+        """Abort the slot's preemptible streams and queue them first; the others drain."""
+        entries = sorted((e for e in slot.in_flight.values() if e.request.preemptible),
+                         key=lambda e: e.request.arrival)
         for entry in entries:
             self._out.append(Preempt(slot.id, entry.request.id))
             slot.resumable.add(entry.request.id)
-        slot.in_flight.clear()
+            del slot.in_flight[entry.request.id]
         if entries:
             slot.queue.extendleft(reversed([e.request for e in entries]))
             slot.restart_credit(now)

@@ -11,6 +11,12 @@ that misses `scheduler.release_deadline_s` is reported failed, and the core esca
 The gateway uses `lease(model)`: it waits in the model's queue and yields the engine's loopback URL
 once dispatched; leaving the block (completion, error, client disconnect) tells the core.
 
+Stream preemption (`scheduler.preemption`): a lease taken with `preemptible=True` on a vLLM text
+model carries a `Preemption`. When the core preempts the request, the manager asks the holder to
+abort its engine connection, waits (at most `ABORT_WAIT_S`) until every aborted stream of the model
+is closed before releasing the engine, and the holder's `preemption.resume()` waits for the core to
+dispatch the request again (it is queued first, with resume=True).
+
 It must not decide anything itself: every residency decision is the core's.
 """
 
@@ -34,7 +40,7 @@ from ..engines.engine import Engine
 from ..events import Event as BusEvent
 from ..events import EventBus
 from ..gpu import GpuProbe
-from ..residency import CannotFitError, DirectResidency, Lease, ModelUnavailable, QueueFullError
+from ..residency import CannotFitError, DirectResidency, Lease, ModelUnavailable, Preemption, QueueFullError
 from ..supervisor.process import EngineUnavailable
 from ..supervisor.states import ProcessState
 from .core import ResidencyCore
@@ -70,6 +76,7 @@ GIB = 1 << 30
 PCIE_BYTES_PER_S = 24e9  # pinned host RAM -> GPU on PCIe 4.0 x16 (SCHEDULING.md §2)
 DISK_BYTES_PER_S = 5e9
 RELEASE_POLL_S = 0.05
+ABORT_WAIT_S = 5.0  # how long a release waits for preempted streams to close their engine connection
 KIND_OF = {"text": ModelKind.LLM, "image": ModelKind.IMAGE, "speech": ModelKind.SPEECH, "embedding": ModelKind.EMBED}
 COLD_START_S = {"vllm": 90.0, "comfyui": 15.0, "worker": 5.0}
 
@@ -101,7 +108,8 @@ def profile_for(mid: str, m: ModelConfig, config: Config, releasable: frozenset[
         concurrency=concurrency,
         supports_sleep=EngineTier.HOST in releasable,
         supports_unload=EngineTier.DISK in releasable,
-        preemptible=False,  # stream resumption is simulated (bench), not yet wired to live streams
+        # Resuming a stream needs vLLM's continue_final_message; the gateway stitches the stream.
+        preemptible=config.scheduler.preemption and engine_kind == "vllm" and kind is ModelKind.LLM,
     )
 
 
@@ -136,6 +144,7 @@ class _Waiter:
     model: str
     future: asyncio.Future[Lease]
     max_tokens: int | None = None
+    preemption: Preemption | None = None
 
 
 class ResidencyManager:
@@ -162,7 +171,7 @@ class ResidencyManager:
         )
         self.core = ResidencyCore(
             profiles, budget,
-            PolicySettings(preemption=False, max_start_failures=3, failure_backoff_s=1.0),
+            PolicySettings(preemption=config.scheduler.preemption, max_start_failures=3, failure_backoff_s=1.0),
             measured=self.footprint_file.load(),
         )
         self._clock = clock or time.monotonic
@@ -173,6 +182,8 @@ class ResidencyManager:
         self._jobs: set[asyncio.Task[None]] = set()
         self._expect_ready: set[str] = set()  # engines we are starting: their READY is ours
         self._stopping: set[str] = set()  # engines we are stopping: their STOPPED is ours
+        self._preemptible = {p.id for p in profiles if p.preemptible}
+        self._aborting: dict[str, list[Preemption]] = {}  # model -> preempted streams not yet awaited
         self._bus_queue = bus.subscribe()
 
     # -- public -----------------------------------------------------------------------------------
@@ -214,7 +225,8 @@ class ResidencyManager:
 
     @contextlib.asynccontextmanager
     async def lease(self, model: str, *, deadline_s: float | None = None,
-                    max_tokens: int | None = None) -> AsyncIterator[Lease]:
+                    max_tokens: int | None = None, preemptible: bool = False) -> AsyncIterator[Lease]:
+        """`preemptible`: the caller can abort and resume this request (see the module docstring)."""
         if model not in self.model_engine:
             raise ModelUnavailable(f"model {model!r} has no enabled engine", retry_after=60)
         if model in self.cpu_models:
@@ -224,12 +236,16 @@ class ResidencyManager:
         rid = f"r{next(self._ids)}"
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Lease] = loop.create_future()
-        self._waiters[rid] = _Waiter(model, fut, max_tokens)
+        preemptible = preemptible and model in self._preemptible
+        timeout = deadline_s if deadline_s is not None else self.config.server.load_deadline_s
+        waiter = _Waiter(model, fut, max_tokens)
+        if preemptible:
+            waiter.preemption = Preemption(lambda: self._redispatch(waiter, model, timeout))
+        self._waiters[rid] = waiter
         start = self._clock()
-        self._post(RequestArrived(start, Request(rid, model, start, max_tokens=max_tokens)))
+        self._post(RequestArrived(start, Request(rid, model, start, max_tokens=max_tokens, preemptible=preemptible)))
         dispatched = False
         try:
-            timeout = deadline_s if deadline_s is not None else self.config.server.load_deadline_s
             try:
                 lease = await asyncio.wait_for(asyncio.shield(fut), timeout)
             except TimeoutError:
@@ -245,6 +261,14 @@ class ResidencyManager:
             elif not fut.done():
                 fut.cancel()
                 self._post(RequestCancelled(self._clock(), rid))
+
+    async def _redispatch(self, waiter: _Waiter, model: str, limit_s: float) -> Lease:
+        """A preempted request waits (first in its model's queue) to be dispatched again."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter.future), limit_s)
+        except TimeoutError:
+            raise ModelUnavailable(f"model {model!r} did not come back within {limit_s:g}s to resume the stream",
+                                   retry_after=30) from None
 
     # -- the loop ---------------------------------------------------------------------------------
     def _post(self, event: Event) -> None:
@@ -295,8 +319,8 @@ class ResidencyManager:
                 self._post(RequestDone(self._clock(), action.request_id))
                 return
             eng = self.engines[self.model_engine[action.model]]
-            w.future.set_result(Lease(action.model, eng.base_url, eng,
-                                      info={"max_tokens": action.max_tokens}))
+            w.future.set_result(Lease(action.model, eng.base_url, eng, preemption=w.preemption,
+                                      info={"max_tokens": action.max_tokens, "resume": action.resume}))
             return
         if isinstance(action, Reject):
             w = self._waiters.get(action.request_id)
@@ -312,7 +336,8 @@ class ResidencyManager:
             w.future.set_exception(exc)
             return
         if isinstance(action, Preempt):
-            return  # preemption is off in the daemon (PolicySettings(preemption=False))
+            self._preempt(action)
+            return
         log.info("residency: %s %s", type(action).__name__.lower(), action.model)
         self.bus.publish(BusEvent("residency.action", action.model, {"action": type(action).__name__.lower()}))
         if isinstance(action, Start | Wake):
@@ -321,6 +346,24 @@ class ResidencyManager:
             self._spawn(self._release(action))
         elif isinstance(action, Stop):
             self._spawn(self._stop(action.model))
+
+    def _preempt(self, action: Preempt) -> None:
+        w = self._waiters.get(action.request_id)
+        if w is None or w.preemption is None or not w.future.done():
+            return  # the lease already ended (its RequestDone is queued) or was never handed out
+        w.future = asyncio.get_running_loop().create_future()  # the next Dispatch resumes it
+        w.preemption.request()
+        self._aborting.setdefault(action.model, []).append(w.preemption)
+        log.info("residency: preempt %s stream %s", action.model, action.request_id)
+        self.bus.publish(BusEvent("residency.action", action.model,
+                                  {"action": "preempt", "request": action.request_id}))
+
+    async def _await_aborts(self, model: str) -> None:
+        """Preempted streams close their engine connections before the engine is released."""
+        for p in self._aborting.pop(model, []):
+            if not await p.wait_detached(ABORT_WAIT_S):
+                log.warning("residency: a preempted %s stream did not close within %gs; releasing anyway "
+                            "(the engine aborts what still runs)", model, ABORT_WAIT_S)
 
     def _cannot_fit_message(self, model: str, reason: str) -> str:
         need = self.core.footprints.of(model) / GIB
@@ -350,6 +393,7 @@ class ResidencyManager:
         eng = self.engines[self.model_engine[model]]
         kind = ActionKind.SLEEP if isinstance(action, Sleep) else ActionKind.UNLOAD
         tier = EngineTier.HOST if isinstance(action, Sleep) else EngineTier.DISK
+        await self._await_aborts(model)
         before = eng.memory_held()
         try:
             if eng.state is not ProcessState.READY:
@@ -377,6 +421,7 @@ class ResidencyManager:
             await asyncio.sleep(RELEASE_POLL_S)
 
     async def _stop(self, model: str) -> None:
+        await self._await_aborts(model)
         eng = self.engines[self.model_engine[model]]
         self._stopping.add(eng.name)
         await eng.stop()  # staged: SIGTERM, grace, SIGKILL of the group; returns once reaped

@@ -101,6 +101,8 @@ class Request:
     est_service_s is an optional estimate of the request's own GPU time (TTS text length,
     prompt tokens and the max_tokens cap); the core uses it only to price drains and
     Retry-After, never to order requests.
+    preemptible: the caller can abort this request and resume it (a plain text stream); only
+    then, and only when the model is preemptible and preemption is on, may it be preempted.
     """
 
     id: str
@@ -109,3 +111,4 @@ class Request:
     est_service_s: float | None = None
     prompt_tokens: int | None = None
     max_tokens: int | None = None
+    preemptible: bool = True

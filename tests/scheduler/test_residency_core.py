@@ -163,6 +163,24 @@ def test_llm_streams_are_preempted_and_resumed_when_enabled() -> None:
     ]
 
 
+def test_a_request_the_caller_cannot_resume_drains_while_streams_are_preempted() -> None:
+    profiles = box()
+    profiles[0] = profile("llm", 21.7, ModelKind.LLM, host_gb=19.3, concurrency=8, max_wait_s=60.0,
+                          preemptible=True)
+    d = Driver.create(profiles, tiers=HOST, settings=PolicySettings(preemption=True))
+    d.arrive("c1", "llm", 0.0)
+    d.arrive("tools", "llm", 0.1, preemptible=False)  # e.g. a tool call or n > 1
+    d.ready("llm", 1.0)
+    d.arrive("i1", "image", 3.0)
+    assert d.tick(33.0) == [Preempt("llm", "c1")]  # the other one runs to its end
+    assert d.done("tools", 40.0) == [Sleep("llm")]
+    d.released("llm", 40.05)
+    d.ready("image", 41.0)
+    d.done("i1", 47.0)
+    d.released("image", 47.05)
+    assert d.ready("llm", 48.0) == [Dispatch("llm", "c1", max_tokens=None, resume=True)]
+
+
 def test_preemption_disabled_means_drain() -> None:
     profiles = box()
     profiles[0] = profile("llm", 21.7, ModelKind.LLM, concurrency=8, max_wait_s=60.0, preemptible=True)

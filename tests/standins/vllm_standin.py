@@ -354,7 +354,7 @@ class Server:
                     parts.append(
                         w.token(
                             s.index,
-                            piece(s.tokens, step),
+                            piece(s.tokens, step, req.offset > 0),
                             s.finish_reason if last else None,
                             s.stop_reason if last else None,
                         )

@@ -138,6 +138,7 @@ class GenerationRequest:
     continuous_usage: bool
     stop: frozenset[str]
     echo_texts: list[str] = field(default_factory=list)
+    offset: int = 0  # continue_final_message: the output continues after this many tokens
 
 
 def parse_json_body(raw: bytes) -> dict[str, object]:
@@ -191,17 +192,32 @@ def parse_chat(body: dict[str, object], served: tuple[str, ...]) -> GenerationRe
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise _type_error("messages", "a valid list", messages)
-    texts = []
+    texts, roles = [], []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise _type_error(f"messages.{i}", "a message object with a string role", message)
         texts.append(_message_text(message.get("content"), i))
+        roles.append(message["role"])
+    # ChatCompletionRequest.check_generation_prompt (a "before" validator on the raw body): only an
+    # explicit add_generation_prompt=true conflicts; its default (true) is ignored when continuing.
+    continuing = bool(_opt_bool(body, "continue_final_message"))
+    if continuing and _opt_bool(body, "add_generation_prompt"):
+        raise bad_request("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
     model, max_tokens, n, stream, usage, continuous, stop = _common(
         body, served, ("max_completion_tokens", "max_tokens")
     )
     prompt_tokens = sum(len(t.split()) for t in texts)
+    offset = 0
+    if continuing and len(texts) > 1 and roles[-1] == "assistant":
+        # The model continues its own open message: the words it would have produced next.
+        offset = len(texts[-1].split())
+        texts, roles = texts[:-1], roles[:-1]
+        while len(texts) > 1 and roles[-1] == "assistant":
+            texts, roles = texts[:-1], roles[:-1]
     words = (texts[-1].split() if texts else []) or " ".join(texts).split()
-    return GenerationRequest("chat", model, prompt_tokens, [words], max_tokens, n, stream, usage, continuous, stop)
+    return GenerationRequest(
+        "chat", model, prompt_tokens, [words], max_tokens, n, stream, usage, continuous, stop, offset=offset
+    )
 
 
 def parse_completion(body: dict[str, object], served: tuple[str, ...], vocab: Vocabulary) -> GenerationRequest:
@@ -261,14 +277,16 @@ class Sequence:
 
 
 def plan(req: GenerationRequest) -> list[Sequence]:
-    """The deterministic output: token i is word i of the prompt (cycled); a stop word ends it."""
+    """The deterministic output: token i is word i of the prompt (cycled); a stop word ends it.
+    A chat continuing its final assistant message (`continue_final_message`) goes on from where that
+    message ends, so an aborted stream continued this way yields what it would have yielded whole."""
     seqs = []
     for p, words in enumerate(req.prompt_words):
         source = words or list(FILLER)
         tokens: list[str] = []
         finish, stop_reason = "length", None
         for i in range(req.max_tokens):
-            word = source[i % len(source)]
+            word = source[(req.offset + i) % len(source)]
             if word in req.stop:
                 finish, stop_reason = "stop", word
                 break
@@ -278,9 +296,10 @@ def plan(req: GenerationRequest) -> list[Sequence]:
     return seqs
 
 
-def piece(tokens: list[str], i: int) -> str:
-    """Text of token ``i`` as streamed: words joined by single spaces."""
-    return tokens[i] if i == 0 else " " + tokens[i]
+def piece(tokens: list[str], i: int, continuing: bool = False) -> str:
+    """Text of token ``i`` as streamed: words joined by single spaces (a continued message already
+    has words before the first token, so that one gets its space too)."""
+    return tokens[i] if i == 0 and not continuing else " " + tokens[i]
 
 
 def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, object]:
@@ -300,7 +319,7 @@ def full_response(req: GenerationRequest, seqs: list[Sequence], emitted: int, ab
     for s in seqs:
         count = min(emitted, len(s.tokens))
         completion_tokens += count
-        text = " ".join(s.tokens[:count])
+        text = ("" if req.offset == 0 or count == 0 else " ") + " ".join(s.tokens[:count])
         finish = "abort" if aborted and count < len(s.tokens) else s.finish_reason
         stop_reason = s.stop_reason if finish == "stop" else None
         if req.kind == "chat":

@@ -1,0 +1,225 @@
+"""Stream preemption on the gateway side: one client stream stitched from several engine streams.
+
+When the scheduler preempts a chat stream (`scheduler.preemption`), the engine connection is closed
+(vLLM aborts the request), the request waits first in its model's queue, and once the model is back
+the stream continues with a continuation request: the original messages plus an assistant message
+holding the text already sent, with vLLM's `continue_final_message` (and `add_generation_prompt`
+off), and `max_tokens` less the tokens already sent. The client sees one stream: the continuation's
+chunks get the first stream's `id` and `created`, its role-only opening chunk is dropped, and its
+usage counts the re-prefilled text as completion, not prompt.
+
+Only chat streams the continuation can reproduce are preemptible (`can_resume`): one choice, no
+tools, no structured output, no logit processors whose state would restart. The tokens already sent
+are counted as content-bearing chunks (vLLM sends one per decoding step: one token without
+speculative decoding), so `max_tokens` and usage after a preemption are exact under that condition.
+
+It must not decide when to preempt (the scheduler does) nor hold the lease (the caller does).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..residency import Lease, LeaseError, Preempted
+from .errors import UpstreamFailed, from_lease_error
+from .exchange import Exchange, KeepAlive
+from .proxy import DONE, StreamMeter, _as_error_event, _failed
+from .upstream import ConnectFailed, ResponseBroken, UpstreamPool, UpstreamPools
+
+CHAT_ROUTE = "/v1/chat/completions"
+_NOT_RESUMABLE = ("tools", "functions", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+                  "structured_outputs", "logits_processors", "prompt_logprobs", "echo")
+
+
+def can_resume(route: str, body: dict[str, Any]) -> bool:
+    """Whether a continuation request reproduces what the rest of this stream would have been."""
+    if route != CHAT_ROUTE or body.get("stream") is not True:
+        return False
+    if body.get("n") not in (None, 1) or body.get("best_of") not in (None, 1):
+        return False
+    if any(body.get(k) not in (None, False, [], {}) for k in _NOT_RESUMABLE):
+        return False
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        return False
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return False
+    if body.get("continue_final_message") is True:  # the client prefilled: we append to its message
+        return messages[-1].get("role") == "assistant" and isinstance(messages[-1].get("content"), str)
+    return True
+
+
+class StreamStitch:
+    """What the client has been sent so far, and how to continue it after a preemption."""
+
+    __slots__ = ("body", "created", "finished", "id", "segment", "sent_before", "text", "tokens")
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.text: list[str] = []
+        self.tokens = 0  # content-bearing chunks sent, over all segments
+        self.sent_before = 0  # tokens sent before the current segment
+        self.segment = 0
+        self.id: str | None = None
+        self.created: int | None = None
+        self.finished = False  # a finish_reason was sent: nothing left to resume
+
+    def feed(self, events: bytes) -> bytes:
+        """Complete SSE events from the engine -> what the client gets (unchanged in the first segment)."""
+        if self.segment == 0:
+            for event in events.split(b"\n\n"):
+                chunk = _parse(event)
+                if chunk is not None:
+                    self._observe(chunk)
+            return events
+        out: list[bytes] = []
+        for event in events.split(b"\n\n"):
+            if not event.strip():
+                continue
+            chunk = _parse(event)
+            if chunk is None:
+                out.append(event + b"\n\n")
+                continue
+            if self._opening(chunk):
+                continue
+            self._observe(chunk)
+            chunk["id"], chunk["created"] = self.id, self.created
+            usage = chunk.get("usage")
+            if isinstance(usage, dict):
+                moved = min(self.sent_before, int(usage.get("prompt_tokens") or 0))
+                usage["prompt_tokens"] = int(usage.get("prompt_tokens") or 0) - moved
+                usage["completion_tokens"] = int(usage.get("completion_tokens") or 0) + moved
+            out.append(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
+        return b"".join(out)
+
+    def _observe(self, chunk: dict[str, Any]) -> None:
+        if self.id is None:
+            self.id, self.created = chunk.get("id"), chunk.get("created")
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if content:
+                self.text.append(content)
+                self.tokens += 1
+            if choice.get("finish_reason") is not None:
+                self.finished = True
+
+    @staticmethod
+    def _opening(chunk: dict[str, Any]) -> bool:
+        """The role-only first chunk of a continuation (the client already had one)."""
+        choices = chunk.get("choices") or []
+        if len(choices) != 1:
+            return False
+        delta = choices[0].get("delta") or {}
+        return bool(delta.get("role")) and not delta.get("content") and choices[0].get("finish_reason") is None
+
+    def continuation(self) -> bytes:
+        """The request that continues the stream where the client's copy ends."""
+        self.segment += 1
+        self.sent_before = self.tokens
+        body = dict(self.body)
+        messages = [dict(m) if isinstance(m, dict) else m for m in body["messages"]]
+        sent = "".join(self.text)
+        if body.get("continue_final_message") is True:
+            messages[-1]["content"] = str(messages[-1]["content"]) + sent
+        else:
+            messages.append({"role": "assistant", "content": sent})
+        body["messages"] = messages
+        body["continue_final_message"] = True
+        body["add_generation_prompt"] = False
+        for key in ("max_completion_tokens", "max_tokens"):
+            if isinstance(body.get(key), int):
+                body[key] = max(1, body[key] - self.tokens)
+        if isinstance(body.get("min_tokens"), int):
+            body["min_tokens"] = max(0, body["min_tokens"] - self.tokens)
+        return json.dumps(body).encode()
+
+
+def _parse(event: bytes) -> dict[str, Any] | None:
+    """The JSON object of a `data: {...}` event; None for comments, [DONE] and anything else."""
+    line = event.strip()
+    if not line.startswith(b"data: {"):
+        return None
+    try:
+        parsed = json.loads(line[6:])
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) and "choices" in parsed else None
+
+
+async def relay_resumable(ex: Exchange, pools: UpstreamPools, lease: Lease, body: bytes, meter: StreamMeter,
+                          stitch: StreamStitch, keepalive: KeepAlive) -> int:
+    """Relay a chat stream that the scheduler may preempt, resuming it as often as it is preempted;
+    `keepalive` sends SSE comments while a preempted stream waits for its model to come back."""
+    preemption = lease.preemption
+    assert preemption is not None
+    while True:
+        try:
+            preemption.check()
+            status = await _relay_segment(ex, pools.get(lease.endpoint), body, lease, meter, stitch)
+        except Preempted:
+            status = -1
+        if status != -1:
+            if stitch.segment and meter.usage is not None:  # the usage record counts like the client's
+                pin, pout = meter.usage
+                moved = min(stitch.sent_before, pin or 0)
+                meter.usage = (None if pin is None else pin - moved, None if pout is None else pout + moved)
+            return status
+        meter.pending = b""  # an incomplete event from the aborted stream is dropped, never half-sent
+        keepalive.start()
+        try:
+            lease = await preemption.resume()
+        except LeaseError as exc:
+            raise from_lease_error(exc) from exc
+        finally:
+            await keepalive.stop()
+        body = stitch.continuation()
+
+
+async def _relay_segment(ex: Exchange, pool: UpstreamPool, body: bytes, lease: Lease, meter: StreamMeter,
+                         stitch: StreamStitch) -> int:
+    """One engine stream; -1 if it was preempted before it finished."""
+    preemption = lease.preemption
+    assert preemption is not None
+    engine = lease.engine.name
+    try:
+        resp = await pool.post(CHAT_ROUTE, body)
+    except ConnectFailed as exc:
+        if stitch.segment:  # the stream already began: a retry would need a new lease anyway
+            raise UpstreamFailed(f"engine {engine!r} refused the connection while resuming: {exc}") from exc
+        raise _failed(engine, exc) from exc
+    except ResponseBroken as exc:
+        raise _failed(engine, exc, "the stream") from exc
+    preemption.attach(resp.abort)
+    try:
+        if resp.status != 200:
+            data = await resp.read()
+            if ex.started:
+                await ex.end(_as_error_event(resp.status, data))
+            else:
+                await ex.respond(resp.status, data, resp.content_type or b"application/json")
+            return resp.status
+        await ex.start_sse()
+        done = False
+        async for chunk in resp.chunks():
+            out = stitch.feed(meter.feed(chunk))
+            if out:
+                await ex.write(out)
+                if out.endswith(DONE):
+                    done = True
+                    ex.delivered()
+        if resp.aborted and not stitch.finished:
+            return -1
+        # Aborted after its last token (finish_reason sent): the stream is complete; close it properly.
+        await ex.end(meter.pending if done or not resp.aborted else DONE)
+        return 200
+    except ResponseBroken as exc:
+        if resp.aborted and not stitch.finished:
+            return -1
+        raise _failed(engine, exc, "the stream") from exc
+    finally:
+        resp.release()
+        preemption.detach()
+

@@ -1,0 +1,131 @@
+"""Stream preemption end to end: a real `appliance serve` with `scheduler.preemption = true`, a 20 GiB
+vLLM stand-in and a 15 GiB ComfyUI stand-in on a 24 GiB fake GPU (they never fit together).
+
+A chat stream is running when an image request arrives; once the image has waited its max_wait the
+scheduler aborts the stream, sleeps vLLM, serves the image, wakes vLLM and resumes the stream with
+`continue_final_message`. The client (the official openai library) must see one uninterrupted
+stream: the same text as an unpreempted run, one id, one opening role chunk, the right usage. A
+stream the gateway cannot stitch is drained instead. The order of events is the scheduler's, not a
+race: without preemption the image could only start after the stream ends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_harness import comfyui_engine, free_port, vllm_engine
+
+from .conftest import Gateway, launch
+
+GIB = 1 << 30
+PROMPT = "one two three four five six seven"
+TOKENS = 120  # 6 s at 20 tokens/s: far longer than the image's max_wait
+
+
+@pytest.fixture(scope="module")
+def gw(module_tmp: Path) -> Iterator[Gateway]:
+    doc: dict[str, Any] = {
+        "server": {"keepalive_interval_s": 0.2, "load_deadline_s": 60.0},
+        "gpu": {"probe": "fake", "fake_dir": str(module_tmp / "fakegpu"), "declared_total_gb": 24,
+                "reserve_gb": 1.5, "host_ram_budget_gb": 64, "sample_interval_s": 0.2},
+        "scheduler": {"preemption": True, "max_wait_s": 1.0},
+        "engines": {
+            "vllm": vllm_engine(free_port(), sleep_mode=True,
+                                env={"VLLM_STANDIN_FOOTPRINT_BYTES": str(20 * GIB), "VLLM_STANDIN_TOKENS_PER_S": "20"}),
+            "comfyui": comfyui_engine(free_port(), env={"COMFYUI_STANDIN_FOOTPRINT_BYTES": str(15 * GIB),
+                                                        "COMFYUI_STANDIN_IMAGE_S": "0.2"}),
+        },
+        "models": {
+            "chat": {"engine": "vllm", "modality": "text", "vram_gb": 20, "max_wait_s": 30.0,
+                     "max_tokens_cap": 512},
+            "img": {"engine": "comfyui", "modality": "image", "vram_gb": 15, "workflow": "checkpoint",
+                    "checkpoint": "model.safetensors"},
+        },
+    }
+    g = launch(module_tmp, doc)
+    try:
+        yield g
+    finally:
+        g.stop()
+
+
+def stream_chat(gw: Gateway, marks: dict[str, float], **extra: Any) -> list[Any]:
+    chunks = []
+    stream = gw.client(None).chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": PROMPT}], max_tokens=TOKENS, stream=True,
+        stream_options={"include_usage": True}, **extra)
+    for chunk in stream:
+        chunks.append(chunk)
+        if len(chunks) == 10:
+            marks["streaming"] = time.monotonic()
+    marks["stream_done"] = time.monotonic()
+    return chunks
+
+
+def image_when_streaming(gw: Gateway, marks: dict[str, float]) -> None:
+    while "streaming" not in marks:
+        time.sleep(0.01)
+    gw.client(None).images.generate(model="img", prompt="a cat", size="256x256", response_format="b64_json")
+    marks["image_done"] = time.monotonic()
+
+
+def run_both(gw: Gateway, **extra: Any) -> tuple[list[Any], dict[str, float]]:
+    marks: dict[str, float] = {}
+    errors: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            image_when_streaming(gw, marks)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    t = threading.Thread(target=guarded)
+    t.start()
+    try:
+        chunks = stream_chat(gw, marks, **extra)
+    finally:
+        marks.setdefault("streaming", 0.0)  # never leave the thread spinning
+        t.join(60)
+    assert not errors, errors
+    return chunks, marks
+
+
+def test_a_preempted_stream_resumes_as_one_uninterrupted_stream(gw: Gateway) -> None:
+    whole = gw.client(None).chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": PROMPT}], max_tokens=TOKENS)
+    expected = whole.choices[0].message.content
+    chunks, marks = run_both(gw)
+
+    # The image was served while the stream was paused: preempted, not drained.
+    assert marks["image_done"] < marks["stream_done"]
+    log = gw.log()
+    assert "residency: preempt chat stream" in log
+    assert log.count("residency: wake chat") >= 1
+
+    # One stream: one id, one opening role chunk, the same text as without preemption, one finish.
+    assert len({c.id for c in chunks}) == 1
+    content = [c for c in chunks if c.choices]
+    assert [c.choices[0].delta.role for c in content].count("assistant") == 1
+    text = "".join(c.choices[0].delta.content or "" for c in content)
+    assert text == expected
+    finishes = [c.choices[0].finish_reason for c in content if c.choices[0].finish_reason]
+    assert finishes == ["length"]
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (len(PROMPT.split()), TOKENS)
+    record = [r for r in gw.usage()["recent"] if r["model"] == "chat"][-1]
+    assert (record["tokens_in"], record["tokens_out"], record["status"]) == (len(PROMPT.split()), TOKENS, 200)
+
+
+def test_a_stream_that_cannot_be_stitched_is_drained(gw: Gateway) -> None:
+    before = gw.log().count("residency: preempt chat stream")
+    chunks, marks = run_both(gw, response_format={"type": "json_object"})
+    assert marks["stream_done"] < marks["image_done"]  # the image waited for the whole stream
+    assert gw.log().count("residency: preempt chat stream") == before
+    content = [c for c in chunks if c.choices]
+    assert sum(1 for c in content if c.choices[0].delta.content) == TOKENS

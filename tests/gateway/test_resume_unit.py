@@ -1,0 +1,94 @@
+"""The stitching of a preempted stream (gateway.resume), without processes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from appliance.gateway.resume import CHAT_ROUTE, StreamStitch, can_resume
+
+
+def event(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def chunk(cid: str, delta: dict[str, Any], finish: str | None = None, created: int = 1) -> bytes:
+    return event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": "m",
+                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 10}
+
+
+@pytest.mark.parametrize(("body", "ok"), [
+    (BODY, True),
+    ({**BODY, "stream": False}, False),
+    ({**BODY, "n": 2}, False),
+    ({**BODY, "n": 1}, True),
+    ({**BODY, "tools": [{"type": "function", "function": {"name": "f"}}]}, False),
+    ({**BODY, "tools": []}, True),
+    ({**BODY, "response_format": {"type": "json_object"}}, False),
+    ({**BODY, "response_format": {"type": "text"}}, True),
+    ({**BODY, "guided_json": {"type": "object"}}, False),
+    ({**BODY, "continue_final_message": True,
+      "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure,"}]}, True),
+    ({**BODY, "continue_final_message": True,
+      "messages": [{"role": "assistant", "content": [{"type": "text", "text": "x"}]}]}, False),
+])
+def test_which_streams_can_be_resumed(body: dict[str, Any], ok: bool) -> None:
+    assert can_resume(CHAT_ROUTE, body) is ok
+
+
+def test_completions_are_not_resumed() -> None:
+    assert not can_resume("/v1/completions", {"prompt": "x", "stream": True})
+
+
+def test_first_segment_passes_unchanged_and_continuation_carries_the_text_so_far() -> None:
+    s = StreamStitch(dict(BODY))
+    first = chunk("a", {"role": "assistant", "content": ""}) + chunk("a", {"content": "Hello"}) + \
+        chunk("a", {"content": " there"})
+    assert s.feed(first) == first
+    cont = json.loads(s.continuation())
+    assert cont["messages"][-1] == {"role": "assistant", "content": "Hello there"}
+    assert cont["messages"][:-1] == BODY["messages"]
+    assert (cont["continue_final_message"], cont["add_generation_prompt"]) == (True, False)
+    assert cont["max_tokens"] == 8
+    assert BODY["max_tokens"] == 10  # the original body is untouched
+
+
+def test_continuation_segments_look_like_the_first_stream() -> None:
+    s = StreamStitch(dict(BODY))
+    s.feed(chunk("a", {"role": "assistant", "content": ""}, created=5) + chunk("a", {"content": "Hello"}, created=5))
+    s.continuation()
+    usage = {"id": "b", "object": "chat.completion.chunk", "created": 9, "model": "m", "choices": [],
+             "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}}
+    out = s.feed(chunk("b", {"role": "assistant", "content": ""}, created=9)
+                 + chunk("b", {"content": " world"}, created=9)
+                 + chunk("b", {"content": "!"}, "stop", created=9) + event(usage) + b"data: [DONE]\n\n")
+    events = [e for e in out.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+    parsed = [json.loads(e[6:]) for e in events[:-1]]
+    assert [p["id"] for p in parsed] == ["a", "a", "a"]  # the role-only opening chunk is gone
+    assert {p["created"] for p in parsed} == {5}
+    assert [p["choices"][0]["delta"]["content"] for p in parsed[:2]] == [" world", "!"]
+    # the re-prefilled "Hello" counted as completion again, not as prompt
+    assert parsed[2]["usage"] == {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}
+    assert s.finished
+
+
+def test_a_client_prefill_is_extended_not_duplicated() -> None:
+    body = {**BODY, "continue_final_message": True,
+            "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure,"}]}
+    s = StreamStitch(body)
+    s.feed(chunk("a", {"content": " here"}))
+    cont = json.loads(s.continuation())
+    assert cont["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure, here"}]
+    assert body["messages"][1]["content"] == "Sure,"
+
+
+def test_max_completion_tokens_shrinks_too_and_never_below_one() -> None:
+    s = StreamStitch({**BODY, "max_completion_tokens": 2, "max_tokens": None})
+    s.feed(chunk("a", {"content": "x"}) + chunk("a", {"content": "y"}))
+    assert json.loads(s.continuation())["max_completion_tokens"] == 1
