@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from daemon_harness import comfyui_engine, free_port, vllm_engine
 
-from .conftest import Gateway, launch
+from .conftest import Gateway, launch, wait_until
 
 GIB = 1 << 30
 PROMPT = "one two three four five six seven"
@@ -38,7 +39,7 @@ def gw(module_tmp: Path) -> Iterator[Gateway]:
             "vllm": vllm_engine(free_port(), sleep_mode=True,
                                 env={"VLLM_STANDIN_FOOTPRINT_BYTES": str(20 * GIB), "VLLM_STANDIN_TOKENS_PER_S": "20"}),
             "comfyui": comfyui_engine(free_port(), env={"COMFYUI_STANDIN_FOOTPRINT_BYTES": str(15 * GIB),
-                                                        "COMFYUI_STANDIN_IMAGE_S": "0.2"}),
+                                                        "COMFYUI_STANDIN_IMAGE_S": "1.0"}),
         },
         "models": {
             "chat": {"engine": "vllm", "modality": "text", "vram_gb": 20, "max_wait_s": 30.0,
@@ -129,3 +130,30 @@ def test_a_stream_that_cannot_be_stitched_is_drained(gw: Gateway) -> None:
     assert gw.log().count("residency: preempt chat stream") == before
     content = [c for c in chunks if c.choices]
     assert sum(1 for c in content if c.choices[0].delta.content) == TOKENS
+
+
+def test_a_client_that_leaves_while_preempted_is_forgotten(gw: Gateway) -> None:
+    preempts = gw.log().count("residency: preempt chat stream")
+    marks: dict[str, float] = {}
+    body = {"model": "chat", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": TOKENS, "stream": True}
+    image = threading.Thread(target=image_when_streaming, args=(gw, marks))
+    image.start()
+    try:
+        with httpx.Client(timeout=30) as http, http.stream("POST", gw.url + "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()  # kept open: leaving a for loop over it would close the response
+            for _ in range(20):
+                next(lines)
+            marks["streaming"] = time.monotonic()
+            wait_until(lambda: gw.log().count("residency: preempt chat stream") > preempts, 20, "the preemption")
+            wakes = gw.log().count("residency: wake chat")
+        # the client hung up while its stream waited for the image
+    finally:
+        marks.setdefault("streaming", 0.0)
+        image.join(60)
+    assert "image_done" in marks
+    wait_until(gw.idle, 10, "nothing queued or in flight")
+    assert gw.log().count("residency: wake chat") == wakes  # nobody is left to resume: no wake for it
+    again = gw.client(None).chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}],
+                                                    max_tokens=3)
+    assert again.choices[0].message.content == "hi hi hi"
