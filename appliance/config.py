@@ -87,6 +87,7 @@ class SchedulerConfig(_Frozen):
     release_deadline_s: float = Field(default=30.0, gt=0)  # before a release escalates
     footprint_headroom: float = Field(default=1.05, ge=1.0)
     preemption: bool = False  # abort LLM streams to swap sooner, resume them after (vLLM chat streams)
+    turn_taking: bool = True  # co-resident engines compute one at a time (oldest waiter first)
 
 
 class RestartPolicy(_Frozen):

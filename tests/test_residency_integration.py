@@ -228,3 +228,22 @@ async def test_gpu_model_on_a_box_without_gpu_says_so(tmp_path: Path) -> None:
         assert app.engines["vllm"].state.value == "stopped"  # nothing was started
     finally:
         await app.shutdown()
+
+
+async def test_scheduler_settings_reach_the_core(tmp_path: Path) -> None:
+    async def settings(scheduler: dict[str, Any]) -> tuple[Any, set[str]]:
+        doc: dict[str, Any] = {"server": {"state_dir": str(tmp_path / "state")},
+                               "gpu": {"probe": "declared", "declared_total_gb": 24},
+                               "scheduler": scheduler,
+                               "engines": {"vllm": vllm_engine(free_port()), "comfyui": comfyui_engine(free_port())},
+                               "models": {"chat": {"engine": "vllm", "modality": "text", "vram_gb": 20},
+                                          "img": {"engine": "comfyui", "modality": "image", "vram_gb": 15}}}
+        app = Appliance(parse_config(doc, "test"), host="127.0.0.1", port=free_port())
+        await app.shutdown()
+        return app.residency.core.settings, app.residency._preemptible
+
+    default, preemptible = await settings({})
+    assert default.one_engine_at_a_time and not default.preemption and preemptible == set()
+    tuned, preemptible = await settings({"turn_taking": False, "preemption": True})
+    assert not tuned.one_engine_at_a_time and tuned.preemption
+    assert preemptible == {"chat"}  # only the vLLM text model: image jobs always run to the end

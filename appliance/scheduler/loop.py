@@ -171,7 +171,8 @@ class ResidencyManager:
         )
         self.core = ResidencyCore(
             profiles, budget,
-            PolicySettings(preemption=config.scheduler.preemption, max_start_failures=3, failure_backoff_s=1.0),
+            PolicySettings(preemption=config.scheduler.preemption, one_engine_at_a_time=config.scheduler.turn_taking,
+                           max_start_failures=3, failure_backoff_s=1.0),
             measured=self.footprint_file.load(),
         )
         self._clock = clock or time.monotonic
