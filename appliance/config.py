@@ -82,7 +82,9 @@ class GpuConfig(_Frozen):
 
 
 class SchedulerConfig(_Frozen):
-    max_wait_s: float = Field(default=30.0, gt=0)  # starvation bound for other models' waiters
+    # The starvation bound for every model; None: per kind (text and speech 60 s, image 30 s; with
+    # preemption image and speech 15 s), as benchmarked (scheduler.policy.DEFAULT_MAX_WAIT_S).
+    max_wait_s: float | None = Field(default=None, gt=0)
     tick_s: float = Field(default=1.0, gt=0)
     release_deadline_s: float = Field(default=30.0, gt=0)  # before a release escalates
     footprint_headroom: float = Field(default=1.05, ge=1.0)
@@ -178,7 +180,7 @@ class ModelConfig(_Frozen):
     catalog: str = ""  # id in the model catalog, for sizes and downloads
     vram_gb: float = Field(default=1.0, gt=0)  # estimate until measured
     host_ram_gb: float = Field(default=0.0, ge=0)  # 0: same as vram_gb
-    max_wait_s: float | None = None  # default: scheduler.max_wait_s
+    max_wait_s: float | None = None  # default: scheduler.max_wait_s, else per kind
     keep_alive_s: float | None = None  # None = keep until evicted
     pinned: bool = False
     queue_limit: int = Field(default=64, ge=1)

@@ -240,10 +240,16 @@ async def test_scheduler_settings_reach_the_core(tmp_path: Path) -> None:
                                           "img": {"engine": "comfyui", "modality": "image", "vram_gb": 15}}}
         app = Appliance(parse_config(doc, "test"), host="127.0.0.1", port=free_port())
         await app.shutdown()
+        waits.update({mid: slot.profile.max_wait_s for mid, slot in app.residency.core.ledger.slots.items()})
         return app.residency.core.settings, app.residency._preemptible
 
+    waits: dict[str, float] = {}
     default, preemptible = await settings({})
     assert default.one_engine_at_a_time and not default.preemption and preemptible == set()
+    assert waits == {"chat": 60.0, "img": 30.0}  # per kind, as benchmarked
     tuned, preemptible = await settings({"turn_taking": False, "preemption": True})
     assert not tuned.one_engine_at_a_time and tuned.preemption
     assert preemptible == {"chat"}  # only the vLLM text model: image jobs always run to the end
+    assert waits == {"chat": 60.0, "img": 15.0}  # no drain to wait for: the image may switch sooner
+    await settings({"max_wait_s": 5.0})
+    assert waits == {"chat": 5.0, "img": 5.0}

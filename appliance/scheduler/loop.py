@@ -67,7 +67,7 @@ from .events import (
     Wake,
 )
 from .memory import MemoryBudget
-from .policy import PolicySettings
+from .policy import PolicySettings, default_max_wait_s
 from .types import ModelKind, ModelProfile, Request, SwapCosts
 
 log = logging.getLogger("appliance.residency")
@@ -100,7 +100,9 @@ def profile_for(mid: str, m: ModelConfig, config: Config, releasable: frozenset[
         footprint_bytes=max(1, footprint),
         host_bytes=max(1, host),
         costs=costs,
-        max_wait_s=m.max_wait_s if m.max_wait_s is not None else config.scheduler.max_wait_s,
+        max_wait_s=(m.max_wait_s if m.max_wait_s is not None else config.scheduler.max_wait_s
+                    if config.scheduler.max_wait_s is not None
+                    else default_max_wait_s(kind, config.scheduler.preemption)),
         keep_alive_s=m.keep_alive_s,
         pinned=m.pinned,
         queue_limit=m.queue_limit,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 from appliance.scheduler.events import Sleep, Stop, Unload
-from appliance.scheduler.types import GB, ModelProfile
+from appliance.scheduler.types import GB, ModelKind, ModelProfile
 
 EXACT_VICTIM_SEARCH_LIMIT = 12
 """Up to this many eviction candidates the best victim set is found exactly (2^n subsets)."""
@@ -57,6 +57,19 @@ class PolicySettings:
     max_start_failures: int = 3
     failure_backoff_s: float = 10.0
     foreign_allowance_bytes: int = GB // 2
+
+
+DEFAULT_MAX_WAIT_S = {ModelKind.LLM: 60.0, ModelKind.IMAGE: 30.0, ModelKind.SPEECH: 60.0, ModelKind.EMBED: 30.0}
+"""The starvation bound per kind of model, as benchmarked: a chat batch may hold the GPU a minute
+(answers run that long), an image waits at most 30 s for it. Configuration can override each."""
+PREEMPTION_MAX_WAIT_S = {ModelKind.IMAGE: 15.0, ModelKind.SPEECH: 15.0}
+"""With stream preemption a switch away from the LLM costs no drain, so shorter waits pay off."""
+
+
+def default_max_wait_s(kind: ModelKind, preemption: bool = False) -> float:
+    if preemption and kind in PREEMPTION_MAX_WAIT_S:
+        return PREEMPTION_MAX_WAIT_S[kind]
+    return DEFAULT_MAX_WAIT_S[kind]
 
 
 @dataclass(frozen=True, slots=True)

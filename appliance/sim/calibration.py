@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from appliance.scheduler.policy import default_max_wait_s
 from appliance.scheduler.types import GB, ModelKind
 
 
@@ -77,10 +78,15 @@ class SpeechCalibration:
 
 def _default_models() -> tuple[ModelCalibration, ...]:
     return (
-        ModelCalibration("llm", ModelKind.LLM, int(19.3 * GB), 0.3, 0.05, 90.0, 1.5, 3.0, 16, 60.0),
-        ModelCalibration("image", ModelKind.IMAGE, int(14.8 * GB), 0.3, 0.05, 18.0, 0.3, 2.0, 1, 30.0),
         ModelCalibration(
-            "speech", ModelKind.SPEECH, int(1.9 * GB), 0.1, 0.05, 12.0, 0.1, 1.0, 1, 60.0, vram_bytes=int(3.4 * GB)
+            "llm", ModelKind.LLM, int(19.3 * GB), 0.3, 0.05, 90.0, 1.5, 3.0, 16, default_max_wait_s(ModelKind.LLM)
+        ),
+        ModelCalibration(
+            "image", ModelKind.IMAGE, int(14.8 * GB), 0.3, 0.05, 18.0, 0.3, 2.0, 1, default_max_wait_s(ModelKind.IMAGE)
+        ),
+        ModelCalibration(
+            "speech", ModelKind.SPEECH, int(1.9 * GB), 0.1, 0.05, 12.0, 0.1, 1.0, 1,
+            default_max_wait_s(ModelKind.SPEECH), vram_bytes=int(3.4 * GB),
         ),
     )
 

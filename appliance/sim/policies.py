@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from appliance.scheduler.core import ResidencyCore
 from appliance.scheduler.memory import MemoryBudget
-from appliance.scheduler.policy import PolicySettings
+from appliance.scheduler.policy import PREEMPTION_MAX_WAIT_S, PolicySettings
 from appliance.scheduler.types import Tier
 from appliance.sim.baselines import AllResident, LlamaSwapFifo, OllamaLike
 from appliance.sim.calibration import Calibration
@@ -32,14 +32,12 @@ REFERENCES = ("LBps", "LB2")
 POLICIES = OURS + BASELINES + REFERENCES
 
 DEFAULT_SETTINGS = PolicySettings()
-PREEMPTION_MAX_WAIT_S = {"image": 15.0, "speech": 15.0}
-"""With preemption a switch away from the LLM costs no drain, so shorter waits pay off."""
 
 
 def max_wait_for(policy: str, cal: Calibration, override: dict[str, float] | None = None) -> dict[str, float]:
     waits = {m.id: m.max_wait_s for m in cal.models}
     if "preempt" in policy.split("_"):
-        waits.update(PREEMPTION_MAX_WAIT_S)
+        waits.update({m.id: PREEMPTION_MAX_WAIT_S[m.kind] for m in cal.models if m.kind in PREEMPTION_MAX_WAIT_S})
     waits.update(override or {})
     return waits
 
