@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,8 @@ from .events import (
 )
 from .memory import MemoryBudget
 from .policy import PolicySettings, default_max_wait_s
-from .types import ModelKind, ModelProfile, Request, SwapCosts
+from .snapshot import SlotView
+from .types import ModelKind, ModelProfile, Request, SwapCosts, Tier
 
 log = logging.getLogger("appliance.residency")
 
@@ -113,6 +114,35 @@ def profile_for(mid: str, m: ModelConfig, config: Config, releasable: frozenset[
         # Resuming a stream needs vLLM's continue_final_message; the gateway stitches the stream.
         preemptible=config.scheduler.preemption and engine_kind == "vllm" and kind is ModelKind.LLM,
     )
+
+
+def attribute_usage(by_engine: dict[str, int], models_of: dict[str, list[str]],
+                    views: Mapping[str, SlotView]) -> dict[str, int]:
+    """Each engine's measured GPU memory as per-model figures the core can learn footprints from.
+
+    An engine serving one scheduled model gives it all. An engine serving several (one ComfyUI with
+    two checkpoints) gives it to the models the core holds in VRAM, split in proportion to their
+    footprints, so the memory is counted once and no model learns another's bytes; if none is in
+    VRAM (being started or released) it goes to the first, which learns nothing from it (the core
+    only learns from models it holds resident).
+    """
+    used: dict[str, int] = {}
+    for engine, total in by_engine.items():
+        mids = models_of.get(engine, [])
+        if not mids:
+            continue
+        resident = [m for m in mids if m in views and views[m].tier is Tier.VRAM]
+        if not resident:
+            used[mids[0]] = total
+            continue
+        weights = [max(1, views[m].footprint_bytes) for m in resident]
+        left = total
+        for m, w in zip(resident[:-1], weights[:-1], strict=True):
+            share = total * w // sum(weights)
+            used[m] = share
+            left -= share
+        used[resident[-1]] = left
+    return used
 
 
 def runs_on_cpu(config: Config, engine: str, *, has_gpu: bool) -> bool:
@@ -475,7 +505,10 @@ class ResidencyManager:
             # models it knows to be resident, and counts the rest as foreign.
             used: dict[str, int] = {}
             if snap.processes:  # a per-process reading exists (NVML, fake): attribute it by process group
+                models_of: dict[str, list[str]] = {}
                 for mid, eng_name in self.model_engine.items():
                     if mid not in self.cpu_models:
-                        used[mid] = snap.used_by(self.engines[eng_name].pids())
+                        models_of.setdefault(eng_name, []).append(mid)
+                by_engine = {e: snap.used_by(self.engines[e].pids()) for e in models_of}
+                used = attribute_usage(by_engine, models_of, self.core.snapshot().models)
             self._post(GpuSample(self._clock(), snap.total_bytes, snap.free_bytes, used))
