@@ -142,11 +142,15 @@ def test_running_image_job_is_never_preempted() -> None:
     assert "i2" not in d.dispatched()
 
 
-def test_llm_streams_are_preempted_and_resumed_when_enabled() -> None:
+def preempting_driver() -> Driver:
     profiles = box()
     profiles[0] = profile("llm", 21.7, ModelKind.LLM, host_gb=19.3, concurrency=8, max_wait_s=60.0,
                           preemptible=True)
-    d = Driver.create(profiles, tiers=HOST, settings=PolicySettings(preemption=True))
+    return Driver.create(profiles, tiers=HOST, settings=PolicySettings(preemption=True))
+
+
+def test_llm_streams_are_preempted_and_resumed_when_enabled() -> None:
+    d = preempting_driver()
     d.arrive("c1", "llm", 0.0)
     d.ready("llm", 1.0)
     d.arrive("c2", "llm", 2.0)
@@ -164,10 +168,7 @@ def test_llm_streams_are_preempted_and_resumed_when_enabled() -> None:
 
 
 def test_a_request_the_caller_cannot_resume_drains_while_streams_are_preempted() -> None:
-    profiles = box()
-    profiles[0] = profile("llm", 21.7, ModelKind.LLM, host_gb=19.3, concurrency=8, max_wait_s=60.0,
-                          preemptible=True)
-    d = Driver.create(profiles, tiers=HOST, settings=PolicySettings(preemption=True))
+    d = preempting_driver()
     d.arrive("c1", "llm", 0.0)
     d.arrive("tools", "llm", 0.1, preemptible=False)  # e.g. a tool call or n > 1
     d.ready("llm", 1.0)
