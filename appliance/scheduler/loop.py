@@ -217,6 +217,7 @@ class ResidencyManager:
         self._stopping: set[str] = set()  # engines we are stopping: their STOPPED is ours
         self._preemptible = {p.id for p in profiles if p.preemptible}
         self._aborting: dict[str, list[Preemption]] = {}  # model -> preempted streams not yet awaited
+        self.preemptions: dict[str, int] = {}  # model -> streams preempted since start
         self._bus_queue = bus.subscribe()
 
     # -- public -----------------------------------------------------------------------------------
@@ -251,7 +252,8 @@ class ResidencyManager:
             "switching_to": snap.plan_target,
             "models": {
                 mid: {"tier": v.tier.value, "phase": v.phase, "queued": v.queued, "in_flight": v.in_flight,
-                      "footprint_bytes": v.footprint_bytes, "measured": self.core.footprints.is_measured(mid)}
+                      "footprint_bytes": v.footprint_bytes, "measured": self.core.footprints.is_measured(mid),
+                      "preemptions": self.preemptions.get(mid, 0)}
                 for mid, v in snap.models.items()
             },
         }
@@ -387,6 +389,7 @@ class ResidencyManager:
         w.future = asyncio.get_running_loop().create_future()  # the next Dispatch resumes it
         w.preemption.request()
         self._aborting.setdefault(action.model, []).append(w.preemption)
+        self.preemptions[action.model] = self.preemptions.get(action.model, 0) + 1
         log.info("residency: preempt %s stream %s", action.model, action.request_id)
         self.bus.publish(BusEvent("residency.action", action.model,
                                   {"action": "preempt", "request": action.request_id}))

@@ -106,6 +106,7 @@ def test_a_preempted_stream_resumes_as_one_uninterrupted_stream(gw: Gateway) -> 
     assert marks["image_done"] < marks["stream_done"]
     log = gw.log()
     assert "residency: preempt chat stream" in log
+    assert gw.status()["residency"]["models"]["chat"]["preemptions"] >= 1
     assert log.count("residency: wake chat") >= 1
 
     # One stream: one id, one opening role chunk, the same text as without preemption, one finish.
