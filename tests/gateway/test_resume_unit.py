@@ -92,3 +92,19 @@ def test_max_completion_tokens_shrinks_too_and_never_below_one() -> None:
     s = StreamStitch({**BODY, "max_completion_tokens": 2, "max_tokens": None})
     s.feed(chunk("a", {"content": "x"}) + chunk("a", {"content": "y"}))
     assert json.loads(s.continuation())["max_completion_tokens"] == 1
+
+
+def test_a_stream_preempted_twice_continues_from_everything_sent() -> None:
+    s = StreamStitch(dict(BODY))
+    s.feed(chunk("a", {"role": "assistant", "content": ""}) + chunk("a", {"content": "one"}))
+    s.continuation()
+    s.feed(chunk("b", {"role": "assistant", "content": ""}) + chunk("b", {"content": " two"}))
+    cont = json.loads(s.continuation())
+    assert cont["messages"][-1] == {"role": "assistant", "content": "one two"}
+    assert len(cont["messages"]) == len(BODY["messages"]) + 1  # one assistant message, not one per pause
+    assert cont["max_tokens"] == 8
+    usage = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+             "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+    out = s.feed(chunk("c", {"content": " three"}, "length") + event(usage))
+    last = json.loads(out.split(b"\n\n")[1][6:])
+    assert last["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
