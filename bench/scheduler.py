@@ -7,7 +7,7 @@ stream-preemption variant) over the workloads W1, W2cv2, W2cv4, W3s and W4 from
 on at most 2 processes. Prints one table per workload with 95% confidence intervals
 over the seeds, the sustainable load search, the targets, and ends with one line of JSON.
 
-Usage: python bench/scheduler.py [--quick] [--seeds N] [--hours H] [--calibration FILE]
+Usage: python bench/scheduler.py [--quick] [--seeds N] [--first-seed K] [--hours H] [--calibration FILE]
 
 Must not: change any policy; it only runs and reports.
 """
@@ -158,16 +158,16 @@ def summary(rows: dict[str, list[dict[str, Any]]], ours: str, free: str) -> dict
 # ------------------------------------------------------- sustainable load
 
 
-def sustainable(pool: Any, policy: str, seeds: int, hours: float, cal_path: str | None) -> tuple[float, str]:
+def sustainable(pool: Any, policy: str, seeds: range, hours: float, cal_path: str | None) -> tuple[float, str]:
     """Highest rho (steps of 0.1) where the mean p95 over seeds stays under 120 s and the backlog
     does not grow (at most one seed showing growth). When no step of 0.1 passes, the search
     continues below 0.1 in steps of 0.01 so that a ratio can still be formed."""
 
     def passes(rho: float) -> bool:
-        tasks = [("W1", rho, s, policy, hours, cal_path, True) for s in range(seeds)]
+        tasks = [("W1", rho, s, policy, hours, cal_path, True) for s in seeds]
         res = pool.map(run_one, tasks, chunksize=1)
         grown = sum(r["unstable"] for r in res)
-        return grown <= max(1, seeds // 10) and statistics.fmean(r["p95"] for r in res) < SUSTAINABLE_P95_S
+        return grown <= max(1, len(seeds) // 10) and statistics.fmean(r["p95"] for r in res) < SUSTAINABLE_P95_S
 
     best = 0.0
     rho = 0.1
@@ -189,16 +189,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 simulated hours, 3 seeds")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 10)")
+    ap.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
     ap.add_argument("--hours", type=float, default=None, help="simulated hours per run (default 8)")
     ap.add_argument("--processes", type=int, default=2, help="worker processes (at most 2)")
     ap.add_argument("--calibration", default=None, help="JSON or TOML file replacing calibration defaults")
     args = ap.parse_args(argv)
-    seeds = args.seeds or (3 if args.quick else 10)
+    seeds = range(args.first_seed, args.first_seed + (args.seeds or (3 if args.quick else 10)))
     hours = args.hours or (2.0 if args.quick else 8.0)
     cal_path = str(Path(args.calibration).resolve()) if args.calibration else None
     procs = max(1, min(2, args.processes, os.cpu_count() or 1))
     started = time.monotonic()
-    tasks = [(n, r, s, p, hours, cal_path, False) for n, r in TABLE_CONFIGS for p in POLICIES for s in range(seeds)]
+    tasks = [(n, r, s, p, hours, cal_path, False) for n, r in TABLE_CONFIGS for p in POLICIES for s in seeds]
     with Pool(procs) as pool:
         results = pool.map(run_one, tasks, chunksize=1)
         ours_load, ours_how = sustainable(pool, "ours", seeds, hours, cal_path)
@@ -206,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     by_config: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for res in results:
         by_config.setdefault(key(res["name"], res["rho"]), {}).setdefault(res["policy"], []).append(res)
-    print(f"Residency scheduler benchmark: {hours:g} simulated hours x {seeds} seeds per configuration, "
+    print(f"Residency scheduler benchmark: {hours:g} simulated hours x {len(seeds)} seeds per configuration "
+          f"({seeds.start}-{seeds.stop - 1}), "
           f"first {60 * hours / 16:g} min dropped, {procs} processes")
     for n, r in TABLE_CONFIGS:
         print_table(key(n, r), by_config[key(n, r)])
