@@ -101,9 +101,7 @@ def profile_for(mid: str, m: ModelConfig, config: Config, releasable: frozenset[
         footprint_bytes=max(1, footprint),
         host_bytes=max(1, host),
         costs=costs,
-        max_wait_s=(m.max_wait_s if m.max_wait_s is not None else config.scheduler.max_wait_s
-                    if config.scheduler.max_wait_s is not None
-                    else default_max_wait_s(kind, config.scheduler.preemption)),
+        max_wait_s=max_wait_for(m, config, kind),
         keep_alive_s=m.keep_alive_s,
         pinned=m.pinned,
         queue_limit=m.queue_limit,
@@ -114,6 +112,15 @@ def profile_for(mid: str, m: ModelConfig, config: Config, releasable: frozenset[
         # Resuming a stream needs vLLM's continue_final_message; the gateway stitches the stream.
         preemptible=config.scheduler.preemption and engine_kind == "vllm" and kind is ModelKind.LLM,
     )
+
+
+def max_wait_for(m: ModelConfig, config: Config, kind: ModelKind) -> float:
+    """The model's own setting, else the scheduler's, else the benchmarked default for its kind."""
+    if m.max_wait_s is not None:
+        return m.max_wait_s
+    if config.scheduler.max_wait_s is not None:
+        return config.scheduler.max_wait_s
+    return default_max_wait_s(kind, config.scheduler.preemption)
 
 
 def attribute_usage(by_engine: dict[str, int], models_of: dict[str, list[str]],
