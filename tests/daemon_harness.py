@@ -10,12 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from standins.launch import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDINS = ROOT / "tests" / "standins"
@@ -172,12 +173,7 @@ class Daemon:
 
 
 def wait_for(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    wait_until(pred, deadline_s=timeout, interval_s=interval, message=what)
 
 
 def group_members(pgid: int) -> set[int]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 from daemon_harness import comfyui_engine, free_port, vllm_engine
+from standins.launch import async_wait_until
 
 from appliance.app import Appliance
 from appliance.config import parse_config
@@ -40,11 +41,7 @@ GRAPH = {
 
 async def until(pred: Callable[[], bool], what: str, limit_s: float = 20.0) -> None:
     """Poll `pred` with a deadline (events cross processes, so there is nothing to await)."""
-    for _ in range(int(limit_s / 0.01)):
-        if pred():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+    await async_wait_until(pred, deadline_s=limit_s, interval_s=0.01, message=what)
 
 
 def fake_gpu_used(directory: Path) -> int:
@@ -79,6 +76,8 @@ class Rig:
                 self.actions.append((str(ev.data["action"]), ev.subject))
 
     async def _watch_memory(self) -> None:
+        """A 100 Hz sampler of the fake GPU (a measurement, not a wait): an overlap of two engines'
+        memory during a swap shows up in `peak`, which no event reports."""
         while True:
             self.peak = max(self.peak, fake_gpu_used(self.fake_dir))
             await asyncio.sleep(0.01)
@@ -100,12 +99,12 @@ class Rig:
             async with s.post(lease.endpoint + "/prompt", json={"prompt": GRAPH, "client_id": "t"}) as r:
                 assert r.status == 200, await r.text()
                 pid = (await r.json())["prompt_id"]
-            for _ in range(500):
+
+            async def finished() -> bool:
                 async with s.get(f"{lease.endpoint}/history/{pid}") as r:
-                    if pid in await r.json():
-                        return
-                await asyncio.sleep(0.02)
-            raise AssertionError("image never finished")
+                    return pid in await r.json()
+
+            await async_wait_until(finished, deadline_s=10.0, message="the image to finish")
 
     def state(self, engine: str) -> str:
         return self.app.engines[engine].state.value

@@ -86,6 +86,9 @@ class Exchange:
         earlier is noticed at `after_s`.
         """
         self._task = asyncio.current_task()
+        if after_s <= 0:
+            self._start_watcher()
+            return
         self._timer = asyncio.get_running_loop().call_later(after_s, self._start_watcher)
 
     def _start_watcher(self) -> None:

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from daemon_harness import comfyui_engine, free_port, to_toml, vllm_engine  # noqa: E402
+from standins.launch import wait_until as poll  # noqa: E402
 
 from appliance.gateway.keys import KeyStore  # noqa: E402
 
@@ -35,14 +35,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_T
 
 
 def wait_until(pred: Callable[[], Any], deadline_s: float, what: str, interval_s: float = 0.05) -> Any:
-    end = time.monotonic() + deadline_s
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
-        time.sleep(interval_s)
+    return poll(pred, deadline_s=deadline_s, interval_s=interval_s, message=what)
 
 
 @dataclass

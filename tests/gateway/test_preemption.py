@@ -55,7 +55,7 @@ def gw(module_tmp: Path) -> Iterator[Gateway]:
         g.stop()
 
 
-def stream_chat(gw: Gateway, marks: dict[str, float], **extra: Any) -> list[Any]:
+def stream_chat(gw: Gateway, marks: dict[str, float], streaming: threading.Event, **extra: Any) -> list[Any]:
     chunks = []
     stream = gw.client(None).chat.completions.create(
         model="chat", messages=[{"role": "user", "content": PROMPT}], max_tokens=TOKENS, stream=True,
@@ -63,14 +63,13 @@ def stream_chat(gw: Gateway, marks: dict[str, float], **extra: Any) -> list[Any]
     for chunk in stream:
         chunks.append(chunk)
         if len(chunks) == 10:
-            marks["streaming"] = time.monotonic()
+            streaming.set()
     marks["stream_done"] = time.monotonic()
     return chunks
 
 
-def image_when_streaming(gw: Gateway, marks: dict[str, float]) -> None:
-    while "streaming" not in marks:
-        time.sleep(0.01)
+def image_when_streaming(gw: Gateway, marks: dict[str, float], streaming: threading.Event) -> None:
+    assert streaming.wait(30), "the chat never started streaming"
     gw.client(None).images.generate(model="img", prompt="a cat", size="256x256", response_format="b64_json")
     marks["image_done"] = time.monotonic()
 
@@ -78,19 +77,19 @@ def image_when_streaming(gw: Gateway, marks: dict[str, float]) -> None:
 def run_both(gw: Gateway, **extra: Any) -> tuple[list[Any], dict[str, float]]:
     marks: dict[str, float] = {}
     errors: list[BaseException] = []
+    streaming = threading.Event()
 
     def guarded() -> None:
         try:
-            image_when_streaming(gw, marks)
+            image_when_streaming(gw, marks, streaming)
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
     t = threading.Thread(target=guarded)
     t.start()
     try:
-        chunks = stream_chat(gw, marks, **extra)
+        chunks = stream_chat(gw, marks, streaming, **extra)
     finally:
-        marks.setdefault("streaming", 0.0)  # never leave the thread spinning
         t.join(60)
     assert not errors, errors
     return chunks, marks
@@ -136,8 +135,9 @@ def test_a_stream_that_cannot_be_stitched_is_drained(gw: Gateway) -> None:
 def test_a_client_that_leaves_while_preempted_is_forgotten(gw: Gateway) -> None:
     preempts = gw.log().count("residency: preempt chat stream")
     marks: dict[str, float] = {}
+    streaming = threading.Event()
     body = {"model": "chat", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": TOKENS, "stream": True}
-    image = threading.Thread(target=image_when_streaming, args=(gw, marks))
+    image = threading.Thread(target=image_when_streaming, args=(gw, marks, streaming))
     image.start()
     try:
         with httpx.Client(timeout=30) as http, http.stream("POST", gw.url + "/v1/chat/completions", json=body) as r:
@@ -145,12 +145,11 @@ def test_a_client_that_leaves_while_preempted_is_forgotten(gw: Gateway) -> None:
             lines = r.iter_lines()  # kept open: leaving a for loop over it would close the response
             for _ in range(20):
                 next(lines)
-            marks["streaming"] = time.monotonic()
+            streaming.set()
             wait_until(lambda: gw.log().count("residency: preempt chat stream") > preempts, 20, "the preemption")
             wakes = gw.log().count("residency: wake chat")
         # the client hung up while its stream waited for the image
     finally:
-        marks.setdefault("streaming", 0.0)
         image.join(60)
     assert "image_done" in marks
     wait_until(gw.idle, 10, "nothing queued or in flight")

@@ -150,10 +150,15 @@ async def test_disconnect_cancels_the_serving_task() -> None:
 
 async def test_no_cancel_once_the_response_is_finished() -> None:
     ex, gone = exchange([])
-    ex.watch_disconnect(after_s=0)
-    await asyncio.sleep(0)  # let the watcher start
-    await ex.respond(200, b"{}")
-    ex.close()
-    gone.set()
-    await asyncio.sleep(0)
+
+    async def serve() -> None:
+        ex.watch_disconnect(after_s=0)  # the watcher runs from now on
+        await ex.respond(200, b"{}")
+        ex.close()
+        gone.set()
+        watcher = ex._watcher
+        assert watcher is not None
+        await asyncio.wait([watcher])  # ended, and its done callback (registered first) has run
+
+    await asyncio.ensure_future(serve())  # completes: not cancelled by the client leaving
     assert not ex.disconnected

@@ -170,17 +170,21 @@ def wait_until(
 
 
 async def async_wait_until(
-    predicate: Callable[[], Awaitable[T | None]],
+    predicate: Callable[[], Awaitable[T | None]] | Callable[[], T | None],
     deadline_s: float = 10.0,
     interval_s: float = 0.02,
     message: str = "condition",
 ) -> T:
-    """``wait_until`` for an async predicate (e.g. one that makes an HTTP request)."""
+    """``wait_until`` without blocking the event loop; the predicate may be async (e.g. one that
+    makes an HTTP request) or plain (state another task changes)."""
     import asyncio
+    import inspect
 
     deadline = time.monotonic() + deadline_s
     while True:
-        value = await predicate()
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() >= deadline:

@@ -14,12 +14,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from standins.launch import wait_until as poll
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -33,12 +33,7 @@ def free_port() -> int:
 
 def wait_until(predicate: Any, deadline_s: float, what: str, interval_s: float = 0.05) -> None:
     """Poll `predicate` until it returns true or the deadline passes (never a fixed sleep)."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {deadline_s:.0f}s waiting for {what}")
+    poll(predicate, deadline_s=deadline_s, interval_s=interval_s, message=what)
 
 
 @dataclass
