@@ -1,7 +1,8 @@
 """The residency manager with real stand-in engines on a 24 GiB fake GPU: a 20 GiB vLLM, a 15 GiB
-ComfyUI (they never fit together). Alternating requests must cause verified sleep/wake cycles;
-a request in flight is never evicted; a release that is not verified in time escalates to a stop;
-a crash during a swap leaves the scheduler consistent."""
+ComfyUI (they never fit together) and the appliance's speech worker declaring 2 GiB (it fits beside
+either). Alternating requests must cause verified sleep/wake cycles; the worker stays resident
+beside both; a request in flight is never evicted; a release that is not verified in time escalates
+to a stop; a crash during a swap leaves the scheduler consistent; a bounded mixed burst completes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from daemon_harness import comfyui_engine, free_port, vllm_engine
 from standins.launch import async_wait_until
 
@@ -24,6 +26,8 @@ from appliance.events import Event
 
 GIB = 1 << 30
 BUDGET = 24 * GIB
+WORKER_BYTES = 2 * GIB
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 GRAPH = {
     "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "model.safetensors"}},
@@ -106,6 +110,13 @@ class Rig:
 
             await async_wait_until(finished, deadline_s=10.0, message="the image to finish")
 
+    async def speech(self, text: str = "hello there") -> bytes:
+        async with self.app.residency.lease("voice") as lease, aiohttp.ClientSession() as s:
+            body = {"input": text, "voice": "alloy", "response_format": "wav"}
+            async with s.post(lease.endpoint + "/v1/audio/speech", json=body) as r:
+                assert r.status == 200, await r.text()
+                return await r.read()
+
     def state(self, engine: str) -> str:
         return self.app.engines[engine].state.value
 
@@ -127,9 +138,14 @@ async def rig(tmp_path: Path, *, comfy_env: dict[str, str] | None = None,
             "comfyui": comfyui_engine(free_port(), env={"COMFYUI_STANDIN_FOOTPRINT_BYTES": str(15 * GIB),
                                                         "COMFYUI_STANDIN_FREE_DELAY_S": "0.3",
                                                         **(comfy_env or {})}),
+            # device "auto" on the fake GPU: scheduled as a GPU model, synthesising on the CPU
+            "tts": {"kind": "worker", "worker": "speech", "model_path": "espeak:en-us", "device": "auto",
+                    "port": free_port(), "ready_timeout_s": 60.0, "stop_grace_s": 2.0,
+                    "env": {**OFFLINE, "APPLIANCE_FAKE_GPU_BYTES": str(WORKER_BYTES)}},
         },
         "models": {"chat": {"engine": "vllm", "modality": "text", "vram_gb": 20},
-                   "img": {"engine": "comfyui", "modality": "image", "vram_gb": 15}},
+                   "img": {"engine": "comfyui", "modality": "image", "vram_gb": 15},
+                   "voice": {"engine": "tts", "modality": "speech", "vram_gb": 2}},
     }
     app = Appliance(parse_config(doc, "test"), host="127.0.0.1", port=free_port())
     await app.startup()
@@ -155,6 +171,54 @@ async def test_alternating_requests_sleep_and_wake_with_verified_releases(tmp_pa
         # both engines stayed up: swaps were sleeps and wakes, never cold starts after the first
         assert r.state("vllm") == "ready" and r.state("comfyui") == "ready"
         assert r.app.engines["vllm"].process.restarts == 0
+
+
+def released(r: Rig, model: str) -> list[tuple[str, str]]:
+    return [a for a in r.actions if a[1] == model and a[0] in ("sleep", "unload", "stop")]
+
+
+@pytest.mark.parametrize("comfy_residual", [0.02, 0.05])
+async def test_small_worker_stays_resident_beside_either_engine(tmp_path: Path, comfy_residual: float) -> None:
+    """2 GiB fits beside the 20 GiB vLLM and beside the 15 GiB ComfyUI (22.5 GiB budget), so speech
+    between chats and images costs no swap of its own while chat and image still swap. A slept
+    engine keeps its CUDA context: with ComfyUI's at 2 % of 15 GiB (0.3 GiB) the worker stays beside
+    vLLM; at 5 % (0.75 GiB) 20 + 2 + 0.75 GiB exceeds the budget and the worker is slept instead."""
+    async with rig(tmp_path, comfy_env={"COMFYUI_STANDIN_RESIDUAL_FRACTION": str(comfy_residual)}) as r:
+        for step in (r.speech, r.chat, r.speech, r.image, r.speech, r.chat, r.speech):
+            await step()
+        assert r.actions.count(("start", "voice")) == 1
+        assert ("sleep", "chat") in r.actions and ("wake", "chat") in r.actions
+        assert ("sleep", "img") in r.actions
+        assert r.peak <= BUDGET, f"fake GPU peaked at {r.peak / GIB:.1f} GiB"
+        models = r.app.residency.snapshot()["models"]
+        assert isinstance(models, dict)
+        if comfy_residual < 0.05:
+            assert released(r, "voice") == []
+            assert models["voice"]["tier"] == "vram" and models["chat"]["tier"] == "vram"
+            used = fake_gpu_used(r.fake_dir)
+            assert 22 * GIB <= used <= BUDGET, f"vLLM and the worker should both hold memory: {used / GIB:.1f} GiB"
+        else:
+            # the second chat could not sit beside the worker and the slept ComfyUI's context
+            chat_back = r.actions.index(("wake", "chat"))
+            assert r.actions[chat_back - 1] == ("sleep", "voice")
+            assert ("wake", "voice") in r.actions[chat_back:]
+
+
+async def test_mixed_burst_all_complete_within_budget(tmp_path: Path) -> None:
+    """A bounded burst of every kind at once (10 chats, half streamed, 3 images, 5 speeches):
+    every request completes, memory never exceeds the card, and nothing is left queued or in flight."""
+    async with rig(tmp_path, vllm_env={"VLLM_STANDIN_TOKENS_PER_S": "200"}) as r:
+        jobs = [r.chat(tokens=8, stream=i % 2 == 0) for i in range(10)]
+        jobs += [r.image() for _ in range(3)] + [r.speech(f"sentence number {i}") for i in range(5)]
+        results = await asyncio.wait_for(asyncio.gather(*jobs), timeout=90)
+        assert len(results) == 18 and all(results[i] for i in range(10))
+        assert all(len(audio) > 44 for audio in results[13:])  # a WAV header and samples
+        models_now = lambda: r.app.residency.snapshot()["models"].values()  # type: ignore[attr-defined]  # noqa: E731
+        await until(lambda: all(m["in_flight"] == 0 for m in models_now()), "the last RequestDone to reach the core")
+        assert all(m["queued"] == 0 for m in models_now())
+        assert r.peak <= BUDGET, f"fake GPU peaked at {r.peak / GIB:.1f} GiB"
+        snap = r.app.residency.snapshot()
+        assert snap["vram_used_bytes"] <= snap["vram_budget_bytes"]  # type: ignore[operator]
 
 
 async def test_request_in_flight_is_never_evicted(tmp_path: Path) -> None:

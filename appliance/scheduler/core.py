@@ -19,12 +19,14 @@ Decision order, applied after every event once its facts are recorded:
     comes before any switch decision, so a model that just arrived in VRAM always serves
     a first batch (two backlogged models cannot evict each other in a loop).
     One engine at a time (`PolicySettings.one_engine_at_a_time`, on by default):
-    co-resident engines (XTTS beside SD3.5) share the GPU's compute, so running both at
-    once only stretches both jobs. A model starts work only while no other engine
-    computes, and takes more only while no co-resident model has an older waiter, so
-    co-resident models are served in the order of their oldest waiters. A head held for
-    `one_engine_hold` x its max_wait (0.2 by default; the same waiting credit as below)
-    is dispatched regardless, so holding never stretches the starvation bound.
+    co-resident engines that run one job at a time (XTTS beside SD3.5) share the GPU's
+    compute, so running both at once only stretches both jobs. Such a model starts work
+    only while no other one-job engine computes, and takes more only while no co-resident
+    one-job model has an older waiter, so they are served in the order of their oldest
+    waiters. Batching engines (concurrency > 1) are never held and hold no one: their
+    throughput grows with the batch. A head held for `one_engine_hold` x its max_wait
+    (0.2 by default; the same waiting credit as below) is dispatched regardless, so
+    holding never stretches the starvation bound.
  5. Candidates (models with waiting requests, or pinned, that are not in VRAM), pinned
     first, then by earliest max_wait deadline:
     a. if it fits beside what is resident (co-residence) and beside the plan's target,
@@ -38,6 +40,9 @@ Decision order, applied after every event once its facts are recorded:
          resident batch otherwise enjoys, so no batch can starve another model;
        - idle victims: they have no work at all, queued or running;
        - optionally a cheap drain (`PolicySettings.drain_below_s`).
+       If no set of resident models frees enough because sleeping engines still hold
+       VRAM (their CUDA contexts), those engines may be victims too: they are stopped.
+       A model's own held bytes count toward its activation (a wake adds the rest).
        Victims then admit nothing new and drain: a job in flight is never killed. With
        preemption enabled, a victim's preemptible LLM streams are aborted and re-queued
        to be resumed after the swap back; every other job (image, speech, an LLM request
@@ -103,6 +108,7 @@ from appliance.scheduler.types import ModelProfile, Request, Tier
 class _Plan:
     target: str
     victims: tuple[str, ...]
+    contexts: tuple[str, ...] = ()  # sleeping victims whose engines are stopped for what they hold
 
 
 class ResidencyCore:
@@ -298,10 +304,13 @@ class ResidencyCore:
             slot = self._slots[v]
             if slot.tier is Tier.VRAM and slot.phase is Phase.STEADY and not slot.in_flight:
                 self._release(slot)
-        if self.ledger.footprint(target) <= self.ledger.vram_free():
+            elif v in plan.contexts and slot.engine_up and slot.tier is not Tier.VRAM and slot.phase is Phase.STEADY:
+                self._stop_sleeping(slot)
+        if self.ledger.activation_bytes(target) <= self.ledger.vram_free():
             self._activate(target)
             self._plan = None
-        elif not any(self._slots[v].tier is Tier.VRAM for v in plan.victims):
+        elif not any(self._slots[v].tier is Tier.VRAM or self._slots[v].phase is Phase.RELEASING
+                     for v in plan.victims):
             self._plan = None  # the victims are gone and it still does not fit: plan afresh
 
     def _expire_keep_alive(self, now: float) -> None:
@@ -332,15 +341,18 @@ class ResidencyCore:
                     slot.restart_credit(now)
 
     def _may_compute(self, slot: ModelSlot) -> bool:
-        """One engine at a time: co-resident engines share the GPU's compute, so running two at
-        once only stretches both. A model starts work only when no other engine computes, and
-        takes more work only while no co-resident model has an older waiter. Its queue head is
-        held at most `one_engine_hold` x max_wait of waiting credit; then both run (time-sliced)."""
+        """One engine at a time: co-resident one-job engines share the GPU's compute, so running
+        two at once only stretches both. Such a model starts work only when no other one-job engine
+        computes, and takes more work only while no co-resident one has an older waiter. Its queue
+        head is held at most `one_engine_hold` x max_wait of waiting credit; then both run
+        (time-sliced). A batching engine (concurrency > 1) neither waits nor makes others wait."""
         if not self.settings.one_engine_at_a_time or slot.credit_s >= self._hold_s(slot):
+            return True
+        if slot.profile.concurrency > 1:
             return True
         head = slot.queue[0].arrival
         for other in self._slots.values():
-            if other is slot or not other.in_vram:
+            if other is slot or not other.in_vram or other.profile.concurrency > 1:
                 continue
             if other.in_flight and not slot.in_flight:
                 return False
@@ -363,22 +375,32 @@ class ResidencyCore:
         ]
         candidates.sort(key=lambda s: (not s.profile.pinned, s.credit_mark + s.profile.max_wait_s - s.credit_s))
         for slot in candidates:
-            if self._fits_beside_plan(self.ledger.footprint(slot)):
+            if self._fits_beside_plan(self.ledger.activation_bytes(slot)):
                 self._activate(slot)
             elif self._plan is None:
                 self._maybe_plan(slot, now)
 
     def _maybe_plan(self, slot: ModelSlot, now: float) -> None:
-        need = self.ledger.footprint(slot)
+        need = self.ledger.activation_bytes(slot)
         free = self.ledger.vram_free() + self.ledger.leaving_vram()
         if need <= free:
             return  # releases already under way will make room
         views = [
-            VictimView(s.id, self.ledger.footprint(s), s.gdsf_value, busy=s.busy, queued=len(s.queue))
+            VictimView(s.id, self.ledger.release_frees(s), s.gdsf_value, busy=s.busy, queued=len(s.queue))
             for s in self._slots.values()
             if s.tier is Tier.VRAM and s.phase is Phase.STEADY and not s.profile.pinned
         ]
         victims = choose_victims(need, free, views)
+        if victims is None:
+            # What sleeping engines still hold (their CUDA contexts) can be what is missing:
+            # those engines may be stopped too (their host copies go with them).
+            views += [
+                VictimView(s.id, s.held_bytes, s.gdsf_value, busy=False, queued=len(s.queue))
+                for s in self._slots.values()
+                if s is not slot and s.engine_up and not s.in_vram and s.held_bytes > 0
+                and s.phase is Phase.STEADY and not s.profile.pinned
+            ]
+            victims = choose_victims(need, free, views)
         if victims is None:
             if not self.ledger.fits_ever(slot):
                 self._reject_queue(slot, 503, admission.CANNOT_FIT_RETRY_S, "cannot fit beside pinned models")
@@ -388,7 +410,8 @@ class ResidencyCore:
         target = SwitchView(slot.credit_s, slot.profile.max_wait_s, urgent=slot.profile.pinned)
         if not should_switch(target, chosen, drain, self.settings):
             return
-        self._plan = _Plan(slot.id, victims)
+        contexts = tuple(v for v in victims if self._slots[v].tier is not Tier.VRAM)
+        self._plan = _Plan(slot.id, victims, contexts)
         for v in victims:
             victim = self._slots[v]
             victim.draining = True
@@ -433,6 +456,11 @@ class ResidencyCore:
         slot.stopping = isinstance(release, Stop)
         self._out.append(release)
 
+    def _stop_sleeping(self, slot: ModelSlot) -> None:
+        """Stop a sleeping engine to free what it still holds in VRAM; its host copy goes too."""
+        slot.phase, slot.release_to, slot.stopping = Phase.RELEASING, Tier.DISK, True
+        self._out.append(Stop(slot.id))
+
     def _fits_beside_plan(self, need: int) -> bool:
         """Fits now, and after the plan in progress (if any) completes."""
         free = self.ledger.vram_free()
@@ -441,8 +469,8 @@ class ResidencyCore:
         plan = self._plan
         if plan is None:
             return True
-        freed = sum(self.ledger.footprint(self._slots[v]) for v in plan.victims if self._slots[v].tier is Tier.VRAM)
-        return need <= free + freed - self.ledger.footprint(self._slots[plan.target])
+        freed = sum(self.ledger.release_frees(self._slots[v]) for v in plan.victims if self._slots[v].tier is Tier.VRAM)
+        return need <= free + freed - self.ledger.activation_bytes(self._slots[plan.target])
 
     def _drain_s(self, slot: ModelSlot, now: float) -> float:
         """Expected seconds until the slot's longest running job ends (from observed durations)."""

@@ -46,6 +46,17 @@ class Ledger:
     def footprint(self, slot: ModelSlot) -> int:
         return self.footprints.of(slot.id)
 
+    def activation_bytes(self, slot: ModelSlot) -> int:
+        """What bringing the model into VRAM adds: its footprint less what its sleeping engine
+        already holds there (the CUDA context a slept vLLM or ComfyUI keeps)."""
+        held = slot.held_bytes if slot.engine_up and not slot.in_vram else 0
+        return max(0, self.footprints.of(slot.id) - held)
+
+    def release_frees(self, slot: ModelSlot, stopping: bool = False) -> int:
+        """What releasing a resident model frees: its footprint less what its engine kept after
+        its last release (a stop frees everything)."""
+        return self.footprints.of(slot.id) - (0 if stopping else min(slot.held_bytes, self.footprints.of(slot.id)))
+
     def vram_budget(self) -> int:
         return self.budget.vram_bytes - self.foreign_bytes
 
@@ -64,7 +75,7 @@ class Ledger:
     def leaving_vram(self) -> int:
         """Bytes of releases issued but not yet verified: free soon."""
         return sum(
-            self.footprints.of(s.id)
+            self.release_frees(s, s.stopping)
             for s in self.slots.values()
             if s.tier is Tier.VRAM and s.phase is Phase.RELEASING
         )

@@ -76,6 +76,7 @@ class Driver:
     actions: list[Action] = field(default_factory=list)
     resident: dict[str, str] = field(default_factory=dict)  # model -> "loading" | "vram" | "releasing"
     running: dict[str, set[str]] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)  # sleeping engines' VRAM (CUDA contexts)
     now: float = 0.0
 
     @classmethod
@@ -126,10 +127,16 @@ class Driver:
         self.resident[model] = "vram"
         return self.feed(EngineReady(at, model))
 
-    def released(self, model: str, at: float) -> list[Action]:
+    def released(self, model: str, at: float, held_gb: float = 0.0) -> list[Action]:
+        """The release of `model` verified; its engine still holds `held_gb` (a slept CUDA context)."""
+        if held_gb:
+            self.held[model] = int(held_gb * GB)
+        if model not in self.resident:  # a sleeping engine stopped: its context is gone
+            assert self.held.pop(model, 0), f"{model} held nothing to release"
+            return self.feed(ReleaseDone(at, model, 0))
         assert self.resident.get(model) == "releasing", f"{model} was not being released"
         del self.resident[model]
-        return self.feed(ReleaseDone(at, model, 0))
+        return self.feed(ReleaseDone(at, model, int(held_gb * GB)))
 
     def tick(self, at: float) -> list[Action]:
         return self.feed(Tick(at))
@@ -143,7 +150,8 @@ class Driver:
             case Start() | Wake():
                 assert m not in self.resident, f"{action} while {m} is {self.resident[m]}"
                 self.resident[m] = "loading"
-                used = sum(self.core.footprints.of(x) for x in self.resident)
+                self.held.pop(m, None)  # the engine's context is part of its footprint again
+                used = sum(self.core.footprints.of(x) for x in self.resident) + sum(self.held.values())
                 assert used <= self.budget_bytes, f"{action} over the VRAM budget: {used}"
             case Sleep() | Unload() | Stop():
                 if m in self.resident:

@@ -97,6 +97,42 @@ def test_llm_needs_both_co_residents_released() -> None:
     assert d.released("speech", 8.05) == [Wake("llm")]
 
 
+def test_a_sleeping_engines_context_counts_toward_its_own_wake() -> None:
+    """A slept engine keeps its CUDA context: waking it adds its footprint less that, so a worker
+    that fits beside it is not evicted for the bytes the engine already holds."""
+    d = Driver.create([profile("llm", 20.0, ModelKind.LLM, concurrency=4), profile("image", 15.0),
+                       profile("voice", 2.0)])
+    d.arrive("v1", "voice", 0.0)
+    d.ready("voice", 1.0)
+    d.arrive("c1", "llm", 1.0)
+    d.ready("llm", 2.0)
+    d.done("v1", 2.0)
+    d.done("c1", 3.0)
+    d.arrive("i1", "image", 4.0)
+    d.released("llm", 4.1, held_gb=1.0)
+    d.ready("image", 5.0)
+    d.done("i1", 6.0)
+    d.arrive("c2", "llm", 7.0)  # 20 - 1 held = 19 GB more; 22.5 - 2 - 1 - 0.3 = 19.2 GB free
+    d.released("image", 7.1, held_gb=0.3)
+    assert d.of(Wake, "llm") and not d.of(Sleep, "voice") and not d.of(Stop, "voice")
+
+
+def test_sleeping_engines_context_is_stopped_when_only_it_is_in_the_way() -> None:
+    """Nothing resident is left to evict and what a sleeping engine still holds is what is missing:
+    that engine is stopped (its host copy goes with it) and the model starts once it is verified."""
+    d = Driver.create([profile("big", 22.0), profile("image", 10.0)])
+    d.arrive("i1", "image", 0.0)
+    d.ready("image", 1.0)
+    d.done("i1", 2.0)
+    d.arrive("b1", "big", 3.0)
+    d.released("image", 3.1, held_gb=0.75)  # 22.5 - 0.75 < 22: still does not fit
+    assert d.of(Stop, "image") and not d.of(Start, "big")
+    d.released("image", 3.5)
+    assert d.of(Start, "big")
+    d.ready("big", 10.0)
+    assert "b1" in d.dispatched()
+
+
 def test_resident_model_keeps_serving_while_it_has_work() -> None:
     d = Driver.create(box(), tiers=HOST)
     d.arrive("c1", "llm", 0.0)
