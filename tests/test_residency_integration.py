@@ -123,7 +123,8 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def rig(tmp_path: Path, *, comfy_env: dict[str, str] | None = None,
-              vllm_env: dict[str, str] | None = None, release_deadline_s: float = 10.0) -> AsyncIterator[Rig]:
+              vllm_env: dict[str, str] | None = None, release_deadline_s: float = 10.0,
+              chat_gib: int = 20) -> AsyncIterator[Rig]:
     fake = tmp_path / "fakegpu"
     fake.mkdir()
     os.environ["APPLIANCE_FAKE_GPU_DIR"] = str(fake)
@@ -133,7 +134,7 @@ async def rig(tmp_path: Path, *, comfy_env: dict[str, str] | None = None,
                 "host_ram_budget_gb": 64, "sample_interval_s": 0.2},
         "scheduler": {"max_wait_s": 2.0, "release_deadline_s": release_deadline_s},
         "engines": {
-            "vllm": vllm_engine(free_port(), env={"VLLM_STANDIN_FOOTPRINT_BYTES": str(20 * GIB),
+            "vllm": vllm_engine(free_port(), env={"VLLM_STANDIN_FOOTPRINT_BYTES": str(chat_gib * GIB),
                                                   **(vllm_env or {})}),
             "comfyui": comfyui_engine(free_port(), env={"COMFYUI_STANDIN_FOOTPRINT_BYTES": str(15 * GIB),
                                                         "COMFYUI_STANDIN_FREE_DELAY_S": "0.3",
@@ -143,7 +144,7 @@ async def rig(tmp_path: Path, *, comfy_env: dict[str, str] | None = None,
                     "port": free_port(), "ready_timeout_s": 60.0, "stop_grace_s": 2.0,
                     "env": {**OFFLINE, "APPLIANCE_FAKE_GPU_BYTES": str(WORKER_BYTES)}},
         },
-        "models": {"chat": {"engine": "vllm", "modality": "text", "vram_gb": 20},
+        "models": {"chat": {"engine": "vllm", "modality": "text", "vram_gb": chat_gib},
                    "img": {"engine": "comfyui", "modality": "image", "vram_gb": 15},
                    "voice": {"engine": "tts", "modality": "speech", "vram_gb": 2}},
     }
@@ -202,6 +203,22 @@ async def test_small_worker_stays_resident_beside_either_engine(tmp_path: Path, 
             chat_back = r.actions.index(("wake", "chat"))
             assert r.actions[chat_back - 1] == ("sleep", "voice")
             assert ("wake", "voice") in r.actions[chat_back:]
+
+
+async def test_a_sleeping_engines_context_is_stopped_when_it_alone_is_in_the_way(tmp_path: Path) -> None:
+    """A 22 GiB vLLM in a 22.5 GiB budget: slept, it keeps 1.1 GiB (5 %) and needs 20.9 GiB more to
+    wake, but the slept ComfyUI still holds 0.75 GiB of context, so ComfyUI is stopped first and
+    comes back with a cold start."""
+    async with rig(tmp_path, chat_gib=22) as r:
+        await r.chat()
+        await r.image()
+        await r.chat()
+        wake = r.actions.index(("wake", "chat"))
+        assert r.actions[wake - 2:wake] == [("sleep", "img"), ("stop", "img")]
+        assert r.state("comfyui") == "stopped" and r.state("vllm") == "ready"
+        await r.image()
+        assert r.actions.count(("start", "img")) == 2
+        assert r.peak <= BUDGET, f"fake GPU peaked at {r.peak / GIB:.1f} GiB"
 
 
 async def test_mixed_burst_all_complete_within_budget(tmp_path: Path) -> None:

@@ -19,14 +19,16 @@ Decision order, applied after every event once its facts are recorded:
     comes before any switch decision, so a model that just arrived in VRAM always serves
     a first batch (two backlogged models cannot evict each other in a loop).
     One engine at a time (`PolicySettings.one_engine_at_a_time`, on by default):
-    co-resident engines that run one job at a time (XTTS beside SD3.5) share the GPU's
-    compute, so running both at once only stretches both jobs. Such a model starts work
-    only while no other one-job engine computes, and takes more only while no co-resident
-    one-job model has an older waiter, so they are served in the order of their oldest
-    waiters. Batching engines (concurrency > 1) are never held and hold no one: their
-    throughput grows with the batch. A head held for `one_engine_hold` x its max_wait
-    (0.2 by default; the same waiting credit as below) is dispatched regardless, so
-    holding never stretches the starvation bound.
+    co-resident engines (XTTS beside SD3.5, or beside a small LLM) share the GPU's
+    compute, so running two jobs at once only stretches both. A model starts work only
+    while no co-resident one-job engine (concurrency 1) computes, and takes more only while
+    no co-resident one-job model has an older waiter, so they are served in the order of
+    their oldest waiters. A batching engine is never waited for (its batch may run for
+    minutes) and, once it runs a batch, keeps admitting (one more stream costs it little):
+    an idle LLM lets a short speech or image job run alone first, a busy one is never
+    frozen. A head held for `one_engine_hold` x its max_wait (0.2 by default; the same
+    waiting credit as below) is dispatched regardless, so holding never stretches the
+    starvation bound.
  5. Candidates (models with waiting requests, or pinned, that are not in VRAM), pinned
     first, then by earliest max_wait deadline:
     a. if it fits beside what is resident (co-residence) and beside the plan's target,
@@ -341,21 +343,23 @@ class ResidencyCore:
                     slot.restart_credit(now)
 
     def _may_compute(self, slot: ModelSlot) -> bool:
-        """One engine at a time: co-resident one-job engines share the GPU's compute, so running
-        two at once only stretches both. Such a model starts work only when no other one-job engine
-        computes, and takes more work only while no co-resident one has an older waiter. Its queue
-        head is held at most `one_engine_hold` x max_wait of waiting credit; then both run
-        (time-sliced). A batching engine (concurrency > 1) neither waits nor makes others wait."""
+        """One engine at a time: co-resident engines share the GPU's compute, so running two jobs
+        at once only stretches both. A model starts work only when no co-resident one-job engine
+        computes, and takes more work only while no co-resident one-job model has an older waiter;
+        a batching engine (concurrency > 1) that already runs a batch keeps admitting, and no one
+        waits for a batching engine. A queue head is held at most `one_engine_hold` x max_wait of
+        waiting credit; then both run (time-sliced)."""
         if not self.settings.one_engine_at_a_time or slot.credit_s >= self._hold_s(slot):
             return True
-        if slot.profile.concurrency > 1:
-            return True
+        batching = slot.profile.concurrency > 1
         head = slot.queue[0].arrival
         for other in self._slots.values():
             if other is slot or not other.in_vram or other.profile.concurrency > 1:
-                continue
+                continue  # nobody waits for a batching engine: its batch may run for minutes
             if other.in_flight and not slot.in_flight:
                 return False
+            if batching and slot.in_flight:
+                continue  # a running batch keeps admitting: one more stream costs it little
             if other.servable and other.queue and other.queue[0].arrival < head:
                 return False
         return True

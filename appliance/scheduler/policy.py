@@ -40,9 +40,10 @@ class PolicySettings:
     one_engine_at_a_time: serialise the compute of co-resident one-job models (oldest
         waiter's model first). Co-resident engines share one GPU, so overlapping two jobs
         delays both; in the benchmark (W1, W3s at load 0.7) serving them in turn cut the p95
-        by 1-2% against B3 with the same swaps (seeds 0-9 and 10-19 alike). Batching
-        engines (concurrency > 1) are exempt: holding an LLM behind speech jobs made bursty
-        workloads 1.2-1.3x worse than B3 when XTTS fitted beside the LLM.
+        by 1-2% against B3 with the same swaps (seeds 0-9 and 10-19 alike). A batching
+        engine (concurrency > 1) is never waited for and, once it runs a batch, keeps
+        admitting: freezing an LLM's batch behind speech jobs made bursty workloads
+        1.2-1.3x worse than B3 when XTTS fitted beside the LLM.
     one_engine_hold: a held head runs anyway (time-sliced) once its waiting credit
         reaches this fraction of its max_wait (0.2: image 6 s, speech 12 s by default);
         holding to the full max_wait was slightly worse at the p95.

@@ -13,6 +13,7 @@ from appliance.scheduler import (
     GpuSample,
     InMemoryFootprintStore,
     ModelKind,
+    ModelProfile,
     PolicySettings,
     Preempt,
     Reject,
@@ -81,6 +82,28 @@ def test_held_co_resident_runs_once_its_head_waited_its_hold() -> None:
     deadline = d.core.next_deadline()
     assert deadline is not None and deadline == pytest.approx(16.0)  # half of speech's 30 s max_wait
     assert d.tick(16.0) == [Dispatch("speech", "s1")]  # the image still runs: both are time-sliced
+
+
+def small_llm_box() -> list[ModelProfile]:
+    """A 7B LLM that fits beside XTTS (8 + 3.4 GB)."""
+    return [profile("llm", 8.0, ModelKind.LLM, concurrency=8, max_wait_s=60.0),
+            profile("speech", 3.4, ModelKind.SPEECH, max_wait_s=30.0)]
+
+
+def test_an_idle_llm_lets_a_speech_job_run_alone_first() -> None:
+    d = Driver.create(small_llm_box(), tiers={"llm": Tier.VRAM, "speech": Tier.VRAM})
+    assert d.arrive("s1", "speech", 0.0) == [Dispatch("speech", "s1")]
+    assert d.arrive("c1", "llm", 0.5) == []  # the LLM has nothing running: it waits its turn
+    assert d.done("s1", 5.0) == [Dispatch("llm", "c1", max_tokens=None)]
+
+
+def test_a_running_llm_batch_keeps_admitting_and_is_never_waited_for() -> None:
+    d = Driver.create(small_llm_box(), tiers={"llm": Tier.VRAM, "speech": Tier.VRAM})
+    d.arrive("c1", "llm", 0.0)
+    assert d.arrive("s1", "speech", 1.0) == [Dispatch("speech", "s1")]  # no one waits for a batch
+    d.arrive("s2", "speech", 1.5)
+    assert d.arrive("c2", "llm", 2.0) == [Dispatch("llm", "c2", max_tokens=None)]  # s2 is older: no matter
+    assert d.dispatched() == ["c1", "s1", "c2"]
 
 
 def test_llm_needs_both_co_residents_released() -> None:
