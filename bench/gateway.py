@@ -207,11 +207,27 @@ def wait_for(pred: Any, timeout: float, what: str) -> None:
     raise SystemExit(f"bench: timed out waiting for {what}")
 
 
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (an engine runs under the supervisor's guard process)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as fh:
+                    todo += [int(c) for c in fh.read().split()]
+    return found
+
+
 def pin_process(pid: int, cpus: set[int]) -> None:
-    """Pin every thread of `pid` (sched_setaffinity on a pid only moves its main thread)."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(ProcessLookupError):
-            os.sched_setaffinity(int(tid), cpus)
+    """Pin every thread of `pid` and of its descendants (sched_setaffinity on a pid only moves
+    its main thread, and an engine's server is a child of its guard process)."""
+    for p in descendants(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.sched_setaffinity(int(tid), cpus)
 
 
 def cpu_seconds(pid: int) -> float:
