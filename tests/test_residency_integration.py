@@ -315,9 +315,12 @@ async def test_scheduler_settings_reach_the_core(tmp_path: Path) -> None:
         doc: dict[str, Any] = {"server": {"state_dir": str(tmp_path / "state")},
                                "gpu": {"probe": "declared", "declared_total_gb": 24},
                                "scheduler": scheduler,
-                               "engines": {"vllm": vllm_engine(free_port()), "comfyui": comfyui_engine(free_port())},
+                               "engines": {"vllm": vllm_engine(free_port()), "comfyui": comfyui_engine(free_port()),
+                                           "txt": {"kind": "worker", "worker": "text", "model_path": "tiny",
+                                                   "device": "cuda", "port": free_port()}},
                                "models": {"chat": {"engine": "vllm", "modality": "text", "vram_gb": 20},
-                                          "img": {"engine": "comfyui", "modality": "image", "vram_gb": 15}}}
+                                          "img": {"engine": "comfyui", "modality": "image", "vram_gb": 15},
+                                          "small": {"engine": "txt", "modality": "text", "vram_gb": 1}}}
         app = Appliance(parse_config(doc, "test"), host="127.0.0.1", port=free_port())
         await app.shutdown()
         waits.update({mid: slot.profile.max_wait_s for mid, slot in app.residency.core.ledger.slots.items()})
@@ -326,10 +329,12 @@ async def test_scheduler_settings_reach_the_core(tmp_path: Path) -> None:
     waits: dict[str, float] = {}
     default, preemptible = await settings({})
     assert default.one_engine_at_a_time and not default.preemption and preemptible == set()
-    assert waits == {"chat": 60.0, "img": 30.0}  # per kind, as benchmarked
+    assert waits == {"chat": 60.0, "img": 30.0, "small": 60.0}  # per kind, as benchmarked
     tuned, preemptible = await settings({"turn_taking": False, "preemption": True})
     assert not tuned.one_engine_at_a_time and tuned.preemption
-    assert preemptible == {"chat"}  # only the vLLM text model: image jobs always run to the end
-    assert waits == {"chat": 60.0, "img": 15.0}  # no drain to wait for: the image may switch sooner
+    # text models on vLLM and on the text worker (both continue a final assistant message);
+    # image jobs always run to the end
+    assert preemptible == {"chat", "small"}
+    assert waits == {"chat": 60.0, "img": 15.0, "small": 60.0}  # no drain to wait for: the image may switch sooner
     await settings({"max_wait_s": 5.0})
-    assert waits == {"chat": 5.0, "img": 5.0}
+    assert waits == {"chat": 5.0, "img": 5.0, "small": 5.0}

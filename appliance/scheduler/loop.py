@@ -11,11 +11,12 @@ that misses `scheduler.release_deadline_s` is reported failed, and the core esca
 The gateway uses `lease(model)`: it waits in the model's queue and yields the engine's loopback URL
 once dispatched; leaving the block (completion, error, client disconnect) tells the core.
 
-Stream preemption (`scheduler.preemption`): a lease taken with `preemptible=True` on a vLLM text
-model carries a `Preemption`. When the core preempts the request, the manager asks the holder to
-abort its engine connection, waits (at most `ABORT_WAIT_S`) until every aborted stream of the model
-is closed before releasing the engine, and the holder's `preemption.resume()` waits for the core to
-dispatch the request again (it is queued first, with resume=True).
+Stream preemption (`scheduler.preemption`): a lease taken with `preemptible=True` on a text
+model served by vLLM or the text worker (`resumable_engine`) carries a `Preemption`. When the
+core preempts the request, the manager asks the holder to abort its engine connection, waits (at
+most `ABORT_WAIT_S`) until every aborted stream of the model is closed before releasing the engine,
+and the holder's `preemption.resume()` waits for the core to dispatch the request again (it is
+queued first, with resume=True).
 
 It must not decide anything itself: every residency decision is the core's.
 """
@@ -82,6 +83,13 @@ KIND_OF = {"text": ModelKind.LLM, "image": ModelKind.IMAGE, "speech": ModelKind.
 COLD_START_S = {"vllm": 90.0, "comfyui": 15.0, "worker": 5.0}
 
 
+def resumable_engine(config: Config, engine: str) -> bool:
+    """Engines that continue a final assistant message (`continue_final_message`): vLLM and the
+    appliance's text worker."""
+    eng = config.engines[engine]
+    return eng.kind == "vllm" or (isinstance(eng, WorkerEngine) and eng.worker == "text")
+
+
 def profile_for(mid: str, m: ModelConfig, config: Config, releasable: frozenset[EngineTier]) -> ModelProfile:
     """A model's scheduling profile from its configuration (estimates until measured)."""
     engine_kind = config.engines[m.engine].kind
@@ -109,8 +117,9 @@ def profile_for(mid: str, m: ModelConfig, config: Config, releasable: frozenset[
         concurrency=concurrency,
         supports_sleep=EngineTier.HOST in releasable,
         supports_unload=EngineTier.DISK in releasable,
-        # Resuming a stream needs vLLM's continue_final_message; the gateway stitches the stream.
-        preemptible=config.scheduler.preemption and engine_kind == "vllm" and kind is ModelKind.LLM,
+        # Resuming a stream needs continue_final_message (vLLM's, or the text worker's); the
+        # gateway stitches the stream.
+        preemptible=config.scheduler.preemption and kind is ModelKind.LLM and resumable_engine(config, m.engine),
     )
 
 

@@ -94,10 +94,13 @@ class TextBackend(ResidentWeights):
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tokenizer.decode(list(ids), skip_special_tokens=True))
 
-    def encode_chat(self, messages: list[dict[str, str]], sampling: Sampling) -> Encoded:
+    def encode_chat(self, messages: list[dict[str, str]], sampling: Sampling, continuing: bool = False) -> Encoded:
+        """The chat template applied; `continuing` leaves the final assistant message open."""
         if not getattr(self._tokenizer, "chat_template", None):
             raise OpenAIError(400, "this model has no chat template; use /v1/completions", param="messages")
-        text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = self._tokenizer.apply_chat_template(
+            messages, add_generation_prompt=not continuing, continue_final_message=continuing, tokenize=False
+        )
         ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
         return self._fit(ids, sampling, "messages")
 

@@ -82,6 +82,23 @@ def parse_sampling(body: dict[str, Any]) -> Sampling:
     )
 
 
+def parse_continuation(body: dict[str, Any], messages: list[dict[str, str]]) -> bool:
+    """vLLM's `continue_final_message` / `add_generation_prompt`: continue the final assistant
+    message instead of opening a new one (how the gateway resumes a preempted stream). Only an
+    explicit `add_generation_prompt: true` conflicts, as in vLLM; its default is ignored then."""
+    continuing = optional_bool(body, "continue_final_message", False)
+    add_prompt = body.get("add_generation_prompt")
+    if add_prompt is not None and not isinstance(add_prompt, bool):
+        raise bad_request("add_generation_prompt", "'add_generation_prompt' must be a boolean")
+    if continuing and add_prompt:
+        raise bad_request(
+            "continue_final_message", "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+        )
+    if continuing and messages[-1]["role"] != "assistant":
+        raise bad_request("continue_final_message", "'continue_final_message' needs a final assistant message")
+    return continuing
+
+
 def parse_messages(body: dict[str, Any]) -> list[dict[str, str]]:
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
@@ -201,11 +218,12 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
         body = await read_json(request)
         check_model(body, worker)
         messages = parse_messages(body)
+        continuing = parse_continuation(body, messages)
         sampling = parse_sampling(body)
         stream = optional_bool(body, "stream", False)
         include_usage = optional_bool(optional_object(body, "stream_options"), "include_usage", False)
         async with worker.serving():
-            encoded = await worker.run(backend.encode_chat, messages, sampling)
+            encoded = await worker.run(backend.encode_chat, messages, sampling, continuing)
             return await _respond(request, "chat", encoded, sampling, stream, include_usage)
 
     async def completions(request: web.Request) -> web.StreamResponse:

@@ -106,6 +106,10 @@ HI = [{"role": "user", "content": "hi"}]
         ({"model": "tiny-llama", "messages": HI, "max_tokens": 100000}, 400, "max_tokens"),
         ({"model": "other", "messages": HI}, 404, "model"),
         ({"model": "tiny-llama", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0]"),
+        ({"model": "tiny-llama", "messages": HI, "continue_final_message": True}, 400, "continue_final_message"),
+        ({"model": "tiny-llama", "messages": [*HI, {"role": "assistant", "content": "he"}],
+          "continue_final_message": True, "add_generation_prompt": True}, 400, "continue_final_message"),
+        ({"model": "tiny-llama", "messages": HI, "add_generation_prompt": "no"}, 400, "add_generation_prompt"),
     ],
 )
 def test_bad_requests_name_the_field(
@@ -115,6 +119,30 @@ def test_bad_requests_name_the_field(
     assert resp.status_code == status, resp.text
     error = resp.json()["error"]
     assert error["param"] == param and error["code"] == status and error["message"] and error["type"]
+
+
+def test_chat_continues_its_final_assistant_message(client: openai.OpenAI, tiny_llama_dir: Path) -> None:
+    """vLLM's `continue_final_message` (how the gateway resumes a preempted stream): the template leaves
+    the final assistant message open, and the model goes on from its last character, exactly as a
+    plain completion of that rendered text does."""
+    from transformers import AutoTokenizer
+
+    whole = client.chat.completions.create(model="tiny-llama", messages=HI, max_tokens=12, temperature=0)
+    text = whole.choices[0].message.content or ""
+    assert len(text) >= 4, text
+    partial = text[: len(text) // 2]
+    messages = [*HI, {"role": "assistant", "content": partial}]
+    extra = {"continue_final_message": True, "add_generation_prompt": False}
+    go_on = client.chat.completions.create(model="tiny-llama", messages=messages, max_tokens=6, temperature=0,
+                                           extra_body=extra)  # type: ignore[arg-type]
+    rendered = AutoTokenizer.from_pretrained(tiny_llama_dir).apply_chat_template(
+        messages, continue_final_message=True, add_generation_prompt=False, tokenize=False
+    )
+    assert rendered.endswith(partial) and not rendered.endswith("<|im_end|>\n")
+    plain = client.completions.create(model="tiny-llama", prompt=rendered, max_tokens=6, temperature=0)
+    assert go_on.choices[0].message.content == plain.choices[0].text
+    assert go_on.usage is not None and plain.usage is not None
+    assert go_on.usage.prompt_tokens == plain.usage.prompt_tokens
 
 
 def test_models_lists_the_served_id(client: openai.OpenAI) -> None:
