@@ -22,8 +22,9 @@ CORPUS = [
 ]
 
 
-def build_tiny_llama(out: Path) -> Path:
-    """A random-weight Llama (2 layers, hidden 32) with a byte-level BPE tokenizer trained here."""
+def build_tiny_llama(out: Path, max_positions: int = 512) -> Path:
+    """A random-weight Llama (2 layers, hidden 32) with a byte-level BPE tokenizer trained here;
+    `max_positions` is its context length (longer for tests that need a long-running stream)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -45,7 +46,7 @@ def build_tiny_llama(out: Path) -> Path:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
         initializer_range=0.5,  # large random weights: varied tokens instead of one repeated token

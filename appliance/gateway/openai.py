@@ -193,7 +193,8 @@ class OpenAIRoutes:
             await keepalive.stop()
             try:
                 if stitch is not None and lease.preemption is not None:
-                    return await resume.relay_resumable(ex, self.pools, lease, raw, meter, stitch, keepalive)
+                    return await resume.relay_resumable(ex, self.pools, lease, stitch.request(), meter, stitch,
+                                                        keepalive)
                 return await proxy.relay_stream(ex, self.pools.get(lease.endpoint), call.route, raw,
                                                 lease.engine.name, meter)
             except EngineUnreachable:

@@ -10,8 +10,9 @@ usage counts the re-prefilled text as completion, not prompt.
 
 Only chat streams the continuation can reproduce are preemptible (`can_resume`): one choice, no
 tools, no structured output, no logit processors whose state would restart. The tokens already sent
-are counted as content-bearing chunks (vLLM sends one per decoding step: one token without
-speculative decoding), so `max_tokens` and usage after a preemption are exact under that condition.
+come from the engine's own counts (`continuous_usage_stats`, requested for every segment and shown
+to the client only if it asked), so `max_tokens` and usage after a preemption are exact; an engine
+without per-chunk usage falls back to counting content-bearing chunks.
 
 It must not decide when to preempt (the scheduler does) nor hold the lease (the caller does).
 """
@@ -52,28 +53,52 @@ def can_resume(route: str, body: dict[str, Any]) -> bool:
 
 
 class StreamStitch:
-    """What the client has been sent so far, and how to continue it after a preemption."""
+    """What the client has been sent so far, and how to continue it after a preemption.
 
-    __slots__ = ("body", "created", "finished", "id", "segment", "sent_before", "text", "tokens")
+    Every segment is asked for `stream_options.continuous_usage_stats` (vLLM and the text worker
+    put the counts so far in each chunk), so the tokens sent before a preemption and the original
+    prompt's length are known exactly; the per-chunk usage, and the final usage chunk, reach the
+    client only if it asked for them. An engine that reports no usage per chunk falls back to
+    counting content-bearing chunks.
+    """
+
+    __slots__ = ("body", "created", "finished", "id", "prompt_tokens", "seg_chunks", "seg_tokens", "segment",
+                 "sent_before", "text", "usage", "want_continuous", "want_usage")
 
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
+        options = body.get("stream_options")
+        options = options if isinstance(options, dict) else {}
+        self.want_usage = options.get("include_usage") is True
+        self.want_continuous = self.want_usage and options.get("continuous_usage_stats") is True
         self.text: list[str] = []
-        self.tokens = 0  # content-bearing chunks sent, over all segments
-        self.sent_before = 0  # tokens sent before the current segment
+        self.sent_before = 0  # tokens sent in the segments before the current one
+        self.seg_tokens: int | None = None  # the engine's count of tokens in this segment (last chunk sent)
+        self.seg_chunks = 0  # content-bearing chunks sent in this segment (the fallback count)
+        self.prompt_tokens: int | None = None  # the original prompt, from the first segment's usage
+        self.usage: tuple[int, int] | None = None  # the final (prompt, completion) as the client counts them
         self.segment = 0
         self.id: str | None = None
         self.created: int | None = None
         self.finished = False  # a finish_reason was sent: nothing left to resume
 
+    @property
+    def tokens(self) -> int:
+        """Tokens sent to the client so far, over all segments."""
+        return self.sent_before + (self.seg_tokens if self.seg_tokens is not None else self.seg_chunks)
+
+    def request(self) -> bytes:
+        """The body of the current segment's engine request."""
+        return json.dumps(self._upstream(dict(self.body))).encode()
+
+    def _upstream(self, body: dict[str, Any]) -> dict[str, Any]:
+        options = body.get("stream_options")
+        body["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                  "include_usage": True, "continuous_usage_stats": True}
+        return body
+
     def feed(self, events: bytes) -> bytes:
-        """Complete SSE events from the engine -> what the client gets (unchanged in the first segment)."""
-        if self.segment == 0:
-            for event in events.split(b"\n\n"):
-                chunk = _parse(event)
-                if chunk is not None:
-                    self._observe(chunk)
-            return events
+        """Complete SSE events from the engine -> what the client gets."""
         out: list[bytes] = []
         for event in events.split(b"\n\n"):
             if not event.strip():
@@ -82,17 +107,42 @@ class StreamStitch:
             if chunk is None:
                 out.append(event + b"\n\n")
                 continue
-            if self._opening(chunk):
+            if self.segment and self._opening(chunk):
                 continue
             self._observe(chunk)
-            chunk["id"], chunk["created"] = self.id, self.created
             usage = chunk.get("usage")
             if isinstance(usage, dict):
-                moved = min(self.sent_before, int(usage.get("prompt_tokens") or 0))
-                usage["prompt_tokens"] = int(usage.get("prompt_tokens") or 0) - moved
-                usage["completion_tokens"] = int(usage.get("completion_tokens") or 0) + moved
+                if not self._account(chunk, usage):
+                    continue
+            elif not self.segment:
+                out.append(event + b"\n\n")  # nothing to rewrite: the engine's bytes as they came
+                continue
+            if self.segment:
+                chunk["id"], chunk["created"] = self.id, self.created
             out.append(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
         return b"".join(out)
+
+    def _account(self, chunk: dict[str, Any], usage: dict[str, Any]) -> bool:
+        """Note the engine's counts and rewrite them as the client's; False drops the chunk."""
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        if self.segment == 0 and self.prompt_tokens is None:
+            self.prompt_tokens = prompt
+        self.seg_tokens = completion
+        # Without the first engine's count, what the continuation re-prefilled was sent as completion.
+        client_prompt = self.prompt_tokens if self.prompt_tokens is not None else prompt - min(self.sent_before, prompt)
+        client_completion = self.sent_before + completion
+        final = not chunk.get("choices")
+        if final:
+            self.usage = (client_prompt, client_completion)
+            if not self.want_usage:
+                return False
+        elif not self.want_continuous:
+            del chunk["usage"]
+            return True
+        chunk["usage"] = {**usage, "prompt_tokens": client_prompt, "completion_tokens": client_completion,
+                          "total_tokens": client_prompt + client_completion}
+        return True
 
     def _observe(self, chunk: dict[str, Any]) -> None:
         if self.id is None:
@@ -102,7 +152,7 @@ class StreamStitch:
             content = delta.get("content")
             if content:
                 self.text.append(content)
-                self.tokens += 1
+                self.seg_chunks += 1
             if choice.get("finish_reason") is not None:
                 self.finished = True
 
@@ -117,24 +167,25 @@ class StreamStitch:
 
     def continuation(self) -> bytes:
         """The request that continues the stream where the client's copy ends."""
+        sent = self.tokens
         self.segment += 1
-        self.sent_before = self.tokens
+        self.sent_before, self.seg_tokens, self.seg_chunks = sent, None, 0
         body = dict(self.body)
         messages = [dict(m) if isinstance(m, dict) else m for m in body["messages"]]
-        sent = "".join(self.text)
+        text = "".join(self.text)
         if body.get("continue_final_message") is True:
-            messages[-1]["content"] = str(messages[-1]["content"]) + sent
+            messages[-1]["content"] = str(messages[-1]["content"]) + text
         else:
-            messages.append({"role": "assistant", "content": sent})
+            messages.append({"role": "assistant", "content": text})
         body["messages"] = messages
         body["continue_final_message"] = True
         body["add_generation_prompt"] = False
         for key in ("max_completion_tokens", "max_tokens"):
             if isinstance(body.get(key), int):
-                body[key] = max(1, body[key] - self.tokens)
+                body[key] = max(1, body[key] - sent)
         if isinstance(body.get("min_tokens"), int):
-            body["min_tokens"] = max(0, body["min_tokens"] - self.tokens)
-        return json.dumps(body).encode()
+            body["min_tokens"] = max(0, body["min_tokens"] - sent)
+        return json.dumps(self._upstream(body)).encode()
 
 
 def _parse(event: bytes) -> dict[str, Any] | None:
@@ -162,10 +213,8 @@ async def relay_resumable(ex: Exchange, pools: UpstreamPools, lease: Lease, body
         except Preempted:
             status = -1
         if status != -1:
-            if stitch.segment and meter.usage is not None:  # the usage record counts like the client's
-                pin, pout = meter.usage
-                moved = min(stitch.sent_before, pin or 0)
-                meter.usage = (None if pin is None else pin - moved, None if pout is None else pout + moved)
+            if stitch.usage is not None:  # the usage record counts like the client's
+                meter.usage = stitch.usage
             return status
         meter.pending = b""  # an incomplete event from the aborted stream is dropped, never half-sent
         keepalive.start()

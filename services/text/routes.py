@@ -82,6 +82,14 @@ def parse_sampling(body: dict[str, Any]) -> Sampling:
     )
 
 
+def parse_stream_usage(body: dict[str, Any]) -> tuple[bool, bool]:
+    """`stream_options`: (include_usage, continuous_usage_stats); as in vLLM, the second only
+    counts with the first."""
+    options = optional_object(body, "stream_options")
+    include_usage = optional_bool(options, "include_usage", False)
+    return include_usage, include_usage and optional_bool(options, "continuous_usage_stats", False)
+
+
 def parse_continuation(body: dict[str, Any], messages: list[dict[str, str]]) -> bool:
     """vLLM's `continue_final_message` / `add_generation_prompt`: continue the final assistant
     message instead of opening a new one (how the gateway resumes a preempted stream). Only an
@@ -139,9 +147,10 @@ async def generate(
     backend: TextBackend,
     encoded: Encoded,
     sampling: Sampling,
-    emit: Callable[[str], Awaitable[None]],
+    emit: Callable[[str, int], Awaitable[None]],
 ) -> Outcome:
-    """Run one generation on the model thread, handing text deltas to `emit` as they are decoded."""
+    """Run one generation on the model thread, handing text deltas to `emit` as they are decoded,
+    with the number of tokens generated so far (some may still be held back as text)."""
     loop = asyncio.get_running_loop()
     tokens: asyncio.Queue[int | None] = asyncio.Queue()
     cancel = threading.Event()
@@ -163,13 +172,13 @@ async def generate(
         while (token := await tokens.get()) is not None:
             delta = assembler.feed(token)
             if delta:
-                await emit(delta)
+                await emit(delta, assembler.tokens)
             if assembler.stopped:
                 cancel.set()  # generation notices at its next step; the rest of the queue is drained
         reason = await future
         tail = assembler.finish()
         if tail:
-            await emit(tail)
+            await emit(tail, assembler.tokens)
     except BaseException:
         cancel.set()
         raise
@@ -221,10 +230,10 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
         continuing = parse_continuation(body, messages)
         sampling = parse_sampling(body)
         stream = optional_bool(body, "stream", False)
-        include_usage = optional_bool(optional_object(body, "stream_options"), "include_usage", False)
+        include_usage, continuous = parse_stream_usage(body)
         async with worker.serving():
             encoded = await worker.run(backend.encode_chat, messages, sampling, continuing)
-            return await _respond(request, "chat", encoded, sampling, stream, include_usage)
+            return await _respond(request, "chat", encoded, sampling, stream, include_usage, continuous=continuous)
 
     async def completions(request: web.Request) -> web.StreamResponse:
         body = await read_json(request)
@@ -232,14 +241,16 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
         prompt = parse_prompt(body)
         sampling = parse_sampling(body)
         stream = optional_bool(body, "stream", False)
-        include_usage = optional_bool(optional_object(body, "stream_options"), "include_usage", False)
+        include_usage, continuous = parse_stream_usage(body)
         echo = optional_bool(body, "echo", False)
         if body.get("suffix"):
             raise bad_request("suffix", "'suffix' is not supported by this worker")
         async with worker.serving():
             encoded = await worker.run(backend.encode_prompt, prompt, sampling)
             prefix = (prompt if isinstance(prompt, str) else backend.decode(prompt)) if echo else ""
-            return await _respond(request, "completion", encoded, sampling, stream, include_usage, prefix)
+            return await _respond(
+                request, "completion", encoded, sampling, stream, include_usage, prefix, continuous=continuous
+            )
 
     async def _respond(
         request: web.Request,
@@ -249,13 +260,15 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
         stream: bool,
         include_usage: bool,
         prefix: str = "",
+        continuous: bool = False,
     ) -> web.StreamResponse:
         is_chat = kind == "chat"
         rid = ("chatcmpl-" if is_chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         obj = "chat.completion" if is_chat else "text_completion"
+        prompt_tokens = len(encoded.prompt_ids)
 
-        def chunk(delta: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+        def chunk(delta: str | None, finish: str | None, role: bool = False, tokens: int = 0) -> dict[str, Any]:
             if is_chat:
                 d: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
                 if delta is not None:
@@ -263,13 +276,17 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
                 choice: dict[str, Any] = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
             else:
                 choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
-            return {
+            out = {
                 "id": rid,
                 "object": obj + ".chunk" if is_chat else obj,
                 "created": created,
                 "model": model_id,
                 "choices": [choice],
             }
+            if continuous:  # vLLM's continuous_usage_stats: the counts so far in every chunk
+                out["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
+                                "total_tokens": prompt_tokens + tokens}
+            return out
 
         if not stream:
             outcome = await generate(worker, backend, encoded, sampling, _ignore)
@@ -304,7 +321,9 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
         elif prefix:
             await events.send(chunk(prefix, None))
         try:
-            outcome = await generate(worker, backend, encoded, sampling, lambda d: events.send(chunk(d, None)))
+            outcome = await generate(
+                worker, backend, encoded, sampling, lambda d, n: events.send(chunk(d, None, tokens=n))
+            )
         except OpenAIError as exc:
             await events.send(exc.envelope())
             return await events.close()
@@ -313,7 +332,7 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
         except Exception as exc:
             await events.send(OpenAIError(500, f"{type(exc).__name__}: {exc}").envelope())
             return await events.close()
-        final = chunk(None, outcome.finish_reason)
+        final = chunk(None, outcome.finish_reason, tokens=outcome.completion_tokens)
         if is_chat:
             final["choices"][0]["delta"] = {}
         await events.send(final)
@@ -335,5 +354,5 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
     app.router.add_post("/v1/completions", completions)
 
 
-async def _ignore(_: str) -> None:
+async def _ignore(_: str, __: int) -> None:
     return None

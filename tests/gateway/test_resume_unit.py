@@ -59,7 +59,7 @@ def test_first_segment_passes_unchanged_and_continuation_carries_the_text_so_far
 
 
 def test_continuation_segments_look_like_the_first_stream() -> None:
-    s = StreamStitch(dict(BODY))
+    s = StreamStitch({**BODY, "stream_options": {"include_usage": True}})
     s.feed(chunk("a", {"role": "assistant", "content": ""}, created=5) + chunk("a", {"content": "Hello"}, created=5))
     s.continuation()
     usage = {"id": "b", "object": "chat.completion.chunk", "created": 9, "model": "m", "choices": [],
@@ -73,7 +73,7 @@ def test_continuation_segments_look_like_the_first_stream() -> None:
     assert [p["id"] for p in parsed] == ["a", "a", "a"]  # the role-only opening chunk is gone
     assert {p["created"] for p in parsed} == {5}
     assert [p["choices"][0]["delta"]["content"] for p in parsed[:2]] == [" world", "!"]
-    # the re-prefilled "Hello" counted as completion again, not as prompt
+    # no usage per chunk from this engine: the re-prefilled "Hello" counted as completion, not prompt
     assert parsed[2]["usage"] == {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}
     assert s.finished
 
@@ -95,7 +95,7 @@ def test_max_completion_tokens_shrinks_too_and_never_below_one() -> None:
 
 
 def test_a_stream_preempted_twice_continues_from_everything_sent() -> None:
-    s = StreamStitch(dict(BODY))
+    s = StreamStitch({**BODY, "stream_options": {"include_usage": True}})
     s.feed(chunk("a", {"role": "assistant", "content": ""}) + chunk("a", {"content": "one"}))
     s.continuation()
     s.feed(chunk("b", {"role": "assistant", "content": ""}) + chunk("b", {"content": " two"}))
@@ -108,3 +108,51 @@ def test_a_stream_preempted_twice_continues_from_everything_sent() -> None:
     out = s.feed(chunk("c", {"content": " three"}, "length") + event(usage))
     last = json.loads(out.split(b"\n\n")[1][6:])
     assert last["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+
+
+def counted(cid: str, delta: dict[str, Any], prompt: int, done: int, finish: str | None = None) -> bytes:
+    """A chunk with vLLM's continuous_usage_stats: the counts so far."""
+    return event({"id": cid, "object": "chat.completion.chunk", "created": 1, "model": "m",
+                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                  "usage": {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}})
+
+
+def final_usage(cid: str, prompt: int, done: int) -> bytes:
+    return event({"id": cid, "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+                  "usage": {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}})
+
+
+def parsed(out: bytes) -> list[dict[str, Any]]:
+    return [json.loads(e[6:]) for e in out.split(b"\n\n") if e.startswith(b"data: {")]
+
+
+def test_every_segment_asks_the_engine_for_counts_in_each_chunk() -> None:
+    s = StreamStitch({**BODY, "stream_options": {"include_usage": False}})
+    first = json.loads(s.request())
+    assert first["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    assert json.loads(s.continuation())["stream_options"] == first["stream_options"]
+
+
+def test_engine_counts_make_tokens_and_usage_exact_and_stay_hidden_unless_asked() -> None:
+    """A chunk may carry several tokens (a held-back UTF-8 character, a stop-string prefix): the
+    engine's count, not the chunk count, is what was sent."""
+    s = StreamStitch(dict(BODY))  # the client asked for no usage at all
+    out = s.feed(counted("a", {"role": "assistant", "content": ""}, 7, 0)
+                 + counted("a", {"content": "Hé"}, 7, 3) + counted("a", {"content": "llo"}, 7, 4))
+    assert all("usage" not in p for p in parsed(out))  # stripped: the client did not ask
+    cont = json.loads(s.continuation())
+    assert cont["max_tokens"] == 6  # 10 - 4 tokens, though only 2 chunks carried text
+    out = s.feed(counted("b", {"role": "assistant", "content": ""}, 12, 0)  # 7 + the 5 re-prefilled
+                 + counted("b", {"content": "!"}, 12, 1, "stop") + final_usage("b", 12, 1) + b"data: [DONE]\n\n")
+    assert [p["choices"][0]["delta"] for p in parsed(out)] == [{"content": "!"}]  # no usage chunk either
+    assert out.endswith(b"data: [DONE]\n\n")
+    assert s.usage == (7, 5)  # what the usage record gets: the original prompt, every token sent
+
+
+def test_a_client_that_asked_for_counts_gets_them_stitched() -> None:
+    s = StreamStitch({**BODY, "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+    s.feed(counted("a", {"role": "assistant", "content": ""}, 7, 0) + counted("a", {"content": "one"}, 7, 2))
+    s.continuation()
+    out = parsed(s.feed(counted("b", {"content": " two"}, 10, 1) + final_usage("b", 10, 1)))
+    assert [p["usage"] for p in out] == [{"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}] * 2
+    assert [p["id"] for p in out] == ["a", "a"]

@@ -69,6 +69,17 @@ def test_chat_streams_real_tokens_matching_the_whole_answer(client: openai.OpenA
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
+def test_continuous_usage_stats_count_every_token_generated_so_far(text_worker: ServedProcess) -> None:
+    body = {"model": "tiny-llama", "messages": HI, "max_tokens": 12, "temperature": 0, "stream": True,
+            "ignore_eos": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    with httpx.stream("POST", text_worker.base_url + "/v1/chat/completions", json=body, timeout=60) as resp:
+        chunks = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: {")]
+    counts = [c["usage"]["completion_tokens"] for c in chunks]
+    assert counts[0] == 0 and counts == sorted(counts)  # the role chunk, then the count so far
+    assert chunks[-1]["choices"] == [] and counts[-1] == counts[-2] == 12  # ignore_eos: max_tokens
+    assert {c["usage"]["prompt_tokens"] for c in chunks} == {chunks[-1]["usage"]["prompt_tokens"]}
+
+
 def test_raw_stream_ends_with_done(text_worker: ServedProcess) -> None:
     body = {"model": "tiny-llama", "prompt": "the quick brown", "max_tokens": 5, "temperature": 0, "stream": True}
     with httpx.stream("POST", text_worker.base_url + "/v1/completions", json=body, timeout=60) as resp:

@@ -1,0 +1,109 @@
+"""Stream preemption with the appliance's own text worker (a tiny random-weight Llama on the CPU,
+declaring 10 GiB on a 24 GiB fake GPU) and a 15 GiB ComfyUI stand-in: they never fit together.
+
+A long chat stream runs when an image request arrives; once the image has waited its max_wait the
+scheduler aborts the stream, sleeps the worker, serves the image, wakes the worker and resumes the
+stream with `continue_final_message`. The client sees one stream: one id, one opening role chunk,
+one finish, and exact usage although this engine merges tokens into chunks. (The continuation
+re-tokenises the text already sent, so unlike vLLM's stand-in the random-weight model need not
+draw the same tokens as an unpreempted run.)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tiny_models
+from daemon_harness import comfyui_engine, free_port
+
+from .conftest import OFFLINE, Gateway, launch, worker_engine
+
+GIB = 1 << 30
+TOKENS = 2000  # with ignore_eos: seconds of generation, far longer than the image's max_wait
+
+
+@pytest.fixture(scope="module")
+def gw(module_tmp: Path) -> Iterator[Gateway]:
+    llama = tiny_models.build_tiny_llama(module_tmp / "llama", max_positions=4096)
+    doc: dict[str, Any] = {
+        "server": {"keepalive_interval_s": 0.2, "load_deadline_s": 60.0},
+        "gpu": {"probe": "fake", "fake_dir": str(module_tmp / "fakegpu"), "declared_total_gb": 24,
+                "reserve_gb": 1.5, "host_ram_budget_gb": 64, "sample_interval_s": 0.2},
+        "scheduler": {"preemption": True, "max_wait_s": 0.2},
+        "engines": {
+            # device "auto" on the fake GPU: scheduled as a GPU model, generating on the CPU
+            "txt": worker_engine("text", str(llama), device="auto",
+                                 env={**OFFLINE, "APPLIANCE_FAKE_GPU_BYTES": str(10 * GIB)}),
+            "comfyui": comfyui_engine(free_port(), env={"COMFYUI_STANDIN_FOOTPRINT_BYTES": str(15 * GIB),
+                                                        "COMFYUI_STANDIN_IMAGE_S": "0.5"}),
+        },
+        "models": {
+            "small": {"engine": "txt", "modality": "text", "vram_gb": 10, "max_wait_s": 30.0,
+                      "max_tokens_cap": TOKENS},
+            "img": {"engine": "comfyui", "modality": "image", "vram_gb": 15, "workflow": "checkpoint",
+                    "checkpoint": "model.safetensors"},
+        },
+    }
+    g = launch(module_tmp, doc)
+    try:
+        yield g
+    finally:
+        g.stop()
+
+
+def test_a_text_worker_stream_is_preempted_and_resumed_as_one_stream(gw: Gateway) -> None:
+    client = gw.client(None)
+    client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    marks: dict[str, float] = {}
+    errors: list[BaseException] = []
+    streaming = threading.Event()
+
+    def image() -> None:
+        try:
+            assert streaming.wait(60), "the chat never started streaming"
+            client.images.generate(model="img", prompt="a cat", size="256x256", response_format="b64_json")
+            marks["image_done"] = time.monotonic()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    t = threading.Thread(target=image)
+    t.start()
+    chunks = []
+    try:
+        stream = client.chat.completions.create(
+            model="small", messages=[{"role": "user", "content": "hello world"}], max_tokens=TOKENS,
+            temperature=0, stream=True, stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True})  # fmt: skip
+        for chunk in stream:
+            chunks.append(chunk)
+            if len(chunks) == 5:
+                streaming.set()
+        marks["stream_done"] = time.monotonic()
+    finally:
+        streaming.set()
+        t.join(120)
+    assert not errors, errors
+
+    assert marks["image_done"] < marks["stream_done"]  # served while the stream was paused
+    log = gw.log()
+    assert "residency: preempt small stream" in log and "residency: wake small" in log
+    assert gw.status()["residency"]["models"]["small"]["preemptions"] >= 1
+
+    assert len({c.id for c in chunks}) == 1
+    content = [c for c in chunks if c.choices]
+    assert [c.choices[0].delta.role for c in content].count("assistant") == 1
+    assert [c.choices[0].finish_reason for c in content if c.choices[0].finish_reason] == ["length"]
+    assert sum(len(c.choices[0].delta.content or "") for c in content) > 0
+    usage = chunks[-1].usage
+    # Exact counts from the engine (continuous_usage_stats), though chunks merge tokens here: the
+    # original prompt, and every token generated for the client (ignore_eos: exactly max_tokens).
+    alone = client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hello world"}],
+                                           max_tokens=1)
+    assert usage is not None and alone.usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (alone.usage.prompt_tokens, TOKENS)
+    assert sum(1 for c in content if c.choices[0].delta.content) < TOKENS  # fewer chunks than tokens
