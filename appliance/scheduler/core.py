@@ -402,7 +402,7 @@ class ResidencyCore:
                 VictimView(s.id, s.held_bytes, s.gdsf_value, busy=False, queued=len(s.queue))
                 for s in self._slots.values()
                 if s is not slot and s.engine_up and not s.in_vram and s.held_bytes > 0
-                and s.phase is Phase.STEADY and not s.profile.pinned
+                and s.phase is Phase.STEADY and not s.profile.pinned and not self._shares_engine(s)
             ]
             victims = choose_victims(need, free, views)
         if victims is None:
@@ -459,6 +459,14 @@ class ResidencyCore:
         slot.release_to = Tier.HOST if isinstance(release, Sleep) else Tier.DISK
         slot.stopping = isinstance(release, Stop)
         self._out.append(release)
+
+    def _shares_engine(self, slot: ModelSlot) -> bool:
+        """Another model of the same engine process is in VRAM or has work: stopping the process
+        would take it down too."""
+        engine = slot.profile.engine
+        return bool(engine) and any(
+            o is not slot and o.profile.engine == engine and (o.in_vram or o.has_work) for o in self._slots.values()
+        )
 
     def _stop_sleeping(self, slot: ModelSlot) -> None:
         """Stop a sleeping engine to free what it still holds in VRAM; its host copy goes too."""

@@ -120,6 +120,7 @@ def profile_for(mid: str, m: ModelConfig, config: Config, releasable: frozenset[
         # Resuming a stream needs continue_final_message (vLLM's, or the text worker's); the
         # gateway stitches the stream.
         preemptible=config.scheduler.preemption and kind is ModelKind.LLM and resumable_engine(config, m.engine),
+        engine=m.engine,
     )
 
 

@@ -62,6 +62,8 @@ class ModelProfile:
     an LLM, one job at a time for image and speech engines).
     preemptible means running jobs may be aborted and resumed (only LLM streams, and only
     when stream preemption is enabled in the core's settings).
+    engine names the process that serves the model when several models share one (one ComfyUI
+    for two checkpoints); empty means a process of its own.
     """
 
     id: str
@@ -80,6 +82,7 @@ class ModelProfile:
     preemptible: bool = False
     downloaded: bool = True
     typical_service_s: float = 10.0
+    engine: str = ""
 
     def __post_init__(self) -> None:
         if self.footprint_bytes <= 0:

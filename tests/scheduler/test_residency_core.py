@@ -156,6 +156,22 @@ def test_sleeping_engines_context_is_stopped_when_only_it_is_in_the_way() -> Non
     assert "b1" in d.dispatched()
 
 
+def test_a_shared_engines_context_is_not_stopped_while_another_of_its_models_is_resident() -> None:
+    """Two checkpoints in one ComfyUI: stopping the process for the slept one's context would take
+    the pinned resident one down too, so that context is never a victim."""
+    d = Driver.create([profile("big", 13.6), profile("sd-a", 8.0, engine="comfy"),
+                       profile("sd-b", 8.0, engine="comfy", pinned=True)])
+    d.tick(0.0)
+    d.ready("sd-b", 0.5)
+    d.arrive("a1", "sd-a", 1.0)
+    d.ready("sd-a", 1.5)
+    d.done("a1", 2.0)
+    d.arrive("b1", "big", 3.0)  # 13.6 GB: needs sd-a gone and then its 1 GB context as well
+    d.released("sd-a", 3.1, held_gb=1.0)
+    assert not d.of(Stop, "sd-a") and not d.of(Start, "big")
+    assert d.of(Start, "sd-b") and not d.of(Sleep, "sd-b")
+
+
 def test_resident_model_keeps_serving_while_it_has_work() -> None:
     d = Driver.create(box(), tiers=HOST)
     d.arrive("c1", "llm", 0.0)
