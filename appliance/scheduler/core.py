@@ -190,7 +190,10 @@ class ResidencyCore:
             case ReleaseDone(model=model, held_bytes=held):
                 slot = self._slots.get(model)
                 if slot is not None and slot.phase is Phase.RELEASING:
+                    stopped = slot.stopping
                     slot.release_verified(held)
+                    if stopped:
+                        self._process_stopped(slot)
             case EngineExited(model=model):
                 self._exited(model, now)
             case ActionFailed(model=model, action=kind):
@@ -398,8 +401,9 @@ class ResidencyCore:
         if victims is None:
             # What sleeping engines still hold (their CUDA contexts) can be what is missing:
             # those engines may be stopped too (their host copies go with them).
+            held = self.ledger.held_by_process()
             views += [
-                VictimView(s.id, s.held_bytes, s.gdsf_value, busy=False, queued=len(s.queue))
+                VictimView(s.id, held.get(self.ledger.process(s), 0), s.gdsf_value, busy=False, queued=len(s.queue))
                 for s in self._slots.values()
                 if s is not slot and s.engine_up and not s.in_vram and s.held_bytes > 0
                 and s.phase is Phase.STEADY and not s.profile.pinned and not self._shares_engine(s)
@@ -459,6 +463,17 @@ class ResidencyCore:
         slot.release_to = Tier.HOST if isinstance(release, Sleep) else Tier.DISK
         slot.stopping = isinstance(release, Stop)
         self._out.append(release)
+
+    def _process_stopped(self, slot: ModelSlot) -> None:
+        """The models sleeping in the same process went down with it: their host copies and
+        contexts are gone."""
+        process = self.ledger.process(slot)
+        for other in self._slots.values():
+            if (other is not slot and self.ledger.process(other) == process and other.engine_up
+                    and not other.in_vram and other.phase is Phase.STEADY):
+                other.engine_up, other.held_bytes = False, 0
+                if other.tier is Tier.HOST:
+                    other.tier = Tier.DISK
 
     def _shares_engine(self, slot: ModelSlot) -> bool:
         """Another model of the same engine process is in VRAM or has work: stopping the process

@@ -46,10 +46,28 @@ class Ledger:
     def footprint(self, slot: ModelSlot) -> int:
         return self.footprints.of(slot.id)
 
+    @staticmethod
+    def process(slot: ModelSlot) -> str:
+        """The engine process serving the model (models sharing one name it in their profile)."""
+        return slot.profile.engine or "\0" + slot.id
+
+    def held_by_process(self) -> dict[str, int]:
+        """VRAM held by engine processes none of whose models is in VRAM (a slept engine's CUDA
+        context), counted once per process; a process that serves a model in VRAM holds nothing
+        extra (that model's measured footprint includes the context)."""
+        live = {self.process(s) for s in self.slots.values() if s.in_vram}
+        held: dict[str, int] = {}
+        for s in self.slots.values():
+            if s.engine_up and not s.in_vram and s.held_bytes > 0:
+                p = self.process(s)
+                if p not in live:
+                    held[p] = max(held.get(p, 0), s.held_bytes)
+        return held
+
     def activation_bytes(self, slot: ModelSlot) -> int:
         """What bringing the model into VRAM adds: its footprint less what its sleeping engine
-        already holds there (the CUDA context a slept vLLM or ComfyUI keeps)."""
-        held = slot.held_bytes if slot.engine_up and not slot.in_vram else 0
+        process already holds there (the CUDA context a slept vLLM or ComfyUI keeps)."""
+        held = self.held_by_process().get(self.process(slot), 0) if not slot.in_vram else 0
         return max(0, self.footprints.of(slot.id) - held)
 
     def release_frees(self, slot: ModelSlot, stopping: bool = False) -> int:
@@ -61,13 +79,8 @@ class Ledger:
         return self.budget.vram_bytes - self.foreign_bytes
 
     def vram_used(self) -> int:
-        used = 0
-        for s in self.slots.values():
-            if s.in_vram:
-                used += self.footprints.of(s.id)
-            elif s.engine_up:
-                used += s.held_bytes
-        return used
+        used = sum(self.footprints.of(s.id) for s in self.slots.values() if s.in_vram)
+        return used + sum(self.held_by_process().values())
 
     def vram_free(self) -> int:
         return self.vram_budget() - self.vram_used()

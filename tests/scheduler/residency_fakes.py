@@ -131,8 +131,10 @@ class Driver:
         """The release of `model` verified; its engine still holds `held_gb` (a slept CUDA context)."""
         if held_gb:
             self.held[model] = int(held_gb * GB)
-        if model not in self.resident:  # a sleeping engine stopped: its context is gone
+        if model not in self.resident:  # a sleeping engine stopped: its process's context is gone
             assert self.held.pop(model, 0), f"{model} held nothing to release"
+            for other in [m for m in self.held if self._process(m) == self._process(model)]:
+                del self.held[other]
             return self.feed(ReleaseDone(at, model, 0))
         assert self.resident.get(model) == "releasing", f"{model} was not being released"
         del self.resident[model]
@@ -151,7 +153,7 @@ class Driver:
                 assert m not in self.resident, f"{action} while {m} is {self.resident[m]}"
                 self.resident[m] = "loading"
                 self.held.pop(m, None)  # the engine's context is part of its footprint again
-                used = sum(self.core.footprints.of(x) for x in self.resident) + sum(self.held.values())
+                used = sum(self.core.footprints.of(x) for x in self.resident) + self._contexts()
                 assert used <= self.budget_bytes, f"{action} over the VRAM budget: {used}"
             case Sleep() | Unload() | Stop():
                 if m in self.resident:
@@ -164,6 +166,20 @@ class Driver:
                 self.running[m].discard(rid)
             case Reject():
                 pass
+
+    def _process(self, model: str) -> str:
+        return self.core.ledger.slots[model].profile.engine or model
+
+    def _contexts(self) -> int:
+        """What sleeping engine processes hold, once per process, none for a process that also
+        serves a resident model (one ComfyUI for two checkpoints holds one context)."""
+        live = {self._process(m) for m in self.resident}
+        per: dict[str, int] = {}
+        for m, b in self.held.items():
+            p = self._process(m)
+            if p not in live:
+                per[p] = max(per.get(p, 0), b)
+        return sum(per.values())
 
     # ------------------------------------------------------------- queries
 
