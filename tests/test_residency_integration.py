@@ -98,8 +98,8 @@ class Rig:
                 assert r.status == 200, await r.text()
                 return await r.text()
 
-    async def image(self) -> None:
-        async with self.app.residency.lease("img") as lease, aiohttp.ClientSession() as s:
+    async def image(self, model: str = "img") -> None:
+        async with self.app.residency.lease(model) as lease, aiohttp.ClientSession() as s:
             async with s.post(lease.endpoint + "/prompt", json={"prompt": GRAPH, "client_id": "t"}) as r:
                 assert r.status == 200, await r.text()
                 pid = (await r.json())["prompt_id"]
@@ -124,7 +124,8 @@ class Rig:
 @contextlib.asynccontextmanager
 async def rig(tmp_path: Path, *, comfy_env: dict[str, str] | None = None,
               vllm_env: dict[str, str] | None = None, release_deadline_s: float = 10.0,
-              chat_gib: int = 20) -> AsyncIterator[Rig]:
+              chat_gib: int = 20, img_gib: int = 15, extra_models: dict[str, Any] | None = None
+              ) -> AsyncIterator[Rig]:
     fake = tmp_path / "fakegpu"
     fake.mkdir()
     os.environ["APPLIANCE_FAKE_GPU_DIR"] = str(fake)
@@ -145,8 +146,8 @@ async def rig(tmp_path: Path, *, comfy_env: dict[str, str] | None = None,
                     "env": {**OFFLINE, "APPLIANCE_FAKE_GPU_BYTES": str(WORKER_BYTES)}},
         },
         "models": {"chat": {"engine": "vllm", "modality": "text", "vram_gb": chat_gib},
-                   "img": {"engine": "comfyui", "modality": "image", "vram_gb": 15},
-                   "voice": {"engine": "tts", "modality": "speech", "vram_gb": 2}},
+                   "img": {"engine": "comfyui", "modality": "image", "vram_gb": img_gib},
+                   "voice": {"engine": "tts", "modality": "speech", "vram_gb": 2}, **(extra_models or {})},
     }
     app = Appliance(parse_config(doc, "test"), host="127.0.0.1", port=free_port())
     await app.startup()
@@ -218,6 +219,27 @@ async def test_a_sleeping_engines_context_is_stopped_when_it_alone_is_in_the_way
         assert r.state("comfyui") == "stopped" and r.state("vllm") == "ready"
         await r.image()
         assert r.actions.count(("start", "img")) == 2
+        assert r.peak <= BUDGET, f"fake GPU peaked at {r.peak / GIB:.1f} GiB"
+
+
+async def test_checkpoints_of_one_comfyui_are_released_together(tmp_path: Path) -> None:
+    """Two checkpoints in one ComfyUI (7 GiB each by estimate, the engine's 15 GiB split between
+    them once measured): its /free unloads both, so making room for a 12 GiB vLLM (for which one
+    checkpoint's 7.5 GiB would do) releases both, and the scheduler's books say so; either comes
+    back by a wake."""
+    img2 = {"img2": {"engine": "comfyui", "modality": "image", "vram_gb": 7}}
+    async with rig(tmp_path, img_gib=7, extra_models=img2, chat_gib=12) as r:
+        await r.image("img")
+        await r.image("img2")
+        assert ("sleep", "img") not in r.actions  # they fit together
+        await r.chat()
+        back = next(i for i, a in enumerate(r.actions) if a[1] == "chat" and a[0] in ("start", "wake"))
+        assert {("sleep", "img"), ("sleep", "img2")} <= set(r.actions[:back])
+        models = r.app.residency.snapshot()["models"]
+        assert isinstance(models, dict)
+        assert models["img"]["tier"] == models["img2"]["tier"] == "host"
+        await r.image("img2")
+        assert ("wake", "img2") in r.actions
         assert r.peak <= BUDGET, f"fake GPU peaked at {r.peak / GIB:.1f} GiB"
 
 

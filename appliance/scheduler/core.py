@@ -42,6 +42,8 @@ Decision order, applied after every event once its facts are recorded:
          resident batch otherwise enjoys, so no batch can starve another model;
        - idle victims: they have no work at all, queued or running;
        - optionally a cheap drain (`PolicySettings.drain_below_s`).
+       Models of one process whose release unloads them all (ComfyUI's /free) are one
+       candidate, released together (unless one is pinned).
        If no set of resident models frees enough because sleeping engines still hold
        VRAM (their CUDA contexts), those engines may be victims too: they are stopped.
        A model's own held bytes count toward its activation (a wake adds the rest).
@@ -392,11 +394,7 @@ class ResidencyCore:
         free = self.ledger.vram_free() + self.ledger.leaving_vram()
         if need <= free:
             return  # releases already under way will make room
-        views = [
-            VictimView(s.id, self.ledger.release_frees(s), s.gdsf_value, busy=s.busy, queued=len(s.queue))
-            for s in self._slots.values()
-            if s.tier is Tier.VRAM and s.phase is Phase.STEADY and not s.profile.pinned
-        ]
+        views, members = self._victim_views()
         victims = choose_victims(need, free, views)
         if victims is None:
             # What sleeping engines still hold (their CUDA contexts) can be what is missing:
@@ -414,7 +412,8 @@ class ResidencyCore:
                 self._reject_queue(slot, 503, admission.CANNOT_FIT_RETRY_S, "cannot fit beside pinned models")
             return
         chosen = [v for v in views if v.id in victims]
-        drain = max((self._drain_s(self._slots[v.id], now) for v in chosen), default=0.0)
+        victims = tuple(m for v in victims for m in members.get(v, (v,)))
+        drain = max((self._drain_s(self._slots[v], now) for v in victims), default=0.0)
         target = SwitchView(slot.credit_s, slot.profile.max_wait_s, urgent=slot.profile.pinned)
         if not should_switch(target, chosen, drain, self.settings):
             return
@@ -463,6 +462,30 @@ class ResidencyCore:
         slot.release_to = Tier.HOST if isinstance(release, Sleep) else Tier.DISK
         slot.stopping = isinstance(release, Stop)
         self._out.append(release)
+
+    def _victim_views(self) -> tuple[list[VictimView], dict[str, tuple[str, ...]]]:
+        """Resident models as eviction candidates. Models of one process whose release unloads
+        them all (one ComfyUI's /free) are one candidate, named after its first member; returns
+        the views and each group's members. A group with a pinned member is not evicted whole:
+        its other members stay single candidates (the pinned one reloads on its next use)."""
+        groups: dict[str, list[ModelSlot]] = {}
+        for s in self._slots.values():
+            if s.tier is Tier.VRAM and s.phase is Phase.STEADY:
+                key = self.ledger.process(s) if s.profile.release_unloads_process else "\0" + s.id
+                groups.setdefault(key, []).append(s)
+        views: list[VictimView] = []
+        members: dict[str, tuple[str, ...]] = {}
+        for slots in groups.values():
+            if any(s.profile.pinned for s in slots):
+                views += [VictimView(s.id, self.ledger.release_frees(s), s.gdsf_value, busy=s.busy,
+                                     queued=len(s.queue)) for s in slots if not s.profile.pinned]
+                continue
+            views.append(VictimView(
+                slots[0].id, sum(self.ledger.release_frees(s) for s in slots), sum(s.gdsf_value for s in slots),
+                busy=any(s.busy for s in slots), queued=sum(len(s.queue) for s in slots),
+            ))
+            members[slots[0].id] = tuple(s.id for s in slots)
+        return views, members
 
     def _process_stopped(self, slot: ModelSlot) -> None:
         """The models sleeping in the same process went down with it: their host copies and

@@ -121,6 +121,7 @@ def profile_for(mid: str, m: ModelConfig, config: Config, releasable: frozenset[
         # gateway stitches the stream.
         preemptible=config.scheduler.preemption and kind is ModelKind.LLM and resumable_engine(config, m.engine),
         engine=m.engine,
+        release_unloads_process=engine_kind == "comfyui",  # /free unloads every checkpoint it holds
     )
 
 

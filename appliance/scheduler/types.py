@@ -63,7 +63,9 @@ class ModelProfile:
     preemptible means running jobs may be aborted and resumed (only LLM streams, and only
     when stream preemption is enabled in the core's settings).
     engine names the process that serves the model when several models share one (one ComfyUI
-    for two checkpoints); empty means a process of its own.
+    for two checkpoints); empty means a process of its own. release_unloads_process: releasing
+    any of that process's models unloads all of them (ComfyUI's /free), so they are evicted
+    together.
     """
 
     id: str
@@ -83,6 +85,7 @@ class ModelProfile:
     downloaded: bool = True
     typical_service_s: float = 10.0
     engine: str = ""
+    release_unloads_process: bool = False
 
     def __post_init__(self) -> None:
         if self.footprint_bytes <= 0:

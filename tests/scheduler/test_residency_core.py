@@ -171,6 +171,33 @@ def test_one_process_serving_two_models_holds_one_context() -> None:
     assert not d.of(Stop) and not d.of(Sleep, "sd-b")
 
 
+def test_checkpoints_of_one_comfyui_are_evicted_together() -> None:
+    """ComfyUI's /free unloads every checkpoint it holds: evicting one evicts all, so they are one
+    candidate and all are released (the core's books stay true)."""
+    shared = {"engine": "comfy", "release_unloads_process": True}
+    d = Driver.create([profile("llm", 12.0, ModelKind.LLM, concurrency=4), profile("sd-a", 6.0, **shared),
+                       profile("sd-b", 6.0, **shared)])
+    for rid, model, t in (("a1", "sd-a", 0.0), ("b1", "sd-b", 0.1)):
+        d.arrive(rid, model, t)
+    d.ready("sd-a", 1.0)
+    d.ready("sd-b", 1.0)
+    d.done("a1", 2.0)
+    d.done("b1", 2.0)
+    assert d.arrive("c1", "llm", 3.0) == [Sleep("sd-a"), Sleep("sd-b")]  # one would have been enough
+
+
+def test_a_pinned_checkpoint_does_not_keep_its_comfyui_siblings_resident() -> None:
+    shared = {"engine": "comfy", "release_unloads_process": True}
+    d = Driver.create([profile("llm", 12.0, ModelKind.LLM, concurrency=4), profile("sd-a", 6.0, **shared),
+                       profile("sd-b", 6.0, pinned=True, **shared)])
+    d.tick(0.0)
+    d.ready("sd-b", 0.5)
+    d.arrive("a1", "sd-a", 1.0)
+    d.ready("sd-a", 1.5)
+    d.done("a1", 2.0)
+    assert d.arrive("c1", "llm", 3.0) == [Sleep("sd-a")]  # alone: the pinned one is never a victim
+
+
 def test_stopping_a_process_takes_its_sleeping_models_down_with_it() -> None:
     d = Driver.create([profile("big", 21.8), profile("sd-a", 8.0, engine="comfy"),
                        profile("sd-b", 8.0, engine="comfy")])
