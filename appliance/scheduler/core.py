@@ -195,7 +195,7 @@ class ResidencyCore:
                     stopped = slot.stopping
                     slot.release_verified(held)
                     if stopped:
-                        self._process_stopped(slot)
+                        self._process_stopped(slot, now)
             case EngineExited(model=model):
                 self._exited(model, now)
             case ActionFailed(model=model, action=kind):
@@ -487,13 +487,19 @@ class ResidencyCore:
             members[slots[0].id] = tuple(s.id for s in slots)
         return views, members
 
-    def _process_stopped(self, slot: ModelSlot) -> None:
-        """The models sleeping in the same process went down with it: their host copies and
-        contexts are gone."""
+    def _process_stopped(self, slot: ModelSlot, now: float) -> None:
+        """The other models of the same process went down with it: sleeping ones lose their host
+        copies and contexts; a resident one (a stop escalated from a release that did not verify)
+        is treated as its engine exiting (its in-flight requests fail, its queue waits for a start)."""
+        if not slot.profile.engine:
+            return
         process = self.ledger.process(slot)
         for other in self._slots.values():
-            if (other is not slot and self.ledger.process(other) == process and other.engine_up
-                    and not other.in_vram and other.phase is Phase.STEADY):
+            if other is slot or self.ledger.process(other) != process or not other.engine_up:
+                continue
+            if other.in_vram and other.phase is not Phase.RELEASING:
+                self._exited(other.id, now)
+            elif not other.in_vram and other.phase is Phase.STEADY:
                 other.engine_up, other.held_bytes = False, 0
                 if other.tier is Tier.HOST:
                     other.tier = Tier.DISK

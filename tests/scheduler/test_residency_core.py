@@ -198,6 +198,27 @@ def test_a_pinned_checkpoint_does_not_keep_its_comfyui_siblings_resident() -> No
     assert d.arrive("c1", "llm", 3.0) == [Sleep("sd-a")]  # alone: the pinned one is never a victim
 
 
+def test_an_escalated_stop_of_a_shared_process_takes_its_resident_sibling_down_too() -> None:
+    """A release that fails escalates to a stop of the whole ComfyUI: the checkpoint still resident
+    in it is gone as well, as if its engine had exited (its running job fails; it restarts later)."""
+    shared = {"engine": "comfy", "release_unloads_process": False}
+    d = Driver.create([profile("llm", 12.0, ModelKind.LLM, concurrency=4), profile("sd-a", 6.0, **shared),
+                       profile("sd-b", 6.0, **shared)])
+    for rid, model, t in (("a1", "sd-a", 0.0), ("b1", "sd-b", 0.1)):
+        d.arrive(rid, model, t)
+    d.ready("sd-a", 1.0)
+    d.ready("sd-b", 1.0)
+    d.done("a1", 2.0)  # b1 still runs
+    assert d.arrive("c1", "llm", 3.0) == [Sleep("sd-a")]
+    assert d.feed(ActionFailed(3.5, "sd-a", ActionKind.SLEEP, "memory did not drop")) == [Stop("sd-a")]
+    d.resident.pop("sd-b")  # the fake process is gone with it
+    d.running.pop("sd-b")
+    d.released("sd-a", 4.0)
+    snap = d.core.snapshot()
+    assert snap.models["sd-b"].tier is Tier.DISK and snap.models["sd-b"].in_flight == 0
+    assert d.of(Start, "llm") or d.of(Wake, "llm")
+
+
 def test_stopping_a_process_takes_its_sleeping_models_down_with_it() -> None:
     d = Driver.create([profile("big", 21.8), profile("sd-a", 8.0, engine="comfy"),
                        profile("sd-b", 8.0, engine="comfy")])
