@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -55,6 +56,21 @@ def build_tiny_llama(out: Path, max_positions: int = 512) -> Path:
     return out
 
 
+def _letter_clip_tokenizer(out: Path, extra: tuple[str, ...] = ()) -> tuple[Any, dict[str, int]]:
+    """A CLIP tokenizer over single letters (no merges), saved in `out`, and its vocabulary."""
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in extra:
+        vocab[token] = len(vocab)
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=77), vocab
+
+
 def build_tiny_sd3(out: Path) -> Path:
     """A random-weight StableDiffusion3Pipeline: 1-layer transformer, 1-block VAE, two tiny CLIP encoders."""
     import torch
@@ -64,15 +80,9 @@ def build_tiny_sd3(out: Path) -> Path:
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
     )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
-    for ch in "abcdefghijklmnopqrstuvwxyz":
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    (out / "vocab.json").write_text(json.dumps(vocab))
-    (out / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=77)
+    tokenizer, vocab = _letter_clip_tokenizer(out, extra=("!",))
     torch.manual_seed(0)
     clip = CLIPTextConfig(
         vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
@@ -101,15 +111,9 @@ def build_tiny_sd1(out: Path) -> Path:
     """A random-weight StableDiffusionPipeline (UNet), served through AutoPipelineForText2Image."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in "abcdefghijklmnopqrstuvwxyz":
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    (out / "vocab.json").write_text(json.dumps(vocab))
-    (out / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=77)
+    tokenizer, vocab = _letter_clip_tokenizer(out)
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,

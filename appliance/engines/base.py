@@ -54,6 +54,7 @@ class Adapter:
     kind = "base"
     readiness_path = "/health"
     releasable: frozenset[Tier] = frozenset()  # tiers release() can reach without stopping
+    release_unloads_all = False  # release() unloads every model the engine holds, not just one
 
     def __init__(self, name: str, ctx: EngineContext) -> None:
         self.name = name

@@ -19,6 +19,7 @@ class ComfyUIAdapter(Adapter):
     kind = "comfyui"
     readiness_path = "/system_stats"
     releasable = frozenset({Tier.HOST, Tier.DISK})
+    release_unloads_all = True  # /free unloads every checkpoint
 
     def __init__(self, name: str, ctx: EngineContext) -> None:
         super().__init__(name, ctx)

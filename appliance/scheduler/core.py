@@ -396,16 +396,8 @@ class ResidencyCore:
             return  # releases already under way will make room
         views, members = self._victim_views()
         victims = choose_victims(need, free, views)
-        if victims is None:
-            # What sleeping engines still hold (their CUDA contexts) can be what is missing:
-            # those engines may be stopped too (their host copies go with them).
-            held = self.ledger.held_by_process()
-            views += [
-                VictimView(s.id, held.get(self.ledger.process(s), 0), s.gdsf_value, busy=False, queued=len(s.queue))
-                for s in self._slots.values()
-                if s is not slot and s.engine_up and not s.in_vram and s.held_bytes > 0
-                and s.phase is Phase.STEADY and not s.profile.pinned and not self._shares_engine(s)
-            ]
+        if victims is None:  # what sleeping engines still hold may be what is missing
+            views += self._context_views(slot)
             victims = choose_victims(need, free, views)
         if victims is None:
             if not self.ledger.fits_ever(slot):
@@ -487,6 +479,26 @@ class ResidencyCore:
             members[slots[0].id] = tuple(s.id for s in slots)
         return views, members
 
+    def _context_views(self, target: ModelSlot) -> list[VictimView]:
+        """Sleeping engine processes as victims for the VRAM they still hold (their CUDA
+        contexts), one per process, named after a model it serves: stopping it takes all of its
+        models down with their host copies. Not the target's own process, nor one serving a
+        model that is pinned or in transition (`held_by_process` already leaves out every process
+        with a model in VRAM)."""
+        held = self.ledger.held_by_process()
+        by_process: dict[str, list[ModelSlot]] = {}
+        for s in self._slots.values():
+            if self.ledger.process(s) in held:
+                by_process.setdefault(self.ledger.process(s), []).append(s)
+        views: list[VictimView] = []
+        for process, slots in by_process.items():
+            if any(s is target or s.profile.pinned or s.phase is not Phase.STEADY for s in slots):
+                continue
+            name = next(s for s in slots if s.engine_up).id
+            views.append(VictimView(name, held[process], sum(s.gdsf_value for s in slots), busy=False,
+                                    queued=sum(len(s.queue) for s in slots)))
+        return views
+
     def _process_stopped(self, slot: ModelSlot, now: float) -> None:
         """The other models of the same process went down with it: sleeping ones lose their host
         copies and contexts; a resident one (a stop escalated from a release that did not verify)
@@ -503,14 +515,6 @@ class ResidencyCore:
                 other.engine_up, other.held_bytes = False, 0
                 if other.tier is Tier.HOST:
                     other.tier = Tier.DISK
-
-    def _shares_engine(self, slot: ModelSlot) -> bool:
-        """Another model of the same engine process is in VRAM or has work: stopping the process
-        would take it down too."""
-        engine = slot.profile.engine
-        return bool(engine) and any(
-            o is not slot and o.profile.engine == engine and (o.in_vram or o.has_work) for o in self._slots.values()
-        )
 
     def _stop_sleeping(self, slot: ModelSlot) -> None:
         """Stop a sleeping engine to free what it still holds in VRAM; its host copy goes too."""

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, ModelConfig, WorkerEngine
+from ..engines.base import Adapter
 from ..engines.base import Tier as EngineTier
 from ..engines.engine import Engine
 from ..events import Event as BusEvent
@@ -90,7 +91,7 @@ def resumable_engine(config: Config, engine: str) -> bool:
     return eng.kind == "vllm" or (isinstance(eng, WorkerEngine) and eng.worker == "text")
 
 
-def profile_for(mid: str, m: ModelConfig, config: Config, releasable: frozenset[EngineTier]) -> ModelProfile:
+def profile_for(mid: str, m: ModelConfig, config: Config, adapter: Adapter) -> ModelProfile:
     """A model's scheduling profile from its configuration (estimates until measured)."""
     engine_kind = config.engines[m.engine].kind
     footprint = int(m.vram_gb * GIB)
@@ -115,13 +116,13 @@ def profile_for(mid: str, m: ModelConfig, config: Config, releasable: frozenset[
         queue_limit=m.queue_limit,
         max_tokens=m.max_tokens_cap if kind is ModelKind.LLM else None,
         concurrency=concurrency,
-        supports_sleep=EngineTier.HOST in releasable,
-        supports_unload=EngineTier.DISK in releasable,
+        supports_sleep=EngineTier.HOST in adapter.releasable,
+        supports_unload=EngineTier.DISK in adapter.releasable,
         # Resuming a stream needs continue_final_message (vLLM's, or the text worker's); the
         # gateway stitches the stream.
         preemptible=config.scheduler.preemption and kind is ModelKind.LLM and resumable_engine(config, m.engine),
         engine=m.engine,
-        release_unloads_process=engine_kind == "comfyui",  # /free unloads every checkpoint it holds
+        release_unloads_process=adapter.release_unloads_all,
     )
 
 
@@ -212,7 +213,7 @@ class ResidencyManager:
                            if runs_on_cpu(config, eng, has_gpu=snap.kind != "declared")}
         self._direct = DirectResidency(engines, self.model_engine)
         profiles = [
-            profile_for(mid, config.models[mid], config, engines[eng].adapter.releasable)
+            profile_for(mid, config.models[mid], config, engines[eng].adapter)
             for mid, eng in self.model_engine.items() if mid not in self.cpu_models
         ]
         budget = MemoryBudget(

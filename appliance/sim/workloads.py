@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from appliance.sim.calibration import Calibration
@@ -141,14 +142,9 @@ def w1(cal: Calibration, rho: float, seed: int, horizon_s: float = 8 * HOUR, war
     rate = rho / work_per_request
     rng = random.Random(f"W1/{rho}/{seed}")
     maker = _Maker(cal, rng)
-    roots: list[RequestSpec] = []
-    t = 0.0
     classes, weights = list(W1_MIX), list(W1_MIX.values())
-    while True:
-        t += rng.expovariate(rate)
-        if t >= horizon_s:
-            break
-        roots.append(_make(maker, rng.choices(classes, weights)[0], t))
+    roots = [_make(maker, rng.choices(classes, weights)[0], t)
+             for t in _arrivals(lambda: rng.expovariate(rate), horizon_s)]
     return Workload("W1", rho, seed, tuple(roots), horizon_s, warmup_s)
 
 
@@ -167,12 +163,8 @@ def w2(
     rng = random.Random(f"W2/{cv}/{rho}/{seed}")
     maker = _Maker(cal, rng)
     roots: list[RequestSpec] = []
-    t = 0.0
     classes, weights = list(epoch_mix), list(epoch_mix.values())
-    while True:
-        t += rng.gammavariate(shape, scale)
-        if t >= horizon_s:
-            break
+    for t in _arrivals(lambda: rng.gammavariate(shape, scale), horizon_s):
         cls = rng.choices(classes, weights)[0]
         for _ in range(burst if cls == "image" else 1):
             roots.append(_make(maker, cls, t))
@@ -193,19 +185,8 @@ def w3s(cal: Calibration, rho: float, seed: int, horizon_s: float = 8 * HOUR, wa
     image_rate = session_rate * image_per_session
     rng = random.Random(f"W3s/{rho}/{seed}")
     maker = _Maker(cal, rng)
-    roots: list[RequestSpec] = []
-    t = 0.0
-    while True:
-        t += rng.expovariate(session_rate)
-        if t >= horizon_s:
-            break
-        roots.append(_session(maker, rng, t))
-    t = 0.0
-    while True:
-        t += rng.expovariate(image_rate)
-        if t >= horizon_s:
-            break
-        roots.append(maker.image(t))
+    roots = [_session(maker, rng, t) for t in _arrivals(lambda: rng.expovariate(session_rate), horizon_s)]
+    roots += [maker.image(t) for t in _arrivals(lambda: rng.expovariate(image_rate), horizon_s)]
     roots.sort(key=lambda s: s.arrival)
     return Workload("W3s", rho, seed, tuple(roots), horizon_s, warmup_s)
 
@@ -245,16 +226,18 @@ def w4(cal: Calibration, rho: float, seed: int, horizon_s: float = 8 * HOUR, war
     rate = rho / ((means["llm"] + means["image"]) / 2)
     rng = random.Random(f"W4/{rho}/{seed}")
     maker = _Maker(cal, rng)
-    roots: list[RequestSpec] = []
-    t = 0.0
-    n = 0
-    while True:
-        t += rng.expovariate(rate)
-        if t >= horizon_s:
-            break
-        roots.append(_make(maker, "llm" if n % 2 == 0 else "image", t))
-        n += 1
+    roots = [_make(maker, "llm" if n % 2 == 0 else "image", t)
+             for n, t in enumerate(_arrivals(lambda: rng.expovariate(rate), horizon_s))]
     return Workload("W4", rho, seed, tuple(roots), horizon_s, warmup_s)
+
+
+def _arrivals(gap: Callable[[], float], horizon_s: float) -> Iterator[float]:
+    """Arrival times before the horizon, each `gap()` after the last (drawn lazily, so draws the
+    caller makes per arrival keep their place in the random stream)."""
+    t = gap()
+    while t < horizon_s:
+        yield t
+        t += gap()
 
 
 def _make(maker: _Maker, cls: str, at: float) -> RequestSpec:

@@ -156,16 +156,38 @@ def test_sleeping_engines_context_is_stopped_when_only_it_is_in_the_way() -> Non
     assert "b1" in d.dispatched()
 
 
-def test_one_process_serving_two_models_holds_one_context() -> None:
-    """Two checkpoints in one ComfyUI: the slept one's context is the same process's context, already
-    inside the resident one's measured footprint, so it is not counted twice (and never stopped)."""
-    d = Driver.create([profile("big", 13.6), profile("sd-a", 8.0, engine="comfy"),
-                       profile("sd-b", 8.0, engine="comfy", pinned=True)])
+def beside_two_checkpoints(first: ModelProfile, gb: float, *, unloads_all: bool = False,
+                           pin_b: bool = False) -> Driver:
+    """`first` beside checkpoints sd-a and sd-b of `gb` GB each, served by one ComfyUI process."""
+    shared: dict[str, object] = {"engine": "comfy", "release_unloads_process": unloads_all}
+    return Driver.create([first, profile("sd-a", gb, **shared), profile("sd-b", gb, pinned=pin_b, **shared)])
+
+
+def run_both_checkpoints(d: Driver, *, b_done: bool = True) -> None:
+    """sd-a and sd-b each load and run one job (sd-b's is left running unless `b_done`)."""
+    for rid, model, t in (("a1", "sd-a", 0.0), ("b1", "sd-b", 0.1)):
+        d.arrive(rid, model, t)
+    d.ready("sd-a", 1.0)
+    d.ready("sd-b", 1.0)
+    d.done("a1", 2.0)
+    if b_done:
+        d.done("b1", 2.0)
+
+
+def run_a_beside_pinned_b(d: Driver) -> None:
+    """The pinned sd-b loads at once; sd-a then loads and runs one job."""
     d.tick(0.0)
     d.ready("sd-b", 0.5)
     d.arrive("a1", "sd-a", 1.0)
     d.ready("sd-a", 1.5)
     d.done("a1", 2.0)
+
+
+def test_one_process_serving_two_models_holds_one_context() -> None:
+    """Two checkpoints in one ComfyUI: the slept one's context is the same process's context, already
+    inside the resident one's measured footprint, so it is not counted twice (and never stopped)."""
+    d = beside_two_checkpoints(profile("big", 13.6), 8.0, pin_b=True)
+    run_a_beside_pinned_b(d)
     d.arrive("b1", "big", 3.0)
     assert d.released("sd-a", 3.1, held_gb=1.0) == [Start("big")]  # 22.5 - 8 >= 13.6
     assert not d.of(Stop) and not d.of(Sleep, "sd-b")
@@ -174,41 +196,23 @@ def test_one_process_serving_two_models_holds_one_context() -> None:
 def test_checkpoints_of_one_comfyui_are_evicted_together() -> None:
     """ComfyUI's /free unloads every checkpoint it holds: evicting one evicts all, so they are one
     candidate and all are released (the core's books stay true)."""
-    shared = {"engine": "comfy", "release_unloads_process": True}
-    d = Driver.create([profile("llm", 12.0, ModelKind.LLM, concurrency=4), profile("sd-a", 6.0, **shared),
-                       profile("sd-b", 6.0, **shared)])
-    for rid, model, t in (("a1", "sd-a", 0.0), ("b1", "sd-b", 0.1)):
-        d.arrive(rid, model, t)
-    d.ready("sd-a", 1.0)
-    d.ready("sd-b", 1.0)
-    d.done("a1", 2.0)
-    d.done("b1", 2.0)
+    d = beside_two_checkpoints(profile("llm", 12.0, ModelKind.LLM, concurrency=4), 6.0, unloads_all=True)
+    run_both_checkpoints(d)
     assert d.arrive("c1", "llm", 3.0) == [Sleep("sd-a"), Sleep("sd-b")]  # one would have been enough
 
 
 def test_a_pinned_checkpoint_does_not_keep_its_comfyui_siblings_resident() -> None:
-    shared = {"engine": "comfy", "release_unloads_process": True}
-    d = Driver.create([profile("llm", 12.0, ModelKind.LLM, concurrency=4), profile("sd-a", 6.0, **shared),
-                       profile("sd-b", 6.0, pinned=True, **shared)])
-    d.tick(0.0)
-    d.ready("sd-b", 0.5)
-    d.arrive("a1", "sd-a", 1.0)
-    d.ready("sd-a", 1.5)
-    d.done("a1", 2.0)
+    d = beside_two_checkpoints(profile("llm", 12.0, ModelKind.LLM, concurrency=4), 6.0, unloads_all=True,
+                               pin_b=True)
+    run_a_beside_pinned_b(d)
     assert d.arrive("c1", "llm", 3.0) == [Sleep("sd-a")]  # alone: the pinned one is never a victim
 
 
 def test_an_escalated_stop_of_a_shared_process_takes_its_resident_sibling_down_too() -> None:
     """A release that fails escalates to a stop of the whole ComfyUI: the checkpoint still resident
     in it is gone as well, as if its engine had exited (its running job fails; it restarts later)."""
-    shared = {"engine": "comfy", "release_unloads_process": False}
-    d = Driver.create([profile("llm", 12.0, ModelKind.LLM, concurrency=4), profile("sd-a", 6.0, **shared),
-                       profile("sd-b", 6.0, **shared)])
-    for rid, model, t in (("a1", "sd-a", 0.0), ("b1", "sd-b", 0.1)):
-        d.arrive(rid, model, t)
-    d.ready("sd-a", 1.0)
-    d.ready("sd-b", 1.0)
-    d.done("a1", 2.0)  # b1 still runs
+    d = beside_two_checkpoints(profile("llm", 12.0, ModelKind.LLM, concurrency=4), 6.0)
+    run_both_checkpoints(d, b_done=False)  # b1 still runs
     assert d.arrive("c1", "llm", 3.0) == [Sleep("sd-a")]
     assert d.feed(ActionFailed(3.5, "sd-a", ActionKind.SLEEP, "memory did not drop")) == [Stop("sd-a")]
     d.resident.pop("sd-b")  # the fake process is gone with it
@@ -220,14 +224,8 @@ def test_an_escalated_stop_of_a_shared_process_takes_its_resident_sibling_down_t
 
 
 def test_stopping_a_process_takes_its_sleeping_models_down_with_it() -> None:
-    d = Driver.create([profile("big", 21.8), profile("sd-a", 8.0, engine="comfy"),
-                       profile("sd-b", 8.0, engine="comfy")])
-    for rid, model, t in (("a1", "sd-a", 0.0), ("b1", "sd-b", 0.1)):
-        d.arrive(rid, model, t)
-    d.ready("sd-a", 1.0)
-    d.ready("sd-b", 1.0)
-    d.done("a1", 2.0)
-    d.done("b1", 2.0)
+    d = beside_two_checkpoints(profile("big", 21.8), 8.0)
+    run_both_checkpoints(d)
     d.arrive("c1", "big", 3.0)  # both released, then one 1 GB context is still in the way
     d.released("sd-a", 3.1, held_gb=1.0)
     d.released("sd-b", 3.1, held_gb=1.0)
