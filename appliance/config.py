@@ -90,6 +90,8 @@ class SchedulerConfig(_Frozen):
     footprint_headroom: float = Field(default=1.05, ge=1.0)
     preemption: bool = False  # abort LLM streams to swap sooner, resume them after (vLLM chat streams)
     turn_taking: bool = True  # co-resident engines compute one at a time (oldest waiter first)
+    prefetch: bool = True  # wake a slept vLLM's weights while the model it waits for still works
+    restore: bool = False  # on an idle GPU, bring back the model most likely asked for next
 
 
 class RestartPolicy(_Frozen):
@@ -180,6 +182,7 @@ class ModelConfig(_Frozen):
     catalog: str = ""  # id in the model catalog, for sizes and downloads
     vram_gb: float = Field(default=1.0, gt=0)  # estimate until measured
     host_ram_gb: float = Field(default=0.0, ge=0)  # 0: same as vram_gb
+    weights_gb: float = Field(default=0.0, ge=0)  # weights alone (vLLM prefetch); 0: from the catalog
     max_wait_s: float | None = None  # default: scheduler.max_wait_s, else per kind
     keep_alive_s: float | None = None  # None = keep until evicted
     pinned: bool = False

@@ -8,6 +8,7 @@ on at most 2 processes. Prints one table per workload with 95% confidence interv
 over the seeds, the sustainable load search, the targets, and ends with one line of JSON.
 
 Usage: python bench/scheduler.py [--quick] [--seeds N] [--first-seed K] [--hours H] [--calibration FILE]
+                                 [--restore]
 
 Must not: change any policy; it only runs and reports.
 """
@@ -28,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from appliance.scheduler.policy import PolicySettings
 from appliance.sim import workloads
 from appliance.sim.calibration import Calibration, load_calibration
 from appliance.sim.observe import percentile
@@ -52,13 +54,13 @@ def key(name: str, rho: float) -> str:
 # ------------------------------------------------------------------ one run
 
 
-def run_one(task: tuple[str, float, int, str, float, str | None, bool]) -> dict[str, Any]:
-    name, rho, seed, policy, hours, cal_path, search = task
+def run_one(task: tuple[str, float, int, str, float, str | None, bool, bool]) -> dict[str, Any]:
+    name, rho, seed, policy, hours, cal_path, search, restore = task
     cal = load_calibration(Path(cal_path)) if cal_path else Calibration()
     horizon = hours * 3600.0
     w = workloads.build(cal, name, rho, seed, horizon_s=horizon, warmup_s=horizon / 16)
     abort = B1_ABORT_BACKLOG if (policy == "B1" or search) else None
-    s = simulate(policy, w, cal, abort_backlog=abort)
+    s = simulate(policy, w, cal, settings=PolicySettings(restore=restore), abort_backlog=abort)
     every = [x for v in s.latency.values() for x in v]
     return {
         "name": name, "rho": rho, "seed": seed, "policy": policy,
@@ -158,13 +160,15 @@ def summary(rows: dict[str, list[dict[str, Any]]], ours: str, free: str) -> dict
 # ------------------------------------------------------- sustainable load
 
 
-def sustainable(pool: Any, policy: str, seeds: range, hours: float, cal_path: str | None) -> tuple[float, str]:
+def sustainable(
+    pool: Any, policy: str, seeds: range, hours: float, cal_path: str | None, restore: bool
+) -> tuple[float, str]:
     """Highest rho (steps of 0.1) where the mean p95 over seeds stays under 120 s and the backlog
     does not grow (at most one seed showing growth). When no step of 0.1 passes, the search
     continues below 0.1 in steps of 0.01 so that a ratio can still be formed."""
 
     def passes(rho: float) -> bool:
-        tasks = [("W1", rho, s, policy, hours, cal_path, True) for s in seeds]
+        tasks = [("W1", rho, s, policy, hours, cal_path, True, restore) for s in seeds]
         res = pool.map(run_one, tasks, chunksize=1)
         grown = sum(r["unstable"] for r in res)
         return grown <= max(1, len(seeds) // 10) and statistics.fmean(r["p95"] for r in res) < SUSTAINABLE_P95_S
@@ -193,17 +197,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--hours", type=float, default=None, help="simulated hours per run (default 8)")
     ap.add_argument("--processes", type=int, default=2, help="worker processes (at most 2)")
     ap.add_argument("--calibration", default=None, help="JSON or TOML file replacing calibration defaults")
+    ap.add_argument("--restore", action="store_true", help="our policy with scheduler.restore on")
     args = ap.parse_args(argv)
     seeds = range(args.first_seed, args.first_seed + (args.seeds or (3 if args.quick else 10)))
     hours = args.hours or (2.0 if args.quick else 8.0)
     cal_path = str(Path(args.calibration).resolve()) if args.calibration else None
     procs = max(1, min(2, args.processes, os.cpu_count() or 1))
     started = time.monotonic()
-    tasks = [(n, r, s, p, hours, cal_path, False) for n, r in TABLE_CONFIGS for p in POLICIES for s in seeds]
+    tasks = [(n, r, s, p, hours, cal_path, False, args.restore)
+             for n, r in TABLE_CONFIGS for p in POLICIES for s in seeds]
     with Pool(procs) as pool:
         results = pool.map(run_one, tasks, chunksize=1)
-        ours_load, ours_how = sustainable(pool, "ours", seeds, hours, cal_path)
-        b1_load, b1_how = sustainable(pool, "B1", seeds, hours, cal_path)
+        ours_load, ours_how = sustainable(pool, "ours", seeds, hours, cal_path, args.restore)
+        b1_load, b1_how = sustainable(pool, "B1", seeds, hours, cal_path, False)
     by_config: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for res in results:
         by_config.setdefault(key(res["name"], res["rho"]), {}).setdefault(res["policy"], []).append(res)

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from daemon_harness import free_port, vllm_engine
 from standins.launch import async_wait_until, start
 
 from appliance.config import parse_config
-from appliance.engines.base import EngineContext, Tier
+from appliance.engines.base import ControlError, EngineContext, Tier
 from appliance.engines.engine import build_adapter
 from appliance.engines.openwebui import OpenWebUIAdapter
 from appliance.engines.vllm import VllmAdapter
@@ -112,6 +113,37 @@ async def test_vllm_adapter_sleeps_and_wakes_the_standin_at_both_levels(tmp_path
                 async with session.post(server.url("/v1/chat/completions"), json=body) as r:
                     assert r.status == 200, await r.text()  # after level 2, only with reload_weights
             assert gpu.snapshot().used_bytes == 20 * GIB
+
+
+async def test_vllm_adapter_prefetches_the_weights_then_wakes_the_kv_cache(tmp_path: Path) -> None:
+    fake = tmp_path / "gpu"
+    fake.mkdir()
+    port = free_port()
+    c = ctx(tmp_path, {"vllm": vllm_engine(port)}, {"chat": {"engine": "vllm", "modality": "text"}})
+    adapter = VllmAdapter("vllm", c, gpu_fraction=0.8)
+    assert adapter.supports_prefetch
+    spec = adapter.launch_spec()
+    env = {**spec.env, "APPLIANCE_FAKE_GPU_DIR": str(fake), "VLLM_STANDIN_FOOTPRINT_BYTES": str(20 * GIB),
+           "VLLM_STANDIN_WEIGHTS_FRACTION": "0.8"}
+    gpu = FakeGpuProbe(fake, 24 * GIB)
+    with start(spec.argv, env=env, port=port):
+        async with aiohttp.ClientSession() as session:
+            await async_wait_until(lambda: adapter.probe(session), 20, message="vLLM stand-in ready")
+            with pytest.raises(ControlError, match="level 1"):
+                await adapter.prefetch(session)  # awake: nothing to prefetch
+            await adapter.release(session, Tier.HOST)
+            slept = gpu.snapshot().used_bytes
+            await adapter.prefetch(session)
+            assert await adapter.is_sleeping(session)  # the KV cache still sleeps
+            assert gpu.snapshot().used_bytes == slept + 16 * GIB  # the weights are back
+            with pytest.raises(ControlError, match="partly awake"):
+                await adapter.release(session, Tier.HOST)  # why the scheduler never sleeps it half awake
+            await adapter.activate(session)
+            assert not await adapter.is_sleeping(session)
+            assert gpu.snapshot().used_bytes == 20 * GIB
+            await adapter.release(session, Tier.DISK)
+            with pytest.raises(ControlError, match="level 1"):
+                await adapter.prefetch(session)  # level 2 discarded the weights
 
 
 def test_comfyui_points_at_pulled_models(tmp_path: Path) -> None:

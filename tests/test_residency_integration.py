@@ -124,8 +124,8 @@ class Rig:
 @contextlib.asynccontextmanager
 async def rig(tmp_path: Path, *, comfy_env: dict[str, str] | None = None,
               vllm_env: dict[str, str] | None = None, release_deadline_s: float = 10.0,
-              chat_gib: int = 20, img_gib: int = 15, extra_models: dict[str, Any] | None = None
-              ) -> AsyncIterator[Rig]:
+              chat_gib: int = 20, img_gib: int = 15, extra_models: dict[str, Any] | None = None,
+              chat_config: dict[str, Any] | None = None) -> AsyncIterator[Rig]:
     fake = tmp_path / "fakegpu"
     fake.mkdir()
     os.environ["APPLIANCE_FAKE_GPU_DIR"] = str(fake)
@@ -145,7 +145,7 @@ async def rig(tmp_path: Path, *, comfy_env: dict[str, str] | None = None,
                     "port": free_port(), "ready_timeout_s": 60.0, "stop_grace_s": 2.0,
                     "env": {**OFFLINE, "APPLIANCE_FAKE_GPU_BYTES": str(WORKER_BYTES)}},
         },
-        "models": {"chat": {"engine": "vllm", "modality": "text", "vram_gb": chat_gib},
+        "models": {"chat": {"engine": "vllm", "modality": "text", "vram_gb": chat_gib, **(chat_config or {})},
                    "img": {"engine": "comfyui", "modality": "image", "vram_gb": img_gib},
                    "voice": {"engine": "tts", "modality": "speech", "vram_gb": 2}, **(extra_models or {})},
     }
@@ -220,6 +220,28 @@ async def test_a_sleeping_engines_context_is_stopped_when_it_alone_is_in_the_way
         await r.image()
         assert r.actions.count(("start", "img")) == 2
         assert r.peak <= BUDGET, f"fake GPU peaked at {r.peak / GIB:.1f} GiB"
+
+
+async def test_vllm_weights_come_back_while_the_worker_still_works(tmp_path: Path) -> None:
+    """A 21 GiB vLLM (16.8 GiB of weights, 80 %) cannot sit beside the 2 GiB worker, but its weights
+    can: while a speech lease is in flight, a chat brings them back (/wake_up?tags=weights), and
+    once the worker is slept only the KV cache is left to wake."""
+    vllm_env = {"VLLM_STANDIN_WEIGHTS_FRACTION": "0.8"}
+    async with rig(tmp_path, chat_gib=21, vllm_env=vllm_env, chat_config={"weights_gb": 16.8}) as r:
+        await r.chat()
+        async with r.app.residency.lease("voice"):
+            chat = asyncio.ensure_future(r.chat())
+            await async_wait_until(lambda: ("prefetch", "chat") in r.actions, deadline_s=10.0,
+                                   message="the chat's weights to be prefetched")
+            assert r.app.engines["tts"].state.value == "ready" and not chat.done()
+            models = r.app.residency.snapshot()["models"]
+            assert isinstance(models, dict)
+            assert models["chat"]["prefetched_bytes"] == int(16.8 * GIB) and models["chat"]["tier"] == "host"
+        await asyncio.wait_for(chat, 30.0)
+        prefetch = r.actions.index(("prefetch", "chat"))
+        assert r.actions[prefetch:] == [("prefetch", "chat"), ("sleep", "voice"), ("wake", "chat")]
+        assert r.peak <= BUDGET, f"fake GPU peaked at {r.peak / GIB:.1f} GiB"
+        assert r.app.engines["vllm"].process.restarts == 0 and r.state("vllm") == "ready"
 
 
 async def test_checkpoints_of_one_comfyui_are_released_together(tmp_path: Path) -> None:

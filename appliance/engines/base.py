@@ -55,6 +55,7 @@ class Adapter:
     readiness_path = "/health"
     releasable: frozenset[Tier] = frozenset()  # tiers release() can reach without stopping
     release_unloads_all = False  # release() unloads every model the engine holds, not just one
+    supports_prefetch = False  # prefetch() wakes a sleeping engine's weights alone (a staged wake)
 
     def __init__(self, name: str, ctx: EngineContext) -> None:
         self.name = name
@@ -82,6 +83,10 @@ class Adapter:
 
     async def activate(self, session: aiohttp.ClientSession) -> None:
         """Bring the weights onto the GPU (wake or load). Default: nothing to do."""
+
+    async def prefetch(self, session: aiohttp.ClientSession) -> None:
+        """Bring a sleeping engine's weights back alone; activate() then wakes the rest."""
+        raise ControlError(f"{self.name}: {self.kind} engines have no staged wake")
 
     async def release(self, session: aiohttp.ClientSession, tier: Tier) -> None:
         """Move the weights down to `tier` (HOST or DISK) while the process keeps running."""

@@ -79,6 +79,9 @@ class Engine:
     async def activate(self) -> None:
         await self.adapter.activate(self.session)
 
+    async def prefetch(self) -> None:
+        await self.adapter.prefetch(self.session)
+
     async def release(self, tier: Tier) -> None:
         await self.adapter.release(self.session, tier)
 

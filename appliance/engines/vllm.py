@@ -31,6 +31,7 @@ class VllmAdapter(Adapter):
         self.max_model_len = max_model_len
         self._slept_level = 0
         self.releasable = frozenset({Tier.HOST, Tier.DISK}) if self.vcfg.sleep_mode else frozenset()
+        self.supports_prefetch = self.vcfg.sleep_mode
 
     def served_names(self) -> list[str]:
         if self.vcfg.served_model_name:
@@ -104,6 +105,14 @@ class VllmAdapter(Adapter):
             await self._post(session, "/collective_rpc", json_body={"method": "reload_weights"})
             await self._post(session, "/reset_prefix_cache")
         self._slept_level = 0
+
+    async def prefetch(self, session: aiohttp.ClientSession) -> None:
+        """Wake the weights alone (§1.5 `tags=weights`); activate() then wakes the KV cache. Only
+        after a level-1 sleep: level 2 discarded the weights. Half awake, vLLM must not be put
+        to sleep again (its allocator would unmap the KV cache it already released)."""
+        if self._slept_level != 1:
+            raise ControlError(f"{self.name}: only weights slept to host RAM (level 1) can be prefetched")
+        await self._post(session, "/wake_up?tags=weights")
 
     async def release(self, session: aiohttp.ClientSession, tier: Tier) -> None:
         if not self.vcfg.sleep_mode:

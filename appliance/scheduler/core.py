@@ -51,7 +51,17 @@ Decision order, applied after every event once its facts are recorded:
        preemption enabled, a victim's preemptible LLM streams are aborted and re-queued
        to be resumed after the swap back; every other job (image, speech, an LLM request
        the caller cannot resume) runs to the end.
- 6. Plan progress again (a new plan's idle victims are released at once).
+    c. Prefetch (`PolicySettings.prefetch`): the next model in line (the plan's target, else
+       the first candidate left waiting) whose engine has a staged wake and sleeps in host
+       RAM gets its weights back now if they alone fit (vLLM /wake_up?tags=weights beside a
+       working XTTS); its Wake then only allocates the rest. A prefetched model with work
+       waiting is never chosen for room: half-woken vLLM cannot sleep again, only stop.
+ 6. Restore (`PolicySettings.restore`, off by default): once the GPU has had nothing to run
+    or queue for `restore_after_s`, the model most often asked for first after such a pause
+    following the last model served (`forecast.NextModelForecast`) is woken from host RAM if
+    the bet pays (`policy.restore_pays`); idle residents are released for it, nothing is
+    ever stopped or cold-started on a guess.
+ 7. Plan progress again (a new plan's idle victims are released at once).
 Releases go to host RAM (sleep) while it has room, dropping cheaper host copies by the
 same GreedyDual value across tiers, else to disk (unload keeps the process, stop not).
 
@@ -81,6 +91,8 @@ from appliance.scheduler.events import (
     Event,
     GpuSample,
     Preempt,
+    Prefetch,
+    Prefetched,
     ReleaseDone,
     RequestArrived,
     RequestCancelled,
@@ -91,16 +103,20 @@ from appliance.scheduler.events import (
     Tick,
     Wake,
 )
+from appliance.scheduler.forecast import NextModelForecast
 from appliance.scheduler.ledger import Ledger
 from appliance.scheduler.memory import Footprints, MemoryBudget
 from appliance.scheduler.policy import (
+    RESTORE_MIN_OBSERVATIONS,
     HostView,
     PolicySettings,
+    RestoreView,
     SwitchView,
     VictimView,
     choose_release,
     choose_victims,
     gdsf_value,
+    restore_pays,
     should_switch,
 )
 from appliance.scheduler.snapshot import CoreSnapshot
@@ -113,6 +129,7 @@ class _Plan:
     target: str
     victims: tuple[str, ...]
     contexts: tuple[str, ...] = ()  # sleeping victims whose engines are stopped for what they hold
+    restore: bool = False  # brought back on a forecast while the GPU is idle: nobody waits for it
 
 
 class ResidencyCore:
@@ -134,6 +151,9 @@ class ResidencyCore:
         self._where: dict[str, str] = {}
         self._plan: _Plan | None = None
         self._clock = 0.0  # GreedyDual's L: raised to the value of every released model
+        self._forecast = NextModelForecast()
+        self._last_done: str | None = None  # the model whose job ended last
+        self._last_done_at = 0.0
         self._now = 0.0
         self._out: list[Action] = []
 
@@ -167,6 +187,8 @@ class ResidencyCore:
             ttl = s.profile.keep_alive_s
             if ttl is not None and s.servable and not s.has_work and not s.profile.pinned:
                 times.append(s.last_used + ttl)
+        if self.settings.restore and self._last_done is not None and self._gpu_idle():
+            times.append(self._last_done_at + self.settings.restore_after_s)
         future = [t for t in times if t > self._now]
         return min(future) if future else None
 
@@ -189,6 +211,10 @@ class ResidencyCore:
                 slot = self._slots.get(model)
                 if slot is not None and slot.phase is Phase.ACTIVATING:
                     slot.became_ready(now)
+            case Prefetched(model=model):
+                slot = self._slots.get(model)
+                if slot is not None and slot.phase is Phase.PREFETCHING:
+                    slot.phase = Phase.STEADY
             case ReleaseDone(model=model, held_bytes=held):
                 slot = self._slots.get(model)
                 if slot is not None and slot.phase is Phase.RELEASING:
@@ -209,6 +235,8 @@ class ResidencyCore:
         if request.id in self._where:
             raise ValueError(f"request id {request.id} is already known to the scheduler")
         slot = self._slots.get(request.model)
+        if slot is not None and self._last_done is not None and self._paused(now):
+            self._forecast.observe(self._last_done, request.model)
         fits = self.ledger.fits_ever(slot) if slot is not None else False
         rejection = admission.admit(request, slot, now, fits, self.settings)
         if rejection is not None:
@@ -233,6 +261,7 @@ class ResidencyCore:
             if not entry.resumed:
                 slot.history.record(ran)
             slot.last_used = now
+            self._last_done, self._last_done_at = model, now
             return
         was_head = bool(slot.queue) and slot.queue[0].id == rid
         slot.queue = deque(r for r in slot.queue if r.id != rid)
@@ -258,6 +287,9 @@ class ResidencyCore:
             # The driver cleans up a failed start (stops what it started); any host copy is gone.
             slot.lost_engine()
             self._note_start_failure(slot, now)
+        elif kind is ActionKind.PREFETCH and slot.phase is Phase.PREFETCHING:
+            slot.lost_engine()  # the driver stopped the engine: its host copy went with it
+            self._process_stopped(slot, now)
         elif kind in (ActionKind.SLEEP, ActionKind.UNLOAD) and slot.phase is Phase.RELEASING:
             slot.release_to, slot.stopping = Tier.DISK, True
             self._out.append(Stop(model))
@@ -291,6 +323,7 @@ class ResidencyCore:
         self._expire_keep_alive(now)
         self._dispatch(now)
         self._consider_candidates(now)
+        self._maybe_restore(now)
         self._advance_plan()
 
     def _advance_plan(self) -> None:
@@ -298,10 +331,10 @@ class ResidencyCore:
         if plan is None:
             return
         target = self._slots[plan.target]
-        if target.in_vram or target.phase is not Phase.STEADY:
+        if target.in_vram or target.phase not in (Phase.STEADY, Phase.PREFETCHING):
             self._plan = None
             return
-        if not target.queue and not target.profile.pinned:
+        if not target.queue and not target.profile.pinned and not plan.restore:
             for v in plan.victims:  # nobody waits any more: victims not yet released serve again
                 victim = self._slots[v]
                 victim.draining = victim.phase is Phase.RELEASING
@@ -313,6 +346,8 @@ class ResidencyCore:
                 self._release(slot)
             elif v in plan.contexts and slot.engine_up and slot.tier is not Tier.VRAM and slot.phase is Phase.STEADY:
                 self._stop_sleeping(slot)
+        if target.phase is Phase.PREFETCHING:
+            return  # its weights are on their way; the wake follows once they are in
         if self.ledger.activation_bytes(target) <= self.ledger.vram_free():
             self._activate(target)
             self._plan = None
@@ -378,16 +413,74 @@ class ResidencyCore:
             for s in self._slots.values()
             if (s.queue or s.profile.pinned)
             and not s.in_vram
-            and s.phase is Phase.STEADY
+            and s.phase in (Phase.STEADY, Phase.PREFETCHING)  # a prefetching model may plan its room
             and s.tier is not Tier.ABSENT
             and s.failed_until <= now
         ]
         candidates.sort(key=lambda s: (not s.profile.pinned, s.credit_mark + s.profile.max_wait_s - s.credit_s))
         for slot in candidates:
-            if self._fits_beside_plan(self.ledger.activation_bytes(slot)):
+            if slot.phase is Phase.PREFETCHING:
+                if self._plan is None and not self._fits_beside_plan(self.ledger.activation_bytes(slot)):
+                    self._maybe_plan(slot, now)  # victims release while the weights come in
+            elif self._fits_beside_plan(self.ledger.activation_bytes(slot)):
                 self._activate(slot)
             elif self._plan is None:
                 self._maybe_plan(slot, now)
+        self._maybe_prefetch([s for s in candidates if s.phase is Phase.STEADY and not s.in_vram])
+
+    def _gpu_idle(self) -> bool:
+        return self._plan is None and all(not s.has_work and s.phase is Phase.STEADY for s in self._slots.values())
+
+    def _paused(self, now: float) -> bool:
+        """The GPU has been idle `restore_after_s` since the last job ended."""
+        return self._gpu_idle() and now - self._last_done_at >= self.settings.restore_after_s
+
+    def _maybe_restore(self, now: float) -> None:
+        """While the GPU has nothing to do, bring back from host RAM the model most likely asked
+        for next after the last one served, if the gamble pays (`policy.restore_pays`)."""
+        if not self.settings.restore or self._last_done is None or not self._paused(now):
+            return
+        last = self._last_done
+        if self._forecast.observations(last) < RESTORE_MIN_OBSERVATIONS:
+            return
+        probs = self._forecast.probabilities(last)
+        target_id = max(probs, key=lambda m: probs[m])
+        slot = self._slots[target_id]
+        if slot.in_vram or slot.tier is not Tier.HOST or not slot.engine_up or slot.prefetched_bytes:
+            return
+        need = self.ledger.activation_bytes(slot)
+        views, members = self._victim_views()
+        victims = choose_victims(need, self.ledger.vram_free(), views)
+        if victims is None:
+            return
+        victims = tuple(m for v in victims for m in members.get(v, (v,)))
+        out = [self._slots[v] for v in victims]
+        swap = slot.profile.costs.wake_s + sum(o.profile.costs.release_s for o in out)
+        back = tuple((probs.get(o.id, 0.0), slot.profile.costs.release_s + o.profile.costs.wake_s) for o in out)
+        if not restore_pays(RestoreView(probs[target_id], swap, back)):
+            return
+        if not victims:
+            self._activate(slot)
+            return
+        self._plan = _Plan(slot.id, victims, restore=True)
+        for o in out:
+            o.draining = True
+
+    def _maybe_prefetch(self, waiting: list[ModelSlot]) -> None:
+        """Bring back the weights of the next model in line (the plan's target, else the first
+        waiting candidate) while what it does not fit beside still works, if the weights alone
+        fit (`PolicySettings.prefetch`)."""
+        if not self.settings.prefetch or not waiting:
+            return
+        plan = self._plan
+        slot = self._slots[plan.target] if plan is not None else waiting[0]
+        size = slot.profile.prefetch_bytes
+        if (size <= 0 or slot.tier is not Tier.HOST or not slot.engine_up or slot.phase is not Phase.STEADY
+                or slot.prefetched_bytes or not slot.queue):
+            return
+        if size <= self.ledger.vram_free():
+            slot.phase, slot.prefetched_bytes = Phase.PREFETCHING, size
+            self._out.append(Prefetch(slot.id))
 
     def _maybe_plan(self, slot: ModelSlot, now: float) -> None:
         need = self.ledger.activation_bytes(slot)
@@ -406,7 +499,13 @@ class ResidencyCore:
         chosen = [v for v in views if v.id in victims]
         victims = tuple(m for v in victims for m in members.get(v, (v,)))
         drain = max((self._drain_s(self._slots[v], now) for v in victims), default=0.0)
-        target = SwitchView(slot.credit_s, slot.profile.max_wait_s, urgent=slot.profile.pinned)
+        # A prefetched model is never evicted for room, so while another model is overdue it
+        # must take its turn at once (its victims drain) to keep the starvation bound.
+        overdue = slot.prefetched_bytes > 0 and any(
+            o is not slot and o.queue and not o.in_vram and o.credit_s >= o.profile.max_wait_s
+            for o in self._slots.values()
+        )
+        target = SwitchView(slot.credit_s, slot.profile.max_wait_s, urgent=slot.profile.pinned or overdue)
         if not should_switch(target, chosen, drain, self.settings):
             return
         contexts = tuple(v for v in victims if self._slots[v].tier is not Tier.VRAM)
@@ -494,6 +593,8 @@ class ResidencyCore:
         for process, slots in by_process.items():
             if any(s is target or s.profile.pinned or s.phase is not Phase.STEADY for s in slots):
                 continue
+            if any(s.prefetched_bytes and s.queue for s in slots):
+                continue  # its weights are back for work waiting: it wakes next, never stopped for room
             name = next(s for s in slots if s.engine_up).id
             views.append(VictimView(name, held[process], sum(s.gdsf_value for s in slots), busy=False,
                                     queued=sum(len(s.queue) for s in slots)))
@@ -511,8 +612,9 @@ class ResidencyCore:
                 continue
             if other.in_vram and other.phase is not Phase.RELEASING:
                 self._exited(other.id, now)
-            elif not other.in_vram and other.phase is Phase.STEADY:
-                other.engine_up, other.held_bytes = False, 0
+            elif not other.in_vram and other.phase in (Phase.STEADY, Phase.PREFETCHING):
+                other.engine_up, other.held_bytes, other.prefetched_bytes = False, 0, 0
+                other.phase = Phase.STEADY
                 if other.tier is Tier.HOST:
                     other.tier = Tier.DISK
 

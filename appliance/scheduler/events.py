@@ -72,9 +72,18 @@ class ReleaseDone:
     held_bytes: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Prefetched:
+    """A Prefetch completed: the sleeping model's weights are back in VRAM (not yet servable)."""
+
+    now: float
+    model: str
+
+
 class ActionKind(StrEnum):
     START = "start"
     WAKE = "wake"
+    PREFETCH = "prefetch"
     SLEEP = "sleep"
     UNLOAD = "unload"
     STOP = "stop"
@@ -82,7 +91,10 @@ class ActionKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ActionFailed:
-    """A Start, Wake, Sleep, Unload or Stop failed or missed its deadline."""
+    """A Start, Wake, Prefetch, Sleep, Unload or Stop failed or missed its deadline.
+
+    After a failed Start, Wake or Prefetch the driver has stopped the engine.
+    """
 
     now: float
     model: str
@@ -112,6 +124,7 @@ Event = (
     | RequestDone
     | RequestCancelled
     | EngineReady
+    | Prefetched
     | EngineExited
     | ReleaseDone
     | ActionFailed
@@ -132,6 +145,15 @@ class Start:
 @dataclass(frozen=True, slots=True)
 class Wake:
     """Bring the model into VRAM from host RAM (vLLM /wake_up, worker /load)."""
+
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Prefetch:
+    """Bring a sleeping model's weights back into VRAM without the rest (vLLM
+    /wake_up?tags=weights), while the model it does not fit beside still works; the Wake
+    that follows only allocates the rest (the KV cache)."""
 
     model: str
 
@@ -190,5 +212,5 @@ class Preempt:
     request_id: str
 
 
-Action = Start | Wake | Sleep | Unload | Stop | Dispatch | Reject | Preempt
+Action = Start | Wake | Prefetch | Sleep | Unload | Stop | Dispatch | Reject | Preempt
 ReleaseAction = Sleep | Unload | Stop

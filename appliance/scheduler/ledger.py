@@ -53,20 +53,23 @@ class Ledger:
 
     def held_by_process(self) -> dict[str, int]:
         """VRAM held by engine processes none of whose models is in VRAM (a slept engine's CUDA
-        context), counted once per process; a process that serves a model in VRAM holds nothing
-        extra (that model's measured footprint includes the context)."""
+        context, plus the weights a Prefetch brought back), counted once per process; a process
+        that serves a model in VRAM holds nothing extra (that model's measured footprint includes
+        the context)."""
         live = {self.process(s) for s in self.slots.values() if s.in_vram}
         held: dict[str, int] = {}
         for s in self.slots.values():
-            if s.engine_up and not s.in_vram and s.held_bytes > 0:
+            bytes_held = s.held_bytes + s.prefetched_bytes
+            if s.engine_up and not s.in_vram and bytes_held > 0:
                 p = self.process(s)
                 if p not in live:
-                    held[p] = max(held.get(p, 0), s.held_bytes)
+                    held[p] = max(held.get(p, 0), bytes_held)
         return held
 
     def activation_bytes(self, slot: ModelSlot) -> int:
         """What bringing the model into VRAM adds: its footprint less what its sleeping engine
-        process already holds there (the CUDA context a slept vLLM or ComfyUI keeps)."""
+        process already holds there (the CUDA context a slept vLLM or ComfyUI keeps, and weights
+        a Prefetch brought back)."""
         held = self.held_by_process().get(self.process(slot), 0) if not slot.in_vram else 0
         return max(0, self.footprints.of(slot.id) - held)
 
@@ -119,6 +122,7 @@ class Ledger:
                 queued=len(s.queue),
                 in_flight=len(s.in_flight),
                 footprint_bytes=self.footprints.of(s.id),
+                prefetched_bytes=s.prefetched_bytes,
             )
             for s in self.slots.values()
         }

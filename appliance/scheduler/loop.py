@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..catalog import CatalogError, load_catalog
 from ..config import Config, ModelConfig, WorkerEngine
 from ..engines.base import Adapter
 from ..engines.base import Tier as EngineTier
@@ -56,6 +57,8 @@ from .events import (
     Event,
     GpuSample,
     Preempt,
+    Prefetch,
+    Prefetched,
     Reject,
     ReleaseDone,
     RequestArrived,
@@ -123,7 +126,21 @@ def profile_for(mid: str, m: ModelConfig, config: Config, adapter: Adapter) -> M
         preemptible=config.scheduler.preemption and kind is ModelKind.LLM and resumable_engine(config, m.engine),
         engine=m.engine,
         release_unloads_process=adapter.release_unloads_all,
+        prefetch_bytes=prefetch_bytes(m, footprint, adapter),
     )
+
+
+def prefetch_bytes(m: ModelConfig, footprint: int, adapter: Adapter) -> int:
+    """The weights a staged wake brings back first (`models.X.weights_gb`, else the catalog's
+    size on disk), for engines that wake in stages (vLLM with sleep mode); 0 when unknown or
+    when the weights are not smaller than the footprint (nothing would be left to wake)."""
+    if not adapter.supports_prefetch:
+        return 0
+    weights = int(m.weights_gb * GIB)
+    if not weights and m.catalog:
+        with contextlib.suppress(CatalogError, KeyError):
+            weights = load_catalog().get(m.catalog).disk_bytes
+    return weights if 0 < weights < footprint else 0
 
 
 def max_wait_for(m: ModelConfig, config: Config, kind: ModelKind) -> float:
@@ -223,6 +240,7 @@ class ResidencyManager:
         self.core = ResidencyCore(
             profiles, budget,
             PolicySettings(preemption=config.scheduler.preemption, one_engine_at_a_time=config.scheduler.turn_taking,
+                           prefetch=config.scheduler.prefetch, restore=config.scheduler.restore,
                            max_start_failures=3, failure_backoff_s=1.0),
             measured=self.footprint_file.load(),
         )
@@ -272,7 +290,7 @@ class ResidencyManager:
             "models": {
                 mid: {"tier": v.tier.value, "phase": v.phase, "queued": v.queued, "in_flight": v.in_flight,
                       "footprint_bytes": v.footprint_bytes, "measured": self.core.footprints.is_measured(mid),
-                      "preemptions": self.preemptions.get(mid, 0)}
+                      "prefetched_bytes": v.prefetched_bytes, "preemptions": self.preemptions.get(mid, 0)}
                 for mid, v in snap.models.items()
             },
         }
@@ -396,6 +414,8 @@ class ResidencyManager:
         self.bus.publish(BusEvent("residency.action", action.model, {"action": type(action).__name__.lower()}))
         if isinstance(action, Start | Wake):
             self._spawn(self._activate(action))
+        elif isinstance(action, Prefetch):
+            self._spawn(self._prefetch(action.model))
         elif isinstance(action, Sleep | Unload):
             self._spawn(self._release(action))
         elif isinstance(action, Stop):
@@ -442,6 +462,23 @@ class ResidencyManager:
             self._post(ActionFailed(self._clock(), model, kind, str(exc)))
             return
         self._post(EngineReady(self._clock(), model))
+
+    async def _prefetch(self, model: str) -> None:
+        """Wake only the weights of a sleeping engine. It cannot sleep again half awake, so on
+        failure the engine is stopped: the core then counts nothing for it."""
+        eng = self.engines[self.model_engine[model]]
+        try:
+            if eng.state is not ProcessState.READY:
+                raise EngineUnavailable(f"{eng.name} is {eng.state.value}")
+            await eng.prefetch()
+        except Exception as exc:
+            log.warning("residency: prefetch %s failed: %s; stopping its engine", model, exc)
+            self._stopping.add(eng.name)
+            with contextlib.suppress(Exception):
+                await eng.stop()
+            self._post(ActionFailed(self._clock(), model, ActionKind.PREFETCH, str(exc)))
+            return
+        self._post(Prefetched(self._clock(), model))
 
     async def _release(self, action: Sleep | Unload) -> None:
         model = action.model

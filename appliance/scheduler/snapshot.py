@@ -22,6 +22,7 @@ class SlotView:
     queued: int
     in_flight: int
     footprint_bytes: int
+    prefetched_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ class Phase(Enum):
 
     STEADY = "steady"
     ACTIVATING = "activating"
+    PREFETCHING = "prefetching"  # a sleeping model's weights are on their way back (Prefetch)
     RELEASING = "releasing"
 
 
@@ -47,6 +48,9 @@ class ModelSlot:
     in_flight: dict[str, InFlight] = field(default_factory=dict)
     resumable: set[str] = field(default_factory=set)
     held_bytes: int = 0
+    # Weights a Prefetch brought back beside the held context (counted from its issue); the
+    # model stays not servable (tier HOST) until its Wake allocates the rest.
+    prefetched_bytes: int = 0
     # Waiting credit of the queue head: seconds it has waited while its model was neither
     # serving nor activating (the quantity the starvation bound limits). Accrues lazily.
     credit_s: float = 0.0
@@ -99,12 +103,14 @@ class ModelSlot:
 
     def became_ready(self, now: float) -> None:
         self.tier, self.phase, self.engine_up = Tier.VRAM, Phase.STEADY, True
+        self.prefetched_bytes = 0
         self.failures, self.draining, self.last_used = 0, False, now
 
     def release_verified(self, held_bytes: int | None) -> None:
         self.tier = self.release_to or Tier.DISK
         self.engine_up = not self.stopping
         self.held_bytes = (held_bytes or 0) if self.engine_up else 0
+        self.prefetched_bytes = 0
         self.phase, self.release_to = Phase.STEADY, None
         self.stopping = self.draining = False
 
@@ -117,4 +123,5 @@ class ModelSlot:
             self.tier = Tier.DISK
         self.engine_up, self.phase, self.draining = False, Phase.STEADY, False
         self.release_to, self.stopping, self.held_bytes = None, False, 0
+        self.prefetched_bytes = 0
         return lost

@@ -66,6 +66,11 @@ class ModelProfile:
     for two checkpoints); empty means a process of its own. release_unloads_process: releasing
     any of that process's models unloads all of them (ComfyUI's /free), so they are evicted
     together.
+    prefetch_bytes: what a weights-only wake adds in VRAM (vLLM `/wake_up?tags=weights`): a
+    sleeping model can bring its weights back beside a resident model it does not fit beside
+    whole, while that model still works, and the later wake only allocates the rest (its KV
+    cache). 0: the model has no staged wake. A model whose weights are back can only go down
+    again by stopping its engine (vLLM cannot sleep half awake).
     """
 
     id: str
@@ -86,6 +91,7 @@ class ModelProfile:
     typical_service_s: float = 10.0
     engine: str = ""
     release_unloads_process: bool = False
+    prefetch_bytes: int = 0
 
     def __post_init__(self) -> None:
         if self.footprint_bytes <= 0:
@@ -96,6 +102,8 @@ class ModelProfile:
             raise ValueError(f"model {self.id}: queue_limit must be at least 1")
         if self.max_wait_s <= 0:
             raise ValueError(f"model {self.id}: max_wait_s must be positive")
+        if not 0 <= self.prefetch_bytes < self.footprint_bytes:
+            raise ValueError(f"model {self.id}: prefetch_bytes must be at least 0 and below the footprint")
         if self.preemptible and self.kind is not ModelKind.LLM:
             raise ValueError(f"model {self.id}: only LLM streams can be preempted")
 

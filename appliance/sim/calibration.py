@@ -1,11 +1,12 @@
 """The one calibration table of the simulator: sizes, service times and swap costs.
 
 Owns: every number the simulator assumes about the box, with defaults from the public
-figures in SCHEDULING.md (marked there [U] where unverified): a 24 GB card less a 1.5 GB
-reserve, a 32B 4-bit LLM of 19.3 GB (prefill about 1,000 tokens/s, decode about 33
+figures in SCHEDULING.md (marked there [U] where unverified): a 24 GiB card (an RTX 3090)
+less the daemon's default 1.5 GiB reserve, a 32B 4-bit LLM of 19.3 GB (prefill about 1,000 tokens/s, decode about 33
 tokens/s at batch 1, sublinear batching, a KV cache of about 9k tokens), the SD3.5 fp8
 set of 14.8 GB at about 6 s an image, XTTS v2 at 1.9 GB with a real-time factor of 0.38,
-wake from host RAM 0.3 s + size / 24 GB/s, release 0.05 s, a cold vLLM start of 90 s,
+wake from host RAM 0.3 s + size / 24 GB/s (for the LLM in two stages when prefetched:
+its weights, then 0.1 s to map its KV cache [U]), release 0.05 s, a cold vLLM start of 90 s,
 loads from disk at 5 GB/s. `load_calibration` replaces any of them from a JSON or TOML
 file of a real box's measurements (same field names, nested by section).
 
@@ -23,6 +24,8 @@ from typing import Any
 from appliance.scheduler.policy import default_max_wait_s
 from appliance.scheduler.types import GB, ModelKind
 
+GIB = 1 << 30
+
 
 @dataclass(frozen=True, slots=True)
 class ModelCalibration:
@@ -31,6 +34,9 @@ class ModelCalibration:
     size_bytes: the weights, what a wake or a load moves. vram_bytes: what the model holds
     while resident (weights plus KV cache, activations, workspace); 0 means "compute it":
     for the LLM, weights plus its KV cache (`LlmCalibration.kv_tokens` x `kv_bytes_per_token`).
+    staged_wake_s: the second stage of a staged wake (vLLM /wake_up?tags=kv_cache after its
+    weights came back with tags=weights): the KV cache is mapped, nothing is copied. 0: the
+    model has no staged wake, so it cannot be prefetched.
     """
 
     id: str
@@ -44,6 +50,7 @@ class ModelCalibration:
     concurrency: int
     max_wait_s: float  # the policy's max_wait for this model (a setting, kept here with the model)
     vram_bytes: int = 0
+    staged_wake_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +86,8 @@ class SpeechCalibration:
 def _default_models() -> tuple[ModelCalibration, ...]:
     return (
         ModelCalibration(
-            "llm", ModelKind.LLM, int(19.3 * GB), 0.3, 0.05, 90.0, 1.5, 3.0, 16, default_max_wait_s(ModelKind.LLM)
+            "llm", ModelKind.LLM, int(19.3 * GB), 0.3, 0.05, 90.0, 1.5, 3.0, 16, default_max_wait_s(ModelKind.LLM),
+            staged_wake_s=0.1,
         ),
         ModelCalibration(
             "image", ModelKind.IMAGE, int(14.8 * GB), 0.3, 0.05, 18.0, 0.3, 2.0, 1, default_max_wait_s(ModelKind.IMAGE)
@@ -93,8 +101,8 @@ def _default_models() -> tuple[ModelCalibration, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Calibration:
-    vram_total_bytes: int = 24 * GB
-    vram_reserve_bytes: int = int(1.5 * GB)
+    vram_total_bytes: int = 24 * GIB  # an RTX 3090: 24 GiB, 25.8 GB
+    vram_reserve_bytes: int = int(1.5 * GIB)  # the daemon's gpu.reserve_gb default
     host_budget_bytes: int = 40 * GB
     host_bandwidth: float = 24.0 * GB  # pinned host RAM -> GPU, bytes/s
     disk_bandwidth: float = 5.0 * GB  # naive safetensors path from page cache/NVMe, bytes/s
@@ -128,6 +136,11 @@ class Calibration:
     def wake_s(self, model_id: str) -> float:
         m = self.model(model_id)
         return m.wake_fixed_s + m.size_bytes / self.host_bandwidth
+
+    def prefetch_bytes(self, model_id: str) -> int:
+        """What a prefetch brings back (the weights), for a model with a staged wake; else 0."""
+        m = self.model(model_id)
+        return m.size_bytes if m.staged_wake_s > 0 and m.size_bytes < self.vram_bytes(model_id) else 0
 
     def disk_load_s(self, model_id: str) -> float:
         m = self.model(model_id)

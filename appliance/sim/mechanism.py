@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from appliance.scheduler.events import Action, Sleep, Start, Stop, Unload, Wake
+from appliance.scheduler.events import Action, Prefetch, Sleep, Start, Stop, Unload, Wake
 from appliance.scheduler.types import ModelProfile, SwapCosts
 from appliance.sim.calibration import Calibration
 
@@ -25,12 +25,15 @@ class Mechanism(StrEnum):
     FREE = "free"
 
 
-def transition_s(mech: Mechanism, cal: Calibration, action: Action, engine_up: bool) -> float:
+def transition_s(mech: Mechanism, cal: Calibration, action: Action, engine_up: bool, staged: bool = False) -> float:
+    """`staged`: the model's weights are already back (a Prefetch), so a Wake maps the rest."""
     if mech is Mechanism.FREE:
         return 0.0
     m = cal.model(action.model)
     match action:
         case Wake():
+            return m.staged_wake_s if staged else cal.wake_s(m.id)
+        case Prefetch():
             return cal.wake_s(m.id)
         case Start():
             if mech is Mechanism.OLLAMA:
@@ -76,6 +79,7 @@ def profiles(
                 id=m.id,
                 kind=m.kind,
                 footprint_bytes=cal.vram_bytes(m.id),
+                prefetch_bytes=cal.prefetch_bytes(m.id) if mech in (Mechanism.SLEEP_WAKE, Mechanism.FREE) else 0,
                 host_bytes=m.size_bytes,
                 costs=profile_costs(mech, cal, m.id),
                 max_wait_s=(max_wait_s or {}).get(m.id, m.max_wait_s),

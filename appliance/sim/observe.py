@@ -163,12 +163,13 @@ class Observations:
 
     # --------------------------------------------------------- transitions
 
-    def transition_start(self, model: str, now: float, activation: bool, moved: int) -> None:
+    def transition_start(self, model: str, now: float, activation: bool, moved: int, counts: bool = True) -> None:
+        """`counts`: False for the second stage of a staged wake (the swap was counted at its prefetch)."""
         self._swap_clock(now)
         self.transitions += 1
         if activation:
             self.t[model].loading_since = now
-            if self.w.warmup_s <= now < self.w.horizon_s:
+            if counts and self.w.warmup_s <= now < self.w.horizon_s:
                 self.swaps += 1
                 self.moved_bytes += moved
 

@@ -24,6 +24,8 @@ from appliance.scheduler.events import (
     EngineReady,
     Event,
     Preempt,
+    Prefetch,
+    Prefetched,
     Reject,
     ReleaseDone,
     RequestArrived,
@@ -42,7 +44,7 @@ from appliance.sim.mechanism import Mechanism, transition_s
 from appliance.sim.observe import Observations
 from appliance.sim.workloads import RequestSpec, Workload
 
-ARRIVAL, GPU, READY, RELEASED, TICK = range(5)
+ARRIVAL, GPU, READY, RELEASED, TICK, PREFETCHED = range(6)
 BACKLOG_SAMPLE_S = 300.0
 EVENTS_PER_REQUEST = 200
 
@@ -59,9 +61,10 @@ class SimulationError(RuntimeError):
 
 @dataclass(slots=True)
 class _Residency:
-    state: str = "disk"  # disk | host | vram | loading | releasing
+    state: str = "disk"  # disk | host | prefetching | staged | vram | loading | releasing
     engine_up: bool = False
     release_to: str = "disk"
+    staged: bool = False  # only its weights are in VRAM (prefetching, staged, or stopping from there)
 
 
 @dataclass(slots=True)
@@ -85,6 +88,7 @@ class Simulation:
             self.res[model] = _Residency(state=state, engine_up=True)
         self.size = {m.id: m.size_bytes for m in cal.models}
         self.footprint = {m.id: cal.vram_bytes(m.id) for m in cal.models}
+        self.weights = {m.id: cal.prefetch_bytes(m.id) for m in cal.models}
         self.heap: list[tuple[float, int, int, object]] = []
         self.seq = 0
         self.now = 0.0
@@ -127,10 +131,15 @@ class Simulation:
                 self.res[data].state = "vram"
                 self.obs.transition_end(data, t, activation=True)
                 self._feed(EngineReady(t, data))
+            elif kind == PREFETCHED:
+                assert isinstance(data, str)
+                self.res[data].state = "staged"
+                self.obs.transition_end(data, t, activation=True)
+                self._feed(Prefetched(t, data))
             elif kind == RELEASED:
                 assert isinstance(data, str)
                 r = self.res[data]
-                r.state = r.release_to
+                r.state, r.staged = r.release_to, False
                 self.obs.transition_end(data, t, activation=False)
                 self._feed(ReleaseDone(t, data, 0))
             elif kind == TICK:
@@ -179,6 +188,8 @@ class Simulation:
                     self._dispatch(model, rid)
                 case Start() | Wake():
                     self._activate(action)
+                case Prefetch():
+                    self._prefetch(action)
                 case Sleep() | Unload() | Stop():
                     self._release(action)
                 case Reject(request_id=rid, status=status):
@@ -207,13 +218,25 @@ class Simulation:
 
     def _activate(self, action: Start | Wake) -> None:
         r = self.res[action.model]
-        if r.state not in ("disk", "host"):
+        staged = r.state == "staged"
+        if r.state not in ("disk", "host") and not (staged and isinstance(action, Wake)):
+            raise SimulationError(f"{action!r} while {action.model} is {r.state}")
+        duration = transition_s(self.cfg.mechanism, self.cal, action, r.engine_up, staged)
+        r.state, r.engine_up, r.staged = "loading", True, False
+        self._check_budget(action)
+        moved = 0 if staged else self.size[action.model]
+        self.obs.transition_start(action.model, self.now, activation=True, moved=moved, counts=not staged)
+        self._push(self.now + duration, READY, action.model)
+
+    def _prefetch(self, action: Prefetch) -> None:
+        r = self.res[action.model]
+        if r.state != "host" or not self.weights[action.model]:
             raise SimulationError(f"{action!r} while {action.model} is {r.state}")
         duration = transition_s(self.cfg.mechanism, self.cal, action, r.engine_up)
-        r.state, r.engine_up = "loading", True
+        r.state, r.staged = "prefetching", True
         self._check_budget(action)
         self.obs.transition_start(action.model, self.now, activation=True, moved=self.size[action.model])
-        self._push(self.now + duration, READY, action.model)
+        self._push(self.now + duration, PREFETCHED, action.model)
 
     def _release(self, action: Sleep | Unload | Stop) -> None:
         r = self.res[action.model]
@@ -221,7 +244,9 @@ class Simulation:
             r.state = "disk"
             r.engine_up = not isinstance(action, Stop)
             return
-        if r.state != "vram":
+        if r.staged and not isinstance(action, Stop):
+            raise SimulationError(f"{action!r} while {action.model} is half awake: it can only be stopped")
+        if r.state not in ("vram", "staged"):
             raise SimulationError(f"{action!r} while {action.model} is {r.state}")
         if self.gpu.engines[action.model].has_jobs():
             raise SimulationError(f"{action!r} while {action.model} has jobs in flight")
@@ -235,7 +260,11 @@ class Simulation:
     def _check_budget(self, action: Action) -> None:
         if not self.cfg.check_budget:
             return
-        used = sum(self.footprint[m] for m, r in self.res.items() if r.state in ("vram", "loading", "releasing"))
+        used = sum(
+            self.weights[m] if r.staged else self.footprint[m]
+            for m, r in self.res.items()
+            if r.state in ("vram", "loading", "releasing", "prefetching", "staged")
+        )
         if used > self.cal.vram_budget_bytes:
             raise SimulationError(f"{action!r} puts VRAM at {used} bytes over the budget")
 

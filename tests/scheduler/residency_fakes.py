@@ -22,6 +22,8 @@ from appliance.scheduler import (
     ModelProfile,
     PolicySettings,
     Preempt,
+    Prefetch,
+    Prefetched,
     Reject,
     ReleaseDone,
     Request,
@@ -77,6 +79,7 @@ class Driver:
     resident: dict[str, str] = field(default_factory=dict)  # model -> "loading" | "vram" | "releasing"
     running: dict[str, set[str]] = field(default_factory=dict)
     held: dict[str, int] = field(default_factory=dict)  # sleeping engines' VRAM (CUDA contexts)
+    half_awake: set[str] = field(default_factory=set)  # weights prefetched, the rest still asleep
     now: float = 0.0
 
     @classmethod
@@ -140,6 +143,10 @@ class Driver:
         del self.resident[model]
         return self.feed(ReleaseDone(at, model, int(held_gb * GB)))
 
+    def prefetched(self, model: str, at: float) -> list[Action]:
+        assert model in self.half_awake, f"{model} was not being prefetched"
+        return self.feed(Prefetched(at, model))
+
     def tick(self, at: float) -> list[Action]:
         return self.feed(Tick(at))
 
@@ -153,9 +160,18 @@ class Driver:
                 assert m not in self.resident, f"{action} while {m} is {self.resident[m]}"
                 self.resident[m] = "loading"
                 self.held.pop(m, None)  # the engine's context is part of its footprint again
+                self.half_awake.discard(m)
+                used = sum(self.core.footprints.of(x) for x in self.resident) + self._contexts()
+                assert used <= self.budget_bytes, f"{action} over the VRAM budget: {used}"
+            case Prefetch():
+                assert m not in self.resident and m not in self.half_awake, f"{action} twice or while resident"
+                self.half_awake.add(m)
+                self.held[m] = self.held.get(m, 0) + self.core.ledger.slots[m].profile.prefetch_bytes
                 used = sum(self.core.footprints.of(x) for x in self.resident) + self._contexts()
                 assert used <= self.budget_bytes, f"{action} over the VRAM budget: {used}"
             case Sleep() | Unload() | Stop():
+                assert isinstance(action, Stop) or m not in self.half_awake, f"{action}: half-awake vLLM cannot sleep"
+                self.half_awake.discard(m)
                 if m in self.resident:
                     assert not self.running.get(m), f"{action} while {m} runs {self.running[m]}"
                     self.resident[m] = "releasing"

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance.scheduler import Dispatch, Event, PolicySettings, RequestArrived, Wake
+from appliance.scheduler import Dispatch, Event, PolicySettings, Prefetch, RequestArrived, Sleep, Wake
 from appliance.scheduler.events import Action
 from appliance.sim import workloads
 from appliance.sim.calibration import Calibration, load_calibration
-from appliance.sim.mechanism import Mechanism
+from appliance.sim.mechanism import Mechanism, transition_s
 from appliance.sim.policies import simulate
 from appliance.sim.runner import SimConfig, SimulationError, run
 from appliance.sim.workloads import RequestSpec, Workload
@@ -116,6 +116,20 @@ def test_runner_refuses_vram_over_budget() -> None:
         run(one_request_workload(), _Scripted([Wake("llm"), Wake("image")]), CAL, config)
 
 
+def test_runner_refuses_to_sleep_a_half_awake_llm() -> None:
+    config = SimConfig(Mechanism.SLEEP_WAKE, initial_state={"llm": "host"})
+    with pytest.raises(SimulationError, match="half awake"):
+        run(one_request_workload(), _Scripted([Prefetch("llm"), Sleep("llm")]), CAL, config)
+
+
+def test_a_prefetch_moves_the_weights_and_its_wake_only_maps_the_kv_cache() -> None:
+    llm = CAL.model("llm")
+    assert CAL.prefetch_bytes("llm") == llm.size_bytes and CAL.prefetch_bytes("speech") == 0
+    assert CAL.prefetch_bytes("llm") + CAL.vram_bytes("speech") <= CAL.vram_budget_bytes  # 19.3 + 3.4 GB
+    assert transition_s(Mechanism.SLEEP_WAKE, CAL, Prefetch("llm"), True) == CAL.wake_s("llm")
+    assert transition_s(Mechanism.SLEEP_WAKE, CAL, Wake("llm"), True, staged=True) == llm.staged_wake_s == 0.1
+
+
 def test_calibration_is_replaceable_from_json_and_toml(tmp_path: Path) -> None:
     js = tmp_path / "box.json"
     js.write_text(json.dumps({"host_bandwidth": 12e9, "llm": {"decode_tps": 40.0},
@@ -127,7 +141,7 @@ def test_calibration_is_replaceable_from_json_and_toml(tmp_path: Path) -> None:
     toml = tmp_path / "box.toml"
     toml.write_text('vram_reserve_bytes = 2000000000\n[speech]\nreal_time_factor = 0.2\n')
     cal = load_calibration(toml)
-    assert cal.vram_budget_bytes == 22_000_000_000 and cal.speech.real_time_factor == 0.2
+    assert cal.vram_budget_bytes == 24 * 2**30 - 2_000_000_000 and cal.speech.real_time_factor == 0.2
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"llm": {"decode_tokens": 1}}))
     with pytest.raises(ValueError, match="decode_tokens"):

@@ -191,6 +191,12 @@ class Engine:
         if level == 0:
             self.paused = True
             return
+        if self.asleep and set(self.asleep) != set(TAGS):
+            # Half awake (only some tags woken): vLLM's CuMemAllocator.sleep() unmaps every
+            # allocation, including the ones still asleep, and fails in the CUDA driver.
+            raise ApiError(500, "InternalServerError",
+                           f"Cannot sleep while partly awake ({sorted(self.asleep)} still asleep); "
+                           "wake everything first.")
         for tag in tags or TAGS:
             if tag == "weights":
                 if level == 2:
