@@ -3,7 +3,9 @@ stand-ins' own argument parsers), and their activate/release against the stand-i
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -90,60 +92,58 @@ def test_openwebui_is_wired_to_the_gateway(tmp_path: Path) -> None:
     assert env["WEBUI_SECRET_KEY"] == a.environment()["WEBUI_SECRET_KEY"]  # generated once, then kept
 
 
-async def test_vllm_adapter_sleeps_and_wakes_the_standin_at_both_levels(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def vllm_standin(tmp_path: Path, **knobs: str) -> AsyncIterator[tuple[VllmAdapter, aiohttp.ClientSession,
+                                                                          FakeGpuProbe, str]]:
+    """The vLLM stand-in (20 GiB on a 24 GiB fake GPU) started from the adapter's own command line,
+    ready; yields the adapter, a session, the fake GPU and the server's base URL."""
     fake = tmp_path / "gpu"
     fake.mkdir()
     port = free_port()
     c = ctx(tmp_path, {"vllm": vllm_engine(port)}, {"chat": {"engine": "vllm", "modality": "text"}})
     adapter = VllmAdapter("vllm", c, gpu_fraction=0.8)
     spec = adapter.launch_spec()
-    env = {**spec.env, "APPLIANCE_FAKE_GPU_DIR": str(fake), "VLLM_STANDIN_FOOTPRINT_BYTES": str(20 * GIB)}
-    gpu = FakeGpuProbe(fake, 24 * GIB)
+    env = {**spec.env, "APPLIANCE_FAKE_GPU_DIR": str(fake), "VLLM_STANDIN_FOOTPRINT_BYTES": str(20 * GIB),
+           **{f"VLLM_STANDIN_{k.upper()}": v for k, v in knobs.items()}}
     with start(spec.argv, env=env, port=port) as server:
         async with aiohttp.ClientSession() as session:
             await async_wait_until(lambda: adapter.probe(session), 20, message="vLLM stand-in ready")
-            assert gpu.snapshot().used_bytes == 20 * GIB
-            for tier in (Tier.HOST, Tier.DISK):
-                await adapter.release(session, tier)
-                assert await adapter.is_sleeping(session)
-                assert gpu.snapshot().used_bytes < 2 * GIB
-                await adapter.activate(session)
-                assert not await adapter.is_sleeping(session)
-                body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-                async with session.post(server.url("/v1/chat/completions"), json=body) as r:
-                    assert r.status == 200, await r.text()  # after level 2, only with reload_weights
-            assert gpu.snapshot().used_bytes == 20 * GIB
+            yield adapter, session, FakeGpuProbe(fake, 24 * GIB), server.url("")
+
+
+async def test_vllm_adapter_sleeps_and_wakes_the_standin_at_both_levels(tmp_path: Path) -> None:
+    async with vllm_standin(tmp_path) as (adapter, session, gpu, url):
+        assert gpu.snapshot().used_bytes == 20 * GIB
+        for tier in (Tier.HOST, Tier.DISK):
+            await adapter.release(session, tier)
+            assert await adapter.is_sleeping(session)
+            assert gpu.snapshot().used_bytes < 2 * GIB
+            await adapter.activate(session)
+            assert not await adapter.is_sleeping(session)
+            body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+            async with session.post(url + "/v1/chat/completions", json=body) as r:
+                assert r.status == 200, await r.text()  # after level 2, only with reload_weights
+        assert gpu.snapshot().used_bytes == 20 * GIB
 
 
 async def test_vllm_adapter_prefetches_the_weights_then_wakes_the_kv_cache(tmp_path: Path) -> None:
-    fake = tmp_path / "gpu"
-    fake.mkdir()
-    port = free_port()
-    c = ctx(tmp_path, {"vllm": vllm_engine(port)}, {"chat": {"engine": "vllm", "modality": "text"}})
-    adapter = VllmAdapter("vllm", c, gpu_fraction=0.8)
-    assert adapter.supports_prefetch
-    spec = adapter.launch_spec()
-    env = {**spec.env, "APPLIANCE_FAKE_GPU_DIR": str(fake), "VLLM_STANDIN_FOOTPRINT_BYTES": str(20 * GIB),
-           "VLLM_STANDIN_WEIGHTS_FRACTION": "0.8"}
-    gpu = FakeGpuProbe(fake, 24 * GIB)
-    with start(spec.argv, env=env, port=port):
-        async with aiohttp.ClientSession() as session:
-            await async_wait_until(lambda: adapter.probe(session), 20, message="vLLM stand-in ready")
-            with pytest.raises(ControlError, match="level 1"):
-                await adapter.prefetch(session)  # awake: nothing to prefetch
-            await adapter.release(session, Tier.HOST)
-            slept = gpu.snapshot().used_bytes
-            await adapter.prefetch(session)
-            assert await adapter.is_sleeping(session)  # the KV cache still sleeps
-            assert gpu.snapshot().used_bytes == slept + 16 * GIB  # the weights are back
-            with pytest.raises(ControlError, match="partly awake"):
-                await adapter.release(session, Tier.HOST)  # why the scheduler never sleeps it half awake
-            await adapter.activate(session)
-            assert not await adapter.is_sleeping(session)
-            assert gpu.snapshot().used_bytes == 20 * GIB
-            await adapter.release(session, Tier.DISK)
-            with pytest.raises(ControlError, match="level 1"):
-                await adapter.prefetch(session)  # level 2 discarded the weights
+    async with vllm_standin(tmp_path, weights_fraction="0.8") as (adapter, session, gpu, _):
+        assert adapter.supports_prefetch
+        with pytest.raises(ControlError, match="level 1"):
+            await adapter.prefetch(session)  # awake: nothing to prefetch
+        await adapter.release(session, Tier.HOST)
+        slept = gpu.snapshot().used_bytes
+        await adapter.prefetch(session)
+        assert await adapter.is_sleeping(session)  # the KV cache still sleeps
+        assert gpu.snapshot().used_bytes == slept + 16 * GIB  # the weights are back
+        with pytest.raises(ControlError, match="partly awake"):
+            await adapter.release(session, Tier.HOST)  # why the scheduler never sleeps it half awake
+        await adapter.activate(session)
+        assert not await adapter.is_sleeping(session)
+        assert gpu.snapshot().used_bytes == 20 * GIB
+        await adapter.release(session, Tier.DISK)
+        with pytest.raises(ControlError, match="level 1"):
+            await adapter.prefetch(session)  # level 2 discarded the weights
 
 
 def test_comfyui_points_at_pulled_models(tmp_path: Path) -> None:
