@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +22,7 @@ from standins.launch import async_wait_until
 from appliance.app import Appliance
 from appliance.config import parse_config
 from appliance.events import Event
+from appliance.gpu import FakeGpuProbe
 
 GIB = 1 << 30
 BUDGET = 24 * GIB
@@ -49,15 +49,9 @@ async def until(pred: Callable[[], bool], what: str, limit_s: float = 20.0) -> N
 
 
 def fake_gpu_used(directory: Path) -> int:
-    total = 0
-    for f in directory.glob("*.json"):
-        try:
-            data = json.loads(f.read_text())
-            os.kill(int(data["pid"]), 0)
-        except (OSError, ValueError, KeyError):
-            continue
-        total += int(data["used_bytes"])
-    return total
+    """What the daemon's own probe reads: live processes only (a SIGKILLed engine whose parent died
+    stays a zombie where pid 1 does not reap, and holds no GPU memory)."""
+    return FakeGpuProbe(directory, BUDGET).snapshot().used_bytes
 
 
 class Rig:
@@ -331,6 +325,29 @@ async def test_crash_during_a_swap_leaves_the_scheduler_consistent(tmp_path: Pat
         assert isinstance(models, dict)
         assert {models["chat"]["tier"], models["img"]["tier"]} <= {"vram", "host", "disk"}
         assert all(m["queued"] == 0 and m["in_flight"] == 0 for m in models.values())
+        assert r.peak <= BUDGET
+
+
+async def test_a_crash_of_a_half_awake_vllm_leaves_its_waiter_to_a_cold_start(tmp_path: Path) -> None:
+    """vLLM dies with its weights prefetched and its KV cache still asleep: the core forgets its host
+    copy and its prefetched weights, and the waiting chat is served after a cold start."""
+    vllm_env = {"VLLM_STANDIN_WEIGHTS_FRACTION": "0.8"}
+    async with rig(tmp_path, chat_gib=21, vllm_env=vllm_env, chat_config={"weights_gb": 16.8}) as r:
+        await r.chat()
+        models = lambda: r.app.residency.snapshot()["models"]  # type: ignore[no-any-return]  # noqa: E731
+        async with r.app.residency.lease("voice"):
+            chat = asyncio.ensure_future(r.chat())
+            await until(lambda: models()["chat"]["prefetched_bytes"] > 0 and models()["chat"]["phase"] == "steady",
+                        "the chat's weights to be back")
+            pid = r.app.engines["vllm"].process.pid
+            assert pid is not None
+            os.killpg(pid, signal.SIGKILL)
+            await until(lambda: models()["chat"]["prefetched_bytes"] == 0, "the core to count the crash")
+            assert models()["chat"]["tier"] == "disk" and models()["chat"]["queued"] == 1
+        await asyncio.wait_for(chat, 60.0)
+        assert ("start", "chat") in r.actions[r.actions.index(("prefetch", "chat")):]
+        snap = r.app.residency.snapshot()
+        assert snap["vram_used_bytes"] <= snap["vram_budget_bytes"]  # type: ignore[operator]
         assert r.peak <= BUDGET
 
 
