@@ -33,6 +33,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
+from .standin_common import pid_alive
+
 STANDINS_DIR = Path(__file__).resolve().parent
 VLLM_SCRIPT = STANDINS_DIR / "vllm_standin.py"
 COMFYUI_SCRIPT = STANDINS_DIR / "comfyui_standin.py"
@@ -242,22 +244,6 @@ def connection_refused(host: str, port: int) -> bool:
 
 
 # --- fake GPU ---------------------------------------------------------------------------------------
-
-
-def pid_alive(pid: int) -> bool:
-    """Alive and not a zombie (a zombie holds no memory: the probe must not count it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 @dataclass(frozen=True)

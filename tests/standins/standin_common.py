@@ -116,6 +116,22 @@ class FakeGpuReport:
                 os.remove(path)
 
 
+def pid_alive(pid: int) -> bool:
+    """Alive and not a zombie (a zombie holds no memory: the probe must not count it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def fake_gpu_total_used(directory: str | None) -> int:
     """Sum of ``used_bytes`` over live processes in the fake-GPU dir (like NVML's used memory)."""
     if directory is None:
@@ -132,8 +148,9 @@ def fake_gpu_total_used(directory: str | None) -> int:
             with open(os.path.join(directory, name), encoding="utf-8") as fh:
                 entry = json.load(fh)
             pid = int(entry["pid"])
-            os.kill(pid, 0)
         except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not pid_alive(pid):
             continue
         total += int(entry.get("used_bytes", 0))
     return total
