@@ -68,6 +68,7 @@ def run_one(task: tuple[str, float, int, str, float, str | None, bool, bool]) ->
         "class": {c: [percentile(s.latency.get(c, []), q) for q in (50, 95, 99)] for c in CLASSES},
         "lb0": percentile(s.own_service, 95),
         "swaps_h": s.swaps_per_hour, "gb_h": s.gb_moved_per_hour, "swap_frac": s.swap_time_fraction,
+        "stall_frac": s.swap_stall_fraction,
         "starve_s": s.starvation_max_s, "violations": s.starvation_violations,
         "unstable": s.unstable, "incomplete": s.incomplete,
     }  # fmt: skip
@@ -111,6 +112,7 @@ def print_table(k: str, rows: dict[str, list[dict[str, Any]]]) -> None:
           " the starvation bound; viol: requests over our bound, for baselines only as a comparison)")
     head = (
         f"{'policy':18s} {'p50':>11s} {'p95':>12s} {'p99':>12s} {'swaps/h':>10s} {'GB/h':>12s} {'swap %':>10s}"
+        f" {'stall %':>10s}"
         f" {'starve max':>11s} {'viol':>4s}   per class p50 / p95 / p99"
     )
     print(head)
@@ -132,6 +134,7 @@ def print_table(k: str, rows: dict[str, list[dict[str, Any]]]) -> None:
             f"{policy:18s} {fmt(mean_ci(r['p50'] for r in rs)):>11s} {fmt(mean_ci(r['p95'] for r in rs)):>12s}"
             f" {fmt(mean_ci(r['p99'] for r in rs)):>12s} {fmt(mean_ci(r['swaps_h'] for r in rs)):>10s}"
             f" {fmt(mean_ci(r['gb_h'] for r in rs)):>12s} {fmt(mean_ci(100 * r['swap_frac'] for r in rs), 2):>10s}"
+            f" {fmt(mean_ci(100 * r['stall_frac'] for r in rs), 2):>10s}"
             f" {fmt(mean_ci(r['starve_s'] for r in rs)):>11s} {sum(r['violations'] for r in rs):>4d}   {per_class}"
         )
     print(f"{'LB0 (own service)':18s} {'':>11s} {fmt(mean_ci(r['lb0'] for r in rows['ours'])):>12s}")

@@ -50,6 +50,7 @@ class RunSummary:
     swaps_per_hour: float
     gb_moved_per_hour: float
     swap_time_fraction: float
+    swap_stall_fraction: float  # of which no job ran: the GPU waited for the swap
     starvation_max_s: float
     starvation_violations: int
     unstable: bool
@@ -89,6 +90,8 @@ class Observations:
         self.transitions = 0
         self.swap_mark = 0.0
         self.swap_time = 0.0
+        self.stall_time = 0.0
+        self.running = 0
         self.seq = 0
         self.end = 0.0
         self.aborted = False
@@ -156,6 +159,8 @@ class Observations:
         self.arrival.pop(rid, None)
 
     def _jobs_change(self, model: str, now: float, delta: int) -> None:
+        self._swap_clock(now)
+        self.running += delta
         tr = self.t[model]
         tr.busy_cum = tr.busy_at(now)
         tr.busy_mark = now
@@ -187,6 +192,8 @@ class Observations:
             hi = min(now, self.w.horizon_s)
             if hi > lo:
                 self.swap_time += hi - lo
+                if self.running == 0:
+                    self.stall_time += hi - lo
         self.swap_mark = now
 
     def sample_backlog(self, when: float) -> None:
@@ -221,6 +228,7 @@ class Observations:
             swaps_per_hour=self.swaps / window_h,
             gb_moved_per_hour=self.moved_bytes / 1e9 / window_h,
             swap_time_fraction=self.swap_time / (w.horizon_s - w.warmup_s),
+            swap_stall_fraction=self.stall_time / (w.horizon_s - w.warmup_s),
             starvation_max_s=worst,
             starvation_violations=violations,
             unstable=self.aborted or _growing(samples),
