@@ -9,20 +9,19 @@ deadline, stop every engine in stages, close the probe.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from .catalog import CatalogError, load_catalog
+from .catalog import Catalog, load_catalog
 from .config import Config, VllmEngine
 from .downloads import Downloads
 from .engines.base import EngineContext
 from .engines.engine import Engine, build_adapter, enabled_engines
 from .events import EventBus
 from .gpu import GIB_BYTES, DeclaredProbe, FakeGpuProbe, GpuProbe, NvmlProbe, detect_probe
-from .scheduler.loop import ResidencyManager
+from .scheduler.loop import ResidencyManager, weights_bytes
 from .scheduler.sizing import size_vllm
 from .supervisor.launcher import Launcher, OsLauncher, PidFile
 from .usage import MemoryUsageSink, UsageSink
@@ -43,13 +42,15 @@ def make_probe(config: Config) -> GpuProbe:
     return detect_probe(declared, g.index)
 
 
-def vllm_sizing(config: Config, engine: str, gpu_total_bytes: int) -> tuple[float, int] | None:
+def vllm_sizing(config: Config, engine: str, gpu_total_bytes: int,
+                catalog: Catalog | None = None) -> tuple[float, int] | None:
     """`--gpu-memory-utilization` and `--max-model-len` for a vLLM engine whose config says "auto".
 
     vLLM takes exactly the VRAM the scheduler budgets for its model (`models.X.vram_gb`: weights,
     KV cache and overhead), so everything else stays free for co-resident models, instead of
     vLLM's 0.9 default. The length is what that KV budget holds (capped by a configured length).
-    None when there is nothing to size (no GPU, not a vLLM engine, both values given).
+    None when there is nothing to size (no GPU, not a vLLM engine, both values given). The weights
+    come from `models.X.weights_gb`, else from `catalog`.
     """
     eng = config.engines[engine]
     if not isinstance(eng, VllmEngine) or gpu_total_bytes <= 0:
@@ -58,11 +59,7 @@ def vllm_sizing(config: Config, engine: str, gpu_total_bytes: int) -> tuple[floa
         return None
     models = [config.models[m] for m in config.models_of(engine)]
     budget = int(max((m.vram_gb for m in models), default=0.9 * gpu_total_bytes / GIB_BYTES) * GIB_BYTES)
-    weights = 0
-    for m in models:
-        if m.catalog:
-            with contextlib.suppress(CatalogError, KeyError):
-                weights = max(weights, load_catalog().get(m.catalog).disk_bytes)
+    weights = max((weights_bytes(m, catalog) for m in models), default=0)
     if weights <= 0:
         weights = int(budget * 0.75)  # unknown model: assume a quarter of the budget for KV cache
     reserve = int(config.gpu.reserve_gb * GIB_BYTES)
@@ -100,13 +97,14 @@ class Appliance:
         gateway_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.ctx = EngineContext(config, self.state_dir, f"http://{gateway_host}:{port}")
         total = self.gpu.snapshot().total_bytes
+        catalog = load_catalog(config.server.catalog_file or None)
         self.engines: dict[str, Engine] = {
-            name: Engine(build_adapter(name, self.ctx, vllm_sizing(config, name, total)), self.launcher,
+            name: Engine(build_adapter(name, self.ctx, vllm_sizing(config, name, total, catalog)), self.launcher,
                          self.bus, self.gpu)
             for name in enabled_engines(config)
         }
-        self.residency = ResidencyManager(config, self.engines, self.gpu, self.bus, self.state_dir)
-        catalog = load_catalog(config.server.catalog_file or None)
+        self.residency = ResidencyManager(config, self.engines, self.gpu, self.bus, self.state_dir,
+                                          catalog=catalog)
         self.downloads = Downloads(catalog, self.state_dir / "models", self.bus, set(config.licences.accepted),
                                    hub_endpoint, hub_token)
         self.usage: UsageSink = MemoryUsageSink()  # the data layer replaces it with a durable store

@@ -146,6 +146,23 @@ async def test_vllm_adapter_prefetches_the_weights_then_wakes_the_kv_cache(tmp_p
             await adapter.prefetch(session)  # level 2 discarded the weights
 
 
+def test_prefetched_weights_come_from_the_config_else_the_daemons_catalog(tmp_path: Path) -> None:
+    from appliance.catalog import load_catalog
+    from appliance.scheduler.loop import prefetch_bytes
+
+    c = ctx(tmp_path, {"vllm": vllm_engine(free_port())},
+            {"chat": {"engine": "vllm", "modality": "text", "vram_gb": 21.0, "catalog": "qwen2.5-32b-instruct-awq"}})
+    adapter = VllmAdapter("vllm", c)
+    m = c.config.models["chat"]
+    footprint = 21 * GIB
+    catalog = load_catalog()
+    assert prefetch_bytes(m, footprint, adapter, catalog) == catalog.get("qwen2.5-32b-instruct-awq").disk_bytes
+    assert prefetch_bytes(m, footprint, adapter, None) == 0  # no catalog given and no weights_gb: unknown
+    own = m.model_copy(update={"weights_gb": 16.0})
+    assert prefetch_bytes(own, footprint, adapter, None) == 16 * GIB
+    assert prefetch_bytes(own, 16 * GIB, adapter, None) == 0  # nothing would be left to wake after the weights
+
+
 def test_comfyui_points_at_pulled_models(tmp_path: Path) -> None:
     c = ctx(tmp_path, {"comfyui": {"kind": "comfyui", "path": str(tmp_path)}},
             {"sd": {"engine": "comfyui", "modality": "image", "catalog": "sd3.5-large-turbo-comfyui"}})
@@ -171,15 +188,16 @@ def test_xtts_licence_flag_only_once_accepted(tmp_path: Path) -> None:
 
 def test_vllm_is_sized_to_its_budget_not_to_vllms_default(tmp_path: Path) -> None:
     from appliance.app import vllm_sizing
+    from appliance.catalog import load_catalog
 
     doc = {"engines": {"vllm": {"kind": "vllm", "model": "Qwen/Qwen2.5-32B-Instruct-AWQ"}},
            "models": {"qwen": {"engine": "vllm", "modality": "text", "vram_gb": 21.0,
                                "catalog": "qwen2.5-32b-instruct-awq"}}}
     cfg = parse_config(doc, "test")
-    frac, max_len = vllm_sizing(cfg, "vllm", 24 * GIB) or (0.0, 0)
+    frac, max_len = vllm_sizing(cfg, "vllm", 24 * GIB, load_catalog()) or (0.0, 0)
     assert frac == 0.875  # 21 GiB of 24: the other 3 GiB stay free for co-resident models
     assert max_len >= 2048 and max_len % 16 == 0
     smaller = parse_config({**doc, "models": {"qwen": {**doc["models"]["qwen"], "vram_gb": 20.5}}}, "test")
-    frac2, max_len2 = vllm_sizing(smaller, "vllm", 24 * GIB) or (0.0, 0)
+    frac2, max_len2 = vllm_sizing(smaller, "vllm", 24 * GIB, load_catalog()) or (0.0, 0)
     assert frac2 < frac and max_len2 < max_len  # less VRAM: less KV cache, shorter context
     assert vllm_sizing(cfg, "vllm", 0) is None  # no GPU: nothing to size

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..catalog import CatalogError, load_catalog
+from ..catalog import Catalog, CatalogError
 from ..config import Config, ModelConfig, WorkerEngine
 from ..engines.base import Adapter
 from ..engines.base import Tier as EngineTier
@@ -94,7 +94,8 @@ def resumable_engine(config: Config, engine: str) -> bool:
     return eng.kind == "vllm" or (isinstance(eng, WorkerEngine) and eng.worker == "text")
 
 
-def profile_for(mid: str, m: ModelConfig, config: Config, adapter: Adapter) -> ModelProfile:
+def profile_for(mid: str, m: ModelConfig, config: Config, adapter: Adapter,
+                catalog: Catalog | None = None) -> ModelProfile:
     """A model's scheduling profile from its configuration (estimates until measured)."""
     engine_kind = config.engines[m.engine].kind
     footprint = int(m.vram_gb * GIB)
@@ -126,20 +127,26 @@ def profile_for(mid: str, m: ModelConfig, config: Config, adapter: Adapter) -> M
         preemptible=config.scheduler.preemption and kind is ModelKind.LLM and resumable_engine(config, m.engine),
         engine=m.engine,
         release_unloads_process=adapter.release_unloads_all,
-        prefetch_bytes=prefetch_bytes(m, footprint, adapter),
+        prefetch_bytes=prefetch_bytes(m, footprint, adapter, catalog),
     )
 
 
-def prefetch_bytes(m: ModelConfig, footprint: int, adapter: Adapter) -> int:
-    """The weights a staged wake brings back first (`models.X.weights_gb`, else the catalog's
-    size on disk), for engines that wake in stages (vLLM with sleep mode); 0 when unknown or
-    when the weights are not smaller than the footprint (nothing would be left to wake)."""
-    if not adapter.supports_prefetch:
-        return 0
-    weights = int(m.weights_gb * GIB)
-    if not weights and m.catalog:
+def weights_bytes(m: ModelConfig, catalog: Catalog | None) -> int:
+    """A model's weights alone: `models.X.weights_gb`, else its catalog entry's size on disk; 0
+    when unknown."""
+    if m.weights_gb:
+        return int(m.weights_gb * GIB)
+    if catalog is not None and m.catalog:
         with contextlib.suppress(CatalogError, KeyError):
-            weights = load_catalog().get(m.catalog).disk_bytes
+            return catalog.get(m.catalog).disk_bytes
+    return 0
+
+
+def prefetch_bytes(m: ModelConfig, footprint: int, adapter: Adapter, catalog: Catalog | None) -> int:
+    """The weights a staged wake brings back first, for engines that wake in stages (vLLM with
+    sleep mode); 0 when unknown or when the weights are not smaller than the footprint (nothing
+    would be left to wake)."""
+    weights = weights_bytes(m, catalog) if adapter.supports_prefetch else 0
     return weights if 0 < weights < footprint else 0
 
 
@@ -217,7 +224,10 @@ class _Waiter:
 
 class ResidencyManager:
     def __init__(self, config: Config, engines: dict[str, Engine], gpu: GpuProbe, bus: EventBus,
-                 state_dir: Path, clock: Callable[[], float] | None = None) -> None:
+                 state_dir: Path, clock: Callable[[], float] | None = None,
+                 catalog: Catalog | None = None) -> None:
+        """`catalog`: where models' weights are looked up (for prefetch) when the configuration
+        does not give them."""
         self.config = config
         self.engines = engines
         self.gpu = gpu
@@ -230,7 +240,7 @@ class ResidencyManager:
                            if runs_on_cpu(config, eng, has_gpu=snap.kind != "declared")}
         self._direct = DirectResidency(engines, self.model_engine)
         profiles = [
-            profile_for(mid, config.models[mid], config, engines[eng].adapter)
+            profile_for(mid, config.models[mid], config, engines[eng].adapter, catalog)
             for mid, eng in self.model_engine.items() if mid not in self.cpu_models
         ]
         budget = MemoryBudget(
