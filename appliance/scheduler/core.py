@@ -235,8 +235,8 @@ class ResidencyCore:
         if request.id in self._where:
             raise ValueError(f"request id {request.id} is already known to the scheduler")
         slot = self._slots.get(request.model)
-        if slot is not None and self._last_done is not None and self._paused(now):
-            self._forecast.observe(self._last_done, request.model)
+        if self.settings.restore and slot is not None and self._last_done is not None and self._paused(now):
+            self._forecast.observe(self._last_done, request.model)  # only restore reads the forecast
         fits = self.ledger.fits_ever(slot) if slot is not None else False
         rejection = admission.admit(request, slot, now, fits, self.settings)
         if rejection is not None:
