@@ -12,87 +12,48 @@ race: without preemption the image could only start after the stream ends.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from daemon_harness import comfyui_engine, free_port, vllm_engine
+from daemon_harness import free_port, vllm_engine
 
 from .conftest import Gateway, launch, wait_until
+from .preemption_box import GIB, image_box, stream_beside_image
 
-GIB = 1 << 30
 PROMPT = "one two three four five six seven"
 TOKENS = 120  # 6 s at 20 tokens/s: far longer than the image's max_wait
 
 
 @pytest.fixture(scope="module")
 def gw(module_tmp: Path) -> Iterator[Gateway]:
-    doc: dict[str, Any] = {
-        "server": {"keepalive_interval_s": 0.2, "load_deadline_s": 60.0},
-        "gpu": {"probe": "fake", "fake_dir": str(module_tmp / "fakegpu"), "declared_total_gb": 24,
-                "reserve_gb": 1.5, "host_ram_budget_gb": 64, "sample_interval_s": 0.2},
-        "scheduler": {"preemption": True, "max_wait_s": 1.0},
-        "engines": {
-            "vllm": vllm_engine(free_port(), sleep_mode=True,
-                                env={"VLLM_STANDIN_FOOTPRINT_BYTES": str(20 * GIB), "VLLM_STANDIN_TOKENS_PER_S": "20"}),
-            "comfyui": comfyui_engine(free_port(), env={"COMFYUI_STANDIN_FOOTPRINT_BYTES": str(15 * GIB),
-                                                        "COMFYUI_STANDIN_IMAGE_S": "1.0"}),
-        },
-        "models": {
-            "chat": {"engine": "vllm", "modality": "text", "vram_gb": 20, "max_wait_s": 30.0,
-                     "max_tokens_cap": 512},
-            "img": {"engine": "comfyui", "modality": "image", "vram_gb": 15, "workflow": "checkpoint",
-                    "checkpoint": "model.safetensors"},
-        },
-    }
-    g = launch(module_tmp, doc)
+    vllm = vllm_engine(free_port(), sleep_mode=True,
+                       env={"VLLM_STANDIN_FOOTPRINT_BYTES": str(20 * GIB), "VLLM_STANDIN_TOKENS_PER_S": "20"})
+    chat = {"engine": "vllm", "modality": "text", "vram_gb": 20, "max_wait_s": 30.0, "max_tokens_cap": 512}
+    g = launch(module_tmp, image_box(module_tmp, {"vllm": vllm}, {"chat": chat}, max_wait_s=1.0, image_s=1.0))
     try:
         yield g
     finally:
         g.stop()
 
 
-def stream_chat(gw: Gateway, marks: dict[str, float], streaming: threading.Event, **extra: Any) -> list[Any]:
-    chunks = []
-    stream = gw.client(None).chat.completions.create(
-        model="chat", messages=[{"role": "user", "content": PROMPT}], max_tokens=TOKENS, stream=True,
-        stream_options={"include_usage": True}, **extra)
-    for chunk in stream:
-        chunks.append(chunk)
-        if len(chunks) == 10:
-            streaming.set()
-    marks["stream_done"] = time.monotonic()
-    return chunks
-
-
-def image_when_streaming(gw: Gateway, marks: dict[str, float], streaming: threading.Event) -> None:
-    assert streaming.wait(30), "the chat never started streaming"
-    gw.client(None).images.generate(model="img", prompt="a cat", size="256x256", response_format="b64_json")
-    marks["image_done"] = time.monotonic()
-
-
 def run_both(gw: Gateway, **extra: Any) -> tuple[list[Any], dict[str, float]]:
-    marks: dict[str, float] = {}
-    errors: list[BaseException] = []
-    streaming = threading.Event()
+    """A chat stream of TOKENS tokens with an image asked for once it has sent 10 chunks."""
 
-    def guarded() -> None:
-        try:
-            image_when_streaming(gw, marks, streaming)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
+    def stream_chat(streaming: threading.Event) -> list[Any]:
+        chunks = []
+        stream = gw.client(None).chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": PROMPT}], max_tokens=TOKENS, stream=True,
+            stream_options={"include_usage": True}, **extra)
+        for chunk in stream:
+            chunks.append(chunk)
+            if len(chunks) == 10:
+                streaming.set()
+        return chunks
 
-    t = threading.Thread(target=guarded)
-    t.start()
-    try:
-        chunks = stream_chat(gw, marks, streaming, **extra)
-    finally:
-        t.join(60)
-    assert not errors, errors
-    return chunks, marks
+    return stream_beside_image(gw, stream_chat)
 
 
 def test_a_preempted_stream_resumes_as_one_uninterrupted_stream(gw: Gateway) -> None:
@@ -134,12 +95,9 @@ def test_a_stream_that_cannot_be_stitched_is_drained(gw: Gateway) -> None:
 
 def test_a_client_that_leaves_while_preempted_is_forgotten(gw: Gateway) -> None:
     preempts = gw.log().count("residency: preempt chat stream")
-    marks: dict[str, float] = {}
-    streaming = threading.Event()
     body = {"model": "chat", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": TOKENS, "stream": True}
-    image = threading.Thread(target=image_when_streaming, args=(gw, marks, streaming))
-    image.start()
-    try:
+
+    def leave_while_preempted(streaming: threading.Event) -> int:
         with httpx.Client(timeout=30) as http, http.stream("POST", gw.url + "/v1/chat/completions", json=body) as r:
             assert r.status_code == 200
             lines = r.iter_lines()  # kept open: leaving a for loop over it would close the response
@@ -147,10 +105,10 @@ def test_a_client_that_leaves_while_preempted_is_forgotten(gw: Gateway) -> None:
                 next(lines)
             streaming.set()
             wait_until(lambda: gw.log().count("residency: preempt chat stream") > preempts, 20, "the preemption")
-            wakes = gw.log().count("residency: wake chat")
+            return gw.log().count("residency: wake chat")
         # the client hung up while its stream waited for the image
-    finally:
-        image.join(60)
+
+    wakes, marks = stream_beside_image(gw, leave_while_preempted)
     assert "image_done" in marks
     wait_until(gw.idle, 10, "nothing queued or in flight")
     assert gw.log().count("residency: wake chat") == wakes  # nobody is left to resume: no wake for it

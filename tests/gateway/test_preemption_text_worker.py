@@ -12,44 +12,26 @@ draw the same tokens as an unpreempted run.)
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tiny_models
-from daemon_harness import comfyui_engine, free_port
 
 from .conftest import OFFLINE, Gateway, launch, worker_engine
+from .preemption_box import GIB, image_box, stream_beside_image
 
-GIB = 1 << 30
 TOKENS = 2000  # with ignore_eos: seconds of generation, far longer than the image's max_wait
 
 
 @pytest.fixture(scope="module")
 def gw(module_tmp: Path) -> Iterator[Gateway]:
     llama = tiny_models.build_tiny_llama(module_tmp / "llama", max_positions=4096)
-    doc: dict[str, Any] = {
-        "server": {"keepalive_interval_s": 0.2, "load_deadline_s": 60.0},
-        "gpu": {"probe": "fake", "fake_dir": str(module_tmp / "fakegpu"), "declared_total_gb": 24,
-                "reserve_gb": 1.5, "host_ram_budget_gb": 64, "sample_interval_s": 0.2},
-        "scheduler": {"preemption": True, "max_wait_s": 0.2},
-        "engines": {
-            # device "auto" on the fake GPU: scheduled as a GPU model, generating on the CPU
-            "txt": worker_engine("text", str(llama), device="auto",
-                                 env={**OFFLINE, "APPLIANCE_FAKE_GPU_BYTES": str(10 * GIB)}),
-            "comfyui": comfyui_engine(free_port(), env={"COMFYUI_STANDIN_FOOTPRINT_BYTES": str(15 * GIB),
-                                                        "COMFYUI_STANDIN_IMAGE_S": "0.5"}),
-        },
-        "models": {
-            "small": {"engine": "txt", "modality": "text", "vram_gb": 10, "max_wait_s": 30.0,
-                      "max_tokens_cap": TOKENS},
-            "img": {"engine": "comfyui", "modality": "image", "vram_gb": 15, "workflow": "checkpoint",
-                    "checkpoint": "model.safetensors"},
-        },
-    }
-    g = launch(module_tmp, doc)
+    # device "auto" on the fake GPU: scheduled as a GPU model, generating on the CPU
+    txt = worker_engine("text", str(llama), device="auto", env={**OFFLINE, "APPLIANCE_FAKE_GPU_BYTES": str(10 * GIB)})
+    small = {"engine": "txt", "modality": "text", "vram_gb": 10, "max_wait_s": 30.0, "max_tokens_cap": TOKENS}
+    g = launch(module_tmp, image_box(module_tmp, {"txt": txt}, {"small": small}, max_wait_s=0.2, image_s=0.5))
     try:
         yield g
     finally:
@@ -59,22 +41,9 @@ def gw(module_tmp: Path) -> Iterator[Gateway]:
 def test_a_text_worker_stream_is_preempted_and_resumed_as_one_stream(gw: Gateway) -> None:
     client = gw.client(None)
     client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
-    marks: dict[str, float] = {}
-    errors: list[BaseException] = []
-    streaming = threading.Event()
 
-    def image() -> None:
-        try:
-            assert streaming.wait(60), "the chat never started streaming"
-            client.images.generate(model="img", prompt="a cat", size="256x256", response_format="b64_json")
-            marks["image_done"] = time.monotonic()
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    t = threading.Thread(target=image)
-    t.start()
-    chunks = []
-    try:
+    def stream_chat(streaming: threading.Event) -> list[Any]:
+        chunks = []
         stream = client.chat.completions.create(
             model="small", messages=[{"role": "user", "content": "hello world"}], max_tokens=TOKENS,
             temperature=0, stream=True, stream_options={"include_usage": True},
@@ -83,11 +52,9 @@ def test_a_text_worker_stream_is_preempted_and_resumed_as_one_stream(gw: Gateway
             chunks.append(chunk)
             if len(chunks) == 5:
                 streaming.set()
-        marks["stream_done"] = time.monotonic()
-    finally:
-        streaming.set()
-        t.join(120)
-    assert not errors, errors
+        return chunks
+
+    chunks, marks = stream_beside_image(gw, stream_chat)
 
     assert marks["image_done"] < marks["stream_done"]  # served while the stream was paused
     log = gw.log()
