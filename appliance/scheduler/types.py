@@ -112,9 +112,9 @@ class ModelProfile:
 class Request:
     """One client call. The loop maps `id` to the future the gateway is waiting on.
 
-    est_service_s is an optional estimate of the request's own GPU time (TTS text length,
-    prompt tokens and the max_tokens cap); the core uses it only to price drains and
-    Retry-After, never to order requests.
+    max_tokens: the client's cap on the answer (the core clamps it to the model's at dispatch).
+    The core never orders or prices requests by their own size: drains and Retry-After come
+    from the service times it measured (`ServiceHistory`, the slot's moving average).
     preemptible: the caller can abort this request and resume it (a plain text stream); only
     then, and only when the model is preemptible and preemption is on, may it be preempted.
     """
@@ -122,7 +122,5 @@ class Request:
     id: str
     model: str
     arrival: float
-    est_service_s: float | None = None
-    prompt_tokens: int | None = None
     max_tokens: int | None = None
     preemptible: bool = True

@@ -155,7 +155,7 @@ class Simulation:
     def _arrive(self, spec: RequestSpec) -> None:
         self.specs[spec.id] = spec
         self.obs.arrived(spec, self.now)
-        request = Request(spec.id, spec.model, self.now, est_service_s=spec.est_s, prompt_tokens=spec.prompt_tokens)
+        request = Request(spec.id, spec.model, self.now)
         self._feed(RequestArrived(self.now, request))
 
     def _job_done(self, job: Job) -> None:

@@ -1,7 +1,7 @@
 """The benchmark's workloads W1, W2, W3s and W4, generated from fixed seeds.
 
 Owns: request streams as `RequestSpec`s (each request's own GPU work at batch 1 alone,
-its token counts, the estimate a real gateway could give the scheduler, and follow-up
+its token counts, and follow-up
 requests that a client sends after it completes), and the load arithmetic: rho is the
 offered GPU work per second from the mean service times, ignoring swaps.
 
@@ -42,7 +42,6 @@ class RequestSpec:
     model: str
     arrival: float
     work_s: float
-    est_s: float
     prompt_tokens: int = 0
     output_tokens: int = 0
     follow: list[RequestSpec] = field(default_factory=list)
@@ -86,8 +85,6 @@ class _Maker:
         self.cal = cal
         self.rng = rng
         self.count = 0
-        llm = cal.llm
-        self.mean_output = lognormal_capped_mean(llm.output_median, llm.output_sigma, llm.max_tokens_cap)
 
     def _id(self) -> str:
         self.count += 1
@@ -102,13 +99,12 @@ class _Maker:
             output_tokens = int(drawn) + 1
         output = min(output_tokens, llm.max_tokens_cap)
         work = prompt / llm.prefill_tps + output / llm.decode_tps
-        est = prompt / llm.prefill_tps + self.mean_output / llm.decode_tps
-        return RequestSpec(self._id(), "llm", at, work, est, prompt, output)
+        return RequestSpec(self._id(), "llm", at, work, prompt, output)
 
     def image(self, at: float) -> RequestSpec:
         img = self.cal.image
         work = img.seconds * self.rng.uniform(1.0 - img.jitter, 1.0 + img.jitter)
-        return RequestSpec(self._id(), "image", at, work, img.seconds)
+        return RequestSpec(self._id(), "image", at, work)
 
     def speech(self, at: float, chars: float | None = None) -> RequestSpec:
         sp = self.cal.speech
@@ -116,7 +112,7 @@ class _Maker:
             chars = self.rng.lognormvariate(math.log(sp.chars_median), sp.chars_sigma)
         chars = min(chars, SPEECH_CHARS_CAP)
         work = sp.real_time_factor * chars / sp.chars_per_audio_s
-        return RequestSpec(self._id(), "speech", at, work, work)
+        return RequestSpec(self._id(), "speech", at, work)
 
 
 def mean_service_s(cal: Calibration) -> dict[str, float]:

@@ -50,10 +50,10 @@ def random_workload(rng: random.Random, horizon_s: float) -> Workload:
             if model == "llm":
                 prompt, output = rng.randint(10, 3000), rng.randint(1, 2048)
                 work = prompt / CAL.llm.prefill_tps + output / CAL.llm.decode_tps
-                roots.append(RequestSpec(str(n), model, t, work, 15.0, prompt, output))
+                roots.append(RequestSpec(str(n), model, t, work, prompt, output))
             else:
                 work = rng.expovariate(1 / 6.0) + 0.1
-                roots.append(RequestSpec(str(n), model, t, work, 6.0))
+                roots.append(RequestSpec(str(n), model, t, work))
     return Workload("random", 0.0, 0, tuple(roots), horizon_s, 0.0)
 
 
@@ -102,7 +102,7 @@ class _Scripted:
 
 
 def one_request_workload() -> Workload:
-    return Workload("one", 0.0, 0, (RequestSpec("1", "image", 1.0, 6.0, 6.0),), HOUR, 0.0)
+    return Workload("one", 0.0, 0, (RequestSpec("1", "image", 1.0, 6.0),), HOUR, 0.0)
 
 
 def test_runner_refuses_dispatch_to_a_model_not_in_vram() -> None:
