@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -119,14 +120,14 @@ class Rig:
 async def rig(tmp_path: Path, *, comfy_env: dict[str, str] | None = None,
               vllm_env: dict[str, str] | None = None, release_deadline_s: float = 10.0,
               chat_gib: int = 20, img_gib: int = 15, extra_models: dict[str, Any] | None = None,
-              chat_config: dict[str, Any] | None = None) -> AsyncIterator[Rig]:
+              chat_config: dict[str, Any] | None = None, sample_interval_s: float = 0.2) -> AsyncIterator[Rig]:
     fake = tmp_path / "fakegpu"
     fake.mkdir()
     os.environ["APPLIANCE_FAKE_GPU_DIR"] = str(fake)
     doc: dict[str, Any] = {
         "server": {"state_dir": str(tmp_path / "state"), "load_deadline_s": 60.0},
         "gpu": {"probe": "fake", "fake_dir": str(fake), "declared_total_gb": 24, "reserve_gb": 1.5,
-                "host_ram_budget_gb": 64, "sample_interval_s": 0.2},
+                "host_ram_budget_gb": 64, "sample_interval_s": sample_interval_s},
         "scheduler": {"max_wait_s": 2.0, "release_deadline_s": release_deadline_s},
         "engines": {
             "vllm": vllm_engine(free_port(), env={"VLLM_STANDIN_FOOTPRINT_BYTES": str(chat_gib * GIB),
@@ -236,6 +237,34 @@ async def test_vllm_weights_come_back_while_the_worker_still_works(tmp_path: Pat
         assert r.actions[prefetch:] == [("prefetch", "chat"), ("sleep", "voice"), ("wake", "chat")]
         assert r.peak <= BUDGET, f"fake GPU peaked at {r.peak / GIB:.1f} GiB"
         assert r.app.engines["vllm"].process.restarts == 0 and r.state("vllm") == "ready"
+
+
+async def test_a_prefetch_the_measured_free_memory_cannot_hold_is_declined(tmp_path: Path) -> None:
+    """Another process takes 5 GiB of the card between two GPU samples, so the core still books the
+    chat's 16.8 GiB of weights beside the worker. The residency manager measures the free memory
+    before it wakes them, declines the prefetch and leaves vLLM asleep and whole (no out-of-memory
+    half way, no stop and cold start); once that process is gone the chat wakes as usual."""
+    vllm_env = {"VLLM_STANDIN_WEIGHTS_FRACTION": "0.8"}
+    async with rig(tmp_path, chat_gib=21, vllm_env=vllm_env, chat_config={"weights_gb": 16.8},
+                   sample_interval_s=120.0) as r:
+        await r.chat()
+        models = lambda: r.app.residency.snapshot()["models"]  # type: ignore[no-any-return]  # noqa: E731
+        foreign = r.fake_dir / f"{os.getpid()}.json"
+        async with r.app.residency.lease("voice"):  # the chat sleeps, the worker is in
+            foreign.write_text(json.dumps({"pid": os.getpid(), "used_bytes": 5 * GIB, "name": "someone else"}))
+            chat = asyncio.ensure_future(r.chat())
+            await until(lambda: ("prefetch", "chat") in r.actions and models()["chat"]["phase"] == "steady",
+                        "the prefetch to be issued and turned down")
+            assert models()["chat"]["prefetched_bytes"] == 0 and models()["chat"]["tier"] == "host"
+            async with aiohttp.ClientSession() as s, s.get(r.app.engines["vllm"].base_url + "/is_sleeping") as resp:
+                assert (await resp.json())["is_sleeping"] is True
+            foreign.unlink()  # that process ends while the worker still works
+            assert not chat.done()
+        await asyncio.wait_for(chat, 30.0)
+        prefetch = r.actions.index(("prefetch", "chat"))
+        assert r.actions[prefetch:] == [("prefetch", "chat"), ("sleep", "voice"), ("wake", "chat")]
+        assert r.app.engines["vllm"].process.restarts == 0 and r.state("vllm") == "ready"
+        assert r.peak <= BUDGET, f"fake GPU peaked at {r.peak / GIB:.1f} GiB"
 
 
 async def test_checkpoints_of_one_comfyui_are_released_together(tmp_path: Path) -> None:

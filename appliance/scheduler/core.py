@@ -56,6 +56,9 @@ Decision order, applied after every event once its facts are recorded:
        RAM gets its weights back now if they alone fit (vLLM /wake_up?tags=weights beside a
        working XTTS); its Wake then only allocates the rest. A prefetched model with work
        waiting is never chosen for room: half-woken vLLM cannot sleep again, only stop.
+       A Prefetch the driver declines (the GPU's measured free memory would not hold the
+       weights) leaves the engine asleep and whole; that model is not prefetched again
+       before its next wake.
  6. Restore (`PolicySettings.restore`, off by default): once the GPU has had nothing to run
     or queue for `restore_after_s`, the model most often asked for first after such a pause
     following the last model served (`forecast.NextModelForecast`) is woken from host RAM if
@@ -224,8 +227,8 @@ class ResidencyCore:
                         self._process_stopped(slot, now)
             case EngineExited(model=model):
                 self._exited(model, now)
-            case ActionFailed(model=model, action=kind):
-                self._failed(model, kind, now)
+            case ActionFailed(model=model, action=kind, engine_untouched=untouched):
+                self._failed(model, kind, now, untouched)
             case GpuSample():
                 self._sample(event)
             case Tick():
@@ -279,9 +282,14 @@ class ResidencyCore:
         if slot.queue:
             slot.restart_credit(now)
 
-    def _failed(self, model: str, kind: ActionKind, now: float) -> None:
+    def _failed(self, model: str, kind: ActionKind, now: float, untouched: bool = False) -> None:
         slot = self._slots.get(model)
         if slot is None:
+            return
+        if untouched and kind is ActionKind.PREFETCH and slot.phase is Phase.PREFETCHING:
+            # Declined: the engine still sleeps whole. It waits for its wake as usual, and is not
+            # prefetched again before that wake (the memory is not there).
+            slot.phase, slot.prefetched_bytes, slot.prefetch_declined = Phase.STEADY, 0, True
             return
         if kind in (ActionKind.START, ActionKind.WAKE) and slot.phase is Phase.ACTIVATING:
             # The driver cleans up a failed start (stops what it started); any host copy is gone.
@@ -476,7 +484,7 @@ class ResidencyCore:
         slot = self._slots[plan.target] if plan is not None else waiting[0]
         size = slot.profile.prefetch_bytes
         if (size <= 0 or slot.tier is not Tier.HOST or not slot.engine_up or slot.phase is not Phase.STEADY
-                or slot.prefetched_bytes or not slot.queue):
+                or slot.prefetched_bytes or slot.prefetch_declined or not slot.queue):
             return
         if size <= self.ledger.vram_free():
             slot.phase, slot.prefetched_bytes = Phase.PREFETCHING, size

@@ -93,13 +93,16 @@ class ActionKind(StrEnum):
 class ActionFailed:
     """A Start, Wake, Prefetch, Sleep, Unload or Stop failed or missed its deadline.
 
-    After a failed Start, Wake or Prefetch the driver has stopped the engine.
+    After a failed Start, Wake or Prefetch the driver has stopped the engine, unless
+    `engine_untouched`: the driver declined the action before reaching the engine (a Prefetch
+    that the GPU's measured free memory could not hold), so the engine is as it was.
     """
 
     now: float
     model: str
     action: ActionKind
     detail: str = ""
+    engine_untouched: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,8 @@ from .types import ModelKind, ModelProfile, Request, SwapCosts, Tier
 log = logging.getLogger("appliance.residency")
 
 GIB = 1 << 30
+PREFETCH_MARGIN_BYTES = 512 << 20
+"""Left free beyond a prefetch's weights, by measurement, for the working model's peak."""
 PCIE_BYTES_PER_S = 24e9  # pinned host RAM -> GPU on PCIe 4.0 x16 (SCHEDULING.md §2)
 DISK_BYTES_PER_S = 5e9
 RELEASE_POLL_S = 0.05
@@ -473,10 +475,33 @@ class ResidencyManager:
             return
         self._post(EngineReady(self._clock(), model))
 
+    def _prefetch_room(self, model: str) -> str | None:
+        """Why the GPU cannot take `model`'s weights now, by measurement; None when it can.
+
+        The core sizes a prefetch from estimates (the catalog's weights, contexts measured at
+        release). An out-of-memory half way through would leave a vLLM that cannot sleep again
+        and must be stopped (a cold start later), so the measured free memory must hold the
+        weights plus `PREFETCH_MARGIN_BYTES` for the working model's peak. A declared GPU has
+        nothing to measure.
+        """
+        snap = self.gpu.snapshot()
+        if snap.kind == "declared":
+            return None
+        need = self.core.snapshot().models[model].prefetched_bytes + PREFETCH_MARGIN_BYTES  # counted at issue
+        if snap.free_bytes >= need:
+            return None
+        return f"{snap.free_bytes / GIB:.1f} GiB free on the GPU, the weights and margin need {need / GIB:.1f} GiB"
+
     async def _prefetch(self, model: str) -> None:
         """Wake only the weights of a sleeping engine. It cannot sleep again half awake, so on
-        failure the engine is stopped: the core then counts nothing for it."""
+        failure the engine is stopped: the core then counts nothing for it. Declined without
+        touching the engine when the measured free memory would not hold the weights."""
         eng = self.engines[self.model_engine[model]]
+        short = self._prefetch_room(model)
+        if short is not None:
+            log.info("residency: prefetch %s declined: %s; it wakes whole when its turn comes", model, short)
+            self._post(ActionFailed(self._clock(), model, ActionKind.PREFETCH, short, engine_untouched=True))
+            return
         try:
             if eng.state is not ProcessState.READY:
                 raise EngineUnavailable(f"{eng.name} is {eng.state.value}")

@@ -51,6 +51,9 @@ class ModelSlot:
     # Weights a Prefetch brought back beside the held context (counted from its issue); the
     # model stays not servable (tier HOST) until its Wake allocates the rest.
     prefetched_bytes: int = 0
+    # The driver declined a Prefetch (the measured free memory could not hold the weights): no
+    # other before this model's next wake.
+    prefetch_declined: bool = False
     # Waiting credit of the queue head: seconds it has waited while its model was neither
     # serving nor activating (the quantity the starvation bound limits). Accrues lazily.
     credit_s: float = 0.0
@@ -103,7 +106,7 @@ class ModelSlot:
 
     def became_ready(self, now: float) -> None:
         self.tier, self.phase, self.engine_up = Tier.VRAM, Phase.STEADY, True
-        self.prefetched_bytes = 0
+        self.prefetched_bytes, self.prefetch_declined = 0, False
         self.failures, self.draining, self.last_used = 0, False, now
 
     def release_verified(self, held_bytes: int | None) -> None:
@@ -123,5 +126,5 @@ class ModelSlot:
             self.tier = Tier.DISK
         self.engine_up, self.phase, self.draining = False, Phase.STEADY, False
         self.release_to, self.stopping, self.held_bytes = None, False, 0
-        self.prefetched_bytes = 0
+        self.prefetched_bytes, self.prefetch_declined = 0, False
         return lost

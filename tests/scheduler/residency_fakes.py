@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from appliance.scheduler import (
     GB,
     Action,
+    ActionFailed,
+    ActionKind,
     Dispatch,
     EngineReady,
     Event,
@@ -146,6 +148,13 @@ class Driver:
     def prefetched(self, model: str, at: float) -> list[Action]:
         assert model in self.half_awake, f"{model} was not being prefetched"
         return self.feed(Prefetched(at, model))
+
+    def prefetch_declined(self, model: str, at: float) -> list[Action]:
+        """The driver turned the Prefetch down before touching the engine: it still sleeps whole."""
+        assert model in self.half_awake, f"{model} was not being prefetched"
+        self.half_awake.discard(model)
+        self.held[model] -= self.core.ledger.slots[model].profile.prefetch_bytes
+        return self.feed(ActionFailed(at, model, ActionKind.PREFETCH, "too little free", engine_untouched=True))
 
     def tick(self, at: float) -> list[Action]:
         return self.feed(Tick(at))

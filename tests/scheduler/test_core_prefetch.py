@@ -105,3 +105,24 @@ def test_a_failed_prefetch_leaves_the_model_on_disk_to_be_started() -> None:
     assert llm.tier is Tier.DISK and not llm.engine_up and llm.prefetched_bytes == 0
     assert d.done("s1", 5.0) == [Sleep("speech")]
     assert d.released("speech", 5.05) == [Start("llm")]
+
+
+def test_a_declined_prefetch_leaves_the_engine_asleep_and_the_wake_whole() -> None:
+    """The driver measured too little free memory for the weights and never touched vLLM: the
+    model waits for its whole wake, is not prefetched again meanwhile, and may be next time."""
+    d = speech_running()
+    assert d.arrive("c1", "llm", 1.0) == [Prefetch("llm")]
+    assert d.prefetch_declined("llm", 1.01) == []
+    llm = d.core.snapshot().models["llm"]
+    assert llm.tier is Tier.HOST and llm.engine_up and llm.prefetched_bytes == 0 and llm.phase == "steady"
+    assert d.arrive("c2", "llm", 2.0) == []  # no second try before the wake
+    assert d.done("s1", 5.0) == [Sleep("speech")]
+    assert d.released("speech", 5.05) == [Wake("llm")]
+    assert d.ready("llm", 6.2) == [Dispatch("llm", "c1"), Dispatch("llm", "c2")]
+    assert d.of(Stop) == []
+    d.done("c1", 8.0)
+    d.done("c2", 8.5)
+    assert d.arrive("s2", "speech", 9.0) == [Sleep("llm")]
+    d.released("llm", 9.05)
+    d.ready("speech", 9.3)
+    assert d.arrive("c3", "llm", 9.5) == [Prefetch("llm")]  # the next turn may prefetch again
