@@ -11,7 +11,7 @@ It must not know routes, models or engines.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.types import Receive, Scope, Send
 
@@ -161,6 +161,24 @@ class Exchange:
             raise ResponseAborted(err.message)
 
 
+class StreamSink(Protocol):
+    """Where a relayed engine stream goes: the client's `Exchange`, or `gather.Gathered` when the
+    client asked for one whole answer that the gateway builds from the stream."""
+
+    started: bool
+
+    async def respond(self, status: int, body: bytes, content_type: bytes = b"application/json",
+                      extra: list[tuple[bytes, bytes]] | None = None) -> None: ...
+
+    async def start_sse(self) -> None: ...
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def end(self, chunk: bytes = b"") -> None: ...
+
+    def delivered(self) -> None: ...
+
+
 class KeepAlive:
     """SSE comments every `interval_s` while a streaming request waits (for a lease, for a restart).
 
@@ -170,7 +188,7 @@ class KeepAlive:
 
     __slots__ = ("_comment", "_ex", "_interval_s", "_task", "_timer")
 
-    def __init__(self, ex: Exchange, comment: str, interval_s: float) -> None:
+    def __init__(self, ex: StreamSink, comment: str, interval_s: float) -> None:
         self._ex = ex
         self._comment = f": {comment}\n\n".encode()
         self._interval_s = interval_s

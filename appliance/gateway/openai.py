@@ -25,7 +25,7 @@ from ..app import Appliance
 from ..config import ModelConfig
 from ..residency import Lease
 from ..usage import UsageSink
-from . import proxy, resume, validation
+from . import gather, proxy, resume, validation
 from .audio import CONTENT_TYPES, duration_s
 from .comfy import ComfyClient
 from .errors import (
@@ -172,9 +172,13 @@ class OpenAIRoutes:
             body[gen.max_tokens_field] = m.max_tokens_cap  # the request still runs, shorter
             raw = json.dumps(body).encode()
         ex.watch_disconnect()
+        preemption = self.app.config.scheduler.preemption
         if gen.stream:
-            resumable = self.app.config.scheduler.preemption and resume.can_resume(call.route, body)
+            resumable = preemption and resume.can_resume(call.route, body)
             await self._stream(ex, call, name, raw, body if resumable else None)
+            return
+        if preemption and resume.can_resume(call.route, body, whole=True):
+            await self._whole_from_stream(ex, call, name, raw, body)
             return
         status, data, ctype = await on_engine(self.app, name, call, lambda lease: proxy.post(
             self.pools.get(lease.endpoint), call.route, raw, lease.engine.name))
@@ -210,6 +214,26 @@ class OpenAIRoutes:
                 call.tokens_in, call.tokens_out = meter.usage
             else:
                 call.tokens_out, call.tokens_exact = meter.chunks, False
+
+    async def _whole_from_stream(self, ex: Exchange, call: Call, name: str, raw: bytes, body: dict[str, Any]) -> None:
+        """A non-streamed chat that may be preempted: the engine streams it (resumed after any
+        preemption) and the client gets the one answer built from that stream (`gather`). A
+        lease that turns out not preemptible is served as usual."""
+        stitch = resume.StreamStitch({**body, "stream": True, "stream_options": {"include_usage": True}})
+
+        async def relay(lease: Lease) -> tuple[int, bytes, bytes]:
+            if lease.preemption is None:
+                return await proxy.post(self.pools.get(lease.endpoint), call.route, raw, lease.engine.name)
+            sink = gather.Gathered()
+            keepalive = KeepAlive(sink, "", self.keepalive_s)  # nobody to keep company: the client waits for JSON
+            status = await resume.relay_resumable(sink, self.pools, lease, stitch.request(), proxy.StreamMeter(),
+                                                  stitch, keepalive)
+            return sink.answer(status)
+
+        status, data, ctype = await on_engine(self.app, name, call, relay, preemptible=True)
+        if status == 200:
+            call.tokens_in, call.tokens_out = stitch.usage or proxy.find_usage(data) or (None, None)
+        await ex.respond(status, data, ctype)
 
     # -- embeddings ------------------------------------------------------------------------------
     async def embeddings(self, ex: Exchange, call: Call) -> None:

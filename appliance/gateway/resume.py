@@ -8,6 +8,9 @@ off), and `max_tokens` less the tokens already sent. The client sees one stream:
 chunks get the first stream's `id` and `created`, its role-only opening chunk is dropped, and its
 usage counts the re-prefilled text as completion, not prompt.
 
+A non-streamed chat is served the same way when it may be preempted: the gateway asks the engine for
+a stream and `gather` builds the one answer the client asked for from it.
+
 Only chat streams the continuation can reproduce are preemptible (`can_resume`): one choice, no
 tools, no structured output, no logit processors whose state would restart. The tokens already sent
 come from the engine's own counts (`continuous_usage_stats`, requested for every segment and shown
@@ -24,7 +27,7 @@ from typing import Any
 
 from ..residency import Lease, LeaseError, Preempted
 from .errors import UpstreamFailed, from_lease_error
-from .exchange import Exchange, KeepAlive
+from .exchange import KeepAlive, StreamSink
 from .proxy import DONE, StreamMeter, _as_error_event, _failed
 from .upstream import ConnectFailed, ResponseBroken, UpstreamPool, UpstreamPools
 
@@ -33,9 +36,19 @@ _NOT_RESUMABLE = ("tools", "functions", "guided_json", "guided_regex", "guided_c
                   "structured_outputs", "logits_processors", "prompt_logprobs", "echo")
 
 
-def can_resume(route: str, body: dict[str, Any]) -> bool:
-    """Whether a continuation request reproduces what the rest of this stream would have been."""
-    if route != CHAT_ROUTE or body.get("stream") is not True:
+def can_resume(route: str, body: dict[str, Any], *, whole: bool = False) -> bool:
+    """Whether a continuation request reproduces what the rest of this stream would have been.
+
+    `whole`: the client asked for one answer, not a stream (`gather` then builds it from a
+    resumable stream); its body must not carry `stream_options`, which the engine refuses
+    without `stream` and the gateway would otherwise hide.
+    """
+    if route != CHAT_ROUTE:
+        return False
+    if whole:
+        if body.get("stream") not in (None, False) or body.get("stream_options") is not None:
+            return False
+    elif body.get("stream") is not True:
         return False
     if body.get("n") not in (None, 1) or body.get("best_of") not in (None, 1):
         return False
@@ -200,7 +213,7 @@ def _parse(event: bytes) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) and "choices" in parsed else None
 
 
-async def relay_resumable(ex: Exchange, pools: UpstreamPools, lease: Lease, body: bytes, meter: StreamMeter,
+async def relay_resumable(ex: StreamSink, pools: UpstreamPools, lease: Lease, body: bytes, meter: StreamMeter,
                           stitch: StreamStitch, keepalive: KeepAlive) -> int:
     """Relay a chat stream that the scheduler may preempt, resuming it as often as it is preempted;
     `keepalive` sends SSE comments while a preempted stream waits for its model to come back."""
@@ -227,7 +240,7 @@ async def relay_resumable(ex: Exchange, pools: UpstreamPools, lease: Lease, body
         body = stitch.continuation()
 
 
-async def _relay_segment(ex: Exchange, pool: UpstreamPool, body: bytes, lease: Lease, meter: StreamMeter,
+async def _relay_segment(ex: StreamSink, pool: UpstreamPool, body: bytes, lease: Lease, meter: StreamMeter,
                          stitch: StreamStitch) -> int:
     """One engine stream; -1 if it was preempted before it finished."""
     preemption = lease.preemption

@@ -12,6 +12,7 @@ race: without preemption the image could only start after the stream ends.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,41 @@ def test_a_preempted_stream_resumes_as_one_uninterrupted_stream(gw: Gateway) -> 
     usage = chunks[-1].usage
     assert usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens) == (len(PROMPT.split()), TOKENS)
+    record = [r for r in gw.usage()["recent"] if r["model"] == "chat"][-1]
+    assert (record["tokens_in"], record["tokens_out"], record["status"]) == (len(PROMPT.split()), TOKENS, 200)
+
+
+def test_a_preempted_whole_answer_comes_back_as_one_response(gw: Gateway) -> None:
+    """A non-streamed chat is preemptible too: the gateway streams it from vLLM, resumes it after
+    the image, and answers with the one chat.completion an uninterrupted run gives."""
+    expected = gw.client(None).chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": PROMPT}], max_tokens=TOKENS)
+    before = gw.log().count("residency: preempt chat stream")
+
+    def whole_chat(streaming: threading.Event) -> Any:
+        def in_flight() -> None:  # no chunk reaches this client: watch the scheduler instead
+            wait_until(lambda: gw.status()["residency"]["models"]["chat"]["in_flight"] > 0, 20, "the chat")
+            time.sleep(0.5)  # some tokens generated
+            streaming.set()
+
+        watcher = threading.Thread(target=in_flight)
+        watcher.start()
+        try:
+            return gw.client(None).chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": PROMPT}], max_tokens=TOKENS)
+        finally:
+            watcher.join(30)
+
+    answer, marks = stream_beside_image(gw, whole_chat)
+    assert marks["image_done"] < marks["stream_done"]  # paused for the image, not drained
+    assert gw.log().count("residency: preempt chat stream") > before
+    assert answer.object == "chat.completion" and answer.id.startswith("chatcmpl-")
+    assert answer.choices[0].message.content == expected.choices[0].message.content
+    assert answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].finish_reason == "length"
+    assert answer.usage is not None
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (len(PROMPT.split()), TOKENS)
+    assert answer.usage.total_tokens == len(PROMPT.split()) + TOKENS
     record = [r for r in gw.usage()["recent"] if r["model"] == "chat"][-1]
     assert (record["tokens_in"], record["tokens_out"], record["status"]) == (len(PROMPT.split()), TOKENS, 200)
 
