@@ -74,3 +74,18 @@ def test_a_text_worker_stream_is_preempted_and_resumed_as_one_stream(gw: Gateway
     assert usage is not None and alone.usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens) == (alone.usage.prompt_tokens, TOKENS)
     assert sum(1 for c in content if c.choices[0].delta.content) < TOKENS  # fewer chunks than tokens
+
+
+def test_a_whole_answer_from_the_text_worker_is_built_from_its_stream(gw: Gateway) -> None:
+    """With preemption on, a non-streamed chat is relayed as a stream (gateway.gather): the worker's
+    chunks, which merge tokens, still make one chat.completion with the worker's exact usage."""
+    client = gw.client(None)
+    body: dict[str, Any] = {"model": "small", "messages": [{"role": "user", "content": "hello world"}],
+                            "max_tokens": 12, "temperature": 0, "extra_body": {"ignore_eos": True}}
+    answer = client.chat.completions.create(**body)
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**body, stream=True)
+                       if c.choices)
+    assert answer.object == "chat.completion" and answer.choices[0].finish_reason == "length"
+    assert answer.choices[0].message.content == streamed != ""
+    assert answer.usage is not None and answer.usage.completion_tokens == 12
+    assert answer.usage.prompt_tokens > 0
