@@ -56,9 +56,10 @@ def fake_gpu_used(directory: Path) -> int:
 
 
 class Rig:
-    def __init__(self, app: Appliance, fake_dir: Path) -> None:
+    def __init__(self, app: Appliance, fake_dir: Path, doc: dict[str, Any]) -> None:
         self.app = app
         self.fake_dir = fake_dir
+        self.doc = doc  # the configuration, to build the next daemon from
         self.actions: list[tuple[str, str]] = []
         self.peak = 0
         self._queue = app.bus.subscribe()
@@ -146,7 +147,7 @@ async def rig(tmp_path: Path, *, comfy_env: dict[str, str] | None = None,
     }
     app = Appliance(parse_config(doc, "test"), host="127.0.0.1", port=free_port())
     await app.startup()
-    r = Rig(app, fake)
+    r = Rig(app, fake, doc)
     r.start()
     try:
         yield r
@@ -265,6 +266,33 @@ async def test_a_prefetch_the_measured_free_memory_cannot_hold_is_declined(tmp_p
         assert r.actions[prefetch:] == [("prefetch", "chat"), ("sleep", "voice"), ("wake", "chat")]
         assert r.app.engines["vllm"].process.restarts == 0 and r.state("vllm") == "ready"
         assert r.peak <= BUDGET, f"fake GPU peaked at {r.peak / GIB:.1f} GiB"
+
+
+async def test_transition_times_are_measured_shown_and_kept_for_the_next_start(tmp_path: Path) -> None:
+    """Every start, wake and verified release is timed; the medians replace the estimates in the
+    core's costs at once, show in the status, and are where the next daemon starts from."""
+    async with rig(tmp_path) as r:
+        await r.chat()
+        await r.image()
+        await r.chat()
+        models = r.app.residency.snapshot()["models"]
+        assert isinstance(models, dict)
+        chat, img = models["chat"]["transitions_s"], models["img"]["transitions_s"]
+        assert set(chat) == {"start", "release", "wake"} and set(img) == {"start", "release"}
+        assert all(0 < s < 60 for s in [*chat.values(), *img.values()])
+        assert chat["release"] < chat["start"]  # a sleep is quicker than a process start
+        costs = r.app.residency.core.ledger.slots["chat"].profile.costs
+        assert (costs.wake_s, costs.release_s, costs.cold_start_s) == (chat["wake"], chat["release"], chat["start"])
+        doc = r.doc
+    saved = json.loads((tmp_path / "state" / "data" / "transitions.json").read_text())
+    assert len(saved["chat"]["wake"]) == 1 and len(saved["img"]["release"]) == 1
+    later = Appliance(parse_config(doc, "test"), host="127.0.0.1", port=free_port())  # built, never started
+    try:
+        slots = later.residency.core.ledger.slots
+        assert slots["chat"].profile.costs.wake_s == pytest.approx(chat["wake"], abs=1e-4)
+        assert slots["img"].profile.costs.cold_start_s == pytest.approx(img["start"], abs=1e-4)
+    finally:
+        await later.shutdown()
 
 
 async def test_checkpoints_of_one_comfyui_are_released_together(tmp_path: Path) -> None:

@@ -81,13 +81,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from appliance.scheduler import admission
 from appliance.scheduler.events import (
     Action,
     ActionFailed,
     ActionKind,
+    CostsMeasured,
     Dispatch,
     EngineExited,
     EngineReady,
@@ -231,6 +232,10 @@ class ResidencyCore:
                 self._failed(model, kind, now, untouched)
             case GpuSample():
                 self._sample(event)
+            case CostsMeasured(model=model, costs=costs):
+                slot = self._slots.get(model)
+                if slot is not None:
+                    slot.profile = replace(slot.profile, costs=costs)
             case Tick():
                 pass
 

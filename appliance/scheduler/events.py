@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from appliance.scheduler.types import Request
+from appliance.scheduler.types import Request, SwapCosts
 
 # --------------------------------------------------------------------------- events
 
@@ -116,6 +116,16 @@ class GpuSample:
 
 
 @dataclass(frozen=True, slots=True)
+class CostsMeasured:
+    """The driver measured `model`'s transitions: these costs replace its estimates (what
+    GreedyDual weighs as the way back, what a restore prices, what Retry-After adds)."""
+
+    now: float
+    model: str
+    costs: SwapCosts
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed; the driver sends one at `core.next_deadline()` (and may send more)."""
 
@@ -132,6 +142,7 @@ Event = (
     | ReleaseDone
     | ActionFailed
     | GpuSample
+    | CostsMeasured
     | Tick
 )
 

@@ -31,7 +31,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from .events import (
     Action,
     ActionFailed,
     ActionKind,
+    CostsMeasured,
     Dispatch,
     EngineExited,
     EngineReady,
@@ -74,6 +75,7 @@ from .events import (
 from .memory import MemoryBudget
 from .policy import PolicySettings, default_max_wait_s
 from .snapshot import SlotView
+from .timings import TransitionTimes
 from .types import ModelKind, ModelProfile, Request, SwapCosts, Tier
 
 log = logging.getLogger("appliance.residency")
@@ -236,15 +238,18 @@ class ResidencyManager:
         self.bus = bus
         self.model_engine = {mid: m.engine for mid, m in config.models.items() if m.engine in engines}
         self.footprint_file = FootprintFile(state_dir / "data" / "footprints.json")
+        self.timings = TransitionTimes(state_dir / "data" / "transitions.json").load()
         snap = gpu.snapshot()
         # Models whose worker runs on the CPU take no GPU memory: they bypass the GPU scheduler.
         self.cpu_models = {mid for mid, eng in self.model_engine.items()
                            if runs_on_cpu(config, eng, has_gpu=snap.kind != "declared")}
         self._direct = DirectResidency(engines, self.model_engine)
-        profiles = [
+        estimated = [
             profile_for(mid, config.models[mid], config, engines[eng].adapter, catalog)
             for mid, eng in self.model_engine.items() if mid not in self.cpu_models
         ]
+        self._estimates = {p.id: p.costs for p in estimated}  # measured medians replace these
+        profiles = [replace(p, costs=self.timings.costs(p.id, p.costs)) for p in estimated]
         budget = MemoryBudget(
             vram_bytes=max(0, snap.total_bytes - int(config.gpu.reserve_gb * GIB)),
             host_bytes=int(config.gpu.host_ram_budget_gb * GIB),
@@ -293,6 +298,7 @@ class ResidencyManager:
 
     def snapshot(self) -> dict[str, object]:
         snap = self.core.snapshot()
+        timings = self.timings.medians()
         return {
             "vram_used_bytes": snap.vram_used_bytes,
             "vram_budget_bytes": snap.vram_budget_bytes,
@@ -302,7 +308,8 @@ class ResidencyManager:
             "models": {
                 mid: {"tier": v.tier.value, "phase": v.phase, "queued": v.queued, "in_flight": v.in_flight,
                       "footprint_bytes": v.footprint_bytes, "measured": self.core.footprints.is_measured(mid),
-                      "prefetched_bytes": v.prefetched_bytes, "preemptions": self.preemptions.get(mid, 0)}
+                      "prefetched_bytes": v.prefetched_bytes, "preemptions": self.preemptions.get(mid, 0),
+                      "transitions_s": timings.get(mid, {})}
                 for mid, v in snap.models.items()
             },
         }
@@ -464,8 +471,14 @@ class ResidencyManager:
         model = action.model
         eng = self.engines[self.model_engine[model]]
         kind = ActionKind.START if isinstance(action, Start) else ActionKind.WAKE
+        # What is timed: a wake from host RAM, a load into a running process, or a cold start
+        # (the process too). A wake after a prefetch only maps the rest: not a wake's cost.
+        timed = "start" if eng.state is not ProcessState.READY else "wake" if kind is ActionKind.WAKE else "load"
+        if timed == "wake" and self.core.snapshot().models[model].prefetched_bytes:
+            timed = ""
         if eng.state is not ProcessState.READY:
             self._expect_ready.add(eng.name)
+        began = self._clock()
         try:
             await eng.ensure_ready()
             await eng.activate()
@@ -473,7 +486,18 @@ class ResidencyManager:
             log.warning("residency: %s %s failed: %s", kind.value, model, exc)
             self._post(ActionFailed(self._clock(), model, kind, str(exc)))
             return
-        self._post(EngineReady(self._clock(), model))
+        done = self._clock()
+        self._measured(model, timed, done - began)
+        self._post(EngineReady(done, model))
+
+    def _measured(self, model: str, transition: str, seconds: float) -> None:
+        """Record a transition's duration and give the core the model's costs as now measured."""
+        if not transition:
+            return
+        self.timings.record(model, transition, seconds)
+        with contextlib.suppress(OSError):
+            self.timings.save()
+        self._post(CostsMeasured(self._clock(), model, self.timings.costs(model, self._estimates[model])))
 
     def _prefetch_room(self, model: str) -> str | None:
         """Why the GPU cannot take `model`'s weights now, by measurement; None when it can.
@@ -522,6 +546,7 @@ class ResidencyManager:
         tier = EngineTier.HOST if isinstance(action, Sleep) else EngineTier.DISK
         await self._await_aborts(model)
         before = eng.memory_held()
+        began = self._clock()
         try:
             if eng.state is not ProcessState.READY:
                 raise EngineUnavailable(f"{eng.name} is {eng.state.value}")
@@ -531,7 +556,9 @@ class ResidencyManager:
             log.warning("residency: %s %s not verified: %s; escalating", kind.value, model, exc)
             self._post(ActionFailed(self._clock(), model, kind, str(exc)))
             return
-        self._post(ReleaseDone(self._clock(), model, held))
+        done = self._clock()
+        self._measured(model, "release", done - began)  # until the memory is verified free
+        self._post(ReleaseDone(done, model, held))
 
     async def _verify_drop(self, eng: Engine, before: int) -> int:
         """Wait until the engine's process group holds at most a CUDA context's worth."""
