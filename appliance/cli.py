@@ -116,6 +116,45 @@ def _gb(n: int | None) -> str:
 
 
 @app.command()
+def calibration(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write the TOML here (default: print it)")] = None,
+    llm: Annotated[str | None, typer.Option(help="the text model standing for the simulator's LLM")] = None,
+    image: Annotated[str | None, typer.Option(help="the image model standing for its image model")] = None,
+    speech: Annotated[str | None, typer.Option(help="the speech model standing for its XTTS")] = None,
+) -> None:
+    """Write the scheduler benchmark's calibration from what the running daemon measured
+    (footprints, transition times, service times): `python bench/scheduler.py --calibration FILE`."""
+    import socket
+    import time
+
+    from .calibrate import measure, pick_roles, render_toml
+
+    status_doc = _api("/api/status")
+    records = _api("/api/usage?recent=10000").get("recent", [])
+    try:
+        roles = pick_roles(status_doc, records, {"llm": llm, "image": image, "speech": speech})
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    measured = measure(status_doc, records, roles)
+    gpu = status_doc.get("gpu", {})
+    header = [
+        f"Calibration measured by the appliance on {socket.gethostname()} ({gpu.get('name') or 'no GPU'}), "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, from {len(records)} requests.",
+        "Roles: " + ", ".join(f"{role} = {mid}" for role, mid in roles.items()) + ".",
+        "python bench/scheduler.py --calibration THIS_FILE",
+    ]
+    text = render_toml(measured, header)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    typer.echo(f"wrote {out} ({len(measured.missing)} figures left at the simulator's defaults)")
+
+
+@app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False) -> None:
     """Show the daemon's GPU and engines (from GET /api/status)."""
     data = _api("/api/status")

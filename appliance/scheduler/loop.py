@@ -308,6 +308,7 @@ class ResidencyManager:
             "models": {
                 mid: {"tier": v.tier.value, "phase": v.phase, "queued": v.queued, "in_flight": v.in_flight,
                       "footprint_bytes": v.footprint_bytes, "measured": self.core.footprints.is_measured(mid),
+                      "host_bytes": self.core.ledger.slots[mid].profile.host_bytes,
                       "prefetched_bytes": v.prefetched_bytes, "preemptions": self.preemptions.get(mid, 0),
                       "transitions_s": timings.get(mid, {})}
                 for mid, v in snap.models.items()
