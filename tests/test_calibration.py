@@ -114,14 +114,16 @@ def test_the_cli_writes_a_calibration_from_a_running_daemon(tmp_path: Path) -> N
         gw.stop()
     cal = load_calibration(out)
     raw = tomllib.loads(out.read_text())
-    for role in ("llm", "image"):  # each was started, slept for the other and woken again: all measured
-        assert {"vram_bytes", "size_bytes", "cold_start_s", "release_s", "wake_fixed_s"} <= set(raw["models"][role])
+    # vLLM was started, slept for the image and woken again; ComfyUI loads inside its first job, so
+    # only its release is timed (its start and wake keep the simulator's figures).
+    assert {"vram_bytes", "size_bytes", "cold_start_s", "release_s", "wake_fixed_s"} <= set(raw["models"]["llm"])
+    assert {"vram_bytes", "size_bytes", "release_s"} == set(raw["models"]["image"])
     assert (cal.vram_total_bytes, cal.vram_reserve_bytes) == (24 * GIB, int(1.5 * GIB))
     assert cal.model("llm").vram_bytes == 12 * GIB and cal.model("image").vram_bytes == 15 * GIB
     assert cal.model("speech").vram_bytes == GIB
-    for role in ("llm", "image"):  # each was started, slept for the other and woken again
-        m = cal.model(role)
-        assert 0 < m.cold_start_s < 60 and 0 < m.release_s < 10 and m.wake_fixed_s >= 0
+    llm = cal.model("llm")
+    assert 0 < llm.cold_start_s < 60 and 0 < llm.release_s < 10 and llm.wake_fixed_s >= 0
+    assert 0 < cal.model("image").release_s < 10
     assert 30 < cal.llm.decode_tps <= 60  # the stand-in streams 50 tokens/s, plus request overhead
     assert 0.4 < cal.image.seconds < 5  # the stand-in takes 0.5 s an image
     assert cal.speech.real_time_factor > 0

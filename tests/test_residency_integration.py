@@ -278,7 +278,8 @@ async def test_transition_times_are_measured_shown_and_kept_for_the_next_start(t
         models = r.app.residency.snapshot()["models"]
         assert isinstance(models, dict)
         chat, img = models["chat"]["transitions_s"], models["img"]["transitions_s"]
-        assert set(chat) == {"start", "release", "wake"} and set(img) == {"start", "release"}
+        assert set(chat) == {"start", "release", "wake"}
+        assert set(img) == {"release"}  # ComfyUI loads its checkpoint inside the first job: no start timed
         assert all(0 < s < 60 for s in [*chat.values(), *img.values()])
         assert chat["release"] < chat["start"]  # a sleep is quicker than a process start
         costs = r.app.residency.core.ledger.slots["chat"].profile.costs
@@ -290,7 +291,7 @@ async def test_transition_times_are_measured_shown_and_kept_for_the_next_start(t
     try:
         slots = later.residency.core.ledger.slots
         assert slots["chat"].profile.costs.wake_s == pytest.approx(chat["wake"], abs=1e-4)
-        assert slots["img"].profile.costs.cold_start_s == pytest.approx(img["start"], abs=1e-4)
+        assert slots["img"].profile.costs.release_s == pytest.approx(img["release"], abs=1e-4)
     finally:
         await later.shutdown()
 

@@ -56,6 +56,7 @@ class Adapter:
     releasable: frozenset[Tier] = frozenset()  # tiers release() can reach without stopping
     release_unloads_all = False  # release() unloads every model the engine holds, not just one
     supports_prefetch = False  # prefetch() wakes a sleeping engine's weights alone (a staged wake)
+    activation_timed = True  # start/activate() do the loading, so timing them measures it
 
     def __init__(self, name: str, ctx: EngineContext) -> None:
         self.name = name

@@ -20,6 +20,7 @@ class ComfyUIAdapter(Adapter):
     readiness_path = "/system_stats"
     releasable = frozenset({Tier.HOST, Tier.DISK})
     release_unloads_all = True  # /free unloads every checkpoint
+    activation_timed = False  # checkpoints load with the first prompt, inside its job: nothing to time
 
     def __init__(self, name: str, ctx: EngineContext) -> None:
         super().__init__(name, ctx)

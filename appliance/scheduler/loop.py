@@ -473,9 +473,11 @@ class ResidencyManager:
         eng = self.engines[self.model_engine[model]]
         kind = ActionKind.START if isinstance(action, Start) else ActionKind.WAKE
         # What is timed: a wake from host RAM, a load into a running process, or a cold start
-        # (the process too). A wake after a prefetch only maps the rest: not a wake's cost.
+        # (the process too). Not a wake after a prefetch (it only maps the rest), nor an engine
+        # that loads lazily inside the first job (ComfyUI).
         timed = "start" if eng.state is not ProcessState.READY else "wake" if kind is ActionKind.WAKE else "load"
-        if timed == "wake" and self.core.snapshot().models[model].prefetched_bytes:
+        if not eng.adapter.activation_timed or (
+                timed == "wake" and self.core.snapshot().models[model].prefetched_bytes):
             timed = ""
         if eng.state is not ProcessState.READY:
             self._expect_ready.add(eng.name)
