@@ -121,9 +121,10 @@ def _services(out: Measured, llm: list[Mapping[str, Any]], image: list[Mapping[s
         out.table["image"] = {"seconds": round(statistics.median(per_image), 3)}
     else:
         out.missing.append("image: no image recorded (seconds per image)")
-    audio = sum(float(r.get("audio_s") or 0) for r in speech)
+    timed = [r for r in speech if float(r.get("audio_s") or 0) > 0]  # a format whose length was not read: skipped
+    audio = sum(float(r["audio_s"]) for r in timed)
     if audio > 0:
-        out.table["speech"] = {"real_time_factor": round(sum(float(r["gpu_s"]) for r in speech) / audio, 4)}
+        out.table["speech"] = {"real_time_factor": round(sum(float(r["gpu_s"]) for r in timed) / audio, 4)}
     else:
         out.missing.append("speech: no audio recorded (real-time factor)")
 

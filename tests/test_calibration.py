@@ -32,11 +32,12 @@ def status_doc(**llm_view: Any) -> dict[str, Any]:
     return {
         "gpu": {"total_bytes": 24 * GIB, "name": "Fake"},
         "models": [{"id": "chat", "modality": "text"}, {"id": "small", "modality": "text"},
-                   {"id": "img", "modality": "image"}],
+                   {"id": "img", "modality": "image"}, {"id": "voice", "modality": "speech"}],
         "residency": {"vram_budget_bytes": int(22.5 * GIB),
                       "models": {"chat": view, "small": {"footprint_bytes": GIB, "measured": False},
                                  "img": {"footprint_bytes": 15 * GIB, "measured": False, "host_bytes": 15 * GIB,
-                                         "transitions_s": {"load": 4.0}}}},
+                                         "transitions_s": {"load": 4.0}},
+                                 "voice": {"footprint_bytes": 3 * GIB, "measured": True}}},
     }
 
 
@@ -47,18 +48,20 @@ RECORDS = [
     {"model": "chat", "status": 500, "tokens_out": 90, "gpu_s": 9.0},  # failed: not a service time
     {"model": "small", "status": 200, "tokens_out": 40, "gpu_s": 1.0},
     {"model": "img", "status": 200, "images": 2, "gpu_s": 12.0},
+    {"model": "voice", "status": 200, "audio_s": 10.0, "gpu_s": 4.0},
+    {"model": "voice", "status": 200, "audio_s": 0.0, "gpu_s": 3.0},  # length unknown: not counted
 ]
 
 
 def test_roles_go_to_the_busiest_model_of_each_kind_unless_chosen() -> None:
-    assert pick_roles(status_doc(), RECORDS, {}) == {"llm": "chat", "image": "img"}
+    assert pick_roles(status_doc(), RECORDS, {}) == {"llm": "chat", "image": "img", "speech": "voice"}
     assert pick_roles(status_doc(), RECORDS, {"llm": "small"})["llm"] == "small"
     with pytest.raises(ValueError, match="--speech nope: not a model the GPU scheduler serves"):
         pick_roles(status_doc(), RECORDS, {"speech": "nope"})
 
 
 def test_what_was_measured_reaches_the_simulators_loader_and_the_rest_is_named(tmp_path: Path) -> None:
-    m = measure(status_doc(), RECORDS, {"llm": "chat", "image": "img"})
+    m = measure(status_doc(), RECORDS, {"llm": "chat", "image": "img", "speech": "voice"})
     path = tmp_path / "box.toml"
     path.write_text(render_toml(m, ["a test box"]))
     cal = load_calibration(path)
@@ -72,9 +75,9 @@ def test_what_was_measured_reaches_the_simulators_loader_and_the_rest_is_named(t
     assert cal.model("image").vram_bytes == base.model("image").vram_bytes  # not measured: default kept
     assert cal.llm.decode_tps == 27.5  # median of 25 and 30 tokens/s; the short and the failed left out
     assert cal.image.seconds == 6.0
-    assert cal.speech == base.speech
+    assert cal.speech.real_time_factor == 0.4 and cal.model("speech").vram_bytes == 3 * GIB
     text = path.read_text()
-    assert "image (img): footprint not measured yet" in text and "speech: no model of that kind" in text
+    assert "image (img): footprint not measured yet" in text and "speech (voice): no wake measured" in text
 
 
 def test_an_unmeasured_box_changes_nothing(tmp_path: Path) -> None:
@@ -82,7 +85,7 @@ def test_an_unmeasured_box_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "none.toml"
     path.write_text(render_toml(m, ["nothing measured"]))
     assert load_calibration(path) == Calibration()
-    assert "the card (no GPU measured)" in path.read_text()
+    assert "the card (no GPU measured)" in path.read_text() and "speech: no model of that kind" in path.read_text()
 
 
 def test_the_cli_writes_a_calibration_from_a_running_daemon(tmp_path: Path) -> None:
