@@ -626,10 +626,7 @@ class ResidencyCore:
             if other.in_vram and other.phase is not Phase.RELEASING:
                 self._exited(other.id, now)
             elif not other.in_vram and other.phase in (Phase.STEADY, Phase.PREFETCHING):
-                other.engine_up, other.held_bytes, other.prefetched_bytes = False, 0, 0
-                other.phase = Phase.STEADY
-                if other.tier is Tier.HOST:
-                    other.tier = Tier.DISK
+                other.lost_engine()  # nothing of it runs: host copy, context and prefetched weights are gone
 
     def _stop_sleeping(self, slot: ModelSlot) -> None:
         """Stop a sleeping engine to free what it still holds in VRAM; its host copy goes too."""

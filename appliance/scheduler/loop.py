@@ -199,23 +199,29 @@ def runs_on_cpu(config: Config, engine: str, *, has_gpu: bool) -> bool:
     return eng.device == "cpu" or (eng.device == "auto" and not has_gpu)
 
 
-class FootprintFile:
-    """Measured footprints persisted as JSON so the next start knows them."""
+class StateFile:
+    """A JSON object kept under the state directory so the next start knows what this one measured
+    (footprints, transition times). Unreadable or not an object: empty. Written atomically."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def load(self) -> dict[str, int]:
+    def load(self) -> dict[str, Any]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
-        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        return data if isinstance(data, dict) else {}
 
-    def save(self, footprints: dict[str, int]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(footprints, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.path)
+    def save(self, data: Mapping[str, Any]) -> None:
+        """Best effort: a write that fails is logged and the next one tries again."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("residency: cannot write %s: %s", self.path, exc)
 
 
 @dataclass
@@ -237,8 +243,9 @@ class ResidencyManager:
         self.gpu = gpu
         self.bus = bus
         self.model_engine = {mid: m.engine for mid, m in config.models.items() if m.engine in engines}
-        self.footprint_file = FootprintFile(state_dir / "data" / "footprints.json")
-        self.timings = TransitionTimes(state_dir / "data" / "transitions.json").load()
+        self.footprint_file = StateFile(state_dir / "data" / "footprints.json")
+        self.timings_file = StateFile(state_dir / "data" / "transitions.json")
+        self.timings = TransitionTimes.from_mapping(self.timings_file.load())
         snap = gpu.snapshot()
         # Models whose worker runs on the CPU take no GPU memory: they bypass the GPU scheduler.
         self.cpu_models = {mid for mid, eng in self.model_engine.items()
@@ -248,7 +255,7 @@ class ResidencyManager:
             profile_for(mid, config.models[mid], config, engines[eng].adapter, catalog)
             for mid, eng in self.model_engine.items() if mid not in self.cpu_models
         ]
-        self._estimates = {p.id: p.costs for p in estimated}  # measured medians replace these
+        self._estimated = {p.id: p for p in estimated}  # measured medians replace their costs
         profiles = [replace(p, costs=self.timings.costs(p.id, p.costs)) for p in estimated]
         budget = MemoryBudget(
             vram_bytes=max(0, snap.total_bytes - int(config.gpu.reserve_gb * GIB)),
@@ -259,7 +266,8 @@ class ResidencyManager:
             PolicySettings(preemption=config.scheduler.preemption, one_engine_at_a_time=config.scheduler.turn_taking,
                            prefetch=config.scheduler.prefetch, restore=config.scheduler.restore,
                            max_start_failures=3, failure_backoff_s=1.0),
-            measured=self.footprint_file.load(),
+            measured={str(k): int(v) for k, v in self.footprint_file.load().items()
+                      if isinstance(v, int | float) and not isinstance(v, bool)},
         )
         self._clock = clock or time.monotonic
         self._events: asyncio.Queue[Event] = asyncio.Queue()
@@ -308,7 +316,7 @@ class ResidencyManager:
             "models": {
                 mid: {"tier": v.tier.value, "phase": v.phase, "queued": v.queued, "in_flight": v.in_flight,
                       "footprint_bytes": v.footprint_bytes, "measured": self.core.footprints.is_measured(mid),
-                      "host_bytes": self.core.ledger.slots[mid].profile.host_bytes,
+                      "host_bytes": self._estimated[mid].host_bytes,
                       "prefetched_bytes": v.prefetched_bytes, "preemptions": self.preemptions.get(mid, 0),
                       "transitions_s": timings.get(mid, {})}
                 for mid, v in snap.models.items()
@@ -401,8 +409,7 @@ class ResidencyManager:
             for action in actions:
                 self._execute(action)
             if self.core.footprints.take_dirty():
-                with contextlib.suppress(OSError):
-                    self.footprint_file.save(self.core.measured_footprints())
+                self.footprint_file.save(self.core.measured_footprints())
 
     def _execute(self, action: Action) -> None:
         if isinstance(action, Dispatch):
@@ -498,9 +505,8 @@ class ResidencyManager:
         if not transition:
             return
         self.timings.record(model, transition, seconds)
-        with contextlib.suppress(OSError):
-            self.timings.save()
-        self._post(CostsMeasured(self._clock(), model, self.timings.costs(model, self._estimates[model])))
+        self.timings_file.save(self.timings.as_mapping())
+        self._post(CostsMeasured(self._clock(), model, self.timings.costs(model, self._estimated[model].costs)))
 
     def _prefetch_room(self, model: str) -> str | None:
         """Why the GPU cannot take `model`'s weights now, by measurement; None when it can.

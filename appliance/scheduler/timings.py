@@ -1,22 +1,21 @@
-"""Measured transition times per model, persisted so the next start knows them.
+"""Measured transition times per model.
 
 Owns: the last `KEEP` durations of each model's wakes, starts (a process start plus load), loads
-(into a running process) and releases, their medians, the file they persist to
-(`<state_dir>/data/transitions.json`, written atomically), and `costs`, which puts the medians in
-place of the configured estimates in a model's `SwapCosts` (the reload costs GreedyDual weighs,
-the swap a restore prices, the Retry-After of a full queue).
+(into a running process) and releases, their medians, their plain-data form (`from_mapping`
+tolerates anything malformed, `as_mapping`), and `costs`, which puts the medians in place of the
+configured estimates in a model's `SwapCosts` (the reload costs GreedyDual weighs, the swap a
+restore prices, the Retry-After of a full queue).
 
-Must not: time anything itself (the residency manager passes the durations it measured), decide
-anything, or fail the daemon over a bad file (an unreadable one counts as empty).
+Must not: time anything, read or write files (the residency manager measures the durations and
+keeps them in `<state_dir>/data/transitions.json`), or decide anything.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
+from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
+from typing import Any
 
 from appliance.scheduler.types import SwapCosts
 
@@ -26,20 +25,13 @@ COST_FIELD = {"wake": "wake_s", "start": "cold_start_s", "load": "load_s", "rele
 
 
 class TransitionTimes:
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path
+    def __init__(self) -> None:
         self._samples: dict[str, dict[str, list[float]]] = {}
 
-    def load(self) -> TransitionTimes:
-        """Read the file if there is one; anything malformed in it is skipped."""
-        if self.path is None:
-            return self
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return self
-        if not isinstance(data, dict):
-            return self
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> TransitionTimes:
+        """From `as_mapping`'s form; anything malformed in it is skipped."""
+        times = cls()
         for model, kinds in data.items():
             if not isinstance(kinds, dict):
                 continue
@@ -47,8 +39,13 @@ class TransitionTimes:
                 if kind in KINDS and isinstance(values, list):
                     for v in values[-KEEP:]:
                         if isinstance(v, int | float) and not isinstance(v, bool):
-                            self.record(str(model), kind, float(v))
-        return self
+                            times.record(str(model), kind, float(v))
+        return times
+
+    def as_mapping(self) -> dict[str, dict[str, list[float]]]:
+        """{model: {transition: [seconds, ...]}}, the samples kept, for persisting."""
+        return {model: {kind: [round(v, 4) for v in values] for kind, values in kinds.items()}
+                for model, kinds in self._samples.items()}
 
     def record(self, model: str, kind: str, seconds: float) -> None:
         if kind not in KINDS:
@@ -72,13 +69,3 @@ class TransitionTimes:
         """`estimate` with every measured transition replaced by its median."""
         measured = {COST_FIELD[kind]: m for kind in KINDS if (m := self.median(model, kind)) is not None}
         return replace(estimate, **measured) if measured else estimate
-
-    def save(self) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        data = {model: {kind: [round(v, 4) for v in values] for kind, values in kinds.items()}
-                for model, kinds in self._samples.items()}
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.path)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance.scheduler import CostsMeasured, Reject, SwapCosts, Tier
+from appliance.scheduler.loop import StateFile
 from appliance.scheduler.timings import KEEP, TransitionTimes
 
 from .residency_fakes import COSTS, Driver, profile
@@ -42,15 +43,19 @@ def test_what_is_not_a_duration_is_not_recorded() -> None:
 
 def test_the_file_survives_a_restart_and_a_bad_one_counts_as_empty(tmp_path: Path) -> None:
     path = tmp_path / "data" / "transitions.json"
-    t = TransitionTimes(path)
+    t = TransitionTimes()
     t.record("voice", "start", 12.5)
     t.record("voice", "wake", 0.12)
-    t.save()
-    assert TransitionTimes(path).load().medians() == {"voice": {"start": 12.5, "wake": 0.12}}
+    StateFile(path).save(t.as_mapping())  # as the residency manager keeps them
+
+    def reloaded() -> TransitionTimes:
+        return TransitionTimes.from_mapping(StateFile(path).load())
+
+    assert reloaded().medians() == {"voice": {"start": 12.5, "wake": 0.12}}
     path.write_text(json.dumps({"voice": {"wake": [0.1, "x", True, None], "nonsense": [1]}, "b": 3}))
-    assert TransitionTimes(path).load().medians() == {"voice": {"wake": 0.1}}
+    assert reloaded().medians() == {"voice": {"wake": 0.1}}
     path.write_text("{not json")
-    assert TransitionTimes(path).load().medians() == {}
+    assert reloaded().medians() == {}
     assert not list(path.parent.glob("*.tmp"))
 
 
