@@ -8,7 +8,14 @@ on at most 2 processes. Prints one table per workload with 95% confidence interv
 over the seeds, the sustainable load search, the targets, and ends with one line of JSON.
 
 Usage: python bench/scheduler.py [--quick] [--seeds N] [--first-seed K] [--hours H] [--calibration FILE]
-                                 [--restore]
+                                 [--restore] [--set KEY=VALUE ...] [--max-wait MODEL=S ...]
+                                 [--only W3s@0.5,W4 ...]
+
+`--set` changes one of our policy's settings (`PolicySettings` in appliance/scheduler/policy.py,
+e.g. `--set drain_below_s=3`), `--max-wait` one model's starvation bound (`llm`, `image`,
+`speech`; with preemption too), so that any sweep quoted in docs/scheduler.md reruns from here.
+`--only` runs just the named configurations and skips the sustainable-load search and the
+target check (its JSON line then holds those configurations only).
 
 Must not: change any policy; it only runs and reports.
 """
@@ -16,6 +23,7 @@ Must not: change any policy; it only runs and reports.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -54,13 +62,59 @@ def key(name: str, rho: float) -> str:
 # ------------------------------------------------------------------ one run
 
 
-def run_one(task: tuple[str, float, int, str, float, str | None, bool, bool]) -> dict[str, Any]:
-    name, rho, seed, policy, hours, cal_path, search, restore = task
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """Our policy's settings and starvation bounds for this run (defaults unless overridden)."""
+
+    settings: tuple[tuple[str, Any], ...] = ()
+    max_wait_s: tuple[tuple[str, float], ...] = ()
+
+    def policy_settings(self) -> PolicySettings:
+        return PolicySettings(**dict(self.settings))
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` for a `PolicySettings` field, the value converted to the field's type."""
+    name, sep, raw = text.partition("=")
+    fields = {f.name: f for f in dataclasses.fields(PolicySettings)}
+    if not sep or name not in fields:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+    default = getattr(PolicySettings(), name)
+    value: Any
+    if raw.lower() in ("none", "off") and (default is None or isinstance(default, float)):
+        value = None
+    elif isinstance(default, bool):
+        if raw.lower() not in ("true", "false", "on", "off", "1", "0"):
+            raise argparse.ArgumentTypeError(f"--set {name}: expected true or false, not {raw!r}")
+        value = raw.lower() in ("true", "on", "1")
+    else:
+        try:
+            value = int(raw) if isinstance(default, int) else float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--set {name}: expected a number, not {raw!r}") from None
+    return name, value
+
+
+def parse_max_wait(text: str) -> tuple[str, float]:
+    """`MODEL=SECONDS` for one of the simulated models."""
+    model, _, raw = text.partition("=")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if model not in ("llm", "image", "speech") or not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"--max-wait {text!r}: expected MODEL=SECONDS, MODEL llm, image or speech")
+    return model, seconds
+
+
+def run_one(task: tuple[str, float, int, str, float, str | None, bool, Variant]) -> dict[str, Any]:
+    name, rho, seed, policy, hours, cal_path, search, variant = task
     cal = load_calibration(Path(cal_path)) if cal_path else Calibration()
     horizon = hours * 3600.0
     w = workloads.build(cal, name, rho, seed, horizon_s=horizon, warmup_s=horizon / 16)
     abort = B1_ABORT_BACKLOG if (policy == "B1" or search) else None
-    s = simulate(policy, w, cal, settings=PolicySettings(restore=restore), abort_backlog=abort)
+    mw = dict(variant.max_wait_s) if policy.startswith("ours") and variant.max_wait_s else None
+    s = simulate(policy, w, cal, settings=variant.policy_settings(), abort_backlog=abort, max_wait_s=mw)
     every = [x for v in s.latency.values() for x in v]
     return {
         "name": name, "rho": rho, "seed": seed, "policy": policy,
@@ -164,14 +218,14 @@ def summary(rows: dict[str, list[dict[str, Any]]], ours: str, free: str) -> dict
 
 
 def sustainable(
-    pool: Any, policy: str, seeds: range, hours: float, cal_path: str | None, restore: bool
+    pool: Any, policy: str, seeds: range, hours: float, cal_path: str | None, variant: Variant
 ) -> tuple[float, str]:
     """Highest rho (steps of 0.1) where the mean p95 over seeds stays under 120 s and the backlog
     does not grow (at most one seed showing growth). When no step of 0.1 passes, the search
     continues below 0.1 in steps of 0.01 so that a ratio can still be formed."""
 
     def passes(rho: float) -> bool:
-        tasks = [("W1", rho, s, policy, hours, cal_path, True, restore) for s in seeds]
+        tasks = [("W1", rho, s, policy, hours, cal_path, True, variant) for s in seeds]
         res = pool.map(run_one, tasks, chunksize=1)
         grown = sum(r["unstable"] for r in res)
         return grown <= max(1, len(seeds) // 10) and statistics.fmean(r["p95"] for r in res) < SUSTAINABLE_P95_S
@@ -201,26 +255,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--processes", type=int, default=2, help="worker processes (at most 2)")
     ap.add_argument("--calibration", default=None, help="JSON or TOML file replacing calibration defaults")
     ap.add_argument("--restore", action="store_true", help="our policy with scheduler.restore on")
+    ap.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[], metavar="KEY=VALUE",
+                    help="one of our policy's settings (PolicySettings), e.g. drain_below_s=3; repeatable")
+    ap.add_argument("--max-wait", action="append", type=parse_max_wait, default=[], metavar="MODEL=S",
+                    help="one model's max_wait for our policy (llm, image, speech); repeatable")
+    ap.add_argument("--only", default=None, metavar="CONFIGS",
+                    help="comma-separated configurations to run (e.g. W3s@0.5,W4); no load search or target check")
     args = ap.parse_args(argv)
+    settings = dict(args.settings) | ({"restore": True} if args.restore else {})
+    variant = Variant(tuple(sorted(settings.items())), tuple(sorted(args.max_wait)))
+    configs = TABLE_CONFIGS
+    if args.only:
+        known = {key(n, r): (n, r) for n, r in TABLE_CONFIGS}
+        wanted = [c.strip() for c in args.only.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in known]
+        if unknown:
+            ap.error(f"--only: unknown configurations {unknown}; known: {', '.join(known)}")
+        configs = [known[c] for c in wanted]
     seeds = range(args.first_seed, args.first_seed + (args.seeds or (3 if args.quick else 10)))
     hours = args.hours or (2.0 if args.quick else 8.0)
     cal_path = str(Path(args.calibration).resolve()) if args.calibration else None
     procs = max(1, min(2, args.processes, os.cpu_count() or 1))
     started = time.monotonic()
-    tasks = [(n, r, s, p, hours, cal_path, False, args.restore)
-             for n, r in TABLE_CONFIGS for p in POLICIES for s in seeds]
+    tasks = [(n, r, s, p, hours, cal_path, False, variant) for n, r in configs for p in POLICIES for s in seeds]
     with Pool(procs) as pool:
         results = pool.map(run_one, tasks, chunksize=1)
-        ours_load, ours_how = sustainable(pool, "ours", seeds, hours, cal_path, args.restore)
-        b1_load, b1_how = sustainable(pool, "B1", seeds, hours, cal_path, False)
+        if not args.only:
+            ours_load, ours_how = sustainable(pool, "ours", seeds, hours, cal_path, variant)
+            b1_load, b1_how = sustainable(pool, "B1", seeds, hours, cal_path, Variant())
     by_config: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for res in results:
         by_config.setdefault(key(res["name"], res["rho"]), {}).setdefault(res["policy"], []).append(res)
     print(f"Residency scheduler benchmark: {hours:g} simulated hours x {len(seeds)} seeds per configuration "
           f"({seeds.start}-{seeds.stop - 1}), "
           f"first {60 * hours / 16:g} min dropped, {procs} processes")
-    for n, r in TABLE_CONFIGS:
+    if variant != Variant():
+        print("our policy with " + ", ".join([f"{k}={v}" for k, v in variant.settings]
+                                            + [f"max_wait {m}={v:g} s" for m, v in variant.max_wait_s]))
+    for n, r in configs:
         print_table(key(n, r), by_config[key(n, r)])
+    if args.only:
+        partial = {key(n, r): summary(by_config[key(n, r)], "ours", "ours_free") for n, r in configs}
+        partial["preemption"] = {
+            key(n, r): summary(by_config[key(n, r)], "ours_preempt", "ours_preempt_free") for n, r in configs
+        }
+        print(f"elapsed {time.monotonic() - started:.0f} s")
+        print(json.dumps(partial, separators=(",", ":")))
+        return 0
     ratio = ours_load / b1_load if b1_load else math.inf
     print(f"\nSustainable load on W1 (p95 < {SUSTAINABLE_P95_S:g} s, backlog not growing): ours {ours_load:g} "
           f"({ours_how}), B1 {b1_load:g} ({b1_how}), ratio {ratio:.2f}")

@@ -40,7 +40,8 @@ Decision order, applied after every event once its facts are recorded:
          counted only while its model was neither serving nor loading and only since the
          request became the oldest waiter; this overrides the protection that the
          resident batch otherwise enjoys, so no batch can starve another model;
-       - idle victims: they have no work at all, queued or running;
+       - idle victims: they have no work at all, queued or running (after
+         `PolicySettings.idle_switch_hold_s` of waiting credit, 0 by default);
        - optionally a cheap drain (`PolicySettings.drain_below_s`).
        Models of one process whose release unloads them all (ComfyUI's /free) are one
        candidate, released together (unless one is pinned).
@@ -184,6 +185,8 @@ class ResidencyCore:
         for s in self._slots.values():
             if s.accrues_credit() and not s.in_vram and s.phase is Phase.STEADY:
                 times.append(s.credit_mark + s.profile.max_wait_s - s.credit_s)
+                if self.settings.idle_switch_hold_s > 0:  # a held idle switch
+                    times.append(s.credit_mark + self.settings.idle_switch_hold_s - s.credit_s)
             if self.settings.one_engine_at_a_time and s.accrues_credit() and s.servable:
                 times.append(s.credit_mark + self._hold_s(s) - s.credit_s)  # a held co-resident head
             if s.queue and s.failed_until > self._now:

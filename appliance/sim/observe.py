@@ -80,6 +80,7 @@ class Observations:
         self.finished: dict[str, float] = {}
         self.queued: set[str] = set()
         self.job_start: dict[str, float] = {}
+        self.first_dispatch: dict[str, float] = {}  # when each request first got its engine
         self.jobs_done: list[tuple[float, float]] = []
         self.episodes: list[tuple[str, float, float, float]] = []  # model, t0, t1, remainder
         self.n_rejected = 0
@@ -139,6 +140,7 @@ class Observations:
         self._leave_queue(model, rid, now)
         self._jobs_change(model, now, +1)
         self.job_start[rid] = now
+        self.first_dispatch.setdefault(rid, now)
 
     def done(self, rid: str, model: str, now: float) -> None:
         self._jobs_change(model, now, -1)

@@ -139,3 +139,13 @@ def test_footprint_peak_only_grows_until_reset() -> None:
     assert not f.observe("unknown", 1)
     f.reset_peak("a")
     assert f.of("a") == 10 * GB and f.measured() == {}
+
+
+def test_idle_switch_hold_delays_only_the_idle_trigger() -> None:
+    idle = [v("r", 10, 1.0)]
+    held = PolicySettings(idle_switch_hold_s=4.0)
+    young = SwitchView(credit_s=1.0, max_wait_s=30.0, urgent=False)
+    assert not should_switch(young, idle, 0.0, held)
+    assert should_switch(SwitchView(credit_s=4.0, max_wait_s=30.0, urgent=False), idle, 0.0, held)
+    assert should_switch(SwitchView(credit_s=1.0, max_wait_s=30.0, urgent=True), idle, 0.0, held)  # pinned
+    assert should_switch(young, idle, 0.0, PolicySettings())

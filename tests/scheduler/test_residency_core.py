@@ -557,3 +557,18 @@ def test_duplicate_request_id_is_a_driver_bug() -> None:
     d.arrive("r1", "a", 0.0)
     with pytest.raises(ValueError, match="already known"):
         d.arrive("r1", "a", 1.0)
+
+
+def test_an_idle_switch_is_held_until_the_waiter_has_its_credit() -> None:
+    d = Driver.create(box(), tiers=HOST, settings=PolicySettings(idle_switch_hold_s=3.0))
+    d.arrive("c1", "llm", 0.0)
+    d.ready("llm", 1.0)
+    d.done("c1", 2.0)
+    assert d.arrive("i1", "image", 10.0) == []  # the LLM is idle, but the image waits its hold
+    assert d.core.next_deadline() == pytest.approx(13.0)
+    d.arrive("i2", "image", 12.0)  # shares the swap
+    assert d.tick(13.0) == [Sleep("llm")]
+    d.released("llm", 13.1)
+    d.ready("image", 14.0)
+    d.done("i1", 20.0)
+    assert d.dispatched()[-2:] == ["i1", "i2"]
