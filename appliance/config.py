@@ -88,7 +88,7 @@ class SchedulerConfig(_Frozen):
     tick_s: float = Field(default=1.0, gt=0)
     release_deadline_s: float = Field(default=30.0, gt=0)  # before a release escalates
     footprint_headroom: float = Field(default=1.05, ge=1.0)
-    preemption: bool = False  # abort LLM streams to swap sooner, resume them after (vLLM chat streams)
+    preemption: bool = False  # abort LLM streams to swap sooner, resume them after (chat and completion streams)
     turn_taking: bool = True  # co-resident engines compute one at a time (oldest waiter first)
     prefetch: bool = True  # wake a slept vLLM's weights while the model it waits for still works
     restore: bool = False  # on an idle GPU, bring back the model most likely asked for next

@@ -273,14 +273,31 @@ async def test_completions_plain_and_streamed(vllm: Running, http: aiohttp.Clien
         plain = await r.json()
     assert plain["object"] == "text_completion"
     assert plain["model"] == "qwen-alias"
-    assert plain["choices"][0]["text"] == "one two three one"
+    assert plain["choices"][0]["text"] == " one two three one"  # the first word carries its space
     async with http.post(vllm.url("/v1/completions"), json={**body, "stream": True}) as r:
         events = await sse_events(r)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert {c["object"] for c in chunks} == {"text_completion"}
-    assert "".join(c["choices"][0]["text"] for c in chunks) == "one two three one"
+    assert "".join(c["choices"][0]["text"] for c in chunks) == " one two three one"
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_a_completion_continued_from_its_own_text_goes_on_as_the_whole_run(
+    vllm: Running, http: aiohttp.ClientSession
+) -> None:
+    """What the gateway relies on to resume a preempted completion: prompt + text so far, as a new
+    prompt, yields the rest of the uninterrupted output (repeated words included)."""
+    prompt = "a b a c a d"
+
+    async def complete(text: str, n: int) -> str:
+        async with http.post(vllm.url("/v1/completions"), json={"prompt": text, "max_tokens": n}) as r:
+            return str((await r.json())["choices"][0]["text"])
+
+    whole = await complete(prompt, 9)
+    head = await complete(prompt, 4)
+    assert whole.startswith(head) and len(whole.split()) == 9
+    assert head + await complete(prompt + head, 5) == whole
 
 
 @pytest.mark.parametrize(
@@ -455,7 +472,7 @@ async def test_sleep_level_2_requires_reload_weights(
             assert r.status == 200
         async with http.post(server.url("/v1/completions"), json={"prompt": "a b", "max_tokens": 2}) as r:
             assert r.status == 200
-            assert (await r.json())["choices"][0]["text"] == "a b"
+            assert (await r.json())["choices"][0]["text"] == " a b"
 
 
 async def test_sleep_aborts_an_inflight_stream(

@@ -1,11 +1,11 @@
-"""One whole chat answer built from an engine stream, so that a non-streamed chat can be preempted.
+"""One whole answer built from an engine stream, so that a non-streamed chat or completion can be preempted.
 
-With `scheduler.preemption` on, a non-streamed chat the continuation can reproduce
+With `scheduler.preemption` on, a non-streamed chat or completion the continuation can reproduce
 (`resume.can_resume(..., whole=True)`) is relayed as a resumable stream into `Gathered` instead of
 the client's connection; once the stream (stitched over any preemptions) ends, `whole_answer` turns
-its chunks into the `chat.completion` object the engine would have returned (contracts.md 1.3):
-the content and any reasoning text joined, the last finish and stop reasons, the per-token
-logprobs concatenated, the usage as the client counts it. An error the engine reported, before or
+its chunks into the `chat.completion` (or `text_completion`) object the engine would have returned
+(contracts.md 1.3): the content and any reasoning text joined, the last finish and stop reasons, the
+per-token logprobs of a chat concatenated, the usage as the client counts it. An error the engine reported, before or
 during the stream, is answered as that error.
 
 It must not decide what is resumable (`resume` does) nor talk to engines.
@@ -55,7 +55,8 @@ class Gathered:
 
 
 def whole_answer(events: bytes, status: int = 200) -> tuple[int, dict[str, Any]]:
-    """The `chat.completion` (or the error) that the SSE `events` of one stitched stream amount to."""
+    """The `chat.completion` or `text_completion` (or the error) that the SSE `events` of one
+    stitched stream amount to."""
     chunks: list[dict[str, Any]] = []
     for event in events.split(b"\n\n"):
         line = event.strip()
@@ -72,6 +73,8 @@ def whole_answer(events: bytes, status: int = 200) -> tuple[int, dict[str, Any]]
         return 502, {"error": {"message": "the engine's stream ended without an answer", "type": "server_error",
                                "param": None, "code": 502}}
     first = chunks[0]
+    if first.get("object") == "text_completion":
+        return 200, _text_completion(chunks)
     content: list[str] = []
     reasoning: dict[str, list[str]] = {}
     logprobs: list[Any] | None = None
@@ -108,3 +111,30 @@ def whole_answer(events: bytes, status: int = 200) -> tuple[int, dict[str, Any]]
     if usage is not None:
         answer["usage"] = usage
     return 200, answer
+
+
+def _text_completion(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `text_completion` of one stitched completions stream (one choice: `can_resume` refuses `n`
+    > 1, `echo` and `logprobs`)."""
+    text: list[str] = []
+    finish: Any = None
+    stop: Any = None
+    usage: Any = None
+    for chunk in chunks:
+        if chunk.get("usage") is not None and not chunk.get("choices"):
+            usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            if choice.get("text"):
+                text.append(choice["text"])
+            if choice.get("finish_reason") is not None:
+                finish, stop = choice["finish_reason"], choice.get("stop_reason")
+    first = chunks[0]
+    answer: dict[str, Any] = {
+        "id": first.get("id"), "object": "text_completion", "created": first.get("created"),
+        "model": first.get("model"),
+        "choices": [{"index": 0, "text": "".join(text), "logprobs": None, "finish_reason": finish,
+                     "stop_reason": stop, "prompt_logprobs": None}],
+    }
+    if usage is not None:
+        answer["usage"] = usage
+    return answer

@@ -191,7 +191,7 @@ class OpenAIRoutes:
         """Relay a stream; `resumable` (the parsed body) when it may be preempted and resumed."""
         meter = proxy.StreamMeter()
         keepalive = KeepAlive(ex, f"waiting for model {name} to load", self.keepalive_s)
-        stitch = resume.StreamStitch(resumable) if resumable is not None else None
+        stitch = resume.StreamStitch(resumable, call.route) if resumable is not None else None
 
         async def relay(lease: Lease) -> int:
             await keepalive.stop()
@@ -216,10 +216,10 @@ class OpenAIRoutes:
                 call.tokens_out, call.tokens_exact = meter.chunks, False
 
     async def _whole_from_stream(self, ex: Exchange, call: Call, name: str, raw: bytes, body: dict[str, Any]) -> None:
-        """A non-streamed chat that may be preempted: the engine streams it (resumed after any
-        preemption) and the client gets the one answer built from that stream (`gather`). A
-        lease that turns out not preemptible is served as usual."""
-        stitch = resume.StreamStitch({**body, "stream": True, "stream_options": {"include_usage": True}})
+        """A non-streamed chat or completion that may be preempted: the engine streams it (resumed
+        after any preemption) and the client gets the one answer built from that stream (`gather`).
+        A lease that turns out not preemptible is served as usual."""
+        stitch = resume.StreamStitch({**body, "stream": True, "stream_options": {"include_usage": True}}, call.route)
 
         async def relay(lease: Lease) -> tuple[int, bytes, bytes]:
             if lease.preemption is None:

@@ -1,18 +1,22 @@
 """Stream preemption on the gateway side: one client stream stitched from several engine streams.
 
-When the scheduler preempts a chat stream (`scheduler.preemption`), the engine connection is closed
+When the scheduler preempts a text stream (`scheduler.preemption`), the engine connection is closed
 (vLLM aborts the request), the request waits first in its model's queue, and once the model is back
-the stream continues with a continuation request: the original messages plus an assistant message
-holding the text already sent, with vLLM's `continue_final_message` (and `add_generation_prompt`
-off), and `max_tokens` less the tokens already sent. The client sees one stream: the continuation's
-chunks get the first stream's `id` and `created`, its role-only opening chunk is dropped, and its
-usage counts the re-prefilled text as completion, not prompt.
+the stream continues with a continuation request, with `max_tokens` less the tokens already sent:
+- a chat: the original messages plus an assistant message holding the text already sent, with vLLM's
+  `continue_final_message` (and `add_generation_prompt` off);
+- a completion: the prompt followed by the text already sent, as the new prompt (the completion's
+  text is the exact continuation of its prompt, so prompt + text is what the engine had read).
+The client sees one stream: the continuation's chunks get the first stream's `id` and `created`, a
+chat continuation's role-only opening chunk is dropped, and the usage counts the re-prefilled text
+as completion, not prompt.
 
-A non-streamed chat is served the same way when it may be preempted: the gateway asks the engine for
-a stream and `gather` builds the one answer the client asked for from it.
+A non-streamed request is served the same way when it may be preempted: the gateway asks the engine
+for a stream and `gather` builds the one answer the client asked for from it.
 
-Only chat streams the continuation can reproduce are preemptible (`can_resume`): one choice, no
-tools, no structured output, no logit processors whose state would restart. The tokens already sent
+Only streams the continuation can reproduce are preemptible (`can_resume`): one choice, no tools, no
+structured output, no logit processors whose state would restart; for a completion, a prompt that
+is one string, without `echo`, `suffix` or `logprobs` (their offsets would restart). The tokens already sent
 come from the engine's own counts (`continuous_usage_stats`, requested for every segment and shown
 to the client only if it asked), so `max_tokens` and usage after a preemption are exact; an engine
 without per-chunk usage falls back to counting content-bearing chunks.
@@ -32,6 +36,7 @@ from .proxy import DONE, StreamMeter, _as_error_event, _failed
 from .upstream import ConnectFailed, ResponseBroken, UpstreamPool, UpstreamPools
 
 CHAT_ROUTE = "/v1/chat/completions"
+COMPLETIONS_ROUTE = "/v1/completions"
 _NOT_RESUMABLE = ("tools", "functions", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
                   "structured_outputs", "logits_processors", "prompt_logprobs", "echo")
 
@@ -43,7 +48,7 @@ def can_resume(route: str, body: dict[str, Any], *, whole: bool = False) -> bool
     resumable stream); its body must not carry `stream_options`, which the engine refuses
     without `stream` and the gateway would otherwise hide.
     """
-    if route != CHAT_ROUTE:
+    if route not in (CHAT_ROUTE, COMPLETIONS_ROUTE):
         return False
     if whole:
         if body.get("stream") not in (None, False) or body.get("stream_options") is not None:
@@ -57,6 +62,8 @@ def can_resume(route: str, body: dict[str, Any], *, whole: bool = False) -> bool
     fmt = body.get("response_format")
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
         return False
+    if route == COMPLETIONS_ROUTE:
+        return isinstance(body.get("prompt"), str) and all(body.get(k) is None for k in ("suffix", "logprobs"))
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
         return False
@@ -75,11 +82,12 @@ class StreamStitch:
     counting content-bearing chunks.
     """
 
-    __slots__ = ("body", "created", "finished", "id", "prompt_tokens", "seg_chunks", "seg_tokens", "segment",
+    __slots__ = ("body", "created", "finished", "id", "prompt_tokens", "route", "seg_chunks", "seg_tokens", "segment",
                  "sent_before", "text", "usage", "want_continuous", "want_usage")
 
-    def __init__(self, body: dict[str, Any]) -> None:
+    def __init__(self, body: dict[str, Any], route: str = CHAT_ROUTE) -> None:
         self.body = body
+        self.route = route
         options = body.get("stream_options")
         options = options if isinstance(options, dict) else {}
         self.want_usage = options.get("include_usage") is True
@@ -120,7 +128,7 @@ class StreamStitch:
             if chunk is None:
                 out.append(event + b"\n\n")
                 continue
-            if self.segment and self._opening(chunk):
+            if self.segment and self.route == CHAT_ROUTE and self._opening(chunk):
                 continue
             self._observe(chunk)
             usage = chunk.get("usage")
@@ -161,8 +169,11 @@ class StreamStitch:
         if self.id is None:
             self.id, self.created = chunk.get("id"), chunk.get("created")
         for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            content = delta.get("content")
+            if self.route == COMPLETIONS_ROUTE:
+                content = choice.get("text")
+            else:
+                delta = choice.get("delta") or {}
+                content = delta.get("content")
             if content:
                 self.text.append(content)
                 self.seg_chunks += 1
@@ -184,15 +195,18 @@ class StreamStitch:
         self.segment += 1
         self.sent_before, self.seg_tokens, self.seg_chunks = sent, None, 0
         body = dict(self.body)
-        messages = [dict(m) if isinstance(m, dict) else m for m in body["messages"]]
         text = "".join(self.text)
-        if body.get("continue_final_message") is True:
-            messages[-1]["content"] = str(messages[-1]["content"]) + text
+        if self.route == COMPLETIONS_ROUTE:
+            body["prompt"] = str(body["prompt"]) + text
         else:
-            messages.append({"role": "assistant", "content": text})
-        body["messages"] = messages
-        body["continue_final_message"] = True
-        body["add_generation_prompt"] = False
+            messages = [dict(m) if isinstance(m, dict) else m for m in body["messages"]]
+            if body.get("continue_final_message") is True:
+                messages[-1]["content"] = str(messages[-1]["content"]) + text
+            else:
+                messages.append({"role": "assistant", "content": text})
+            body["messages"] = messages
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
         for key in ("max_completion_tokens", "max_tokens"):
             if isinstance(body.get(key), int):
                 body[key] = max(1, body[key] - sent)
@@ -215,7 +229,7 @@ def _parse(event: bytes) -> dict[str, Any] | None:
 
 async def relay_resumable(ex: StreamSink, pools: UpstreamPools, lease: Lease, body: bytes, meter: StreamMeter,
                           stitch: StreamStitch, keepalive: KeepAlive) -> int:
-    """Relay a chat stream that the scheduler may preempt, resuming it as often as it is preempted;
+    """Relay a text stream that the scheduler may preempt, resuming it as often as it is preempted;
     `keepalive` sends SSE comments while a preempted stream waits for its model to come back."""
     preemption = lease.preemption
     assert preemption is not None
@@ -247,7 +261,7 @@ async def _relay_segment(ex: StreamSink, pool: UpstreamPool, body: bytes, lease:
     assert preemption is not None
     engine = lease.engine.name
     try:
-        resp = await pool.post(CHAT_ROUTE, body)
+        resp = await pool.post(stitch.route, body)
     except ConnectFailed as exc:
         if stitch.segment:  # the stream already began: a retry would need a new lease anyway
             raise UpstreamFailed(f"engine {engine!r} refused the connection while resuming: {exc}") from exc

@@ -115,8 +115,8 @@ class Request:
     max_tokens: the client's cap on the answer (the core clamps it to the model's at dispatch).
     The core never orders or prices requests by their own size: drains and Retry-After come
     from the service times it measured (`ServiceHistory`, the slot's moving average).
-    preemptible: the caller can abort this request and resume it (a chat the gateway can
-    continue, streamed or not); only then, and only when the model is preemptible and
+    preemptible: the caller can abort this request and resume it (a chat or completion the
+    gateway can continue, streamed or not); only then, and only when the model is preemptible and
     preemption is on, may it be preempted.
     """
 

@@ -80,3 +80,20 @@ def test_an_engine_reply_without_a_stream_is_passed_on_as_it_came() -> None:
     body = b'{"error":{"message":"bad","type":"BadRequestError","param":"messages","code":400}}'
     asyncio.run(sink.respond(400, body))
     assert sink.answer(400) == (400, body, b"application/json")
+
+
+def test_a_completion_stream_becomes_one_text_completion() -> None:
+    def text(t: str, finish: str | None = None) -> bytes:
+        return event({"id": "cmpl-1", "object": "text_completion", "created": 5, "model": "m",
+                      "choices": [{"index": 0, "text": t, "logprobs": None, "finish_reason": finish,
+                                   "stop_reason": None}]})
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    events = text(" blue") + text(" sky", "length") + event(
+        {"id": "cmpl-1", "object": "text_completion", "created": 5, "model": "m", "choices": [], "usage": usage}
+    ) + b"data: [DONE]\n\n"
+    status, answer = whole_answer(events)
+    assert status == 200
+    assert answer == {"id": "cmpl-1", "object": "text_completion", "created": 5, "model": "m",
+                      "choices": [{"index": 0, "text": " blue sky", "logprobs": None, "finish_reason": "length",
+                                   "stop_reason": None, "prompt_logprobs": None}],
+                      "usage": usage}

@@ -1,5 +1,6 @@
 """Stream preemption end to end: a real `appliance serve` with `scheduler.preemption = true`, a 20 GiB
-vLLM stand-in and a 15 GiB ComfyUI stand-in on a 24 GiB fake GPU (they never fit together).
+vLLM stand-in and a 15 GiB ComfyUI stand-in on a 24 GiB fake GPU (they never fit together). Chats and
+completions, streamed and not.
 
 A chat stream is running when an image request arrives; once the image has waited its max_wait the
 scheduler aborts the stream, sleeps vLLM, serves the image, wakes vLLM and resumes the stream with
@@ -151,3 +152,82 @@ def test_a_client_that_leaves_while_preempted_is_forgotten(gw: Gateway) -> None:
     again = gw.client(None).chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}],
                                                     max_tokens=3)
     assert again.choices[0].message.content == "hi hi hi"
+
+
+COMPLETION_PROMPT = "the sky is the colour of the sea"  # repeated words: the continuation must read its context
+
+
+def test_a_preempted_completion_stream_resumes_with_its_text_appended_to_the_prompt(gw: Gateway) -> None:
+    """/v1/completions streams are preempted too: the continuation's prompt is the prompt plus the
+    text already sent, and the client sees one stream with an unpreempted run's text."""
+    expected = gw.client(None).completions.create(model="chat", prompt=COMPLETION_PROMPT, max_tokens=TOKENS)
+    before = gw.log().count("residency: preempt chat stream")
+
+    def stream_completion(streaming: threading.Event) -> list[Any]:
+        chunks = []
+        stream = gw.client(None).completions.create(model="chat", prompt=COMPLETION_PROMPT, max_tokens=TOKENS,
+                                                    stream=True, stream_options={"include_usage": True})
+        for chunk in stream:
+            chunks.append(chunk)
+            if len(chunks) == 10:
+                streaming.set()
+        return chunks
+
+    chunks, marks = stream_beside_image(gw, stream_completion)
+    assert marks["image_done"] < marks["stream_done"]  # paused for the image, not drained
+    assert gw.log().count("residency: preempt chat stream") > before
+    assert len({c.id for c in chunks}) == 1 and {c.object for c in chunks} == {"text_completion"}
+    content = [c for c in chunks if c.choices]
+    assert "".join(c.choices[0].text for c in content) == expected.choices[0].text
+    assert [c.choices[0].finish_reason for c in content if c.choices[0].finish_reason] == ["length"]
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (len(COMPLETION_PROMPT.split()), TOKENS)
+
+
+def test_a_preempted_whole_completion_comes_back_as_one_text_completion(gw: Gateway) -> None:
+    expected = gw.client(None).completions.create(model="chat", prompt=COMPLETION_PROMPT, max_tokens=TOKENS)
+    before = gw.log().count("residency: preempt chat stream")
+
+    def whole_completion(streaming: threading.Event) -> Any:
+        def in_flight() -> None:
+            wait_until(lambda: gw.status()["residency"]["models"]["chat"]["in_flight"] > 0, 20, "the completion")
+            time.sleep(0.5)
+            streaming.set()
+
+        watcher = threading.Thread(target=in_flight)
+        watcher.start()
+        try:
+            return gw.client(None).completions.create(model="chat", prompt=COMPLETION_PROMPT, max_tokens=TOKENS)
+        finally:
+            watcher.join(30)
+
+    answer, marks = stream_beside_image(gw, whole_completion)
+    assert marks["image_done"] < marks["stream_done"]
+    assert gw.log().count("residency: preempt chat stream") > before
+    assert answer.object == "text_completion" and answer.id.startswith("cmpl-")
+    assert answer.choices[0].text == expected.choices[0].text
+    assert answer.choices[0].finish_reason == "length"
+    assert answer.usage is not None
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (len(COMPLETION_PROMPT.split()), TOKENS)
+    record = [r for r in gw.usage()["recent"] if r["model"] == "chat"][-1]
+    assert (record["tokens_in"], record["tokens_out"], record["status"]) == (len(COMPLETION_PROMPT.split()), TOKENS,
+                                                                             200)
+
+
+def test_a_completion_with_echo_is_drained(gw: Gateway) -> None:
+    before = gw.log().count("residency: preempt chat stream")
+
+    def echo_stream(streaming: threading.Event) -> str:
+        text = []
+        for i, chunk in enumerate(gw.client(None).completions.create(
+                model="chat", prompt=COMPLETION_PROMPT, max_tokens=TOKENS, stream=True, echo=True)):
+            text.append(chunk.choices[0].text if chunk.choices else "")
+            if i == 10:
+                streaming.set()
+        return "".join(text)
+
+    text, marks = stream_beside_image(gw, echo_stream)
+    assert marks["stream_done"] < marks["image_done"]  # echo cannot be stitched: the image waited
+    assert gw.log().count("residency: preempt chat stream") == before
+    assert text.startswith(COMPLETION_PROMPT)

@@ -1,12 +1,13 @@
 """Stream preemption with the appliance's own text worker (a tiny random-weight Llama on the CPU,
 declaring 10 GiB on a 24 GiB fake GPU) and a 15 GiB ComfyUI stand-in: they never fit together.
 
-A long chat stream runs when an image request arrives; once the image has waited its max_wait the
+A long stream runs when an image request arrives; once the image has waited its max_wait the
 scheduler aborts the stream, sleeps the worker, serves the image, wakes the worker and resumes the
-stream with `continue_final_message`. The client sees one stream: one id, one opening role chunk,
-one finish, and exact usage although this engine merges tokens into chunks. (The continuation
-re-tokenises the text already sent, so unlike vLLM's stand-in the random-weight model need not
-draw the same tokens as an unpreempted run.)
+stream (a chat with `continue_final_message`, a completion with the text sent appended to its
+prompt). The client sees one stream: one id, one opening role chunk, one finish, and exact usage
+although this engine merges tokens into chunks. (The continuation re-tokenises the text already
+sent, so unlike vLLM's stand-in the random-weight model need not draw the same tokens as an
+unpreempted run.)
 """
 
 from __future__ import annotations
@@ -89,3 +90,31 @@ def test_a_whole_answer_from_the_text_worker_is_built_from_its_stream(gw: Gatewa
     assert answer.choices[0].message.content == streamed != ""
     assert answer.usage is not None and answer.usage.completion_tokens == 12
     assert answer.usage.prompt_tokens > 0
+
+
+def test_a_text_worker_completion_stream_is_preempted_and_resumed(gw: Gateway) -> None:
+    """/v1/completions on the worker: the continuation's prompt is the prompt plus the text sent."""
+    client = gw.client(None)
+    preempts = gw.log().count("residency: preempt small stream")
+
+    def stream_completion(streaming: threading.Event) -> list[Any]:
+        chunks = []
+        stream = client.completions.create(model="small", prompt="once upon a time", max_tokens=TOKENS, temperature=0,
+                                           stream=True, stream_options={"include_usage": True},
+                                           extra_body={"ignore_eos": True})
+        for chunk in stream:
+            chunks.append(chunk)
+            if len(chunks) == 5:
+                streaming.set()
+        return chunks
+
+    chunks, marks = stream_beside_image(gw, stream_completion)
+    assert marks["image_done"] < marks["stream_done"]
+    assert gw.log().count("residency: preempt small stream") > preempts
+    assert len({c.id for c in chunks}) == 1
+    content = [c for c in chunks if c.choices]
+    assert [c.choices[0].finish_reason for c in content if c.choices[0].finish_reason] == ["length"]
+    alone = client.completions.create(model="small", prompt="once upon a time", max_tokens=1)
+    usage = chunks[-1].usage
+    assert usage is not None and alone.usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (alone.usage.prompt_tokens, TOKENS)

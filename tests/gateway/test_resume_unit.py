@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from appliance.gateway.resume import CHAT_ROUTE, StreamStitch, can_resume
+from appliance.gateway.resume import CHAT_ROUTE, COMPLETIONS_ROUTE, StreamStitch, can_resume
 
 
 def event(obj: Any) -> bytes:
@@ -41,8 +41,43 @@ def test_which_streams_can_be_resumed(body: dict[str, Any], ok: bool) -> None:
     assert can_resume(CHAT_ROUTE, body) is ok
 
 
-def test_completions_are_not_resumed() -> None:
-    assert not can_resume("/v1/completions", {"prompt": "x", "stream": True})
+COMPLETION = {"model": "m", "prompt": "The sky is", "stream": True, "max_tokens": 10}
+
+
+@pytest.mark.parametrize(("body", "ok"), [
+    (COMPLETION, True),
+    ({**COMPLETION, "prompt": ["a", "b"]}, False),  # several prompts: several choices
+    ({**COMPLETION, "prompt": [1, 2, 3]}, False),  # token ids: the text sent cannot be appended
+    ({**COMPLETION, "echo": True}, False),
+    ({**COMPLETION, "suffix": "."}, False),
+    ({**COMPLETION, "logprobs": 2}, False),  # text offsets would restart
+    ({**COMPLETION, "logprobs": None}, True),
+    ({**COMPLETION, "n": 2}, False),
+    ({**COMPLETION, "stream": False}, False),
+])
+def test_which_completion_streams_can_be_resumed(body: dict[str, Any], ok: bool) -> None:
+    assert can_resume(COMPLETIONS_ROUTE, body) is ok
+    assert not can_resume("/v1/embeddings", body)
+
+
+def text_chunk(cid: str, text: str, finish: str | None = None, created: int = 1) -> bytes:
+    return event({"id": cid, "object": "text_completion", "created": created, "model": "m",
+                  "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]})
+
+
+def test_a_completion_continues_with_the_text_sent_appended_to_its_prompt() -> None:
+    s = StreamStitch(dict(COMPLETION), COMPLETIONS_ROUTE)
+    first = text_chunk("a", " blue") + text_chunk("a", " and")
+    assert s.feed(first) == first
+    cont = json.loads(s.continuation())
+    assert cont["prompt"] == "The sky is blue and"
+    assert cont["max_tokens"] == 8 and "messages" not in cont and "continue_final_message" not in cont
+    assert COMPLETION["prompt"] == "The sky is"  # the original body is untouched
+    # A completion has no role-only opening chunk: the continuation's first chunk is text, and is kept.
+    out = parsed(s.feed(text_chunk("b", " wide", created=9) + text_chunk("b", ".", "stop", created=9)))
+    assert [c["choices"][0]["text"] for c in out] == [" wide", "."]
+    assert {(c["id"], c["created"]) for c in out} == {("a", 1)}
+    assert s.finished and "".join(s.text) == " blue and wide."
 
 
 def test_first_segment_passes_unchanged_and_continuation_carries_the_text_so_far() -> None:

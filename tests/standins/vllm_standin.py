@@ -354,7 +354,7 @@ class Server:
                     parts.append(
                         w.token(
                             s.index,
-                            piece(s.tokens, step, req.offset > 0),
+                            piece(s.tokens, step, req.continues_text),
                             s.finish_reason if last else None,
                             s.stop_reason if last else None,
                         )

@@ -2,7 +2,9 @@
 
 Owns: the whitespace tokenizer and its vocabulary, validation of chat/completion request bodies
 (raising ``ApiError`` with vLLM's status and error type), the deterministic output plan (each token
-is a word of the prompt, cycled), and the exact JSON bytes of responses and SSE chunks (§1.3).
+is a word of the prompt, cycled; a completion's next word is a function of everything it has read,
+so a prompt extended by the text already produced goes on as the whole run would have), and the
+exact JSON bytes of responses and SSE chunks (§1.3).
 Must not: do I/O, sleep, or know about sleep mode and metrics.
 """
 
@@ -140,6 +142,12 @@ class GenerationRequest:
     echo_texts: list[str] = field(default_factory=list)
     offset: int = 0  # continue_final_message: the output continues after this many tokens
 
+    @property
+    def continues_text(self) -> bool:
+        """The output's first word follows text (a completion's prompt, a continued message), so it
+        carries its space, as a real tokenizer's first token after a word does (" Paris")."""
+        return self.kind == "completion" or self.offset > 0
+
 
 def parse_json_body(raw: bytes) -> dict[str, object]:
     try:
@@ -276,17 +284,32 @@ class Sequence:
     stop_reason: str | None
 
 
+def next_word(context: list[str]) -> str:
+    """A completion's next word, from everything read so far: the word after the first occurrence of
+    the last one (back to the first word when that occurrence is the last). For a prompt of distinct
+    words this cycles the prompt; and since it reads only the context, a prompt that already holds
+    part of the output continues exactly as the uninterrupted run."""
+    first = context.index(context[-1])
+    return context[first + 1] if first + 1 < len(context) else context[0]
+
+
 def plan(req: GenerationRequest) -> list[Sequence]:
     """The deterministic output: token i is word i of the prompt (cycled); a stop word ends it.
     A chat continuing its final assistant message (`continue_final_message`) goes on from where that
-    message ends, so an aborted stream continued this way yields what it would have yielded whole."""
+    message ends, and a completion's words follow from its whole context (`next_word`), so an aborted
+    stream continued either way yields what it would have yielded whole."""
     seqs = []
     for p, words in enumerate(req.prompt_words):
         source = words or list(FILLER)
+        context = list(source)
         tokens: list[str] = []
         finish, stop_reason = "length", None
         for i in range(req.max_tokens):
-            word = source[(req.offset + i) % len(source)]
+            if req.kind == "completion":
+                word = next_word(context)
+                context.append(word)
+            else:
+                word = source[(req.offset + i) % len(source)]
             if word in req.stop:
                 finish, stop_reason = "stop", word
                 break
@@ -319,7 +342,7 @@ def full_response(req: GenerationRequest, seqs: list[Sequence], emitted: int, ab
     for s in seqs:
         count = min(emitted, len(s.tokens))
         completion_tokens += count
-        text = ("" if req.offset == 0 or count == 0 else " ") + " ".join(s.tokens[:count])
+        text = (" " if req.continues_text and count else "") + " ".join(s.tokens[:count])
         finish = "abort" if aborted and count < len(s.tokens) else s.finish_reason
         stop_reason = s.stop_reason if finish == "stop" else None
         if req.kind == "chat":
@@ -343,7 +366,7 @@ def full_response(req: GenerationRequest, seqs: list[Sequence], emitted: int, ab
             )
         else:
             if req.echo_texts:
-                text = req.echo_texts[s.index // req.n] + (" " + text if text else "")
+                text = req.echo_texts[s.index // req.n] + text
             choices.append(
                 {
                     "index": s.index,
