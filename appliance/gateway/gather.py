@@ -14,6 +14,7 @@ It must not decide what is resumable (`resume` does) nor talk to engines.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 REASONING_KEYS = ("reasoning_content", "reasoning")  # older and newer vLLM reasoning parsers
@@ -73,68 +74,58 @@ def whole_answer(events: bytes, status: int = 200) -> tuple[int, dict[str, Any]]
         return 502, {"error": {"message": "the engine's stream ended without an answer", "type": "server_error",
                                "param": None, "code": 502}}
     first = chunks[0]
-    if first.get("object") == "text_completion":
-        return 200, _text_completion(chunks)
-    content: list[str] = []
-    reasoning: dict[str, list[str]] = {}
+    folded = _fold(chunks, completion=first.get("object") == "text_completion")
+    answer: dict[str, Any] = {"id": first.get("id"), "object": "chat.completion", "created": first.get("created"),
+                              "model": first.get("model")}
+    if folded.completion:  # one choice: `can_resume` refuses n > 1, echo and logprobs
+        answer["object"] = "text_completion"
+        answer["choices"] = [{"index": 0, "text": "".join(folded.text), "logprobs": None,
+                              "finish_reason": folded.finish, "stop_reason": folded.stop, "prompt_logprobs": None}]
+    else:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(folded.text)}
+        message.update({key: "".join(parts) for key, parts in folded.reasoning.items()})
+        message["tool_calls"] = []
+        answer["choices"] = [{"index": 0, "message": message,
+                              "logprobs": None if folded.logprobs is None else {"content": folded.logprobs},
+                              "finish_reason": folded.finish, "stop_reason": folded.stop}]
+        if first.get("system_fingerprint") is not None:
+            answer["system_fingerprint"] = first["system_fingerprint"]
+    if folded.usage is not None:
+        answer["usage"] = folded.usage
+    return 200, answer
+
+
+@dataclass(slots=True)
+class _Folded:
+    """What the chunks of one stream add up to."""
+
+    completion: bool
+    text: list[str] = field(default_factory=list)
+    reasoning: dict[str, list[str]] = field(default_factory=dict)
     logprobs: list[Any] | None = None
     finish: Any = None
     stop: Any = None
     usage: Any = None
+
+
+def _fold(chunks: list[dict[str, Any]], completion: bool) -> _Folded:
+    """Join the text (a chat's `delta.content`, a completion's `text`), a chat's reasoning and
+    logprobs; keep the last finish and stop reasons and the final usage."""
+    out = _Folded(completion)
     for chunk in chunks:
         if chunk.get("usage") is not None and not chunk.get("choices"):
-            usage = chunk["usage"]
+            out.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                content.append(delta["content"])
+            delta = {} if completion else (choice.get("delta") or {})
+            piece = choice.get("text") if completion else delta.get("content")
+            if piece:
+                out.text.append(piece)
             for key in REASONING_KEYS:
                 if delta.get(key):
-                    reasoning.setdefault(key, []).append(delta[key])
+                    out.reasoning.setdefault(key, []).append(delta[key])
             lp = choice.get("logprobs")
-            if isinstance(lp, dict) and isinstance(lp.get("content"), list):
-                logprobs = (logprobs or []) + lp["content"]
+            if not completion and isinstance(lp, dict) and isinstance(lp.get("content"), list):
+                out.logprobs = (out.logprobs or []) + lp["content"]
             if choice.get("finish_reason") is not None:
-                finish, stop = choice["finish_reason"], choice.get("stop_reason")
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(content)}
-    message.update({key: "".join(parts) for key, parts in reasoning.items()})
-    message["tool_calls"] = []
-    answer: dict[str, Any] = {
-        "id": first.get("id"), "object": "chat.completion", "created": first.get("created"),
-        "model": first.get("model"),
-        "choices": [{"index": 0, "message": message,
-                     "logprobs": None if logprobs is None else {"content": logprobs},
-                     "finish_reason": finish, "stop_reason": stop}],
-    }
-    if first.get("system_fingerprint") is not None:
-        answer["system_fingerprint"] = first["system_fingerprint"]
-    if usage is not None:
-        answer["usage"] = usage
-    return 200, answer
-
-
-def _text_completion(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    """The `text_completion` of one stitched completions stream (one choice: `can_resume` refuses `n`
-    > 1, `echo` and `logprobs`)."""
-    text: list[str] = []
-    finish: Any = None
-    stop: Any = None
-    usage: Any = None
-    for chunk in chunks:
-        if chunk.get("usage") is not None and not chunk.get("choices"):
-            usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            if choice.get("text"):
-                text.append(choice["text"])
-            if choice.get("finish_reason") is not None:
-                finish, stop = choice["finish_reason"], choice.get("stop_reason")
-    first = chunks[0]
-    answer: dict[str, Any] = {
-        "id": first.get("id"), "object": "text_completion", "created": first.get("created"),
-        "model": first.get("model"),
-        "choices": [{"index": 0, "text": "".join(text), "logprobs": None, "finish_reason": finish,
-                     "stop_reason": stop, "prompt_logprobs": None}],
-    }
-    if usage is not None:
-        answer["usage"] = usage
-    return answer
+                out.finish, out.stop = choice["finish_reason"], choice.get("stop_reason")
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,3 +69,13 @@ def stream_beside_image(gw: Gateway, stream: Callable[[threading.Event], T]) -> 
         t.join(120)
     assert not errors, errors
     return result, marks
+
+
+def collect(stream: Iterable[T], streaming: threading.Event, after: int) -> list[T]:
+    """Every chunk of a client stream, setting `streaming` once `after` of them have come."""
+    chunks = []
+    for chunk in stream:
+        chunks.append(chunk)
+        if len(chunks) == after:
+            streaming.set()
+    return chunks

@@ -23,7 +23,7 @@ import pytest
 from daemon_harness import free_port, vllm_engine
 
 from .conftest import Gateway, launch, wait_until
-from .preemption_box import GIB, image_box, stream_beside_image
+from .preemption_box import GIB, collect, image_box, stream_beside_image
 
 PROMPT = "one two three four five six seven"
 TOKENS = 120  # 6 s at 20 tokens/s: far longer than the image's max_wait
@@ -45,15 +45,9 @@ def run_both(gw: Gateway, **extra: Any) -> tuple[list[Any], dict[str, float]]:
     """A chat stream of TOKENS tokens with an image asked for once it has sent 10 chunks."""
 
     def stream_chat(streaming: threading.Event) -> list[Any]:
-        chunks = []
-        stream = gw.client(None).chat.completions.create(
+        return collect(gw.client(None).chat.completions.create(
             model="chat", messages=[{"role": "user", "content": PROMPT}], max_tokens=TOKENS, stream=True,
-            stream_options={"include_usage": True}, **extra)
-        for chunk in stream:
-            chunks.append(chunk)
-            if len(chunks) == 10:
-                streaming.set()
-        return chunks
+            stream_options={"include_usage": True}, **extra), streaming, 10)
 
     return stream_beside_image(gw, stream_chat)
 
@@ -164,14 +158,9 @@ def test_a_preempted_completion_stream_resumes_with_its_text_appended_to_the_pro
     before = gw.log().count("residency: preempt chat stream")
 
     def stream_completion(streaming: threading.Event) -> list[Any]:
-        chunks = []
-        stream = gw.client(None).completions.create(model="chat", prompt=COMPLETION_PROMPT, max_tokens=TOKENS,
-                                                    stream=True, stream_options={"include_usage": True})
-        for chunk in stream:
-            chunks.append(chunk)
-            if len(chunks) == 10:
-                streaming.set()
-        return chunks
+        return collect(gw.client(None).completions.create(
+            model="chat", prompt=COMPLETION_PROMPT, max_tokens=TOKENS, stream=True,
+            stream_options={"include_usage": True}), streaming, 10)
 
     chunks, marks = stream_beside_image(gw, stream_completion)
     assert marks["image_done"] < marks["stream_done"]  # paused for the image, not drained

@@ -21,7 +21,7 @@ import pytest
 import tiny_models
 
 from .conftest import OFFLINE, Gateway, launch, worker_engine
-from .preemption_box import GIB, image_box, stream_beside_image
+from .preemption_box import GIB, collect, image_box, stream_beside_image
 
 TOKENS = 2000  # with ignore_eos: seconds of generation, far longer than the image's max_wait
 
@@ -44,16 +44,10 @@ def test_a_text_worker_stream_is_preempted_and_resumed_as_one_stream(gw: Gateway
     client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
 
     def stream_chat(streaming: threading.Event) -> list[Any]:
-        chunks = []
-        stream = client.chat.completions.create(
+        return collect(client.chat.completions.create(
             model="small", messages=[{"role": "user", "content": "hello world"}], max_tokens=TOKENS,
             temperature=0, stream=True, stream_options={"include_usage": True},
-            extra_body={"ignore_eos": True})  # fmt: skip
-        for chunk in stream:
-            chunks.append(chunk)
-            if len(chunks) == 5:
-                streaming.set()
-        return chunks
+            extra_body={"ignore_eos": True}), streaming, 5)  # fmt: skip
 
     chunks, marks = stream_beside_image(gw, stream_chat)
 
@@ -98,15 +92,9 @@ def test_a_text_worker_completion_stream_is_preempted_and_resumed(gw: Gateway) -
     preempts = gw.log().count("residency: preempt small stream")
 
     def stream_completion(streaming: threading.Event) -> list[Any]:
-        chunks = []
-        stream = client.completions.create(model="small", prompt="once upon a time", max_tokens=TOKENS, temperature=0,
-                                           stream=True, stream_options={"include_usage": True},
-                                           extra_body={"ignore_eos": True})
-        for chunk in stream:
-            chunks.append(chunk)
-            if len(chunks) == 5:
-                streaming.set()
-        return chunks
+        return collect(client.completions.create(
+            model="small", prompt="once upon a time", max_tokens=TOKENS, temperature=0, stream=True,
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True}), streaming, 5)
 
     chunks, marks = stream_beside_image(gw, stream_completion)
     assert marks["image_done"] < marks["stream_done"]
