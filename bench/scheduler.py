@@ -81,7 +81,7 @@ def parse_setting(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"--set {text!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
     default = getattr(PolicySettings(), name)
     value: Any
-    if raw.lower() in ("none", "off") and (default is None or isinstance(default, float)):
+    if raw.lower() in ("none", "off") and default is None:
         value = None
     elif isinstance(default, bool):
         if raw.lower() not in ("true", "false", "on", "off", "1", "0"):

@@ -63,7 +63,10 @@ def whole_answer(events: bytes, status: int = 200) -> tuple[int, dict[str, Any]]
         line = event.strip()
         if not line.startswith(b"data: {"):
             continue  # comments, [DONE]
-        parsed = json.loads(line[6:])
+        try:
+            parsed = json.loads(line[6:])
+        except ValueError:
+            continue  # not JSON: the relay passed it on as it came, and a client would skip it too
         if isinstance(parsed, dict) and "error" in parsed and "choices" not in parsed:
             error = parsed["error"]
             code = error.get("code") if isinstance(error, dict) else None

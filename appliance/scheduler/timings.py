@@ -62,7 +62,7 @@ class TransitionTimes:
 
     def medians(self) -> dict[str, dict[str, float]]:
         """{model: {transition: median seconds}} for what has been measured."""
-        return {model: {kind: statistics.median(v) for kind, v in kinds.items() if v}
+        return {model: {kind: m for kind in kinds if (m := self.median(model, kind)) is not None}
                 for model, kinds in self._samples.items()}
 
     def costs(self, model: str, estimate: SwapCosts) -> SwapCosts:

@@ -75,6 +75,11 @@ def test_a_stream_without_chunks_is_a_bad_gateway() -> None:
     assert status == 502 and "without an answer" in answer["error"]["message"]
 
 
+def test_a_data_line_that_is_not_json_is_skipped() -> None:
+    status, answer = whole_answer(b"data: {broken\n\n" + chunk({"content": "ok"}, "stop") + b"data: [DONE]\n\n")
+    assert status == 200 and answer["choices"][0]["message"]["content"] == "ok"
+
+
 def test_an_engine_reply_without_a_stream_is_passed_on_as_it_came() -> None:
     sink = Gathered()
     body = b'{"error":{"message":"bad","type":"BadRequestError","param":"messages","code":400}}'

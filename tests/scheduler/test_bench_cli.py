@@ -32,6 +32,8 @@ def test_a_setting_that_does_not_exist_is_refused_by_name() -> None:
     done = bench("scheduler.py", "--set", "no_such_knob=1")
     assert done.returncode == 2
     assert "no_such_knob" in done.stderr and "drain_below_s" in done.stderr  # the known keys are listed
+    done = bench("scheduler.py", "--set", "restore_after_s=none")  # only an optional setting can be none
+    assert done.returncode == 2 and "restore_after_s: expected a number" in done.stderr
     done = bench("scheduler.py", "--max-wait", "gpu=3")
     assert done.returncode == 2 and "llm, image or speech" in done.stderr
     done = bench("scheduler.py", "--only", "W9")
