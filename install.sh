@@ -65,9 +65,13 @@ else
 fi
 [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PY" -m venv "$VENV"; }
 say "installing the appliance and its workers into $VENV (log: $VENV/install.log)"
-"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-"$VENV/bin/python" -m pip install -e "$SRC[workers]" supervisor --config-settings editable_mode=compat \
-  >"$VENV/install.log" 2>&1 || { tail -30 "$VENV/install.log"; die "pip install failed"; }
+# Every version comes from the committed lock (docs/dependencies.md); torch is the one package chosen per
+# box (the CPU build without a GPU, the CUDA build with one), by the index pip uses there.
+LOCK="$SRC/requirements.lock"
+"$VENV/bin/python" -m pip install -q -c "$LOCK" pip >"$VENV/install.log" 2>&1 \
+  || { tail -30 "$VENV/install.log"; die "pip install failed"; }
+"$VENV/bin/python" -m pip install -c "$LOCK" -e "$SRC[workers]" supervisor --config-settings editable_mode=compat \
+  >>"$VENV/install.log" 2>&1 || { tail -30 "$VENV/install.log"; die "pip install failed"; }
 
 # ---- XTTS v2 (GPU boxes): coqui-tts imports only on torch 2.9.1 + torchaudio 2.9, so its own venv ----
 XTTS="${APPLIANCE_XTTS:-auto}"
@@ -75,8 +79,8 @@ if [ "$XTTS" = 1 ] || { [ "$XTTS" = auto ] && command -v nvidia-smi >/dev/null 2
   XVENV="$(dirname "$VENV")/xtts-venv"
   [ -x "$XVENV/bin/python" ] || "$PY" -m venv "$XVENV"
   say "installing the XTTS v2 speech environment into $XVENV (about 7.6 GB; log: $XVENV/install.log)"
-  "$XVENV/bin/python" -m pip install torch==2.9.1 'torchaudio==2.9.*' 'torchcodec==0.8.*' coqui-tts six \
-    aiohttp soundfile numpy >"$XVENV/install.log" 2>&1 || { tail -30 "$XVENV/install.log"; die "XTTS install failed"; }
+  "$XVENV/bin/python" -m pip install -c "$SRC/requirements-xtts.lock" -r "$SRC/packaging/xtts-requirements.txt" \
+    >"$XVENV/install.log" 2>&1 || { tail -30 "$XVENV/install.log"; die "XTTS install failed"; }
   say "XTTS ready: set python = \"$XVENV/bin/python\" on the speech engine and accept the CPML in [licences]"
 fi
 

@@ -21,10 +21,13 @@ if [ -z "$PY" ]; then
   for cand in python3.11 python3; do command -v "$cand" >/dev/null 2>&1 && { PY="$cand"; break; }; done
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-echo "== installing test dependencies (log: .venv/pip.log)"
-.venv/bin/python -m pip install -e '.[dev,workers]' --config-settings editable_mode=compat >.venv/pip.log 2>&1 \
-  || { tail -40 .venv/pip.log; exit 1; }
+# Every version comes from the committed lock (docs/dependencies.md): a new upstream release cannot break
+# a fresh clone. pip itself first, then the project with every extra the tests need.
+LOCK=requirements.lock
+echo "== installing test dependencies from $LOCK (log: .venv/pip.log)"
+.venv/bin/python -m pip install -q -c "$LOCK" pip >.venv/pip.log 2>&1 || { tail -40 .venv/pip.log; exit 1; }
+.venv/bin/python -m pip install -c "$LOCK" -e '.[dev,workers,full]' --config-settings editable_mode=compat \
+  >>.venv/pip.log 2>&1 || { tail -40 .venv/pip.log; exit 1; }
 
 echo "== ruff"
 .venv/bin/ruff check appliance services tests bench

@@ -54,6 +54,9 @@ class Gateway:
     port: int
     proc: subprocess.Popen[bytes]
     keys: dict[str, str] = field(default_factory=dict)
+    # Every client a test makes, closed when the daemon stops: openai 3 (httpx2) warns about a pooled socket
+    # that is garbage-collected open, and the suite treats warnings as errors.
+    clients: list[openai.OpenAI] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -68,8 +71,10 @@ class Gateway:
 
     def client(self, key: str | None = "user", **kw: Any) -> openai.OpenAI:
         api_key = self.keys.get(key or "", key or "none")
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0,
-                             timeout=kw.pop("timeout", 60.0), **kw)
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0,
+                               timeout=kw.pop("timeout", 60.0), **kw)
+        self.clients.append(client)
+        return client
 
     def request(self, method: str, path: str, body: Any = None, key: str | None = "user",
                 headers: dict[str, str] | None = None, raw: bytes | None = None, timeout: float = 60) -> Http:
@@ -105,6 +110,9 @@ class Gateway:
         return result
 
     def stop(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.clients.clear()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import psutil
 import pytest
@@ -77,7 +76,7 @@ def raw_stream(gw: Gateway, body: dict[str, Any], timeout: float = 30) -> tuple[
 def test_crash_mid_stream_ends_the_stream_with_an_error_event_and_the_next_request_is_served(
         gateway: Gateway) -> None:
     # A 1 s read timeout: the error event must arrive within a second of the crash, never a hang.
-    client = gateway.client(timeout=httpx.Timeout(30.0, read=1.0))
+    client = gateway.client(timeout=openai.Timeout(30.0, read=1.0))  # the client's own type (httpx2 in openai 3)
     first = client.chat.completions.create(**chat("crashy", 20, True))
     assert len([c for c in first if c.choices and c.choices[0].delta.content]) == 20
     received = []

@@ -29,13 +29,13 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_paraphrases_are_closer_than_unrelated_sentences(embed_worker: ServedProcess) -> None:
-    client = openai.OpenAI(base_url=embed_worker.base_url + "/v1", api_key="unused", max_retries=0)
     sentences = [
         "A man is playing a guitar on stage.",
         "Someone performs music with a guitar in front of an audience.",
         "The central bank raised interest rates again this quarter.",
     ]
-    result = client.embeddings.create(model="all-minilm-l6-v2", input=sentences)  # SDK asks for base64
+    with openai.OpenAI(base_url=embed_worker.base_url + "/v1", api_key="unused", max_retries=0) as client:
+        result = client.embeddings.create(model="all-minilm-l6-v2", input=sentences)  # SDK asks for base64
     vectors = [np.array(d.embedding) for d in sorted(result.data, key=lambda d: d.index)]
     assert [len(v) for v in vectors] == [384, 384, 384]
     assert np.allclose([np.linalg.norm(v) for v in vectors], 1.0, atol=1e-5)

@@ -32,8 +32,9 @@ def text_worker(tiny_llama_dir: Path, log_dir: Path, fake_dir: Path) -> Iterator
 
 
 @pytest.fixture
-def client(text_worker: ServedProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=text_worker.base_url + "/v1", api_key="unused", max_retries=0)
+def client(text_worker: ServedProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=text_worker.base_url + "/v1", api_key="unused", max_retries=0) as c:
+        yield c
 
 
 def _fake_usage(fake_dir: Path, pid: int) -> int:
