@@ -38,14 +38,16 @@ class ControlError(Exception):
 
 @dataclass(frozen=True)
 class EngineContext:
-    """What adapters need from the daemon: where state lives, where the gateway listens, and the
-    model catalog the daemon loaded (`server.catalog_file`, else the bundled one)."""
+    """What adapters need from the daemon: where state lives, where the gateway listens, the GPU's
+    total memory (0: unknown) and the model catalog the daemon loaded (`server.catalog_file`, else
+    the bundled one)."""
 
     config: Config
     state_dir: Path
     gateway_url: str
     python: str = sys.executable
     catalog: Catalog | None = None  # None: loaded from the configuration on first use
+    gpu_total_bytes: int = 0
 
     def model_catalog(self) -> Catalog:
         """The daemon's catalog; without one, the catalog the configuration names (never a
