@@ -83,7 +83,7 @@ log = logging.getLogger("appliance.residency")
 GIB = 1 << 30
 PREFETCH_MARGIN_BYTES = 512 << 20
 """Left free beyond a prefetch's weights, by measurement, for the working model's peak."""
-PCIE_BYTES_PER_S = 24e9  # pinned host RAM -> GPU on PCIe 4.0 x16 (SCHEDULING.md §2)
+PCIE_BYTES_PER_S = 24e9  # pinned host RAM -> GPU on PCIe 4.0 x16 (bench/gpu_swap.py measures a box's own)
 DISK_BYTES_PER_S = 5e9
 RELEASE_POLL_S = 0.05
 ABORT_WAIT_S = 5.0  # how long a release waits for preempted streams to close their engine connection
