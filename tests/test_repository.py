@@ -66,3 +66,18 @@ def test_the_check_sees_an_outside_reference() -> None:
     assert OUTSIDE.search(line) and MD_NAME.findall(line) == ["../shared/ARCHITECTURE.md"]
     assert MD_NAME.findall("(contracts.md §3.1) and docs/scheduler.md") == ["contracts.md", "docs/scheduler.md"]
     assert not MD_NAME.findall(URL.sub("", "https://huggingface.co/x/blob/main/LICENSE.md"))
+
+
+def test_every_cited_contract_section_exists() -> None:
+    """Code cites docs/contracts.md by section (`contracts.md §3.1`, `§2.3`); each must be a heading."""
+    doc = (ROOT / "docs" / "contracts.md").read_text()
+    headings = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", doc, re.MULTILINE))
+    missing: list[str] = []
+    for path in tracked_files():
+        text = text_of(path)
+        if text is None or path.suffix not in (".py", ".md"):
+            continue
+        for section in re.findall(r"§ ?(\d+(?:\.\d+)?)(?<!\.)", text):
+            if section not in headings:
+                missing.append(f"{path.relative_to(ROOT)}: §{section}")
+    assert not missing, f"sections of docs/contracts.md cited but absent: {missing}"
