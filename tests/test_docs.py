@@ -59,12 +59,13 @@ def documented_sections() -> dict[str, dict[str, set[str]]]:
     table per `kind = "..."`."""
     sections: dict[str, dict[str, set[str]]] = {}
     table: str | None = None
-    part = "*"
+    part, prefix = "*", ""
     for line in DOC.splitlines():
-        heading = re.match(r"^## (?:`\[([a-z_]+)(\.[A-Z]+)?\]`|(Top level))", line)
+        # `[server]`, `[engines.NAME]`, a nested table such as `[server.tls]` (keys then read `tls.x`)
+        heading = re.match(r"^#{2,3} (?:`\[([a-z_]+)((?:\.[a-z_]+)*)(\.[A-Z]+)?\]`|(Top level))", line)
         if heading:
-            table = "" if heading.group(3) else heading.group(1) + (".*" if heading.group(2) else "")
-            part = "*"
+            table = "" if heading.group(4) else heading.group(1) + (".*" if heading.group(3) else "")
+            part, prefix = "*", (heading.group(2) or "").lstrip(".") + ("." if heading.group(2) else "")
             sections.setdefault(table, {})
             continue
         if line.startswith("## "):
@@ -75,7 +76,7 @@ def documented_sections() -> dict[str, dict[str, set[str]]]:
             part = kind.group(1)
         row = re.match(r"^\| `([a-z_.]+)` \|", line)
         if row and table is not None:
-            sections[table].setdefault(part, set()).add(row.group(1))
+            sections[table].setdefault(part, set()).add(prefix + row.group(1))
     return sections
 
 
