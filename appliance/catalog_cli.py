@@ -4,7 +4,9 @@
 is the edge: it reads the environment (APPLIANCE_STATE_DIR, HF_ENDPOINT, HF_TOKEN, APPLIANCE_API_KEY,
 APPLIANCE_HOURLY_PRICE), asks the running daemon for residency (GET /api/status, when reachable),
 probes the box for `plan`, draws the progress bar, and maps errors to exit codes (1: the operation
-failed, 2: bad input). The work itself lives in catalog.py, pull.py and plan.py.
+failed, 2: bad input). The catalog is `--catalog`, else the configuration's `server.catalog_file`
+(the configuration found as for every command), else the bundled one. The work itself lives in
+catalog.py, pull.py and plan.py.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Annotated, Any
 import typer
 
 from appliance.catalog import Catalog, CatalogError, UnknownModel, load_catalog
+from appliance.cli_config import ConfigOpt, find_config_path, load_or_exit
 from appliance.plan import DEFAULT_RESERVE_BYTES, format_table, load_snapshot, make_plan, render_plan
 from appliance.pull import PullError, PullEvent, default_models_dir, is_on_disk, pull_model
 
@@ -28,7 +31,8 @@ GIB = 1 << 30
 TIER_LABELS = {"vram": "in VRAM", "host": "in host RAM", "disk": "on disk"}
 
 CatalogOption = Annotated[
-    Path | None, typer.Option("--catalog", help="catalog TOML (default: the one shipped with the appliance)")
+    Path | None,
+    typer.Option("--catalog", help="catalog TOML (default: server.catalog_file, else the bundled catalog)"),
 ]
 ModelsDirOption = Annotated[
     Path | None,
@@ -38,7 +42,14 @@ ModelsDirOption = Annotated[
 ]
 
 
-def _catalog(path: Path | None) -> Catalog:
+def _catalog(path: Path | None, config: Path | None) -> Catalog:
+    """`--catalog`, else the configuration's `server.catalog_file`, else the bundled catalog. A
+    configuration is optional here (`pull` works before there is one), but one that is found must
+    be valid."""
+    if path is None:
+        found = find_config_path(config)
+        configured = load_or_exit(found).server.catalog_file if found is not None else ""
+        path = Path(configured) if configured else None
     try:
         return load_catalog(path)
     except CatalogError as exc:
@@ -71,13 +82,14 @@ def daemon_tiers(url: str, api_key: str | None, timeout_s: float = 1.0) -> dict[
 
 def models_command(
     catalog: CatalogOption = None,
+    config: ConfigOpt = None,
     models_dir: ModelsDirOption = None,
     daemon_url: Annotated[str, typer.Option("--daemon-url", help="the running daemon")] = "http://127.0.0.1:8080",
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="APPLIANCE_API_KEY", help="daemon API key")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """List the catalog's models and where each one is: not downloaded, on disk, in host RAM, in VRAM."""
-    cat = _catalog(catalog)
+    cat = _catalog(catalog, config)
     store = _models_dir(models_dir)
     tiers = daemon_tiers(daemon_url, api_key)
     rows: list[dict[str, Any]] = []
@@ -107,6 +119,7 @@ def models_command(
 def pull_command(
     model: Annotated[str, typer.Argument(help="catalog id, e.g. qwen2.5-32b-instruct-awq")],
     catalog: CatalogOption = None,
+    config: ConfigOpt = None,
     models_dir: ModelsDirOption = None,
     accept_licence: Annotated[
         bool, typer.Option("--accept-licence", help="accept the model's licence (required for some models)")
@@ -114,7 +127,7 @@ def pull_command(
     events: Annotated[bool, typer.Option("--events", help="print progress as JSON lines, not a bar")] = False,
 ) -> None:
     """Download a catalog model (resumable, verified), after checking licence and free disk."""
-    cat = _catalog(catalog)
+    cat = _catalog(catalog, config)
     try:
         entry = cat.get(model)
     except UnknownModel as exc:
@@ -170,6 +183,7 @@ def plan_command(
         Path | None, typer.Option("--snapshot", help="a recorded box (JSON) instead of probing this one")
     ] = None,
     catalog: CatalogOption = None,
+    config: ConfigOpt = None,
     models_dir: ModelsDirOption = None,
     hourly_price: Annotated[
         float | None, typer.Option("--hourly-price", envvar="APPLIANCE_HOURLY_PRICE", help="USD per hour of the box")
@@ -179,7 +193,7 @@ def plan_command(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Size this box: profile, models that fit, VRAM/RAM per service, co-residence, monthly cost."""
-    cat = _catalog(catalog)
+    cat = _catalog(catalog, config)
     if snapshot is not None:
         try:
             gpu, host = load_snapshot(snapshot)

@@ -17,38 +17,12 @@ from typing import Annotated, Any
 
 import typer
 
-from .config import Config, ConfigError, load_config
+from . import catalog_cli
+from .cli_config import ConfigOpt, obtain_config
+from .gateway import keys_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="AI Appliance: one GPU box, every model, one OpenAI-compatible API.")
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="config file (default: $APPLIANCE_CONFIG, "
-                                                "./config.toml, ~/.config/appliance/config.toml, "
-                                                "/etc/appliance/config.toml)")]
-
-SEARCH = (Path("config.toml"), Path("~/.config/appliance/config.toml"), Path("/etc/appliance/config.toml"))
-
-
-def resolve_config_path(explicit: Path | None) -> Path:
-    if explicit is not None:
-        return explicit
-    env = os.environ.get("APPLIANCE_CONFIG")
-    if env:
-        return Path(env)
-    for cand in SEARCH:
-        if cand.expanduser().is_file():
-            return cand.expanduser()
-    raise ConfigError(["no configuration file found: pass --config PATH or set APPLIANCE_CONFIG "
-                       f"(looked for {', '.join(str(p) for p in SEARCH)})"])
-
-
-def obtain_config(explicit: Path | None) -> Config:
-    try:
-        return load_config(resolve_config_path(explicit), state_dir=os.environ.get("APPLIANCE_STATE_DIR"))
-    except ConfigError as exc:
-        for line in exc.lines:
-            typer.echo(f"error: {line}", err=True)
-        raise typer.Exit(2) from None
 
 
 @app.command("check-config")
@@ -191,25 +165,10 @@ def engine(name: str, action: Annotated[str, typer.Argument(help="start, stop or
     typer.echo(f"{data['name']}: {data['state']}")
 
 
-def _register_optional() -> None:
-    """Commands whose modules are owned by other parts (catalog, keys)."""
-    try:
-        from . import catalog_cli  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        pass
-    else:
-        app.command("models")(catalog_cli.models_command)
-        app.command("pull")(catalog_cli.pull_command)
-        app.command("plan")(catalog_cli.plan_command)
-    try:
-        from .gateway import keys_cli  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        pass
-    else:
-        app.add_typer(keys_cli.app, name="keys")
-
-
-_register_optional()
+app.command("models")(catalog_cli.models_command)
+app.command("pull")(catalog_cli.pull_command)
+app.command("plan")(catalog_cli.plan_command)
+app.add_typer(keys_cli.app, name="keys")
 
 
 def main() -> None:

@@ -87,7 +87,6 @@ class SchedulerConfig(_Frozen):
     max_wait_s: float | None = Field(default=None, gt=0)
     tick_s: float = Field(default=1.0, gt=0)
     release_deadline_s: float = Field(default=30.0, gt=0)  # before a release escalates
-    footprint_headroom: float = Field(default=1.05, ge=1.0)
     preemption: bool = False  # abort LLM streams to swap sooner, resume them after (chat and completion streams)
     turn_taking: bool = True  # co-resident engines compute one at a time (oldest waiter first)
     prefetch: bool = True  # wake a slept vLLM's weights while the model it waits for still works
@@ -273,11 +272,22 @@ def _describe(err: Mapping[str, Any]) -> tuple[str, str]:
     return path, msg
 
 
+# Settings that were documented once and are gone: a file that still sets one is told why.
+REMOVED = {
+    ("scheduler", "footprint_headroom"): "removed: it was never applied; measured footprints are peaks that "
+    "only rise, and gpu.reserve_gb keeps the margin (delete the line)",
+}
+
+
 def parse_config(data: Mapping[str, Any], source: str = "<defaults>", state_dir: str | None = None) -> Config:
     """Validate a parsed TOML document; raise ConfigError naming `source` and each key path."""
     raw = dict(data)
     if "source" in raw:
         raise ConfigError([f"{source}: source: unknown key"])
+    removed = [f"{source}: {table}.{key}: {why}" for (table, key), why in REMOVED.items()
+               if isinstance(raw.get(table), Mapping) and key in raw[table]]
+    if removed:
+        raise ConfigError(removed)
     if state_dir:
         raw["server"] = {**dict(raw.get("server", {})), "state_dir": state_dir}
     try:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -111,8 +111,6 @@ class Lease:
     model: str
     endpoint: str  # e.g. http://127.0.0.1:8001
     engine: Engine
-    waited_s: float = 0.0
-    info: dict[str, object] = field(default_factory=dict)
     preemption: Preemption | None = None  # set when the scheduler may preempt this request
 
 

@@ -191,6 +191,15 @@ def group_members(pgid: int) -> set[int]:
     return found
 
 
+def parent_of(pid: int) -> int | None:
+    """The parent pid of a live process, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:

@@ -49,6 +49,9 @@ BAD = {
                    '[engines.b]\nkind = "worker"\nworker = "text"\nmodel_path = "y"\nport = 9000\n',
                    "engines.b.port: 9000 is already used by engines.a"),
     "invalid toml": ('[server\nport = 1\n', "invalid TOML"),
+    # documented but never applied, now removed: the file is told why instead of "unknown key"
+    "footprint_headroom does nothing": ("[scheduler]\nfootprint_headroom = 1.05\n",
+                                        "scheduler.footprint_headroom: removed: it was never applied"),
 }
 
 

@@ -20,6 +20,7 @@ from daemon_harness import (
     free_port,
     group_members,
     kill_groups,
+    parent_of,
     vllm_engine,
     wait_for,
 )
@@ -229,7 +230,20 @@ def test_engine_orphaned_by_a_killed_guard_is_killed_by_the_daemon(tmp_path: Pat
     daemons.append(d)
     d.start()
     v = d.wait_engine("vllm", lambda e: e["state"] == "ready", 20, "ready")
-    orphans = group_members(v["pid"]) - {v["pid"]}
-    os.kill(v["pid"], signal.SIGKILL)  # the guard dies; its engine and EngineCore would linger
+    guard = v["pid"]
+
+    def tree() -> tuple[set[int], set[int]]:
+        """The guard's children and grandchildren in its group (the engine and its EngineCore)."""
+        members = group_members(guard) - {guard}
+        children = {p for p in members if parent_of(p) == guard}
+        return children, {p for p in members if parent_of(p) in children}
+
+    # Something must be there to orphan, or the wait below passes vacuously: the engine (the
+    # guard's child) and the EngineCore it spawned (a grandchild no one but the group reaches).
+    wait_for(lambda: all(tree()), 10, "the engine and its EngineCore under the guard")
+    children, grandchildren = tree()
+    orphans = children | grandchildren
+    assert children and grandchildren and all(alive(p) for p in orphans)
+    os.kill(guard, signal.SIGKILL)  # the guard dies; its engine and EngineCore would linger
     wait_for(lambda: not any(alive(p) for p in orphans), 10, f"orphans {orphans} killed")
     d.wait_engine("vllm", lambda e: e["state"] == "ready" and e["pid"] != v["pid"], 30, "restarted")

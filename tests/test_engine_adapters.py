@@ -78,6 +78,47 @@ def test_comfyui_and_worker_command_lines(tmp_path: Path) -> None:
     assert "PYTHONPATH" in w.env
 
 
+def test_comfyui_is_launched_inside_its_grant_not_across_the_whole_card(tmp_path: Path) -> None:
+    """Regression: ComfyUI's dynamic VRAM (on by default since Feb 2026) sized itself to the whole
+    card beside vLLM and pinned tens of GB of host RAM; it must start inside what the scheduler grants."""
+    from standins.comfyui_args import build_parser
+
+    engines = {"comfyui": {"kind": "comfyui", "path": str(tmp_path), "port": 8188}}
+    models = {"sd": {"engine": "comfyui", "modality": "image", "vram_gb": 15.0},
+              "sd-small": {"engine": "comfyui", "modality": "image", "vram_gb": 6.0}}
+    cfg = ctx(tmp_path, engines, models).config
+    c = EngineContext(cfg, tmp_path / "state", "http://127.0.0.1:8080", gpu_total_bytes=24 * GIB)
+    argv = build_adapter("comfyui", c).launch_spec().argv
+    assert "--disable-dynamic-vram" in argv
+    reserve = float(argv[argv.index("--reserve-vram") + 1])
+    assert 9 * GIB / 1e9 <= reserve < 9 * GIB / 1e9 + 0.01  # the card less the 15 GiB grant, never less
+    build_parser().parse_args(argv[2:])  # only flags ComfyUI documents (contracts §3.1): else SystemExit
+
+    unknown = EngineContext(cfg, tmp_path / "state", "http://127.0.0.1:8080")  # no GPU size: no reserve
+    assert "--reserve-vram" not in build_adapter("comfyui", unknown).launch_spec().argv
+
+    own = {"comfyui": {**engines["comfyui"], "extra_args": ["--enable-dynamic-vram", "--vram-headroom", "1"]}}
+    c2 = EngineContext(ctx(tmp_path, own, models).config, tmp_path / "state", "http://127.0.0.1:8080",
+                       gpu_total_bytes=24 * GIB)
+    argv = build_adapter("comfyui", c2).launch_spec().argv
+    assert "--disable-dynamic-vram" not in argv and "--reserve-vram" not in argv  # the operator's choice
+    assert argv[-3:] == ["--enable-dynamic-vram", "--vram-headroom", "1"]
+
+
+async def test_the_comfyui_standin_serves_from_the_adapters_command_line(tmp_path: Path) -> None:
+    from daemon_harness import comfyui_engine
+
+    port = free_port()
+    c = ctx(tmp_path, {"comfyui": comfyui_engine(port)},
+            {"sd": {"engine": "comfyui", "modality": "image", "vram_gb": 15.0}})
+    adapter = build_adapter("comfyui", EngineContext(c.config, c.state_dir, c.gateway_url, gpu_total_bytes=24 * GIB))
+    spec = adapter.launch_spec()
+    assert "--disable-dynamic-vram" in spec.argv and "--reserve-vram" in spec.argv
+    with start(spec.argv, env=spec.env, port=port):
+        async with aiohttp.ClientSession() as session:
+            await async_wait_until(lambda: adapter.probe(session), 20, message="ComfyUI stand-in ready")
+
+
 def test_openwebui_is_wired_to_the_gateway(tmp_path: Path) -> None:
     c = ctx(tmp_path, {"ui": {"kind": "openwebui", "port": 3000}, "img": {"kind": "comfyui"}},
             {"sd": {"engine": "img", "modality": "image"}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import struct
 import subprocess
 import uuid
@@ -552,3 +553,15 @@ async def test_crash_after_n_prompts(tmp_path: Path, http: aiohttp.ClientSession
             assert r.status == 200
         assert server.proc.wait(timeout=15) == 1
     assert "CRASH_AFTER" in server.log()
+
+
+def test_the_standin_accepts_exactly_the_flags_the_contract_documents() -> None:
+    """docs/contracts.md §3.1 lists ComfyUI's flags; the stand-in must know each of them and no other,
+    or an adapter flag the real server would reject could pass the tests."""
+    from standins.comfyui_args import build_parser
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "contracts.md").read_text()
+    section = doc[doc.index("### 3.1 Command line"):doc.index("**Memory on a shared card.**")]
+    documented = set(re.findall(r"`(--[a-z0-9_-]+)", section))
+    known = {o for a in build_parser()._actions for o in a.option_strings if o.startswith("--")} - {"--help"}
+    assert known == documented, (sorted(known - documented), sorted(documented - known))

@@ -382,6 +382,22 @@ async def test_metrics_use_vllm_names_and_labels(vllm: Running, http: aiohttp.Cl
     assert families["vllm:e2e_request_latency_seconds"].type == "histogram"
 
 
+def test_generation_tokens_counter_moves_while_a_request_runs() -> None:
+    """vLLM's logger adds each engine step's generated tokens to `vllm:generation_tokens_total`, so
+    a scraper (or a test waiting for a request to be under way) sees it rise before the request ends."""
+    from standins.vllm_metrics import Metrics
+
+    def counted(m: Metrics, generating: int) -> float:
+        text = m.render(running=1, waiting=0, kv_usage=0.0, sleep_level=None, generating=generating).decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        return families["vllm:generation_tokens"].samples[0].value
+
+    m = Metrics("qwen")
+    assert counted(m, 0) == 0 and counted(m, 5) == 5
+    m.finished(prompt_tokens=2, generation_tokens=7, reasons=["length"], queue_s=0.0, ttft_s=0.1, e2e_s=1.0)
+    assert counted(m, 0) == 7 and counted(m, 3) == 10
+
+
 async def test_api_key_guards_only_v1_and_sleep_routes_need_dev_mode(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:

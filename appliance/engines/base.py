@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
+from ..catalog import Catalog, load_catalog
 from ..config import Config
 from ..gpu import GpuSnapshot
 from ..supervisor.launcher import LaunchSpec
@@ -37,12 +38,23 @@ class ControlError(Exception):
 
 @dataclass(frozen=True)
 class EngineContext:
-    """What adapters need from the daemon: where state lives and where the gateway listens."""
+    """What adapters need from the daemon: where state lives, where the gateway listens, the GPU's
+    total memory (0: unknown) and the model catalog the daemon loaded (`server.catalog_file`, else
+    the bundled one)."""
 
     config: Config
     state_dir: Path
     gateway_url: str
     python: str = sys.executable
+    catalog: Catalog | None = None  # None: loaded from the configuration on first use
+    gpu_total_bytes: int = 0
+
+    def model_catalog(self) -> Catalog:
+        """The daemon's catalog; without one, the catalog the configuration names (never a
+        different one: `server.catalog_file` holds wherever a catalog is read)."""
+        if self.catalog is not None:
+            return self.catalog
+        return load_catalog(self.config.server.catalog_file or None)
 
     def engine_dir(self, name: str) -> Path:
         path = self.state_dir / "engines" / name

@@ -2,10 +2,16 @@
 (contracts.md §3). Models load lazily on the first prompt, so activate does nothing; release asks
 `/free`, which only sets flags for the worker thread: its 200 does not mean memory is free, and the
 residency manager verifies the drop against the GPU probe.
+
+ComfyUI shares the card with the engines the scheduler places beside it, so it is launched inside
+its grant (`memory_flags`): dynamic VRAM off, and the card less its models' budget reserved for the
+others. It must not be launched with a flag contracts.md §3.1 does not name.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -13,6 +19,33 @@ import aiohttp
 from ..config import ComfyUIEngine
 from ..supervisor.launcher import LaunchSpec
 from .base import Adapter, EngineContext, Tier, expand
+
+GIB = 1 << 30
+DYNAMIC_VRAM_FLAGS = ("--disable-dynamic-vram", "--enable-dynamic-vram")
+VRAM_LIMIT_FLAGS = ("--reserve-vram", "--vram-headroom")
+
+
+def memory_flags(budget_bytes: int, gpu_total_bytes: int, extra_args: Sequence[str]) -> list[str]:
+    """The flags that keep ComfyUI inside the `budget_bytes` the scheduler grants it on a card of
+    `gpu_total_bytes` (contracts.md §3.1, and its December 2026 update on dynamic VRAM):
+
+    - `--disable-dynamic-vram`: dynamic VRAM, the default since ComfyUI PR #12658 (Feb 2026), sizes
+      itself to the whole card whatever other processes hold, and pins a large share of host RAM
+      at start (26 of 64 GB in issue #14396), which the host-RAM budget keeps for slept weights;
+    - `--reserve-vram GB`: the card less the grant stays free for the models beside it. Written in
+      decimal GB and rounded up: if ComfyUI reads the number as GiB it reserves a little more, never
+      less (the contract says "GB" without saying which).
+
+    A flag of either kind that the operator gives in `extra_args` is left to the operator. Nothing
+    for the VRAM limit when the card's size or the budget is unknown.
+    """
+    flags: list[str] = []
+    if not any(a in DYNAMIC_VRAM_FLAGS for a in extra_args):
+        flags.append("--disable-dynamic-vram")
+    reserve = gpu_total_bytes - budget_bytes
+    if budget_bytes > 0 and reserve > 0 and not any(a in VRAM_LIMIT_FLAGS for a in extra_args):
+        flags += ["--reserve-vram", f"{math.ceil(reserve / 1e7) / 100:.2f}"]
+    return flags
 
 
 class ComfyUIAdapter(Adapter):
@@ -51,6 +84,11 @@ class ComfyUIAdapter(Adapter):
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return path
 
+    def budget_bytes(self) -> int:
+        """What the scheduler grants this process: the largest `vram_gb` of its checkpoints (a
+        prompt runs one checkpoint; ComfyUI offloads the others when only one fits its grant)."""
+        return int(max((self.ctx.config.models[m].vram_gb for m in self.models), default=0.0) * GIB)
+
     def launch_spec(self) -> LaunchSpec:
         c = self.ccfg
         d = self.directories()
@@ -64,6 +102,7 @@ class ComfyUIAdapter(Adapter):
         paths = self.model_paths_file()
         if paths is not None:
             argv += ["--extra-model-paths-config", str(paths)]
+        argv += memory_flags(self.budget_bytes(), self.ctx.gpu_total_bytes, c.extra_args)
         argv += c.extra_args
         return LaunchSpec(self.name, argv, dict(c.env), cwd)
 

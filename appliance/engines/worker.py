@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
-from ..catalog import CatalogError, load_catalog
+from ..catalog import CatalogError
 from ..config import WorkerEngine
 from ..supervisor.launcher import LaunchSpec
 from .base import Adapter, EngineContext, Tier
@@ -54,7 +54,7 @@ class WorkerAdapter(Adapter):
         entry = self.ctx.config.models.get(model_id)
         if entry is not None and entry.catalog:
             try:
-                args = list(load_catalog().get(entry.catalog).worker_args)
+                args = list(self.ctx.model_catalog().get(entry.catalog).worker_args)
             except (CatalogError, KeyError):
                 args = []
         args = [a for a in args if a != ACCEPT_CPML]

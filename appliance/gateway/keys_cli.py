@@ -2,8 +2,8 @@
 
 The key is printed once, at creation; only its hash is stored. A running daemon notices new and
 revoked keys within about a second (gateway.auth). The configuration is resolved like every other
-command (`--config`, `APPLIANCE_CONFIG`, `APPLIANCE_STATE_DIR`); `obtain_config` is imported inside the
-commands because appliance.cli imports this module.
+command (`--config`, `APPLIANCE_CONFIG`, `APPLIANCE_STATE_DIR`) through `appliance.cli_config`, which
+imports no command module, so this module and `appliance.cli` import without a cycle.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from ..cli_config import obtain_config
 from .keys import KeyStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Create, list and revoke API keys.")
@@ -22,8 +23,6 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="config f
 
 
 def _store(config: Path | None) -> KeyStore:
-    from ..cli import obtain_config
-
     cfg = obtain_config(config)
     return KeyStore(cfg.state_path() / "data" / "keys.db")
 

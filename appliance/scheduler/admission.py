@@ -2,7 +2,8 @@
 
 Owns: the rules that answer a request at once instead of queueing it, and the
 Retry-After arithmetic (what is queued ahead of it, divided by the model's concurrency,
-plus the swap it would need). Also the max_tokens clamp applied at dispatch.
+plus the swap it would need). The answer's length is not the core's business: the gateway
+caps `max_tokens` at the model's `max_tokens_cap` before it asks for a lease.
 
 Must not: change any state; the core applies the outcome.
 """
@@ -52,12 +53,3 @@ def queue_eta_s(slot: ModelSlot) -> float:
         eta += costs.wake_s if slot.tier is Tier.HOST else costs.cold_start_s
     return eta
 
-
-def clamp_tokens(request: Request, slot: ModelSlot) -> int | None:
-    """The request's max_tokens bounded by the model's cap (which bounds any drain)."""
-    cap = slot.profile.max_tokens
-    if cap is None:
-        return request.max_tokens
-    if request.max_tokens is None:
-        return cap
-    return min(request.max_tokens, cap)

@@ -394,7 +394,7 @@ class ResidencyCore:
                 slot.frequency += 1.0
                 slot.last_used = now
                 slot.gdsf_value = gdsf_value(self._clock, slot.frequency, slot.profile, self.ledger.footprint(slot))
-                self._out.append(Dispatch(slot.id, request.id, admission.clamp_tokens(request, slot), resume))
+                self._out.append(Dispatch(slot.id, request.id, resume=resume))
                 if slot.queue:
                     slot.restart_credit(now)
 

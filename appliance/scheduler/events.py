@@ -197,13 +197,11 @@ class Stop:
 class Dispatch:
     """Hand the request to the model's engine.
 
-    max_tokens: the request's cap clamped to the model's (the driver sends this one);
     resume: a preempted stream continues (re-prefill prompt plus tokens already sent).
     """
 
     model: str
     request_id: str
-    max_tokens: int | None = None
     resume: bool = False
 
 

@@ -83,7 +83,7 @@ log = logging.getLogger("appliance.residency")
 GIB = 1 << 30
 PREFETCH_MARGIN_BYTES = 512 << 20
 """Left free beyond a prefetch's weights, by measurement, for the working model's peak."""
-PCIE_BYTES_PER_S = 24e9  # pinned host RAM -> GPU on PCIe 4.0 x16 (SCHEDULING.md §2)
+PCIE_BYTES_PER_S = 24e9  # pinned host RAM -> GPU on PCIe 4.0 x16 (bench/gpu_swap.py measures a box's own)
 DISK_BYTES_PER_S = 5e9
 RELEASE_POLL_S = 0.05
 ABORT_WAIT_S = 5.0  # how long a release waits for preempted streams to close their engine connection
@@ -122,7 +122,6 @@ def profile_for(mid: str, m: ModelConfig, config: Config, adapter: Adapter,
         keep_alive_s=m.keep_alive_s,
         pinned=m.pinned,
         queue_limit=m.queue_limit,
-        max_tokens=m.max_tokens_cap if kind is ModelKind.LLM else None,
         concurrency=concurrency,
         supports_sleep=EngineTier.HOST in adapter.releasable,
         supports_unload=EngineTier.DISK in adapter.releasable,
@@ -228,7 +227,6 @@ class StateFile:
 class _Waiter:
     model: str
     future: asyncio.Future[Lease]
-    max_tokens: int | None = None
     preemption: Preemption | None = None
 
 
@@ -325,7 +323,7 @@ class ResidencyManager:
 
     @contextlib.asynccontextmanager
     async def lease(self, model: str, *, deadline_s: float | None = None,
-                    max_tokens: int | None = None, preemptible: bool = False) -> AsyncIterator[Lease]:
+                    preemptible: bool = False) -> AsyncIterator[Lease]:
         """`preemptible`: the caller can abort and resume this request (see the module docstring)."""
         if model not in self.model_engine:
             raise ModelUnavailable(f"model {model!r} has no enabled engine", retry_after=60)
@@ -338,12 +336,12 @@ class ResidencyManager:
         fut: asyncio.Future[Lease] = loop.create_future()
         preemptible = preemptible and model in self._preemptible
         timeout = deadline_s if deadline_s is not None else self.config.server.load_deadline_s
-        waiter = _Waiter(model, fut, max_tokens)
+        waiter = _Waiter(model, fut)
         if preemptible:
             waiter.preemption = Preemption(lambda: self._redispatch(waiter, model, timeout))
         self._waiters[rid] = waiter
         start = self._clock()
-        self._post(RequestArrived(start, Request(rid, model, start, max_tokens=max_tokens, preemptible=preemptible)))
+        self._post(RequestArrived(start, Request(rid, model, start, preemptible=preemptible)))
         dispatched = False
         try:
             try:
@@ -352,7 +350,6 @@ class ResidencyManager:
                 raise ModelUnavailable(f"model {model!r} was not ready within {timeout:g}s",
                                        retry_after=30) from None
             dispatched = True
-            lease.waited_s = self._clock() - start
             yield lease
         finally:
             self._waiters.pop(rid, None)
@@ -418,8 +415,7 @@ class ResidencyManager:
                 self._post(RequestDone(self._clock(), action.request_id))
                 return
             eng = self.engines[self.model_engine[action.model]]
-            w.future.set_result(Lease(action.model, eng.base_url, eng, preemption=w.preemption,
-                                      info={"max_tokens": action.max_tokens, "resume": action.resume}))
+            w.future.set_result(Lease(action.model, eng.base_url, eng, preemption=w.preemption))
             return
         if isinstance(action, Reject):
             w = self._waiters.get(action.request_id)

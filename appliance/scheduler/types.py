@@ -82,7 +82,6 @@ class ModelProfile:
     keep_alive_s: float | None = None
     pinned: bool = False
     queue_limit: int = 64
-    max_tokens: int | None = None
     concurrency: int = 1
     supports_sleep: bool = True
     supports_unload: bool = True
@@ -112,7 +111,6 @@ class ModelProfile:
 class Request:
     """One client call. The loop maps `id` to the future the gateway is waiting on.
 
-    max_tokens: the client's cap on the answer (the core clamps it to the model's at dispatch).
     The core never orders or prices requests by their own size: drains and Retry-After come
     from the service times it measured (`ServiceHistory`, the slot's moving average).
     preemptible: the caller can abort this request and resume it (a chat or completion the
@@ -123,5 +121,4 @@ class Request:
     id: str
     model: str
     arrival: float
-    max_tokens: int | None = None
     preemptible: bool = True

@@ -22,9 +22,8 @@ actions out) that the simulator drives exactly like `ResidencyCore`:
   dispatched on arrival; with a time-sliced GPU this is one GPU with free swaps, with
   separate GPUs it is a GPU per model.
 
-Must not: be tuned to look worse than the peers are: these follow the peers' source
-as described in PEERS.md (llama-swap internal/router/scheduler/fifo.go, Ollama
-server/sched.go).
+Must not: be tuned to look worse than the peers are: these follow the peers' own source
+(llama-swap internal/router/scheduler/fifo.go, Ollama server/sched.go).
 """
 
 from __future__ import annotations

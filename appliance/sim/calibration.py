@@ -1,7 +1,7 @@
 """The one calibration table of the simulator: sizes, service times and swap costs.
 
-Owns: every number the simulator assumes about the box, with defaults from the public
-figures in SCHEDULING.md (marked there [U] where unverified): a 24 GiB card (an RTX 3090)
+Owns: every number the simulator assumes about the box, with defaults from published
+figures (marked [U] where unverified): a 24 GiB card (an RTX 3090)
 less the daemon's default 1.5 GiB reserve, a 32B 4-bit LLM of 19.3 GB (prefill about 1,000 tokens/s, decode about 33
 tokens/s at batch 1, sublinear batching, a KV cache of about 9k tokens), the SD3.5 fp8
 set of 14.8 GB at about 6 s an image, XTTS v2 at 1.9 GB with a real-time factor of 0.38,

@@ -84,7 +84,6 @@ def profiles(
                 costs=profile_costs(mech, cal, m.id),
                 max_wait_s=(max_wait_s or {}).get(m.id, m.max_wait_s),
                 queue_limit=queue_limit,
-                max_tokens=cal.llm.max_tokens_cap if is_llm else None,
                 concurrency=m.concurrency,
                 preemptible=preemptible_llm and is_llm,
                 typical_service_s=typical_service_s.get(m.id, 10.0),

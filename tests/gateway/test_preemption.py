@@ -12,8 +12,9 @@ race: without preemption the image could only start after the stream ends.
 
 from __future__ import annotations
 
+import re
 import threading
-import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,27 @@ def gw(module_tmp: Path) -> Iterator[Gateway]:
         yield g
     finally:
         g.stop()
+
+
+def generated_tokens(gw: Gateway) -> int:
+    """The vLLM stand-in's `vllm:generation_tokens_total`, which moves while a request runs."""
+    port = tomllib.loads((gw.tmp / "config.toml").read_text())["engines"]["vllm"]["port"]
+    body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    found = re.search(r"^vllm:generation_tokens_total\{[^}]*\} ([0-9.e+]+)$", body, re.MULTILINE)
+    assert found, body
+    return int(float(found.group(1)))
+
+
+def once_generating(gw: Gateway, streaming: threading.Event, what: str, tokens: int = 10) -> threading.Thread:
+    """A thread that sets `streaming` once a whole (unstreamed) request has generated `tokens` tokens:
+    no chunk reaches its client, so it watches the engine's token counter instead."""
+    before = generated_tokens(gw)
+
+    def watch() -> None:
+        wait_until(lambda: generated_tokens(gw) >= before + tokens, 20, f"{tokens} tokens of {what}")
+        streaming.set()
+
+    return threading.Thread(target=watch)
 
 
 def run_both(gw: Gateway, **extra: Any) -> tuple[list[Any], dict[str, float]]:
@@ -88,12 +110,7 @@ def test_a_preempted_whole_answer_comes_back_as_one_response(gw: Gateway) -> Non
     before = gw.log().count("residency: preempt chat stream")
 
     def whole_chat(streaming: threading.Event) -> Any:
-        def in_flight() -> None:  # no chunk reaches this client: watch the scheduler instead
-            wait_until(lambda: gw.status()["residency"]["models"]["chat"]["in_flight"] > 0, 20, "the chat")
-            time.sleep(0.5)  # some tokens generated
-            streaming.set()
-
-        watcher = threading.Thread(target=in_flight)
+        watcher = once_generating(gw, streaming, "the chat")
         watcher.start()
         try:
             return gw.client(None).chat.completions.create(
@@ -179,12 +196,7 @@ def test_a_preempted_whole_completion_comes_back_as_one_text_completion(gw: Gate
     before = gw.log().count("residency: preempt chat stream")
 
     def whole_completion(streaming: threading.Event) -> Any:
-        def in_flight() -> None:
-            wait_until(lambda: gw.status()["residency"]["models"]["chat"]["in_flight"] > 0, 20, "the completion")
-            time.sleep(0.5)
-            streaming.set()
-
-        watcher = threading.Thread(target=in_flight)
+        watcher = once_generating(gw, streaming, "the completion")
         watcher.start()
         try:
             return gw.client(None).completions.create(model="chat", prompt=COMPLETION_PROMPT, max_tokens=TOKENS)

@@ -67,7 +67,7 @@ def profile(
 def box() -> list[ModelProfile]:
     """The reference box: a 21.7 GB LLM (weights + KV), SD3.5 fp8 14.8 GB, XTTS 3.4 GB."""
     return [
-        profile("llm", 21.7, ModelKind.LLM, host_gb=19.3, concurrency=8, max_wait_s=60.0, max_tokens=2048),
+        profile("llm", 21.7, ModelKind.LLM, host_gb=19.3, concurrency=8, max_wait_s=60.0),
         profile("image", 14.8, ModelKind.IMAGE, max_wait_s=30.0),
         profile("speech", 3.4, ModelKind.SPEECH, host_gb=1.9, max_wait_s=30.0),
     ]

@@ -46,7 +46,7 @@ def test_the_llm_comes_back_while_the_gpu_idles_after_speech() -> None:
     assert d.tick(end + 1.0) == [Sleep("speech")]  # XTTS (3.4 GB) and the LLM (21.7 GB) do not fit together
     assert d.released("speech", end + 1.05) == [Wake("llm")]
     assert d.ready("llm", end + 2.2) == []
-    assert d.arrive("c9", "llm", end + 10.0) == [Dispatch("llm", "c9", max_tokens=2048)]  # no wake to wait for
+    assert d.arrive("c9", "llm", end + 10.0) == [Dispatch("llm", "c9")]  # no wake to wait for
 
 
 def test_no_restore_when_switched_off_or_before_enough_pauses() -> None:

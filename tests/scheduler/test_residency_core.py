@@ -39,7 +39,7 @@ def test_cold_model_is_started_then_dispatched() -> None:
 def test_slept_model_is_woken() -> None:
     d = Driver.create(box(), tiers=HOST)
     assert d.arrive("r1", "llm", 0.0) == [Wake("llm")]
-    assert d.ready("llm", 1.0) == [Dispatch("llm", "r1", max_tokens=2048)]
+    assert d.ready("llm", 1.0) == [Dispatch("llm", "r1")]
 
 
 def test_speech_co_resides_with_image() -> None:
@@ -94,7 +94,7 @@ def test_an_idle_llm_lets_a_speech_job_run_alone_first() -> None:
     d = Driver.create(small_llm_box(), tiers={"llm": Tier.VRAM, "speech": Tier.VRAM})
     assert d.arrive("s1", "speech", 0.0) == [Dispatch("speech", "s1")]
     assert d.arrive("c1", "llm", 0.5) == []  # the LLM has nothing running: it waits its turn
-    assert d.done("s1", 5.0) == [Dispatch("llm", "c1", max_tokens=None)]
+    assert d.done("s1", 5.0) == [Dispatch("llm", "c1")]
 
 
 def test_a_running_llm_batch_keeps_admitting_and_is_never_waited_for() -> None:
@@ -102,7 +102,7 @@ def test_a_running_llm_batch_keeps_admitting_and_is_never_waited_for() -> None:
     d.arrive("c1", "llm", 0.0)
     assert d.arrive("s1", "speech", 1.0) == [Dispatch("speech", "s1")]  # no one waits for a batch
     d.arrive("s2", "speech", 1.5)
-    assert d.arrive("c2", "llm", 2.0) == [Dispatch("llm", "c2", max_tokens=None)]  # s2 is older: no matter
+    assert d.arrive("c2", "llm", 2.0) == [Dispatch("llm", "c2")]  # s2 is older: no matter
     assert d.dispatched() == ["c1", "s1", "c2"]
 
 
@@ -243,7 +243,7 @@ def test_resident_model_keeps_serving_while_it_has_work() -> None:
     d.arrive("c1", "llm", 0.0)
     d.ready("llm", 1.0)
     d.arrive("i1", "image", 2.0)  # the LLM is busy: the image waits (protection)
-    assert d.arrive("c2", "llm", 3.0) == [Dispatch("llm", "c2", max_tokens=2048)]
+    assert d.arrive("c2", "llm", 3.0) == [Dispatch("llm", "c2")]
     assert d.of(Sleep) == []
     d.done("c1", 10.0)
     assert d.done("c2", 12.0) == [Sleep("llm")]  # no work left on the LLM: switch
@@ -267,7 +267,7 @@ def test_max_wait_overrides_the_resident_batch_and_drains_before_evicting() -> N
     # c3 waits its turn; after the image batch the LLM comes back.
     assert d.done("i1", 57.0) == [Sleep("image")]
     d.released("image", 57.05)
-    assert d.ready("llm", 58.2) == [Dispatch("llm", "c3", max_tokens=2048)]
+    assert d.ready("llm", 58.2) == [Dispatch("llm", "c3")]
 
 
 def test_running_image_job_is_never_preempted() -> None:
@@ -303,8 +303,8 @@ def test_llm_streams_are_preempted_and_resumed_when_enabled() -> None:
     d.done("i1", 40.0)
     d.released("image", 40.05)
     assert d.ready("llm", 41.2) == [
-        Dispatch("llm", "c1", max_tokens=None, resume=True),
-        Dispatch("llm", "c2", max_tokens=None, resume=True),
+        Dispatch("llm", "c1", resume=True),
+        Dispatch("llm", "c2", resume=True),
     ]
 
 
@@ -320,7 +320,7 @@ def test_a_request_the_caller_cannot_resume_drains_while_streams_are_preempted()
     d.ready("image", 41.0)
     d.done("i1", 47.0)
     d.released("image", 47.05)
-    assert d.ready("llm", 48.0) == [Dispatch("llm", "c1", max_tokens=None, resume=True)]
+    assert d.ready("llm", 48.0) == [Dispatch("llm", "c1", resume=True)]
 
 
 def test_preemption_disabled_means_drain() -> None:
@@ -399,12 +399,22 @@ def test_unknown_model_is_rejected_404() -> None:
     assert isinstance(reject, Reject) and reject.status == 404
 
 
-def test_max_tokens_is_clamped_to_the_model_cap() -> None:
+def test_no_dead_max_tokens_clamp_or_lease_fields_are_left() -> None:
+    """The gateway caps `max_tokens` at `models.ID.max_tokens_cap` before it asks for a lease, and
+    that is the only clamp. The core used to clamp it a second time into `Dispatch.max_tokens`, and
+    the loop copied it into `Lease.info` beside `Lease.waited_s`; nothing read any of them."""
+    from dataclasses import fields
+
+    from appliance.residency import Lease
+    from appliance.scheduler.types import ModelProfile, Request
+
+    assert {f.name for f in fields(Dispatch)} == {"model", "request_id", "resume"}
+    assert "max_tokens" not in {f.name for f in fields(Request)} | {f.name for f in fields(ModelProfile)}
+    assert not {"info", "waited_s"} & {f.name for f in fields(Lease)}
     d = Driver.create(box(), tiers=HOST)
-    d.arrive("c1", "llm", 0.0, max_tokens=100_000)
-    d.arrive("c2", "llm", 0.0, max_tokens=50)
+    d.arrive("c1", "llm", 0.0)
     d.ready("llm", 1.0)
-    assert d.of(Dispatch) == [Dispatch("llm", "c1", max_tokens=2048), Dispatch("llm", "c2", max_tokens=50)]
+    assert d.of(Dispatch) == [Dispatch("llm", "c1")]
 
 
 def test_measured_footprint_replaces_the_estimate_and_is_exposed() -> None:
@@ -507,7 +517,7 @@ def test_cancelling_the_only_waiter_aborts_the_switch() -> None:
     d.tick(32.0)  # the switch starts: the LLM drains
     d.cancel("i1", 33.0)
     assert d.core.snapshot().plan_target is None
-    assert d.arrive("c2", "llm", 34.0) == [Dispatch("llm", "c2", max_tokens=2048)]  # serving again
+    assert d.arrive("c2", "llm", 34.0) == [Dispatch("llm", "c2")]  # serving again
 
 
 def test_cancelled_running_request_frees_its_slot() -> None:

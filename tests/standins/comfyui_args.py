@@ -3,8 +3,9 @@
 Owns: the argparse parser (an unknown flag exits 2 like the real one), the directory layout that
 follows from ``--base-directory`` and the explicit directory flags, and the frozen ``ComfyConfig``.
 Must not: touch the file system beyond computing absolute paths, or read the environment.
-Flags that only tune a real GPU (precision, attention, VRAM modes other than ``--cpu``) are
-accepted and change nothing; flags the stand-in does not know are rejected.
+It accepts exactly the flags contracts.md §3.1 names; those that only tune a real GPU (precision,
+VRAM modes other than ``--cpu``, the VRAM reserve and dynamic VRAM switches) change nothing here, and
+any other flag is rejected.
 """
 
 from __future__ import annotations
@@ -36,100 +37,48 @@ class ComfyConfig:
     disable_metadata: bool
 
 
+# The flags contracts.md §3.1 documents (ComfyUI `comfy/cli_args.py`@03294572, a 2026 build with
+# dynamic VRAM), and no others: an adapter that passes a flag the contract does not name fails here
+# as it could on the real server. Of the precision flags the contract names four and elides the rest.
+PATH_FLAGS = ("--base-directory", "--output-directory", "--input-directory", "--temp-directory",
+              "--user-directory", "--models-directory", "--database-url", "--cuda-device")
+VRAM_MODES = ("--gpu-only", "--highvram", "--lowvram", "--novram", "--cpu")
+SWITCHES = (
+    # memory and device
+    "--disable-smart-memory", "--disable-dynamic-vram", "--enable-dynamic-vram", "--async-offload",
+    "--disable-async-offload",
+    # caching
+    "--cache-classic", "--cache-none",
+    # other
+    "--dont-print-server", "--log-stdout", "--disable-metadata", "--disable-all-custom-nodes", "--offline",
+    "--disable-assets", "--enable-manager",
+    # precision (the four the contract names)
+    "--fp16-vae", "--bf16-unet", "--fp8_e4m3fn-unet", "--fp8_e4m3fn-text-enc",
+)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="main.py")
     p.add_argument("--listen", nargs="?", const="0.0.0.0,::", default="127.0.0.1", metavar="IP")
     p.add_argument("--port", type=int, default=8188)
     p.add_argument("--enable-cors-header", nargs="?", const="*", default=None, metavar="ORIGIN")
     p.add_argument("--max-upload-size", type=float, default=100)
-    for name in (
-        "--base-directory",
-        "--output-directory",
-        "--temp-directory",
-        "--input-directory",
-        "--user-directory",
-        "--models-directory",
-        "--front-end-root",
-        "--front-end-version",
-        "--comfy-api-base",
-        "--database-url",
-        "--oneapi-device-selector",
-        "--cuda-device",
-    ):
+    for name in PATH_FLAGS:
         p.add_argument(name, default=None)
     # Real ComfyUI takes one or more YAML files (action append, nargs +); the stand-in only checks they exist.
     p.add_argument("--extra-model-paths-config", nargs="+", action="append", default=None)
     p.add_argument("--default-device", type=int, default=None)
-    p.add_argument("--auto-launch", action="store_true")
-    p.add_argument("--disable-auto-launch", action="store_true")
     mem = p.add_mutually_exclusive_group()
-    for name in ("--gpu-only", "--highvram", "--lowvram", "--novram", "--cpu"):
+    for name in VRAM_MODES:
         mem.add_argument(name, action="store_true")
-    p.add_argument("--reserve-vram", type=float, default=None)
-    p.add_argument("--vram-headroom", type=float, default=None)
-    switches = (
-        "--disable-smart-memory",
-        "--disable-dynamic-vram",
-        "--enable-dynamic-vram",
-        "--async-offload",
-        "--disable-async-offload",
-        "--cache-classic",
-        "--cache-none",
-        "--dont-print-server",
-        "--log-stdout",
-        "--disable-metadata",
-        "--disable-all-custom-nodes",
-        "--disable-api-nodes",
-        "--offline",
-        "--disable-assets",
-        "--enable-manager",
-        "--multi-user",
-        "--quick-test-for-ci",
-        "--windows-standalone-build",
-        "--deterministic",
-        "--cuda-malloc",
-        "--disable-cuda-malloc",
-        "--force-fp32",
-        "--force-fp16",
-        "--fp32-unet",
-        "--fp64-unet",
-        "--bf16-unet",
-        "--fp16-unet",
-        "--fp8_e4m3fn-unet",
-        "--fp8_e5m2-unet",
-        "--fp8_e8m0fnu-unet",
-        "--fp16-vae",
-        "--fp32-vae",
-        "--bf16-vae",
-        "--cpu-vae",
-        "--fp8_e4m3fn-text-enc",
-        "--fp8_e5m2-text-enc",
-        "--fp16-text-enc",
-        "--fp32-text-enc",
-        "--bf16-text-enc",
-        "--force-channels-last",
-        "--disable-ipex-optimize",
-        "--supports-fp8-compute",
-        "--use-split-cross-attention",
-        "--use-quad-cross-attention",
-        "--use-pytorch-cross-attention",
-        "--use-sage-attention",
-        "--use-flash-attention",
-        "--disable-xformers",
-        "--force-upcast-attention",
-        "--dont-upcast-attention",
-        "--mmap-torch-files",
-        "--disable-mmap",
-        "--enable-compress-response-body",
-    )
-    for name in switches:
+    p.add_argument("--reserve-vram", type=float, default=None, metavar="GB")
+    p.add_argument("--vram-headroom", type=float, default=None, metavar="GB")
+    for name in SWITCHES:
         p.add_argument(name, action="store_true")
     p.add_argument("--preview-method", choices=PREVIEW_METHODS, default="none")
     p.add_argument("--preview-size", type=int, default=512)
     p.add_argument("--cache-lru", type=int, default=0)
-    p.add_argument("--cache-ram", nargs="*", type=float, default=None)
-    p.add_argument("--fast", nargs="*", default=None)
-    p.add_argument("--whitelist-custom-nodes", nargs="*", default=[])
+    p.add_argument("--cache-ram", nargs="*", type=float, default=None, metavar="GB")
     p.add_argument("--verbose", nargs="*", action="append", default=None, metavar="LEVEL [FILE]")
     return p
 

@@ -133,8 +133,12 @@ class Metrics:
         h["generation"].observe(generation_tokens)
         h["iteration"].observe(prompt_tokens + generation_tokens)
 
-    def render(self, *, running: int, waiting: int, kv_usage: float, sleep_level: int | None) -> bytes:
-        """``sleep_level``: None awake, 1 weights offloaded, 2 (or 0, paused) discard_all/paused."""
+    def render(
+        self, *, running: int, waiting: int, kv_usage: float, sleep_level: int | None, generating: int = 0
+    ) -> bytes:
+        """``sleep_level``: None awake, 1 weights offloaded, 2 (or 0, paused) discard_all/paused.
+        ``generating``: tokens the running requests have produced so far; vLLM's logger adds each
+        engine step's generation tokens to the counter, so it moves while a request runs."""
         lb = self.labels
         out: list[str] = []
 
@@ -163,7 +167,9 @@ class Metrics:
         for state, on in states.items():
             out.append(f'vllm:engine_sleep_state{{{lb},sleep_state="{state}"}} {1.0 if on else 0.0}')
         counter("vllm:prompt_tokens", "Number of prefill tokens processed.", self.prompt_tokens)
-        counter("vllm:generation_tokens", "Number of generation tokens processed.", self.generation_tokens)
+        counter(
+            "vllm:generation_tokens", "Number of generation tokens processed.", self.generation_tokens + generating
+        )
         counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", 0)
         counter(
             "vllm:prefix_cache_queries",

@@ -131,6 +131,7 @@ class Server:
         body = self.metrics.render(
             running=len(e.inflight),
             waiting=e.waiting,
+            generating=sum(h.emitted for h in e.inflight),
             kv_usage=e.kv_usage(),
             sleep_level=e.sleep_level if e.asleep else (0 if e.paused else None),
         )

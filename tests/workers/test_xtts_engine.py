@@ -3,7 +3,8 @@
 The fake stands where `TTS.api.TTS` would: a torch module with built-in speakers, a 24 kHz synthesizer
 and a `tts()` that records its arguments, so the licence gate, voice selection (built-in, cloned from
 reference WAVs, default), languages, offload/wake and the HTTP route run for real. The real XTTS run
-needs coqui-tts, a CUDA device and the weights; it is skipped (with the reason) elsewhere.
+needs coqui-tts, a CUDA device and the weights; it runs the worker with the XTTS environment's own
+interpreter (`xtts_python`), and is skipped (with the reason) where any of them is missing.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,7 +24,7 @@ import pytest
 import soundfile as sf
 import torch
 from aiohttp.test_utils import TestClient, TestServer
-from worker_harness import start_worker
+from worker_harness import REPO_ROOT, start_worker
 
 from services.protocol import Worker, WorkerOptions, build_app
 from services.speech.backend import SpeechBackend, SpeechOptions
@@ -164,13 +166,45 @@ async def test_route_rejects_an_unknown_language(xtts_client: tuple[TestClient[A
     assert (await resp.json())["error"]["param"] == "language"
 
 
-def _xtts_run_blocker() -> str | None:
-    if importlib.util.find_spec("TTS") is None:
-        return "coqui-tts is not installed in this environment (it needs torch 2.9.1 + torchaudio 2.9)"
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    model_dir = os.environ.get("APPLIANCE_XTTS_MODEL_DIR") or str(
-        Path(os.environ.get("TTS_HOME", Path.home() / ".local/share")) / "tts"
+def xtts_python(environ: Mapping[str, str], checkout: Path) -> str | None:
+    """The XTTS environment's interpreter, where it exists: `$APPLIANCE_XTTS_PYTHON`, else the
+    `xtts-venv` that install.sh builds beside the appliance's own (`<checkout>/xtts-venv` for a
+    checkout install, `$APPLIANCE_PREFIX/xtts-venv`, default `~/.local/share/appliance/xtts-venv`,
+    for a piped one). coqui-tts needs torch 2.9.1, so it is never in the test environment itself."""
+    explicit = environ.get("APPLIANCE_XTTS_PYTHON")
+    if explicit:
+        return explicit
+    home = Path(environ.get("HOME", str(Path.home())))
+    prefix = Path(environ.get("APPLIANCE_PREFIX") or home / ".local/share/appliance")
+    for venv in (checkout / "xtts-venv", prefix / "xtts-venv"):
+        if (venv / "bin" / "python").is_file():
+            return str(venv / "bin" / "python")
+    return None
+
+
+PROBE = "import importlib.util, torch; print(importlib.util.find_spec('TTS') is not None, torch.cuda.is_available())"
+
+
+def xtts_run_blocker(python: str | None, environ: Mapping[str, str]) -> str | None:
+    """Why the real XTTS run cannot happen with `python` (None: this environment), or None."""
+    where = python or "this environment"
+    if python is None:
+        has_tts, has_cuda = importlib.util.find_spec("TTS") is not None, torch.cuda.is_available()
+    else:
+        try:
+            out = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"cannot run the XTTS interpreter {python}: {exc}"
+        words = out.stdout.split()
+        if out.returncode != 0 or len(words) != 2:
+            return f"{python} cannot import torch: {out.stderr.strip()[-300:]}"
+        has_tts, has_cuda = words[0] == "True", words[1] == "True"
+    if not has_tts:
+        return f"coqui-tts is not installed in {where} (it needs torch 2.9.1; install.sh builds xtts-venv)"
+    if not has_cuda:
+        return f"no CUDA device for {where}"
+    model_dir = environ.get("APPLIANCE_XTTS_MODEL_DIR") or str(
+        Path(environ.get("TTS_HOME", Path.home() / ".local/share")) / "tts"
         / "tts_models--multilingual--multi-dataset--xtts_v2"
     )  # fmt: skip
     if not (Path(model_dir) / "model.pth").is_file():
@@ -178,14 +212,30 @@ def _xtts_run_blocker() -> str | None:
     return None
 
 
+def test_the_real_run_finds_the_xtts_environments_interpreter(tmp_path: Path) -> None:
+    """Regression: the real run looked for coqui-tts in the test environment, where it can never be
+    (it pins torch 2.9.1), so it always skipped; it must use the XTTS environment when there is one."""
+    home = {"HOME": str(tmp_path / "home")}
+    assert xtts_python(home, tmp_path) is None
+    python = tmp_path / "xtts-venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/sh\necho True False\n")
+    python.chmod(0o755)
+    assert xtts_python(home, tmp_path) == str(python)
+    assert xtts_python({**home, "APPLIANCE_XTTS_PYTHON": "/opt/x/bin/python"}, tmp_path) == "/opt/x/bin/python"
+    # The blocker asks that interpreter, not this one: it has coqui-tts here, but no CUDA device.
+    assert xtts_run_blocker(str(python), home) == f"no CUDA device for {python}"
+
+
 def test_xtts_real_run(log_dir: Path) -> None:
-    reason = _xtts_run_blocker()
+    python = xtts_python(os.environ, REPO_ROOT)
+    reason = xtts_run_blocker(python, os.environ)
     if reason is not None:
         pytest.skip(f"XTTS real run needs coqui-tts, CUDA and the XTTS v2 weights: {reason}")
     model_dir = os.environ.get("APPLIANCE_XTTS_MODEL_DIR", "")
     target = f"xtts:{model_dir}" if model_dir else "xtts:"
     worker = start_worker("speech", "xtts-v2", target, log_dir, "--accept-cpml", "--fallback", "none",
-                          "--device", "cuda", deadline_s=120)  # fmt: skip
+                          "--device", "cuda", deadline_s=120, python=python)  # fmt: skip
     try:
         body = {
             "model": "xtts-v2",

@@ -79,10 +79,12 @@ def start_worker(
     *extra: str,
     env: dict[str, str] | None = None,
     deadline_s: float = 60.0,
+    python: str | None = None,
 ) -> ServedProcess:
+    """`python`: the interpreter to run the worker with (default: this one)."""
     port = free_port()
     argv = [
-        sys.executable, "-m", f"services.{kind}", "--host", "127.0.0.1", "--port", str(port),
+        python or sys.executable, "-m", f"services.{kind}", "--host", "127.0.0.1", "--port", str(port),
         "--model-id", model_id, "--model-path", str(model_path), "--device", "cpu", *extra,
     ]  # fmt: skip
     log_path = log_dir / f"{kind}-{model_id}-{port}.log"
