@@ -41,7 +41,7 @@ class WorkerAdapter(Adapter):
         model_id = self.models[0] if self.models else self.name
         argv = [*prefix, "--host", "127.0.0.1", "--port", str(w.port), "--model-id", model_id,
                 "--model-path", os.path.expanduser(w.model_path), "--device", w.device,
-                *self.catalog_args(model_id), *w.extra_args]
+                *self.catalog_args(model_id), *self.voice_args(model_id), *w.extra_args]
         env = {"APPLIANCE_STATE_DIR": str(self.ctx.state_dir), **w.env}
         if not w.command:
             root = _services_root()
@@ -61,6 +61,13 @@ class WorkerAdapter(Adapter):
         if self.wcfg.worker == "speech" and "CPML" in self.ctx.config.licences.accepted:
             args.append(ACCEPT_CPML)
         return args
+
+    def voice_args(self, model_id: str) -> list[str]:
+        """`models.ID.voices` as the speech worker's `--voice NAME=VOICE` flags."""
+        entry = self.ctx.config.models.get(model_id)
+        if self.wcfg.worker != "speech" or entry is None:
+            return []
+        return [arg for name, voice in sorted(entry.voices.items()) for arg in ("--voice", f"{name}={voice}")]
 
     async def activate(self, session: aiohttp.ClientSession) -> None:
         await self._post(session, "/load", timeout_s=self.wcfg.ready_timeout_s * 10)
