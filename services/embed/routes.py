@@ -4,7 +4,8 @@ Owns input validation (a string, a list of strings, a token list or a list of to
 the field), the input length (an input longer than the model reads is refused naming `input` with the
 limit, first by its characters before it is tokenized, unless the request sends the extension
 `"truncate": true`, which cuts it to the model's limit), `encoding_format` float or base64
-(little-endian float32, as OpenAI sends), `dimensions` (truncate and re-normalise) and usage counts. Model calls go through the batcher and the model thread.
+(little-endian float32, as OpenAI sends), `dimensions` (truncate and re-normalise) and usage counts.
+Model calls go through the batcher and the model thread.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ def fit_inputs(items: list[str | list[int]], limit: int | None, truncate: bool, 
 
 
 def _too_long(field: str, size: str, limit: int) -> Exception:
-    return bad_request(field, f"'{field}' has {size}: more than this model reads ({limit} tokens); shorten it, or "
-                       "send \"truncate\": true to embed only its first tokens", code="context_length_exceeded")  # fmt: skip
+    message = (f"'{field}' has {size}: more than this model reads ({limit} tokens); shorten it, or send "
+               "\"truncate\": true to embed only its first tokens")  # fmt: skip
+    return bad_request(field, message, code="context_length_exceeded")
 
 
 def _is_token(value: object) -> bool:
