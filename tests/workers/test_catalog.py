@@ -115,3 +115,17 @@ def test_no_heavy_imports(modules: list[str], allowed: tuple[str, ...]) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     loaded = {m.split(".")[0] for m in out.stdout.strip().split(",") if m}
     assert loaded <= set(allowed), loaded
+
+
+def test_catalog_is_read_like_the_configuration_every_problem_named_by_file_and_key(tmp_path: Path) -> None:
+    """Read through pydantic as the configuration is: every problem at once, each on its own line."""
+    path = tmp_path / "catalog.toml"
+    path.write_text(MINIMAL.replace('modality = "text"', 'modality = "text"\ncolour = "red"')
+                    .replace('devices = ["cpu"]', 'devices = ["tpu"]').replace("ram_gib = 1", 'ram_gib = "1"')
+                    + '[[models.m.files]]\nrepo = "a/b"\npath = "x"\nsha256 = "zz"\n')  # fmt: skip
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    lines = str(info.value).splitlines()
+    assert all(line.startswith(f"{path}: models.m.") for line in lines), lines
+    assert {line.split(": ")[1] for line in lines} >= {
+        "models.m.colour", "models.m.devices", "models.m.ram_gib", "models.m.files[0].sha256"}
