@@ -80,6 +80,7 @@ class CatalogModel:
     worker_args: tuple[str, ...]
     notes: str
     files: tuple[CatalogFile, ...]
+    image_size: str = ""  # image models: the size of a request that names none, on a GPU ("" = the engine's)
 
     @property
     def needs_gpu(self) -> bool:
@@ -184,10 +185,19 @@ class _ModelTable(_Table):
     serve_name: _Text | None = None
     worker_args: list[_Text] = Field(default_factory=list)
     notes: Annotated[str, Field(strict=True)] = ""
+    image_size: Annotated[str, Field(strict=True)] = ""
     files: list[_FileTable] = Field(default_factory=list, validate_default=True)
 
     _modality = field_validator("modality")(classmethod(lambda cls, v: _choice(v, MODALITIES)))
     _engine = field_validator("engine")(classmethod(lambda cls, v: _choice(v, ENGINES)))
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        w, sep, h = v.partition("x")
+        if v and not (sep and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+            raise ValueError(f"must be WIDTHxHEIGHT, e.g. 1024x1024, got {v!r}")
+        return v
 
     @field_validator("devices")
     @classmethod
@@ -253,6 +263,7 @@ def _model(model_id: str, t: _ModelTable) -> CatalogModel:
         serve_name=t.serve_name or model_id,
         worker_args=tuple(t.worker_args),
         notes=t.notes,
+        image_size=t.image_size,
         files=tuple(CatalogFile(repo=f.repo, path=f.path, include=tuple(f.include), url=f.url, revision=f.revision,
                                 dest=f.dest, size_bytes=f.size_bytes, sha256=f.sha256) for f in t.files),
     )  # fmt: skip

@@ -184,6 +184,14 @@ def test_models_voices_setting_was_never_read_now_reaches_the_speech_worker(tmp_
         parse_config({"engines": engines, "models": {"voice": {**models["voice"], "voices": ["de"]}}}, "test")
 
 
+def test_image_default_size_comes_from_the_catalog_per_model(tmp_path: Path) -> None:
+    engines = {"img": {"kind": "worker", "worker": "diffusers", "model_path": "/models/sd35"}}
+    models = {"sd": {"engine": "img", "modality": "image", "catalog": "sd3.5-large-turbo-diffusers"}}
+    argv = build_adapter("img", ctx(tmp_path, engines, models)).launch_spec().argv
+    assert argv[argv.index("--default-size") + 1] == "1024x1024"
+    assert "--cpu-default-size" not in argv  # a CPU keeps the worker's small default
+
+
 def test_xtts_licence_flag_only_once_accepted(tmp_path: Path) -> None:
     engines = {"tts": {"kind": "worker", "worker": "speech", "model_path": "xtts:xtts_v2"}}
     models = {"voice": {"engine": "tts", "modality": "speech", "catalog": "xtts-v2"}}

@@ -54,9 +54,13 @@ class WorkerAdapter(Adapter):
         entry = self.ctx.config.models.get(model_id)
         if entry is not None and entry.catalog:
             try:
-                args = list(load_catalog().get(entry.catalog).worker_args)
+                item = load_catalog().get(entry.catalog)
             except (CatalogError, KeyError):
-                args = []
+                item = None
+            if item is not None:
+                args = list(item.worker_args)
+                if item.image_size and self.wcfg.worker == "diffusers":
+                    args += ["--default-size", item.image_size]
         args = [a for a in args if a != ACCEPT_CPML]
         if self.wcfg.worker == "speech" and "CPML" in self.ctx.config.licences.accepted:
             args.append(ACCEPT_CPML)

@@ -2,7 +2,8 @@
 
 Owns request validation (input at most 4096 characters, voice one the model has, maps or one of
 OpenAI's names (see `SpeechBackend.resolve_voice`; anything else is a 400 naming `voice`), speed
-0.25-4.0, response_format wav, mp3, opus, flac or pcm; a 400 names the field), the raw audio response
+0.25-4.0, response_format wav, mp3, opus, flac or pcm; `instructions` and `stream_format: sse` are
+refused, not ignored; a 400 names the field), the raw audio response
 with its Content-Type and the voice it used (`X-Voice`), and the voices list (engine, voices, the
 configured mapping, fallback reason). Synthesis runs on the model thread, encoding on a helper thread.
 """
@@ -33,6 +34,10 @@ def add_routes(app: web.Application, worker: Worker, backend: SpeechBackend) -> 
         fmt = opt_choice(body, "response_format", FORMATS, "mp3")
         speed = opt_float(body, "speed", 1.0, lo=0.25, hi=4.0)
         language = opt_str(body, "language")
+        if opt_str(body, "instructions"):
+            raise bad_request("instructions", "'instructions' (voice direction) is not supported by this speech worker",
+                              code="unsupported_parameter")  # fmt: skip
+        opt_choice(body, "stream_format", ("audio",), "audio")  # no SSE audio stream
         requested = speech_voice(body)
         async with worker.serving():
             try:

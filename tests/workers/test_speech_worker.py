@@ -87,6 +87,8 @@ def test_voices_name_the_engine(piper_worker: ServedProcess, espeak_worker: Serv
         ({"input": "hi", "speed": 10}, "speed"),
         ({"input": "hi", "response_format": "aac"}, "response_format"),
         ({"input": "hi", "voice": 3}, "voice"),
+        ({"input": "hi", "voice": "alloy", "instructions": "whisper it"}, "instructions"),
+        ({"input": "hi", "voice": "alloy", "stream_format": "sse"}, "stream_format"),
     ],
 )
 def test_bad_requests_name_the_field(piper_worker: ServedProcess, body: dict[str, object], param: str) -> None:
