@@ -127,6 +127,32 @@ def check_completion(body: dict[str, Any]) -> Generation:
     return _generation(body)
 
 
+def _text_chars(value: object) -> int:
+    """Characters of a prompt, a message's content (a string or text parts) or a list of them."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        text = value.get("text")
+        return len(text) if isinstance(text, str) else 0
+    if isinstance(value, list):
+        return sum(_text_chars(v) for v in value)
+    return 0
+
+
+@_checked
+def check_prompt_length(body: dict[str, Any], context_tokens: int | None) -> None:
+    """Refuse a chat or prompt that cannot fit `context_tokens` by its length alone, before the engine
+    spends seconds tokenizing it (`fields.CHARS_PER_TOKEN_BOUND`); no-op when the context is unknown."""
+    if context_tokens is None:
+        return
+    if "messages" in body:
+        messages = body["messages"]
+        chars = sum(_text_chars(m.get("content")) for m in messages if isinstance(m, dict))
+        fields.check_text_length(chars, context_tokens, "messages")
+    else:
+        fields.check_text_length(_text_chars(body.get("prompt")), context_tokens, "prompt")
+
+
 def check_embeddings(body: dict[str, Any]) -> None:
     value = body.get("input")
     ok = (isinstance(value, str) and value != "") or (

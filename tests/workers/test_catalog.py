@@ -130,3 +130,17 @@ def test_catalog_is_read_like_the_configuration_every_problem_named_by_file_and_
     assert all(line.startswith(f"{path}: models.m.") for line in lines), lines
     assert {line.split(": ")[1] for line in lines} >= {
         "models.m.colour", "models.m.devices", "models.m.ram_gib", "models.m.files[0].sha256"}
+
+
+def test_workers_share_only_the_light_field_rules_of_the_daemon() -> None:
+    """The XTTS worker runs from its own environment without the daemon's dependencies: a worker may
+    import `appliance.fields` (standard library only) and nothing else of the daemon."""
+    workers = ["services.text.__main__", "services.embed.__main__", "services.diffusers.__main__",
+               "services.speech.__main__"]  # fmt: skip
+    code = (
+        "import importlib, sys\n"
+        f"for m in {workers!r}: importlib.import_module(m)\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('appliance', 'pydantic'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert set(out.stdout.strip().split(",")) == {"appliance", "appliance.fields"}
