@@ -214,10 +214,8 @@ def refuse_unhonoured(body: Mapping[str, Any], worker: str) -> None:
             raise FieldError(field, f"'{field}' is not supported by the {worker} (got {_shown(value)})",
                              code="unsupported_parameter")  # fmt: skip
     fmt = body.get("response_format")
-    if fmt is None:
-        return
     kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind not in _TEXT_RESPONSE_FORMATS:
+    if fmt is not None and kind not in _TEXT_RESPONSE_FORMATS:
         raise FieldError("response_format", f"'response_format' {_shown(fmt)} is not supported by the {worker}: "
                          "it only writes free text ({\"type\": \"text\"})", code="unsupported_parameter")  # fmt: skip
     modalities = body.get("modalities")
