@@ -175,9 +175,10 @@ def parse_size(value: object, multiple: int = 8, lo: int = 64, hi: int = 2048) -
 
 # --- text ---------------------------------------------------------------------------------------
 
-# No token spans more characters than this in the tokenizers the appliance serves, so a text longer
-# than `context x CHARS_PER_TOKEN_BOUND` characters cannot fit the context: it is refused without
-# being tokenized (tokenizing megabytes takes seconds).
+# Prose and code average 3-5 characters per token; a text averaging more than this over a whole context
+# (only long runs of one repeated character could) is not one a model serves. So a text longer than
+# `context x CHARS_PER_TOKEN_BOUND` characters is refused without being tokenized: tokenizing megabytes
+# takes seconds, and the answer would be the same 400.
 CHARS_PER_TOKEN_BOUND = 32
 
 # Chat fields the appliance's text worker cannot honour (no tool calling, no constrained decoding, no
