@@ -1,7 +1,8 @@
 """The model catalog: what each known model is, where it comes from and what it costs in memory.
 
 Owns the catalog data model (`CatalogModel`, `CatalogFile`), loading and validating the TOML data file
-(`appliance/data/catalog.toml` by default; errors name the file and the key path) and lookups by id and
+(`appliance/data/catalog.toml` by default) through pydantic models, as the configuration is read
+(`appliance.config`): every problem is one line naming the file and the key path and lookups by id and
 modality. Sizes: `disk_bytes` in bytes from decimal GB (as the hub shows them); `vram_bytes` and
 `ram_bytes` from binary GiB. It must not touch the network, the GPU or the model store (pull and plan
 do), and imports nothing heavy.
@@ -15,7 +16,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .config import _describe as describe_error
 
 MODALITIES = ("text", "image", "speech", "embedding", "video")
 ENGINES = ("vllm", "comfyui", "worker:text", "worker:diffusers", "worker:speech", "worker:embed")
@@ -75,6 +80,7 @@ class CatalogModel:
     worker_args: tuple[str, ...]
     notes: str
     files: tuple[CatalogFile, ...]
+    image_size: str = ""  # image models: the size of a request that names none, on a GPU ("" = the engine's)
 
     @property
     def needs_gpu(self) -> bool:
@@ -110,148 +116,166 @@ class Catalog:
         return sorted((m for m in self.models if m.modality == modality), key=lambda m: -m.preference)
 
 
-class _Reader:
-    """Typed access to one TOML table that reports problems with the key path."""
-
-    def __init__(self, table: Mapping[str, Any], where: str, source: str) -> None:
-        self.table, self.where, self.source = table, where, source
-
-    def fail(self, key: str, message: str) -> CatalogError:
-        return CatalogError(f"{self.source}: {self.where}.{key}: {message}")
-
-    def text(self, key: str, default: str | None = None) -> str:
-        value = self.table.get(key, default)
-        if not isinstance(value, str) or (default is None and not value):
-            raise self.fail(key, "required text" if value is None else f"must be text, got {value!r}")
-        return value
-
-    def optional_text(self, key: str) -> str | None:
-        value = self.table.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise self.fail(key, f"must be non-empty text, got {value!r}")
-        return value
-
-    def number(self, key: str, *, required: bool = True) -> float:
-        value = self.table.get(key)
-        if value is None and not required:
-            return 0.0
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise self.fail(key, "required" if value is None else f"must be a number >= 0, got {value!r}")
-        return float(value)
-
-    def integer(self, key: str, default: int | None = None) -> int | None:
-        value = self.table.get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self.fail(key, f"must be an integer >= 0, got {value!r}")
-        return value
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.table.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false, got {value!r}")
-        return value
-
-    def strings(self, key: str, choices: tuple[str, ...] | None = None) -> tuple[str, ...]:
-        value = self.table.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.fail(key, f"must be a list of text, got {value!r}")
-        if choices is not None:
-            for v in value:
-                if v not in choices:
-                    raise self.fail(key, f"{v!r} is not one of {', '.join(choices)}")
-        return tuple(value)
-
-    def choice(self, key: str, choices: tuple[str, ...]) -> str:
-        value = self.text(key)
-        if value not in choices:
-            raise self.fail(key, f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
+def _choice(value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
-_FILE_KEYS = {"repo", "path", "include", "url", "revision", "dest", "size_bytes", "sha256"}
-_MODEL_KEYS = {
-    "name", "modality", "engine", "devices", "disk_gb", "vram_gib", "ram_gib", "licence", "licence_url",
-    "licence_acceptance", "preference", "serve_name", "worker_args", "notes", "files",
-}  # fmt: skip
+_Text = Annotated[str, Field(strict=True, min_length=1)]
+_Size = Annotated[float, Field(strict=True, ge=0)]
+_Count = Annotated[int, Field(strict=True, ge=0)]
 
 
-def _parse_file(table: Any, where: str, source: str) -> CatalogFile:
-    if not isinstance(table, dict):
-        raise CatalogError(f"{source}: {where}: must be a table")
-    unknown = set(table) - _FILE_KEYS
-    if unknown:
-        raise CatalogError(f"{source}: {where}.{sorted(unknown)[0]}: unknown key")
-    r = _Reader(table, where, source)
-    entry = CatalogFile(
-        repo=r.optional_text("repo"),
-        path=r.optional_text("path"),
-        include=r.strings("include"),
-        url=r.optional_text("url"),
-        revision=r.text("revision", "main"),
-        dest=r.optional_text("dest"),
-        size_bytes=r.integer("size_bytes"),
-        sha256=r.optional_text("sha256"),
-    )
-    if entry.url is not None:
-        if entry.repo or entry.path or entry.include:
-            raise r.fail("url", "a url entry takes no repo, path or include")
-        if entry.sha256 is None or entry.size_bytes is None or entry.dest is None:
-            raise r.fail("url", "a url entry needs sha256, size_bytes and dest")
-    elif entry.repo is None:
-        raise r.fail("repo", "required (or url)")
-    elif (entry.path is None) == (not entry.include):
-        raise r.fail("path", "give exactly one of path or include")
-    if entry.sha256 is not None and (len(entry.sha256) != 64 or any(c not in "0123456789abcdef" for c in entry.sha256)):
-        raise r.fail("sha256", "must be 64 lowercase hex digits")
-    if entry.dest is not None and (entry.dest.startswith("/") or ".." in Path(entry.dest).parts):
-        raise r.fail("dest", "must be a relative path inside the model directory")
-    return entry
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _parse_model(model_id: str, table: Any, source: str) -> CatalogModel:
-    where = f"models.{model_id}"
-    if not isinstance(table, dict):
-        raise CatalogError(f"{source}: {where}: must be a table")
-    unknown = set(table) - _MODEL_KEYS
-    if unknown:
-        raise CatalogError(f"{source}: {where}.{sorted(unknown)[0]}: unknown key")
-    r = _Reader(table, where, source)
-    files_raw = table.get("files", [])
-    if not isinstance(files_raw, list) or not files_raw:
-        raise r.fail("files", "at least one [[files]] entry is required")
-    devices = r.strings("devices", DEVICES)
-    if not devices:
-        raise r.fail("devices", "at least one device is required")
+class _FileTable(_Table):
+    repo: _Text | None = None
+    path: _Text | None = None
+    include: list[_Text] = Field(default_factory=list)
+    url: _Text | None = None
+    revision: _Text = "main"
+    dest: _Text | None = None
+    size_bytes: _Count | None = None
+    sha256: _Text | None = None
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) != 64 or any(c not in "0123456789abcdef" for c in v)):
+            raise ValueError("must be 64 lowercase hex digits")
+        return v
+
+    @field_validator("dest")
+    @classmethod
+    def _relative(cls, v: str | None) -> str | None:
+        if v is not None and (v.startswith("/") or ".." in Path(v).parts):
+            raise ValueError("must be a relative path inside the model directory")
+        return v
+
+    @model_validator(mode="after")
+    def _source(self) -> _FileTable:
+        # "KEY: message": the error names the key the rule is about (see _lines)
+        if self.url is not None:
+            if self.repo or self.path or self.include:
+                raise ValueError("url: a url entry takes no repo, path or include")
+            if self.sha256 is None or self.size_bytes is None or self.dest is None:
+                raise ValueError("url: a url entry needs sha256, size_bytes and dest")
+        elif self.repo is None:
+            raise ValueError("repo: required (or url)")
+        elif (self.path is None) == (not self.include):
+            raise ValueError("path: give exactly one of path or include")
+        return self
+
+
+class _ModelTable(_Table):
+    name: _Text
+    modality: str
+    engine: str
+    devices: list[str] = Field(default_factory=list, validate_default=True)
+    disk_gb: _Size
+    vram_gib: _Size
+    ram_gib: _Size
+    licence: _Text
+    licence_url: Annotated[str, Field(strict=True)] = ""
+    licence_acceptance: Annotated[bool, Field(strict=True)] = False
+    preference: _Count = 0
+    serve_name: _Text | None = None
+    worker_args: list[_Text] = Field(default_factory=list)
+    notes: Annotated[str, Field(strict=True)] = ""
+    image_size: Annotated[str, Field(strict=True)] = ""
+    files: list[_FileTable] = Field(default_factory=list, validate_default=True)
+
+    _modality = field_validator("modality")(classmethod(lambda cls, v: _choice(v, MODALITIES)))
+    _engine = field_validator("engine")(classmethod(lambda cls, v: _choice(v, ENGINES)))
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        w, sep, h = v.partition("x")
+        if v and not (sep and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+            raise ValueError(f"must be WIDTHxHEIGHT, e.g. 1024x1024, got {v!r}")
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one device is required")
+        for device in v:
+            _choice(device, DEVICES)
+        return v
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, v: list[_FileTable]) -> list[_FileTable]:
+        if not v:
+            raise ValueError("at least one [[files]] entry is required")
+        return v
+
+
+class _CatalogDoc(_Table):
+    models: dict[str, _ModelTable]
+
+    @field_validator("models")
+    @classmethod
+    def _some(cls, v: dict[str, _ModelTable]) -> dict[str, _ModelTable]:
+        if not v:
+            raise ValueError("at least one [models.<id>] table is required")
+        return v
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _lines(exc: ValidationError, source: str) -> list[str]:
+    """Each problem as `SOURCE: key.path: message`, worded as the configuration's errors are."""
+    lines: list[str] = []
+    for err in exc.errors():
+        where, message = _where(tuple(err["loc"])), describe_error(err)[1]
+        key, sep, rest = message.partition(": ")
+        if err["type"] == "value_error" and sep and key.isidentifier() and key in _FileTable.model_fields:
+            where, message = f"{where}.{key}", rest
+        lines.append(f"{source}: {where}: {message}" if where else f"{source}: {message}")
+    return lines
+
+
+def _model(model_id: str, t: _ModelTable) -> CatalogModel:
     return CatalogModel(
         id=model_id,
-        name=r.text("name"),
-        modality=r.choice("modality", MODALITIES),
-        engine=r.choice("engine", ENGINES),
-        devices=devices,
-        disk_bytes=round(r.number("disk_gb") * GB),
-        vram_bytes=round(r.number("vram_gib") * GIB),
-        ram_bytes=round(r.number("ram_gib") * GIB),
-        licence=r.text("licence"),
-        licence_url=r.text("licence_url", ""),
-        licence_acceptance=r.flag("licence_acceptance", False),
-        preference=r.integer("preference", 0) or 0,
-        serve_name=r.text("serve_name", model_id),
-        worker_args=r.strings("worker_args"),
-        notes=r.text("notes", ""),
-        files=tuple(_parse_file(f, f"{where}.files[{i}]", source) for i, f in enumerate(files_raw)),
-    )
+        name=t.name,
+        modality=t.modality,
+        engine=t.engine,
+        devices=tuple(t.devices),
+        disk_bytes=round(t.disk_gb * GB),
+        vram_bytes=round(t.vram_gib * GIB),
+        ram_bytes=round(t.ram_gib * GIB),
+        licence=t.licence,
+        licence_url=t.licence_url,
+        licence_acceptance=t.licence_acceptance,
+        preference=t.preference,
+        serve_name=t.serve_name or model_id,
+        worker_args=tuple(t.worker_args),
+        notes=t.notes,
+        image_size=t.image_size,
+        files=tuple(CatalogFile(repo=f.repo, path=f.path, include=tuple(f.include), url=f.url, revision=f.revision,
+                                dest=f.dest, size_bytes=f.size_bytes, sha256=f.sha256) for f in t.files),
+    )  # fmt: skip
 
 
 def parse_catalog(data: Mapping[str, Any], source: str = "<catalog>") -> Catalog:
-    models = data.get("models")
-    if not isinstance(models, dict) or not models:
-        raise CatalogError(f"{source}: models: at least one [models.<id>] table is required")
-    unknown = set(data) - {"models"}
-    if unknown:
-        raise CatalogError(f"{source}: {sorted(unknown)[0]}: unknown key")
-    return Catalog(tuple(_parse_model(mid, table, source) for mid, table in models.items()), source)
+    """Validate a parsed catalog document; raise CatalogError naming `source` and each key path."""
+    try:
+        doc = _CatalogDoc.model_validate(dict(data))
+    except ValidationError as exc:
+        raise CatalogError("\n".join(_lines(exc, source))) from None
+    return Catalog(tuple(_model(mid, table) for mid, table in doc.models.items()), source)
 
 
 def default_catalog_path() -> Path:

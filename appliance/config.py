@@ -190,7 +190,8 @@ class ModelConfig(_Frozen):
     max_tokens_cap: int = Field(default=4096, gt=0)
     workflow: str = ""  # ComfyUI workflow template (image models on comfyui)
     checkpoint: str = ""  # ComfyUI checkpoint file name
-    voices: list[str] = Field(default_factory=list)
+    # Speech: the voice names clients send (OpenAI's alloy ... verse, or any alias) -> this model's voices.
+    voices: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
 
 
 class LicenceConfig(_Frozen):

@@ -1,124 +1,52 @@
-"""OpenAI-style errors and request-field validation shared by every worker.
+"""OpenAI-style errors of every worker: the envelope `{"error": {"message", "type", "param", "code"}}`.
 
-Owns the error envelope `{"error": {"message", "type", "param", "code"}}` (code is the HTTP status as
-an int, as vLLM does; contracts.md §1.3) and small validators that raise a 400 naming the offending
-field. Must not know any modality or touch the network.
+Owns `OpenAIError` and its rendering, the same envelope the gateway sends: `type` and a string `code`
+(or null) by status, as OpenAI does, so a worker's error relayed through the gateway reads like the
+gateway's own. Request-field rules are not here: they live in `appliance.fields`, shared with the
+gateway, and their `FieldError` becomes a 400 through `from_field_error`. Must not know any modality or
+touch the network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    500: "server_error",
-    503: "service_unavailable",
+from appliance.fields import FieldError
+
+# (type, code) by HTTP status, as the gateway's errors (appliance/gateway/errors.py) render them.
+_KINDS: dict[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "insufficient_permissions"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    409: ("invalid_request_error", "conflict"),
+    413: ("invalid_request_error", "request_too_large"),
+    500: ("server_error", "internal_error"),
+    503: ("server_error", "model_unavailable"),
 }
 
 
 class OpenAIError(Exception):
     """An error that maps to one HTTP response with the OpenAI envelope."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, err_type: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, err_type: str | None = None,
+                 code: str | None = None) -> None:  # fmt: skip
         super().__init__(message)
+        default_type, default_code = _KINDS.get(status, ("server_error", None))
         self.status = status
         self.message = message
         self.param = param
-        self.err_type = err_type or _TYPES.get(status, "server_error")
+        self.err_type = err_type or default_type
+        self.code = code or default_code
 
     def envelope(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.err_type,
-                "param": self.param,
-                "code": self.status,
-            }
-        }
+        return {"error": {"message": self.message, "type": self.err_type, "param": self.param, "code": self.code}}
 
 
-def bad_request(param: str, message: str) -> OpenAIError:
-    return OpenAIError(400, message, param=param)
+def bad_request(param: str, message: str, code: str | None = None) -> OpenAIError:
+    return OpenAIError(400, message, param=param, code=code)
 
 
-def require_str(body: Mapping[str, Any], name: str, *, max_len: int | None = None, allow_empty: bool = False) -> str:
-    value = body.get(name)
-    if not isinstance(value, str):
-        raise bad_request(name, f"'{name}' is required and must be a string")
-    if not allow_empty and not value.strip():
-        raise bad_request(name, f"'{name}' must not be empty")
-    if max_len is not None and len(value) > max_len:
-        raise bad_request(name, f"'{name}' is longer than {max_len} characters")
-    return value
-
-
-def optional_str(body: Mapping[str, Any], name: str, default: str | None = None) -> str | None:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise bad_request(name, f"'{name}' must be a string")
-    return value
-
-
-def optional_choice(body: Mapping[str, Any], name: str, choices: tuple[str, ...], default: str) -> str:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, str) or value not in choices:
-        raise bad_request(name, f"'{name}' must be one of {', '.join(choices)}; got {value!r}")
-    return value
-
-
-def optional_int(
-    body: Mapping[str, Any], name: str, default: int | None, *, lo: int | None = None, hi: int | None = None
-) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request(name, f"'{name}' must be an integer")
-    if lo is not None and value < lo:
-        raise bad_request(name, f"'{name}' must be >= {lo}; got {value}")
-    if hi is not None and value > hi:
-        raise bad_request(name, f"'{name}' must be <= {hi}; got {value}")
-    return value
-
-
-def optional_float(
-    body: Mapping[str, Any], name: str, default: float, *, lo: float | None = None, hi: float | None = None
-) -> float:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise bad_request(name, f"'{name}' must be a number")
-    number = float(value)
-    if lo is not None and number < lo:
-        raise bad_request(name, f"'{name}' must be >= {lo}; got {number}")
-    if hi is not None and number > hi:
-        raise bad_request(name, f"'{name}' must be <= {hi}; got {number}")
-    return number
-
-
-def optional_bool(body: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise bad_request(name, f"'{name}' must be true or false")
-    return value
-
-
-def optional_object(body: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    value = body.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise bad_request(name, f"'{name}' must be an object")
-    return value
+def from_field_error(exc: FieldError) -> OpenAIError:
+    return OpenAIError(400, exc.message, param=exc.field, code=exc.code)

@@ -41,7 +41,8 @@ from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
-from services.errors import OpenAIError
+from appliance.fields import FieldError
+from services.errors import OpenAIError, from_field_error
 from services.fake_gpu import FakeGpuReporter
 from services.memory import MemoryUsage
 
@@ -298,6 +299,7 @@ def check_model(body: Mapping[str, Any], worker: Worker) -> None:
             404,
             f"model {model!r} is not served here (this worker serves {worker.options.model_id!r})",
             param="model",
+            code="model_not_found",
         )
 
 
@@ -308,6 +310,8 @@ async def _error_middleware(request: web.Request, handler: Callable[[web.Request
         return response
     except OpenAIError as exc:
         return web.json_response(exc.envelope(), status=exc.status)
+    except FieldError as exc:
+        return web.json_response(from_field_error(exc).envelope(), status=400)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -14,7 +14,7 @@ import pytest
 from daemon_harness import free_port, vllm_engine
 from standins.launch import async_wait_until, start
 
-from appliance.config import parse_config
+from appliance.config import ConfigError, parse_config
 from appliance.engines.base import ControlError, EngineContext, Tier
 from appliance.engines.engine import build_adapter
 from appliance.engines.openwebui import OpenWebUIAdapter
@@ -213,6 +213,24 @@ def test_comfyui_points_at_pulled_models(tmp_path: Path) -> None:
     yaml = Path(argv[argv.index("--extra-model-paths-config") + 1]).read_text()
     assert f"base_path: {tmp_path / 'state' / 'models' / 'sd3.5-large-turbo-comfyui'}" in yaml
     assert "text_encoders: text_encoders" in yaml
+
+
+def test_models_voices_setting_was_never_read_now_reaches_the_speech_worker(tmp_path: Path) -> None:
+    engines = {"tts": {"kind": "worker", "worker": "speech", "model_path": "espeak:en-us"}}
+    models = {"voice": {"engine": "tts", "modality": "speech", "voices": {"nova": "de", "alloy": "en-gb"}}}
+    argv = build_adapter("tts", ctx(tmp_path, engines, models)).launch_spec().argv
+    flags = [argv[i + 1] for i, a in enumerate(argv) if a == "--voice"]
+    assert flags == ["alloy=en-gb", "nova=de"]
+    with pytest.raises(ConfigError, match=r"test: models\.voice\.voices"):
+        parse_config({"engines": engines, "models": {"voice": {**models["voice"], "voices": ["de"]}}}, "test")
+
+
+def test_image_default_size_comes_from_the_catalog_per_model(tmp_path: Path) -> None:
+    engines = {"img": {"kind": "worker", "worker": "diffusers", "model_path": "/models/sd35"}}
+    models = {"sd": {"engine": "img", "modality": "image", "catalog": "sd3.5-large-turbo-diffusers"}}
+    argv = build_adapter("img", ctx(tmp_path, engines, models)).launch_spec().argv
+    assert argv[argv.index("--default-size") + 1] == "1024x1024"
+    assert "--cpu-default-size" not in argv  # a CPU keeps the worker's small default
 
 
 def test_xtts_licence_flag_only_once_accepted(tmp_path: Path) -> None:

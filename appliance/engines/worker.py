@@ -41,7 +41,7 @@ class WorkerAdapter(Adapter):
         model_id = self.models[0] if self.models else self.name
         argv = [*prefix, "--host", "127.0.0.1", "--port", str(w.port), "--model-id", model_id,
                 "--model-path", os.path.expanduser(w.model_path), "--device", w.device,
-                *self.catalog_args(model_id), *w.extra_args]
+                *self.catalog_args(model_id), *self.voice_args(model_id), *w.extra_args]
         env = {"APPLIANCE_STATE_DIR": str(self.ctx.state_dir), **w.env}
         if not w.command:
             root = _services_root()
@@ -54,13 +54,24 @@ class WorkerAdapter(Adapter):
         entry = self.ctx.config.models.get(model_id)
         if entry is not None and entry.catalog:
             try:
-                args = list(self.ctx.model_catalog().get(entry.catalog).worker_args)
+                item = self.ctx.model_catalog().get(entry.catalog)
             except (CatalogError, KeyError):
-                args = []
+                item = None
+            if item is not None:
+                args = list(item.worker_args)
+                if item.image_size and self.wcfg.worker == "diffusers":
+                    args += ["--default-size", item.image_size]
         args = [a for a in args if a != ACCEPT_CPML]
         if self.wcfg.worker == "speech" and "CPML" in self.ctx.config.licences.accepted:
             args.append(ACCEPT_CPML)
         return args
+
+    def voice_args(self, model_id: str) -> list[str]:
+        """`models.ID.voices` as the speech worker's `--voice NAME=VOICE` flags."""
+        entry = self.ctx.config.models.get(model_id)
+        if self.wcfg.worker != "speech" or entry is None:
+            return []
+        return [arg for name, voice in sorted(entry.voices.items()) for arg in ("--voice", f"{name}={voice}")]
 
     async def activate(self, session: aiohttp.ClientSession) -> None:
         await self._post(session, "/load", timeout_s=self.wcfg.ready_timeout_s * 10)

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..app import Appliance
 from ..config import ModelConfig
+from ..engines.vllm import VllmAdapter
 from ..residency import Lease
 from ..usage import UsageSink
 from . import gather, proxy, resume, validation
@@ -142,6 +143,16 @@ class OpenAIRoutes:
                                  param="model", code="model_not_supported")
         return m
 
+    def _context_tokens(self, m: ModelConfig) -> int | None:
+        """A vLLM model's context length when the daemon set or sized it (the appliance's text worker
+        checks its own, as it knows its model's)."""
+        engine = self.app.engines.get(m.engine)
+        adapter = engine.adapter if engine is not None else None
+        if not isinstance(adapter, VllmAdapter):
+            return None
+        configured = adapter.vcfg.max_model_len
+        return configured if isinstance(configured, int) else adapter.max_model_len
+
     def _default(self, name: str | None, modality: str, aliases: tuple[str, ...]) -> str | None:
         """The first configured model of `modality` when `name` is missing or one of OpenAI's names."""
         if name is not None and (name in self.config.models or not name.startswith(aliases)):
@@ -163,6 +174,7 @@ class OpenAIRoutes:
         call.model = name  # recorded even if the request is rejected below
         m = self._model(name, "text", call.route)
         gen = check(body)
+        validation.check_prompt_length(body, self._context_tokens(m))
         # The model's cap bounds every generation, and so how long a drain before a swap can take:
         # clamp a larger max_tokens, and set it where the client left it open.
         if gen.max_tokens is None:

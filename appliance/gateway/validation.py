@@ -1,25 +1,47 @@
 """Request-body checks for the /v1 routes: the fields the gateway itself relies on or must bound,
 each failure a 400 naming the field (contracts.md §6 gives the shapes).
 
-Engines validate the rest of their own fields (vLLM answers its own 400s, which pass through); the
-gateway checks before taking a lease, so a bad request never queues or wakes a model. Pure functions
-over the parsed JSON; they must not know engines or do I/O.
+Engines validate the rest of their own fields (vLLM answers its own 400s, which pass through; the
+appliance's workers check with the same rules, `appliance.fields`); the gateway checks before taking a
+lease, so a bad request never queues or wakes a model. Every field rule comes from `appliance.fields`,
+whose `FieldError` becomes an `InvalidRequest` here. Pure functions over the parsed JSON; they must not
+know engines or do I/O.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+from .. import fields
+from ..fields import FieldError
 from .errors import InvalidRequest
 
-SPEECH_FORMATS = ("mp3", "opus", "flac", "wav", "pcm")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+SPEECH_FORMATS = fields.SPEECH_FORMATS
 IMAGE_FORMATS = ("url", "b64_json")
-MAX_IMAGES = 10
-MAX_SPEECH_CHARS = 4096
+MAX_IMAGES = fields.MAX_IMAGES
+MAX_SPEECH_CHARS = fields.MAX_SPEECH_CHARS
 MAX_SEED = 2**64 - 1  # ComfyUI's KSampler accepts up to 0xffffffffffffffff
 MIN_SIDE, MAX_SIDE = 64, 2048
+
+
+def _checked(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run a check, turning the shared rules' FieldError into the gateway's InvalidRequest."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except FieldError as exc:
+            raise InvalidRequest(exc.message, param=exc.field, code=exc.code) from None
+
+    return run
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -38,12 +60,12 @@ def _bad(field: str, message: str) -> InvalidRequest:
     return InvalidRequest(f"'{field}' {message}", param=field)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+opt_int = _checked(fields.opt_int)
+opt_number = _checked(fields.opt_number)
+opt_bool = _checked(fields.opt_bool)
+opt_str = _checked(fields.opt_str)
+opt_choice = _checked(fields.opt_choice)
+_is_int = fields.is_int
 
 
 def model_name(body: dict[str, Any], required: bool = True) -> str | None:
@@ -52,56 +74,6 @@ def model_name(body: dict[str, Any], required: bool = True) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         raise _bad("model", "is required and must be a non-empty string")
-    return value
-
-
-def opt_int(body: dict[str, Any], field: str, lo: int, hi: int | None = None) -> int | None:
-    value = body.get(field)
-    if value is None:
-        return None
-    if not _is_int(value):
-        raise _bad(field, f"must be an integer, got {json.dumps(value)[:40]}")
-    if value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise _bad(field, f"must be {bound}, got {value}")
-    return int(value)
-
-
-def opt_number(body: dict[str, Any], field: str, lo: float, hi: float) -> float | None:
-    value = body.get(field)
-    if value is None:
-        return None
-    if not _is_number(value):
-        raise _bad(field, f"must be a number, got {json.dumps(value)[:40]}")
-    if not lo <= value <= hi:
-        raise _bad(field, f"must be between {lo} and {hi}, got {value}")
-    return float(value)
-
-
-def opt_bool(body: dict[str, Any], field: str) -> bool:
-    value = body.get(field)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise _bad(field, f"must be true or false, got {json.dumps(value)[:40]}")
-    return value
-
-
-def opt_str(body: dict[str, Any], field: str) -> str | None:
-    value = body.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise _bad(field, "must be a string")
-    return value
-
-
-def opt_choice(body: dict[str, Any], field: str, choices: tuple[str, ...], default: str) -> str:
-    value = body.get(field)
-    if value is None:
-        return default
-    if not isinstance(value, str) or value not in choices:
-        raise _bad(field, f"must be one of {', '.join(choices)}; got {json.dumps(value)[:40]}")
     return value
 
 
@@ -123,12 +95,12 @@ def _generation(body: dict[str, Any]) -> Generation:
         if not isinstance(options, dict):
             raise _bad("stream_options", "must be an object")
         include_usage = opt_bool(options, "include_usage")
-    opt_int(body, "n", 1, 128)
-    opt_number(body, "temperature", 0.0, 2.0)
-    opt_number(body, "top_p", 0.0, 1.0)
+    opt_int(body, "n", lo=1, hi=128)
+    opt_number(body, "temperature", lo=0.0, hi=2.0)
+    opt_number(body, "top_p", lo=0.0, hi=1.0)
     field, limit = None, None
     for name in ("max_completion_tokens", "max_tokens"):
-        value = opt_int(body, name, 1)
+        value = opt_int(body, name, lo=1)
         if value is not None:
             field, limit = name, value
     return Generation(stream, include_usage, field, limit)
@@ -155,6 +127,32 @@ def check_completion(body: dict[str, Any]) -> Generation:
     return _generation(body)
 
 
+def _text_chars(value: object) -> int:
+    """Characters of a prompt, a message's content (a string or text parts) or a list of them."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        text = value.get("text")
+        return len(text) if isinstance(text, str) else 0
+    if isinstance(value, list):
+        return sum(_text_chars(v) for v in value)
+    return 0
+
+
+@_checked
+def check_prompt_length(body: dict[str, Any], context_tokens: int | None) -> None:
+    """Refuse a chat or prompt that cannot fit `context_tokens` by its length alone, before the engine
+    spends seconds tokenizing it (`fields.CHARS_PER_TOKEN_BOUND`); no-op when the context is unknown."""
+    if context_tokens is None:
+        return
+    if "messages" in body:
+        messages = body["messages"]
+        chars = sum(_text_chars(m.get("content")) for m in messages if isinstance(m, dict))
+        fields.check_text_length(chars, context_tokens, "messages")
+    else:
+        fields.check_text_length(_text_chars(body.get("prompt")), context_tokens, "prompt")
+
+
 def check_embeddings(body: dict[str, Any]) -> None:
     value = body.get("input")
     ok = (isinstance(value, str) and value != "") or (
@@ -164,7 +162,8 @@ def check_embeddings(body: dict[str, Any]) -> None:
     if not ok:
         raise _bad("input", "is required: a non-empty string, an array of strings, or token arrays")
     opt_choice(body, "encoding_format", ("float", "base64"), "float")
-    opt_int(body, "dimensions", 1)
+    opt_int(body, "dimensions", lo=1)
+    opt_bool(body, "truncate")  # the embed worker's extension: cut an over-long input instead of a 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,29 +177,20 @@ class ImageRequest:
     negative_prompt: str
 
 
+@_checked
 def parse_size(value: object) -> tuple[int | None, int | None]:
-    if value is None or value == "auto":
-        return None, None
-    if isinstance(value, str):
-        w, sep, h = value.lower().partition("x")
-        if sep and w.isdigit() and h.isdigit():
-            width, height = int(w), int(h)
-            if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
-                raise _bad("size", f"sides must be between {MIN_SIDE} and {MAX_SIDE} pixels, got {value}")
-            if width % 8 or height % 8:
-                raise _bad("size", f"sides must be multiples of 8, got {value}")
-            return width, height
-    raise _bad("size", f"must be 'WIDTHxHEIGHT' (e.g. '1024x1024') or 'auto', got {json.dumps(value)[:40]}")
+    size = fields.parse_size(value, 8, MIN_SIDE, MAX_SIDE)
+    return (None, None) if size is None else size
 
 
 def check_image(body: dict[str, Any]) -> ImageRequest:
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise _bad("prompt", "is required and must be a non-empty string")
-    n = opt_int(body, "n", 1, MAX_IMAGES) or 1
+    n = opt_int(body, "n", lo=1, hi=MAX_IMAGES) or 1
     width, height = parse_size(body.get("size"))
     fmt = opt_choice(body, "response_format", IMAGE_FORMATS, "url")
-    seed = opt_int(body, "seed", 0, MAX_SEED)
+    seed = opt_int(body, "seed", lo=0, hi=MAX_SEED)
     negative = opt_str(body, "negative_prompt") or ""
     return ImageRequest(prompt, n, width, height, fmt, seed, negative)
 
@@ -211,18 +201,13 @@ class SpeechRequest:
     speed: float
 
 
+@_checked
 def check_speech(body: dict[str, Any]) -> SpeechRequest:
-    text = body.get("input")
-    if not isinstance(text, str) or not text.strip():
-        raise _bad("input", "is required and must be a non-empty string")
-    if len(text) > MAX_SPEECH_CHARS:
-        raise _bad("input", f"is longer than {MAX_SPEECH_CHARS} characters ({len(text)})")
-    voice = body.get("voice")
-    if not (isinstance(voice, str) and voice) and not (isinstance(voice, dict) and isinstance(voice.get("id"), str)):
-        raise _bad("voice", "is required: a voice name")
+    fields.require_str(body, "input", max_len=MAX_SPEECH_CHARS)
+    fields.speech_voice(body)  # any name: the speech worker maps it to a voice or refuses it
     fmt = body.get("response_format", "mp3")
     if fmt not in SPEECH_FORMATS:
         raise InvalidRequest(f"'response_format' {json.dumps(fmt)[:40]} is not supported; use one of "
                              f"{', '.join(SPEECH_FORMATS)}", param="response_format", code="unsupported_format")
-    speed = opt_number(body, "speed", 0.25, 4.0)
+    speed = fields.opt_number(body, "speed", lo=0.25, hi=4.0)
     return SpeechRequest(str(fmt), 1.0 if speed is None else speed)

@@ -24,7 +24,10 @@ def main() -> None:
     parser.add_argument("--offload-strategy", choices=("auto", "arena", "in-place"), default="auto")
     parser.add_argument("--steps", type=int, default=4, help="default denoising steps (SD3.5 Large Turbo: 4)")
     parser.add_argument("--guidance-scale", type=float, default=0.0, help="default guidance (Turbo: 0)")
-    parser.add_argument("--default-size", type=_size, default=(1024, 1024), help="size for size=auto")
+    parser.add_argument("--default-size", type=_size, default=(1024, 1024),
+                        help="size for a request with no size (or size=auto) on a GPU")
+    parser.add_argument("--cpu-default-size", type=_size, default=(512, 512),
+                        help="size for a request with no size (or size=auto) on a CPU")
     parser.add_argument(
         "--without",
         action="append",
@@ -40,6 +43,7 @@ def main() -> None:
         options.device,
         DiffusersOptions(dtype=ns.dtype, offload=ns.offload_strategy, steps=ns.steps,
                          guidance_scale=ns.guidance_scale, default_size=ns.default_size,
+                         cpu_default_size=ns.cpu_default_size,
                          without=tuple(ns.without)),
     )  # fmt: skip
     run_worker(options, backend, lambda app, worker: add_routes(app, worker, backend), os.environ)

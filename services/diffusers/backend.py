@@ -44,7 +44,8 @@ class DiffusersOptions:
     offload: str = "auto"
     steps: int = 4
     guidance_scale: float = 0.0
-    default_size: tuple[int, int] = (1024, 1024)
+    default_size: tuple[int, int] = (1024, 1024)  # no `size` (or "auto") on a GPU
+    cpu_default_size: tuple[int, int] = (512, 512)  # ... on a CPU, where 1024x1024 takes many minutes
     without: tuple[str, ...] = ()  # components not loaded at all, e.g. SD3's T5 encoder on a 24 GB card
 
 
@@ -105,6 +106,11 @@ class DiffusersBackend(ResidentWeights):
 
     def _forget(self) -> None:
         self._pipe = None
+
+    def default_size(self) -> tuple[int, int]:
+        """The size of a request that names none: small on a CPU (known once prepared)."""
+        on_cpu = self._device is not None and self._device.type == "cpu"
+        return self.options.cpu_default_size if on_cpu else self.options.default_size
 
     def generate(self, job: ImageJob) -> list[bytes]:
         """Encoded images (PNG, JPEG or WebP), one per generator seed."""

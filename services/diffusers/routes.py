@@ -1,6 +1,7 @@
 """OpenAI route of the diffusers worker: /v1/images/generations (and /v1/models).
 
-Owns validation (prompt, n 1-10, size WxH in multiples the pipeline accepts or "auto", response_format
+Owns validation (prompt, n 1-10, size WxH in multiples the pipeline accepts, or none or "auto" for the
+model's default size, smaller on a CPU (`--default-size`, `--cpu-default-size`), response_format
 url or b64_json, output_format png/jpeg/webp; extensions seed, steps/num_inference_steps,
 guidance_scale, negative_prompt; a 400 names the field) and the response: always b64_json, each item
 with the seed that makes it again. Generation runs on the model thread.
@@ -9,52 +10,34 @@ with the seed that makes it again. Generation runs on the model thread.
 from __future__ import annotations
 
 import base64
-import re
 import secrets
 import time
 from typing import Any
 
 from aiohttp import web
 
+from appliance.fields import opt_choice, opt_float, opt_int, opt_str, parse_size, require_str
 from services.diffusers.backend import DiffusersBackend, ImageJob
-from services.errors import bad_request, optional_choice, optional_float, optional_int, optional_str, require_str
 from services.protocol import Worker, check_model, read_json
 
 MAX_PROMPT_CHARS = 32_000
 MAX_SIDE = 4096
-_SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
-
-
-def parse_size(body: dict[str, Any], multiple: int, default: tuple[int, int]) -> tuple[int, int]:
-    size = optional_str(body, "size", "auto") or "auto"
-    if size == "auto":
-        return default
-    match = _SIZE_RE.match(size)
-    if match is None:
-        raise bad_request("size", f"'size' must look like 1024x1024 or be 'auto'; got {size!r}")
-    width, height = int(match.group(1)), int(match.group(2))
-    for side in (width, height):
-        if not multiple <= side <= MAX_SIDE or side % multiple:
-            raise bad_request(
-                "size",
-                f"width and height must be multiples of {multiple} between {multiple} and {MAX_SIDE}; got {size}",
-            )
-    return width, height
 
 
 def parse_job(body: dict[str, Any], backend: DiffusersBackend) -> ImageJob:
     prompt = require_str(body, "prompt", max_len=MAX_PROMPT_CHARS)
-    n = optional_int(body, "n", 1, lo=1, hi=10) or 1
-    optional_choice(body, "response_format", ("url", "b64_json"), "url")  # always answered as b64_json
-    output_format = optional_choice(body, "output_format", ("png", "jpeg", "webp"), "png")
-    width, height = parse_size(body, backend.size_multiple, backend.options.default_size)
+    n = opt_int(body, "n", 1, lo=1, hi=10) or 1
+    opt_choice(body, "response_format", ("url", "b64_json"), "url")  # always answered as b64_json
+    output_format = opt_choice(body, "output_format", ("png", "jpeg", "webp"), "png")
+    multiple = backend.size_multiple
+    width, height = parse_size(body.get("size"), multiple, lo=multiple, hi=MAX_SIDE) or backend.default_size()
     steps_field = "num_inference_steps" if "num_inference_steps" in body else "steps"
-    steps = optional_int(body, steps_field, backend.options.steps, lo=1, hi=200) or backend.options.steps
-    guidance = optional_float(body, "guidance_scale", backend.options.guidance_scale, lo=0.0, hi=30.0)
-    seed = optional_int(body, "seed", None, lo=0, hi=2**63 - 11)
+    steps = opt_int(body, steps_field, backend.options.steps, lo=1, hi=200) or backend.options.steps
+    guidance = opt_float(body, "guidance_scale", backend.options.guidance_scale, lo=0.0, hi=30.0)
+    seed = opt_int(body, "seed", None, lo=0, hi=2**63 - 11)
     return ImageJob(
         prompt=prompt,
-        negative_prompt=optional_str(body, "negative_prompt"),
+        negative_prompt=opt_str(body, "negative_prompt"),
         n=n,
         width=width,
         height=height,

@@ -89,10 +89,16 @@ class EmbedBackend(ResidentWeights):
     def detokenize(self, ids: Sequence[int]) -> str:
         return str(self._model.tokenizer.decode(list(ids), skip_special_tokens=True))
 
-    def count_tokens(self, texts: Sequence[str]) -> int:
-        limit = self._model.max_seq_length
-        encoded = self._model.tokenizer(list(texts), truncation=limit is not None, max_length=limit)
-        return sum(len(ids) for ids in encoded["input_ids"])
+    @property
+    def max_tokens(self) -> int | None:
+        """The most tokens (special ones included) the model reads of one input; None: no limit known."""
+        limit = self._model.max_seq_length if self._model is not None else None
+        return int(limit) if limit else None
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Each text's tokens, special ones included, untruncated."""
+        encoded = self._model.tokenizer(list(texts), truncation=False, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
 
     def encode(self, texts: list[str]) -> np.ndarray:
         import numpy as np

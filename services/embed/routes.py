@@ -1,8 +1,11 @@
 """OpenAI routes of the embedding worker: /v1/embeddings and /v1/models.
 
 Owns input validation (a string, a list of strings, a token list or a list of token lists; 400s name
-the field), `encoding_format` float or base64 (little-endian float32, as OpenAI sends), `dimensions`
-(truncate and re-normalise) and usage counts. Model calls go through the batcher and the model thread.
+the field), the input length (an input longer than the model reads is refused naming `input` with the
+limit, first by its characters before it is tokenized, unless the request sends the extension
+`"truncate": true`, which cuts it to the model's limit), `encoding_format` float or base64
+(little-endian float32, as OpenAI sends), `dimensions` (truncate and re-normalise) and usage counts.
+Model calls go through the batcher and the model thread.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from appliance.fields import CHARS_PER_TOKEN_BOUND, opt_bool, opt_choice, opt_int
 from services.embed.backend import EmbedBackend
 from services.embed.batcher import Batcher
-from services.errors import bad_request, optional_choice, optional_int
+from services.errors import bad_request
 from services.protocol import Worker, check_model, read_json
 
 MAX_INPUTS = 2048
@@ -37,6 +41,36 @@ def parse_inputs(body: dict[str, Any]) -> list[str | list[int]]:
         else:
             raise bad_request(f"input[{i}]", f"input[{i}] must be a non-empty string or token list")
     return items
+
+
+def _input_field(body: dict[str, Any], i: int) -> str:
+    raw = body.get("input")
+    return f"input[{i}]" if isinstance(raw, list) and raw and not all(_is_token(t) for t in raw) else "input"
+
+
+def fit_inputs(items: list[str | list[int]], limit: int | None, truncate: bool, body: dict[str, Any]
+               ) -> list[str | list[int]]:  # fmt: skip
+    """The inputs cut to what the model reads (`truncate`), else the first one too long as a 400;
+    a text is judged by its characters first (CHARS_PER_TOKEN_BOUND), before anything is tokenized."""
+    if limit is None:
+        return items
+    chars = limit * CHARS_PER_TOKEN_BOUND
+    fitted: list[str | list[int]] = []
+    for i, item in enumerate(items):
+        size = len(item)
+        if size > (chars if isinstance(item, str) else limit):
+            if not truncate:
+                unit = "characters" if isinstance(item, str) else "tokens"
+                raise _too_long(_input_field(body, i), f"{size} {unit}", limit)
+            item = item[:chars] if isinstance(item, str) else item[:limit]
+        fitted.append(item)
+    return fitted
+
+
+def _too_long(field: str, size: str, limit: int) -> Exception:
+    message = (f"'{field}' has {size}: more than this model reads ({limit} tokens); shorten it, or send "
+               "\"truncate\": true to embed only its first tokens")  # fmt: skip
+    return bad_request(field, message, code="context_length_exceeded")
 
 
 def _is_token(value: object) -> bool:
@@ -65,22 +99,34 @@ def add_routes(app: web.Application, worker: Worker, backend: EmbedBackend, max_
 
     batcher: Batcher[np.ndarray] = Batcher(encode, max_batch)
 
-    def prepare_inputs(items: list[str | list[int]]) -> tuple[list[str], int]:  # model thread
+    def prepare_inputs(
+        items: list[str | list[int]], truncate: bool, body: dict[str, Any]
+    ) -> tuple[list[str], int]:  # model thread
+        limit = backend.max_tokens
+        items = fit_inputs(items, limit, truncate, body)
         texts = [backend.detokenize(i) if isinstance(i, list) else i for i in items]
-        token_inputs = sum(len(i) for i in items if isinstance(i, list))
-        text_inputs = [i for i in items if isinstance(i, str)]
-        return texts, token_inputs + (backend.count_tokens(text_inputs) if text_inputs else 0)
+        counts = [len(i) for i in items if isinstance(i, list)]
+        text_inputs = [(n, i) for n, i in enumerate(items) if isinstance(i, str)]
+        text_counts = backend.token_counts([t for _, t in text_inputs]) if text_inputs else []
+        for (n, _), count in zip(text_inputs, text_counts, strict=True):
+            if limit is not None and count > limit:
+                if not truncate:
+                    raise _too_long(_input_field(body, n), f"{count} tokens", limit)
+                count = limit  # the model reads its first `limit` tokens
+            counts.append(count)
+        return texts, sum(counts)
 
     async def embeddings(request: web.Request) -> web.Response:
         body = await read_json(request)
         check_model(body, worker)
         items = parse_inputs(body)
-        fmt = optional_choice(body, "encoding_format", ("float", "base64"), "float")
-        dimensions = optional_int(body, "dimensions", None, lo=1)
+        fmt = opt_choice(body, "encoding_format", ("float", "base64"), "float")
+        dimensions = opt_int(body, "dimensions", None, lo=1)
+        truncate = opt_bool(body, "truncate", False)
         async with worker.serving():
             if dimensions is not None and dimensions > backend.dimension:
                 raise bad_request("dimensions", f"this model has {backend.dimension} dimensions; got {dimensions}")
-            texts, tokens = await worker.run(prepare_inputs, items)
+            texts, tokens = await worker.run(prepare_inputs, items, truncate, body)
             vectors = await batcher.embed(texts)
         data = [
             {"object": "embedding", "index": i, "embedding": _encode(_fit_dimensions(v, dimensions), fmt)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,13 @@ from services import store
 from services.protocol import argument_parser, configure_logging, run_worker, worker_options
 from services.speech.backend import SpeechBackend, SpeechOptions, build_engine
 from services.speech.routes import add_routes
+
+
+def _voice_pair(value: str) -> tuple[str, str]:
+    name, sep, voice = value.partition("=")
+    if not sep or not name or not voice:
+        raise argparse.ArgumentTypeError(f"must be NAME=VOICE, e.g. alloy=en_US-joe-medium; got {value!r}")
+    return name, voice
 
 
 def main() -> None:
@@ -42,6 +50,10 @@ def main() -> None:
     parser.add_argument("--default-speaker", default="Ana Florence", help="XTTS built-in speaker for other names")
     parser.add_argument("--language", default="en", help="XTTS language when a request names none")
     parser.add_argument("--offload-strategy", choices=("auto", "arena", "in-place"), default="auto")
+    parser.add_argument(
+        "--voice", type=_voice_pair, action="append", default=[], metavar="NAME=VOICE",
+        help="a name clients send (e.g. OpenAI's alloy) and the voice it means (repeatable)",
+    )  # fmt: skip
     ns = parser.parse_args()
     options = worker_options("speech", ns)
     configure_logging()
@@ -54,6 +66,7 @@ def main() -> None:
         default_speaker=ns.default_speaker,
         language=ns.language,
         offload_strategy=ns.offload_strategy,
+        voice_map=dict(ns.voice),
     )
     try:
         engine = build_engine(options.model_path, options.device, speech_options)

@@ -64,6 +64,9 @@ class EspeakEngine:
     def voices(self) -> list[str]:
         return sorted(self._voices)
 
+    def default_voice(self) -> str:
+        return self._default_voice
+
     def synthesize(self, utterance: Utterance) -> Audio:
         assert self._binary is not None
         voice = utterance.voice if utterance.voice in self._voices else self._default_voice

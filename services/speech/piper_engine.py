@@ -84,6 +84,11 @@ class PiperEngine:
         speakers = dict(self._voice.config.speaker_id_map or {}) if self._voice is not None else {}
         return sorted(speakers) or [Path(self._target).stem]
 
+    def default_voice(self) -> str:
+        """The speaker Piper uses when none is named (id 0), or the voice itself."""
+        speakers = dict(self._voice.config.speaker_id_map or {}) if self._voice is not None else {}
+        return next((name for name, sid in speakers.items() if sid == 0), None) or self.voices()[0]
+
     def synthesize(self, utterance: Utterance) -> Audio:
         from piper import SynthesisConfig
 

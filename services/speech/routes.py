@@ -1,8 +1,11 @@
 """OpenAI routes of the speech worker: /v1/audio/speech, /v1/audio/voices, /v1/models.
 
-Owns request validation (input at most 4096 characters, speed 0.25-4.0, response_format wav, mp3, opus,
-flac or pcm; a 400 names the field), the raw audio response with its Content-Type, and the voices list
-(engine, voices, fallback reason). Synthesis runs on the model thread, encoding on a helper thread.
+Owns request validation (input at most 4096 characters, voice one the model has, maps or one of
+OpenAI's names (see `SpeechBackend.resolve_voice`; anything else is a 400 naming `voice`), speed
+0.25-4.0, response_format wav, mp3, opus, flac or pcm; `instructions` and `stream_format: sse` are
+refused, not ignored; a 400 names the field), the raw audio response
+with its Content-Type and the voice it used (`X-Voice`), and the voices list (engine, voices, the
+configured mapping, fallback reason). Synthesis runs on the model thread, encoding on a helper thread.
 """
 
 from __future__ import annotations
@@ -12,15 +15,13 @@ import time
 
 from aiohttp import web
 
-from services.errors import bad_request, optional_choice, optional_float, optional_str, require_str
+from appliance.fields import MAX_SPEECH_CHARS, OPENAI_VOICES, opt_choice, opt_float, opt_str, require_str, speech_voice
+from services.errors import bad_request
 from services.protocol import Worker, check_model, read_json
 from services.speech.audio import FORMATS, encode
-from services.speech.backend import SpeechBackend
+from services.speech.backend import SpeechBackend, UnknownVoice
 from services.speech.engines import Utterance
 from services.speech.xtts_engine import UnknownLanguage
-
-MAX_INPUT_CHARS = 4096
-DEFAULT_VOICE = "alloy"
 
 
 def add_routes(app: web.Application, worker: Worker, backend: SpeechBackend) -> None:
@@ -29,26 +30,35 @@ def add_routes(app: web.Application, worker: Worker, backend: SpeechBackend) -> 
     async def speech(request: web.Request) -> web.Response:
         body = await read_json(request)
         check_model(body, worker)
-        text = require_str(body, "input", max_len=MAX_INPUT_CHARS)
-        voice = optional_str(body, "voice", DEFAULT_VOICE) or DEFAULT_VOICE
-        fmt = optional_choice(body, "response_format", FORMATS, "mp3")
-        speed = optional_float(body, "speed", 1.0, lo=0.25, hi=4.0)
-        language = optional_str(body, "language")
-        utterance = Utterance(text=text, voice=voice, speed=speed, language=language)
+        text = require_str(body, "input", max_len=MAX_SPEECH_CHARS)
+        fmt = opt_choice(body, "response_format", FORMATS, "mp3")
+        speed = opt_float(body, "speed", 1.0, lo=0.25, hi=4.0)
+        language = opt_str(body, "language")
+        if opt_str(body, "instructions"):
+            raise bad_request("instructions", "'instructions' (voice direction) is not supported by this speech worker",
+                              code="unsupported_parameter")  # fmt: skip
+        opt_choice(body, "stream_format", ("audio",), "audio")  # no SSE audio stream
+        requested = speech_voice(body)
         async with worker.serving():
+            try:
+                voice = await worker.run(backend.resolve_voice, requested)
+            except UnknownVoice as exc:
+                raise bad_request("voice", str(exc), code="unknown_voice") from None
+            utterance = Utterance(text=text, voice=voice, speed=speed, language=language)
             try:
                 audio = await worker.run(backend.synthesize, utterance)
             except UnknownLanguage as exc:
                 raise bad_request("language", str(exc)) from None
         data, content_type = await asyncio.to_thread(encode, audio, fmt)
-        return web.Response(body=data, headers={"Content-Type": content_type})
+        return web.Response(body=data, headers={"Content-Type": content_type, "X-Voice": voice})
 
     async def voices(_: web.Request) -> web.Response:
         async with worker.serving():
             names = await worker.run(backend.voices)
         return web.json_response(
-            {"engine": backend.engine.name, "voices": names, "fallback_reason": backend.fallback_reason}
-        )
+            {"engine": backend.engine.name, "voices": names, "openai_voices": list(OPENAI_VOICES),
+             "voice_map": backend.voice_map, "fallback_reason": backend.fallback_reason}
+        )  # fmt: skip
 
     async def models(_: web.Request) -> web.Response:
         card = {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "appliance"}

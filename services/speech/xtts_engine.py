@@ -122,6 +122,9 @@ class XttsEngine(ResidentWeights):
     def voices(self) -> list[str]:
         return sorted({*self.cloned_voices(), *self.builtin_speakers()})
 
+    def default_voice(self) -> str:
+        return self._default_speaker
+
     def synthesize(self, utterance: Utterance) -> Audio:
         language = (utterance.language or self._default_language).lower()
         if language not in LANGUAGES:

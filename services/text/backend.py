@@ -89,6 +89,11 @@ class TextBackend(ResidentWeights):
         self._model = None
         self._tokenizer = None
 
+    @property
+    def context(self) -> int:
+        """The context length in tokens (0 until loaded)."""
+        return self._context
+
     # --- inference ---
 
     def decode(self, ids: Sequence[int]) -> str:

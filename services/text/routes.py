@@ -1,6 +1,8 @@
 """OpenAI routes of the text worker: /v1/chat/completions, /v1/completions, /v1/models.
 
-Owns request validation (400s that name the field), the response and chunk shapes of contracts.md §1.3
+Owns request validation (400s that name the field; the fields it cannot honour, such as `tools` or a
+`response_format` other than text, are refused rather than ignored; a text too long for the context is
+refused from its length before it is tokenized), the response and chunk shapes of contracts.md §1.3
 (first chunk carries the role, `stream_options.include_usage` adds a usage chunk with empty choices, the
 stream always ends with `data: [DONE]`), and the bridge from the model thread's token callback to the
 event loop. Generations run one at a time on the model thread, in arrival order (this worker serves
@@ -22,14 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
-from services.errors import (
-    OpenAIError,
-    bad_request,
-    optional_bool,
-    optional_float,
-    optional_int,
-    optional_object,
-)
+from appliance.fields import check_text_length, opt_bool, opt_int, opt_number, opt_object, refuse_unhonoured
+from services.errors import OpenAIError, bad_request
 from services.protocol import Worker, check_model, read_json
 from services.text.backend import Encoded, Sampling, TextBackend
 from services.text.streaming import TextAssembler
@@ -54,13 +50,14 @@ class Outcome:
 
 
 def parse_sampling(body: dict[str, Any]) -> Sampling:
-    if optional_int(body, "n", 1, lo=1) != 1:
+    refuse_unhonoured(body, "text worker")
+    if opt_int(body, "n", 1, lo=1) != 1:
         raise bad_request("n", "only n=1 is supported by this worker")
-    if optional_bool(body, "logprobs", False) or body.get("top_logprobs") is not None:
+    if opt_bool(body, "logprobs", False) or body.get("top_logprobs") is not None:
         raise bad_request("logprobs", "logprobs are not supported by this worker")
-    max_tokens = optional_int(body, "max_completion_tokens", None, lo=1)
+    max_tokens = opt_int(body, "max_completion_tokens", None, lo=1)
     if max_tokens is None:
-        max_tokens = optional_int(body, "max_tokens", None, lo=1)
+        max_tokens = opt_int(body, "max_tokens", None, lo=1)
     stop_raw = body.get("stop")
     if stop_raw is None:
         stop: tuple[str, ...] = ()
@@ -70,31 +67,31 @@ def parse_sampling(body: dict[str, Any]) -> Sampling:
         stop = tuple(stop_raw)
     else:
         raise bad_request("stop", f"'stop' must be a string or a list of at most {_MAX_STOPS} strings")
-    top_k = optional_int(body, "top_k", None, lo=-1)
+    top_k = opt_int(body, "top_k", None, lo=-1)
     return Sampling(
         max_tokens=max_tokens,
-        temperature=None if body.get("temperature") is None else optional_float(body, "temperature", 1.0, lo=0, hi=2),
-        top_p=None if body.get("top_p") is None else optional_float(body, "top_p", 1.0, lo=0.0, hi=1.0),
+        temperature=opt_number(body, "temperature", None, lo=0, hi=2),
+        top_p=opt_number(body, "top_p", None, lo=0.0, hi=1.0),
         top_k=None if top_k is None else max(top_k, 0),
-        seed=optional_int(body, "seed", None),
+        seed=opt_int(body, "seed", None),
         stop=stop,
-        ignore_eos=optional_bool(body, "ignore_eos", False),
+        ignore_eos=opt_bool(body, "ignore_eos", False),
     )
 
 
 def parse_stream_usage(body: dict[str, Any]) -> tuple[bool, bool]:
     """`stream_options`: (include_usage, continuous_usage_stats); as in vLLM, the second only
     counts with the first."""
-    options = optional_object(body, "stream_options")
-    include_usage = optional_bool(options, "include_usage", False)
-    return include_usage, include_usage and optional_bool(options, "continuous_usage_stats", False)
+    options = opt_object(body, "stream_options")
+    include_usage = opt_bool(options, "include_usage", False)
+    return include_usage, include_usage and opt_bool(options, "continuous_usage_stats", False)
 
 
 def parse_continuation(body: dict[str, Any], messages: list[dict[str, str]]) -> bool:
     """vLLM's `continue_final_message` / `add_generation_prompt`: continue the final assistant
     message instead of opening a new one (how the gateway resumes a preempted stream). Only an
     explicit `add_generation_prompt: true` conflicts, as in vLLM; its default is ignored then."""
-    continuing = optional_bool(body, "continue_final_message", False)
+    continuing = opt_bool(body, "continue_final_message", False)
     add_prompt = body.get("add_generation_prompt")
     if add_prompt is not None and not isinstance(add_prompt, bool):
         raise bad_request("add_generation_prompt", "'add_generation_prompt' must be a boolean")
@@ -229,9 +226,10 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
         messages = parse_messages(body)
         continuing = parse_continuation(body, messages)
         sampling = parse_sampling(body)
-        stream = optional_bool(body, "stream", False)
+        stream = opt_bool(body, "stream", False)
         include_usage, continuous = parse_stream_usage(body)
         async with worker.serving():
+            check_text_length(sum(len(m["content"]) for m in messages), backend.context, "messages")
             encoded = await worker.run(backend.encode_chat, messages, sampling, continuing)
             return await _respond(request, "chat", encoded, sampling, stream, include_usage, continuous=continuous)
 
@@ -240,12 +238,13 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
         check_model(body, worker)
         prompt = parse_prompt(body)
         sampling = parse_sampling(body)
-        stream = optional_bool(body, "stream", False)
+        stream = opt_bool(body, "stream", False)
         include_usage, continuous = parse_stream_usage(body)
-        echo = optional_bool(body, "echo", False)
+        echo = opt_bool(body, "echo", False)
         if body.get("suffix"):
             raise bad_request("suffix", "'suffix' is not supported by this worker")
         async with worker.serving():
+            check_text_length(len(prompt) if isinstance(prompt, str) else 0, backend.context, "prompt")
             encoded = await worker.run(backend.encode_prompt, prompt, sampling)
             prefix = (prompt if isinstance(prompt, str) else backend.decode(prompt)) if echo else ""
             return await _respond(

@@ -202,7 +202,7 @@ def full_config(**server: Any) -> dict[str, Any]:
             "sd-broken": {"engine": "comfyui", "modality": "image", "vram_gb": 10.0, "workflow": "checkpoint",
                           "checkpoint": "missing.safetensors"},
             "minilm": {"engine": "embed", "modality": "embedding", "vram_gb": 0.2},
-            "voice": {"engine": "tts", "modality": "speech", "vram_gb": 0.1},
+            "voice": {"engine": "tts", "modality": "speech", "vram_gb": 0.1, "voices": {"nova": "de"}},
         },
     }
 

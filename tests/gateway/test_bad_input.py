@@ -11,9 +11,12 @@ from typing import Any
 import openai
 import pytest
 
+from appliance.fields import CHARS_PER_TOKEN_BOUND
+
 from .conftest import Gateway, full_config, launch
 
-LIMIT = 64 * 1024
+LIMIT = 256 * 1024
+HUGE = "word " * (4096 * CHARS_PER_TOKEN_BOUND // 5 + 1)  # over the vLLM stand-in's 4096-token context
 CHAT = {"model": "qwen-test", "messages": [{"role": "user", "content": "hi"}]}
 IMAGE = {"model": "sd-turbo", "prompt": "a cat"}
 SPEECH = {"model": "voice", "input": "hello", "voice": "alloy"}
@@ -42,6 +45,10 @@ CASES: list[tuple[str, str, Any, int, str | None]] = [
     ("/v1/chat/completions", "stream-options-not-object", {**CHAT, "stream_options": 1}, 400, "stream_options"),
     ("/v1/chat/completions", "unknown-model", {**CHAT, "model": "gpt-9"}, 404, "model"),
     ("/v1/chat/completions", "wrong-modality", {**CHAT, "model": "minilm"}, 400, "model"),
+    # was tokenized by the engine for seconds before its 400; now refused by its length, no engine woken
+    ("/v1/chat/completions", "message-longer-than-the-context",
+     {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": HUGE}]}]}, 400, "messages"),
+    ("/v1/completions", "prompt-longer-than-the-context", {"model": "qwen-test", "prompt": HUGE}, 400, "prompt"),
     ("/v1/completions", "prompt-missing", {"model": "qwen-test"}, 400, "prompt"),
     ("/v1/completions", "prompt-object", {"model": "qwen-test", "prompt": {"a": 1}}, 400, "prompt"),
     ("/v1/embeddings", "input-missing", {"model": "minilm"}, 400, "input"),

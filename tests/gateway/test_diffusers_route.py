@@ -21,7 +21,7 @@ def gateway(module_tmp: Path, tiny_sd3_dir: Path) -> Iterator[Gateway]:
     pipeline = tiny_sd3_dir
     doc = {
         "engines": {"diffusers": worker_engine("diffusers", str(pipeline),
-                                               extra_args=["--default-size", "32x32", "--steps", "2"])},
+                                               extra_args=["--cpu-default-size", "32x32", "--steps", "2"])},
         "models": {"tiny-sd3": {"engine": "diffusers", "modality": "image", "vram_gb": 0.1}},
     }
     gw = launch(module_tmp / "daemon", doc, keys={"user": False, "admin": True})

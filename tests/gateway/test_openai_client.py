@@ -125,6 +125,24 @@ def test_speech_formats_and_content_types(gateway: Gateway) -> None:
     assert seconds and all(s > 0 for s in seconds)
 
 
+def test_voice_names_were_all_the_one_voice_now_mapped_per_model_or_refused(gateway: Gateway) -> None:
+    import openai
+
+    client = gateway.client()
+
+    def say(voice: str) -> bytes:
+        return client.audio.speech.create(model="voice", voice=voice, input="Good morning.",
+                                          response_format="wav").content  # fmt: skip
+
+    # models.voice.voices maps nova to espeak's German voice; alloy and echo are unmapped: the default voice
+    assert say("alloy") == say("echo") != say("nova")
+    assert say("nova") == say("de")
+    with pytest.raises(openai.BadRequestError) as err:
+        say("nobody-at-all")
+    body = err.value.body
+    assert isinstance(body, dict) and (body["param"], body["code"]) == ("voice", "unknown_voice")
+
+
 def test_images_b64_with_size_seed_and_n(gateway: Gateway) -> None:
     client = gateway.client()
     out = client.images.generate(model="sd-turbo", prompt="a lighthouse", n=2, size="256x256",

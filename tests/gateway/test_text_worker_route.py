@@ -44,3 +44,20 @@ def test_completions_are_capped_by_the_model(gateway: Gateway) -> None:
                                               temperature=0)
     assert out.usage is not None and out.usage.completion_tokens <= 12  # max_tokens_cap
     assert gateway.engine("text")["state"] == "ready"
+
+
+def test_tools_sent_through_the_gateway_were_ignored_now_a_400_in_the_gateways_envelope(gateway: Gateway) -> None:
+    import openai
+
+    client = gateway.client()
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}],
+                                       tools=[tool])  # type: ignore[list-item]
+    body = err.value.body
+    assert isinstance(body, dict)  # the SDK hands over the envelope's "error" object
+    assert (body["param"], body["code"], body["type"]) == ("tools", "unsupported_parameter", "invalid_request_error")
+    with pytest.raises(openai.BadRequestError) as json_mode:
+        client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}],
+                                       response_format={"type": "json_object"})
+    assert isinstance(json_mode.value.body, dict) and json_mode.value.body["param"] == "response_format"

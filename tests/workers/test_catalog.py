@@ -66,6 +66,7 @@ licence = "MIT"
         ('[[models.m.files]]\nurl = "https://x/y"\ndest = "y"\n', "models.m.files[0].url: a url entry needs sha256"),
         ('[[models.m.files]]\nrepo = "a/b"\npath = "x"\ndest = "../x"\n', "models.m.files[0].dest"),
         ('[[models.m.files]]\nrepo = "a/b"\npath = "x"\nsize = 3\n', "models.m.files[0].size: unknown key"),
+        ('image_size = "big"\n[[models.m.files]]\nrepo = "a/b"\npath = "x"\n', "models.m.image_size: must be"),
     ],
 )
 def test_validation_names_the_file_and_key(tmp_path: Path, extra: str, message: str | None) -> None:
@@ -115,3 +116,31 @@ def test_no_heavy_imports(modules: list[str], allowed: tuple[str, ...]) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     loaded = {m.split(".")[0] for m in out.stdout.strip().split(",") if m}
     assert loaded <= set(allowed), loaded
+
+
+def test_catalog_is_read_like_the_configuration_every_problem_named_by_file_and_key(tmp_path: Path) -> None:
+    """Read through pydantic as the configuration is: every problem at once, each on its own line."""
+    path = tmp_path / "catalog.toml"
+    path.write_text(MINIMAL.replace('modality = "text"', 'modality = "text"\ncolour = "red"')
+                    .replace('devices = ["cpu"]', 'devices = ["tpu"]').replace("ram_gib = 1", 'ram_gib = "1"')
+                    + '[[models.m.files]]\nrepo = "a/b"\npath = "x"\nsha256 = "zz"\n')  # fmt: skip
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    lines = str(info.value).splitlines()
+    assert all(line.startswith(f"{path}: models.m.") for line in lines), lines
+    assert {line.split(": ")[1] for line in lines} >= {
+        "models.m.colour", "models.m.devices", "models.m.ram_gib", "models.m.files[0].sha256"}
+
+
+def test_workers_share_only_the_light_field_rules_of_the_daemon() -> None:
+    """The XTTS worker runs from its own environment without the daemon's dependencies: a worker may
+    import `appliance.fields` (standard library only) and nothing else of the daemon."""
+    workers = ["services.text.__main__", "services.embed.__main__", "services.diffusers.__main__",
+               "services.speech.__main__"]  # fmt: skip
+    code = (
+        "import importlib, sys\n"
+        f"for m in {workers!r}: importlib.import_module(m)\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('appliance', 'pydantic'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert set(out.stdout.strip().split(",")) == {"appliance", "appliance.fields"}

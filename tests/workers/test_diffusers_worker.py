@@ -16,8 +16,9 @@ from worker_harness import ServedProcess, start_worker
 
 @pytest.fixture(scope="module")
 def sd3_worker(tiny_sd3_dir: Path, log_dir: Path) -> Iterator[ServedProcess]:
+    # A GPU's default would take minutes here: this worker runs on the CPU and must use the CPU's.
     worker = start_worker("diffusers", "tiny-sd3", tiny_sd3_dir, log_dir, "--offload-strategy", "arena",
-                          "--default-size", "32x32")  # fmt: skip
+                          "--default-size", "1024x1024", "--cpu-default-size", "32x32")  # fmt: skip
     yield worker
     worker.stop()
 
@@ -44,6 +45,11 @@ def test_images_have_the_requested_size_and_seeds(sd3_worker: ServedProcess) -> 
     assert "url" not in result["data"][0]  # b64_json always; the gateway makes URLs
     again = generate(sd3_worker, size="64x48", n=1, seed=8)
     assert decode(again["data"][0]).tobytes() == images[1].tobytes()
+
+
+def test_no_size_on_a_cpu_was_the_gpu_default_now_the_cpu_default(sd3_worker: ServedProcess) -> None:
+    result = generate(sd3_worker, seed=3)  # no size at all
+    assert result["size"] == "32x32" and decode(result["data"][0]).size == (32, 32)
 
 
 def test_auto_size_and_jpeg(sd3_worker: ServedProcess) -> None:

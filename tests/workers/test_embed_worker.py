@@ -92,6 +92,41 @@ def test_bad_requests_name_the_field(embed_worker: ServedProcess, body: dict[str
     assert resp.status_code == 400 and resp.json()["error"]["param"] == param
 
 
+def test_long_input_was_silently_truncated_now_refused_naming_input(embed_worker: ServedProcess) -> None:
+    url = embed_worker.base_url + "/v1/embeddings"
+    long = "word " * 400  # about 400 tokens; MiniLM reads 256
+    resp = httpx.post(url, json={"input": long}, timeout=60)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert (error["param"], error["code"]) == ("input", "context_length_exceeded")
+    assert "256 tokens" in error["message"] and "truncate" in error["message"]
+    listed = httpx.post(url, json={"input": ["short", long]}, timeout=60)
+    assert listed.status_code == 400 and listed.json()["error"]["param"] == "input[1]"
+
+
+def test_huge_input_is_refused_by_its_length_before_tokenizing(embed_worker: ServedProcess) -> None:
+    from appliance.fields import CHARS_PER_TOKEN_BOUND
+
+    huge = "a" * (256 * CHARS_PER_TOKEN_BOUND + 1)
+    resp = httpx.post(embed_worker.base_url + "/v1/embeddings", json={"input": huge}, timeout=60)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "input" and "characters" in resp.json()["error"]["message"]
+
+
+def test_truncation_only_when_asked(embed_worker: ServedProcess) -> None:
+    url = embed_worker.base_url + "/v1/embeddings"
+    first = "word " * 300
+    cut_a = httpx.post(url, json={"input": first + "cats " * 100, "truncate": True}, timeout=60).json()
+    cut_b = httpx.post(url, json={"input": first + "dogs " * 2000, "truncate": True}, timeout=60).json()
+    assert cut_a["usage"]["prompt_tokens"] == 256 and cut_b["usage"]["prompt_tokens"] == 256
+    # both read only their first 256 tokens, which are the same
+    assert np.allclose(cut_a["data"][0]["embedding"], cut_b["data"][0]["embedding"], atol=1e-6)
+    huge = httpx.post(url, json={"input": "a " * 600_000, "truncate": True}, timeout=60)
+    assert huge.status_code == 200 and huge.json()["usage"]["prompt_tokens"] == 256
+    bad = httpx.post(url, json={"input": "hi", "truncate": "yes"}, timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "truncate"
+
+
 def test_batcher_merges_requests_that_wait_behind_a_running_batch() -> None:
     async def scenario() -> tuple[list[list[str]], list[list[str]], int]:
         calls: list[list[str]] = []

@@ -74,7 +74,7 @@ def test_espeak_audio_grows_with_the_text(espeak_worker: ServedProcess, fmt: str
 
 def test_voices_name_the_engine(piper_worker: ServedProcess, espeak_worker: ServedProcess) -> None:
     piper = httpx.get(piper_worker.base_url + "/v1/audio/voices", timeout=60).json()
-    assert piper == {"engine": "piper", "voices": ["en_US-joe-medium"], "fallback_reason": None}
+    assert piper["engine"] == "piper" and piper["voices"] == ["en_US-joe-medium"] and piper["fallback_reason"] is None
     espeak = httpx.get(espeak_worker.base_url + "/v1/audio/voices", timeout=60).json()
     assert espeak["engine"] == "espeak" and "en-us" in espeak["voices"]
 
@@ -87,12 +87,46 @@ def test_voices_name_the_engine(piper_worker: ServedProcess, espeak_worker: Serv
         ({"input": "hi", "speed": 10}, "speed"),
         ({"input": "hi", "response_format": "aac"}, "response_format"),
         ({"input": "hi", "voice": 3}, "voice"),
+        ({"input": "hi", "voice": "alloy", "instructions": "whisper it"}, "instructions"),
+        ({"input": "hi", "voice": "alloy", "stream_format": "sse"}, "stream_format"),
     ],
 )
 def test_bad_requests_name_the_field(piper_worker: ServedProcess, body: dict[str, object], param: str) -> None:
     resp = httpx.post(piper_worker.base_url + "/v1/audio/speech", json=body, timeout=60)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"] == param
+
+
+def test_unknown_voice_name_is_refused_not_silently_replaced(piper_worker: ServedProcess) -> None:
+    body = {"input": SHORT, "voice": "nobody-at-all"}
+    resp = httpx.post(piper_worker.base_url + "/v1/audio/speech", json=body, timeout=60)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert (error["param"], error["code"], error["type"]) == ("voice", "unknown_voice", "invalid_request_error")
+    assert "en_US-joe-medium" in error["message"] and "alloy" in error["message"]
+
+
+def test_openai_voice_names_map_to_configured_voices(log_dir: Path) -> None:
+    mapping = ("--voice", "nova=de", "--voice", "narrator=fr-fr", "--voice", "echo=nobody")
+    worker = start_worker("speech", "mapped", "espeak:en-us", log_dir, *mapping)
+    try:
+        used: dict[str, str] = {}
+        for name in ("nova", "narrator", "alloy", "en-gb"):
+            _, _, resp = speak(worker, SHORT, "wav", voice=name)
+            used[name] = resp.headers["x-voice"]
+        # mapped names, an unmapped OpenAI name (the default voice), the engine's own name
+        assert used == {"nova": "de", "narrator": "fr-fr", "alloy": "en-us", "en-gb": "en-gb"}
+        german, _, _ = speak(worker, LONG, "wav", voice="nova")
+        english, _, _ = speak(worker, LONG, "wav", voice="alloy")
+        assert german != english  # a different voice really spoke
+        listing = httpx.get(worker.base_url + "/v1/audio/voices", timeout=60).json()
+        assert listing["voice_map"] == {"nova": "de", "narrator": "fr-fr", "echo": "nobody"}
+        assert "shimmer" in listing["openai_voices"]
+        broken = httpx.post(worker.base_url + "/v1/audio/speech", json={"input": SHORT, "voice": "echo"}, timeout=60)
+        assert broken.status_code == 400 and broken.json()["error"]["param"] == "voice"
+        assert "'nobody'" in broken.json()["error"]["message"]
+    finally:
+        worker.stop()
 
 
 def test_missing_voice_falls_back_to_espeak_and_says_why(log_dir: Path) -> None:
@@ -119,7 +153,7 @@ def test_piper_voice_found_in_the_model_store(log_dir: Path, tmp_path: Path) -> 
     )
     try:
         voices = httpx.get(worker.base_url + "/v1/audio/voices", timeout=60).json()
-        assert voices == {"engine": "piper", "voices": ["en_US-copy-medium"], "fallback_reason": None}
+        assert (voices["engine"], voices["voices"], voices["fallback_reason"]) == ("piper", ["en_US-copy-medium"], None)
         assert speak(worker, SHORT, "flac")[0] > 0.3
     finally:
         worker.stop()

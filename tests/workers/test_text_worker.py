@@ -130,7 +130,59 @@ def test_bad_requests_name_the_field(
     resp = httpx.post(text_worker.base_url + "/v1/chat/completions", json=body, timeout=60)
     assert resp.status_code == status, resp.text
     error = resp.json()["error"]
-    assert error["param"] == param and error["code"] == status and error["message"] and error["type"]
+    assert error["param"] == param and error["message"] and error["type"]
+    # the gateway's envelope: a string code or null, never the HTTP status as an integer
+    assert error["code"] == ("model_not_found" if status == 404 else None)
+
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": [WEATHER_TOOL]}, "tools"),
+        ({"tools": [WEATHER_TOOL], "tool_choice": "required"}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
+        ({"logit_bias": {"5": 10}}, "logit_bias"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": 1}, "frequency_penalty"),
+    ],
+)
+def test_tools_and_json_mode_were_ignored_with_a_200_now_refused(
+    text_worker: ServedProcess, extra: dict[str, object], param: str
+) -> None:
+    for route, base in (("/v1/chat/completions", {"messages": HI}), ("/v1/completions", {"prompt": "hi"})):
+        resp = httpx.post(text_worker.base_url + route, json={**base, "max_tokens": 2, **extra}, timeout=60)
+        assert resp.status_code == 400, resp.text
+        error = resp.json()["error"]
+        assert (error["param"], error["code"]) == (param, "unsupported_parameter")
+        assert error["type"] == "invalid_request_error"
+
+
+def test_neutral_values_of_unhonoured_fields_still_pass(text_worker: ServedProcess) -> None:
+    body = {"messages": HI, "max_tokens": 2, "tools": [], "tool_choice": "none", "response_format": {"type": "text"},
+            "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}}  # fmt: skip
+    resp = httpx.post(text_worker.base_url + "/v1/chat/completions", json=body, timeout=60)
+    assert resp.status_code == 200, resp.text
+
+
+def test_a_huge_message_was_tokenized_before_the_400_now_refused_by_its_length(text_worker: ServedProcess) -> None:
+    from appliance.fields import CHARS_PER_TOKEN_BOUND
+
+    huge = "word " * (512 * CHARS_PER_TOKEN_BOUND // 5 + 1)  # the tiny model's context is 512 tokens
+    resp = httpx.post(text_worker.base_url + "/v1/chat/completions",
+                      json={"messages": [{"role": "user", "content": huge}]}, timeout=60)  # fmt: skip
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert (error["param"], error["code"]) == ("messages", "context_length_exceeded")
+    assert "characters" in error["message"]  # the length bound answered, not the tokenizer
+    prompt = httpx.post(text_worker.base_url + "/v1/completions", json={"prompt": huge}, timeout=60)
+    assert prompt.status_code == 400 and prompt.json()["error"]["param"] == "prompt"
+    assert "characters" in prompt.json()["error"]["message"]
+    long = httpx.post(text_worker.base_url + "/v1/completions", json={"prompt": "word " * 600}, timeout=60)
+    assert long.status_code == 400 and "tokens" in long.json()["error"]["message"]  # under the bound: tokenized
 
 
 def test_chat_continues_its_final_assistant_message(client: openai.OpenAI, tiny_llama_dir: Path) -> None:
@@ -226,7 +278,7 @@ def test_a_failed_load_is_reported_and_leaves_the_worker_unloaded(log_dir: Path,
         assert stats["last_error"] and stats["load_seconds"] is None
         chat = httpx.post(worker.base_url + "/v1/completions", json={"prompt": "hi"}, timeout=60)
         assert chat.status_code == 503 and "could not be loaded" in chat.json()["error"]["message"]
-        assert httpx.get(worker.base_url + "/nowhere").json()["error"]["code"] == 404
+        assert httpx.get(worker.base_url + "/nowhere").json()["error"]["code"] == "not_found"
     finally:
         worker.stop()
 

@@ -150,18 +150,20 @@ async def test_route_speaks_24khz_and_survives_offload(
     long, _ = await _speak(client, "one two three four five six seven eight nine ten")
     assert rate == 24_000 and long > 3 * short
     before = await (
-        await client.post("/v1/audio/speech", json={"input": "same words", "response_format": "pcm"})
+        await client.post("/v1/audio/speech", json={"input": "same words", "voice": "alloy", "response_format": "pcm"})
     ).read()
+    assert before[:1] != b"{"  # audio, not an error envelope
     assert (await (await client.post("/offload")).json())["state"] == "offloaded"
     assert (await (await client.get("/health")).json())["state"] == "offloaded"
-    after = await (await client.post("/v1/audio/speech", json={"input": "same words", "response_format": "pcm"})).read()
+    after = await (await client.post("/v1/audio/speech", json={"input": "same words", "voice": "alloy",
+                                                               "response_format": "pcm"})).read()  # fmt: skip
     assert before == after  # the wake rebinds the same weights (the fake's gain sets the amplitude)
     assert Path(made[0].calls[0]["speaker_wav"][0]).name == "narrator.wav"
 
 
 async def test_route_rejects_an_unknown_language(xtts_client: tuple[TestClient[Any, Any], list[FakeCoquiTTS]]) -> None:
     client, _ = xtts_client
-    resp = await client.post("/v1/audio/speech", json={"input": "hola", "language": "xx"})
+    resp = await client.post("/v1/audio/speech", json={"input": "hola", "voice": "alloy", "language": "xx"})
     assert resp.status == 400
     assert (await resp.json())["error"]["param"] == "language"
 
