@@ -225,6 +225,23 @@ def refuse_unhonoured(body: Mapping[str, Any], worker: str) -> None:
                          code="unsupported_parameter")  # fmt: skip
 
 
+# OpenAI's image fields that neither ComfyUI's workflows nor the diffusers worker honour, with the values that
+# ask for nothing (their defaults). Anything else is refused with a 400 naming the field.
+_UNHONOURED_IMAGE: dict[str, tuple[str, ...]] = {
+    "quality": ("auto", "standard"), "style": (), "background": ("auto",), "moderation": ("auto",),
+}
+
+
+def refuse_unhonoured_image(body: Mapping[str, Any], engine: str) -> None:
+    """A 400 for the first image field in `body` that asks for something `engine` cannot do."""
+    for field, neutral in _UNHONOURED_IMAGE.items():
+        value = body.get(field)
+        if value is not None and value not in neutral:
+            only = f" (only {', '.join(neutral)})" if neutral else ""
+            raise FieldError(field, f"'{field}' {_shown(value)} is not supported by the {engine}{only}",
+                             code="unsupported_parameter")
+
+
 def check_text_length(chars: int, context_tokens: int, field: str) -> None:
     """Refuse a text of `chars` characters that cannot fit `context_tokens` (see CHARS_PER_TOKEN_BOUND)."""
     bound = context_tokens * CHARS_PER_TOKEN_BOUND

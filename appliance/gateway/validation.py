@@ -183,10 +183,16 @@ def parse_size(value: object) -> tuple[int | None, int | None]:
     return (None, None) if size is None else size
 
 
+@_checked
+def _refuse_unhonoured_image(body: dict[str, Any]) -> None:
+    fields.refuse_unhonoured_image(body, "image engines")
+
+
 def check_image(body: dict[str, Any]) -> ImageRequest:
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise _bad("prompt", "is required and must be a non-empty string")
+    _refuse_unhonoured_image(body)
     n = opt_int(body, "n", lo=1, hi=MAX_IMAGES) or 1
     width, height = parse_size(body.get("size"))
     fmt = opt_choice(body, "response_format", IMAGE_FORMATS, "url")

@@ -1,6 +1,7 @@
 """OpenAI route of the diffusers worker: /v1/images/generations (and /v1/models).
 
-Owns validation (prompt, n 1-10, size WxH in multiples the pipeline accepts, or none or "auto" for the
+Owns validation (prompt; quality, style, background and moderation only at their defaults; n 1-10,
+size WxH in multiples the pipeline accepts, or none or "auto" for the
 model's default size, smaller on a CPU (`--default-size`, `--cpu-default-size`), response_format
 url or b64_json, output_format png/jpeg/webp; extensions seed, steps/num_inference_steps,
 guidance_scale, negative_prompt; a 400 names the field) and the response: always b64_json, each item
@@ -16,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance.fields import opt_choice, opt_float, opt_int, opt_str, parse_size, require_str
+from appliance.fields import opt_choice, opt_float, opt_int, opt_str, parse_size, refuse_unhonoured_image, require_str
 from services.diffusers.backend import DiffusersBackend, ImageJob
 from services.protocol import Worker, check_model, read_json
 
@@ -26,6 +27,7 @@ MAX_SIDE = 4096
 
 def parse_job(body: dict[str, Any], backend: DiffusersBackend) -> ImageJob:
     prompt = require_str(body, "prompt", max_len=MAX_PROMPT_CHARS)
+    refuse_unhonoured_image(body, "diffusers worker")
     n = opt_int(body, "n", 1, lo=1, hi=10) or 1
     opt_choice(body, "response_format", ("url", "b64_json"), "url")  # always answered as b64_json
     output_format = opt_choice(body, "output_format", ("png", "jpeg", "webp"), "png")

@@ -78,12 +78,22 @@ def test_offload_then_wake_gives_identical_images(sd3_worker: ServedProcess) -> 
         ({"prompt": ""}, "prompt"),
         ({"response_format": "bmp"}, "response_format"),
         ({"guidance_scale": -1}, "guidance_scale"),
+        # quality, style, background and moderation were accepted and ignored with a 200
+        ({"quality": "hd"}, "quality"),
+        ({"style": "vivid"}, "style"),
+        ({"background": "transparent"}, "background"),
+        ({"moderation": "low"}, "moderation"),
     ],
 )
 def test_bad_requests_name_the_field(sd3_worker: ServedProcess, body: dict[str, Any], param: str) -> None:
     resp = httpx.post(sd3_worker.base_url + "/v1/images/generations", json={"prompt": "x", **body}, timeout=60)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"] == param
+
+
+def test_default_values_of_unhonoured_image_fields_still_pass(sd3_worker: ServedProcess) -> None:
+    result = generate(sd3_worker, size="32x32", seed=1, quality="standard", background="auto", moderation="auto")
+    assert result["size"] == "32x32"
 
 
 def test_generic_pipeline_through_autopipeline(tiny_sd1_dir: Path, log_dir: Path) -> None:
