@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sys
 import urllib.error
@@ -65,8 +64,9 @@ def serve(config: ConfigOpt = None,
           port: Annotated[int | None, typer.Option(help="port (default: server.port)")] = None) -> None:
     """Run the daemon in the foreground."""
     cfg = obtain_config(config)
-    logging.basicConfig(level=cfg.server.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logsetup import configure as configure_logging
+
+    configure_logging(cfg.server.log_level, cfg.server.log_format, sys.stderr)
     from .daemon import RefusedBind
     from .daemon import serve as run_daemon
     from .gateway.keys import KeyStore
