@@ -1,0 +1,150 @@
+"""The pure parts behind /metrics and the logs, driven directly: the swap meter's stall accounting
+(a fake clock), the traffic meter's bounded labels, the hand-kept histogram, the JSON log format."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from appliance.histogram import Histogram
+from appliance.logsetup import KEY_ID, MODEL, REQUEST_ID, configure, request_id
+from appliance.metrics import MetricsExporter, TrafficCollector
+from appliance.scheduler.swaps import SwapMeter
+from appliance.traffic import TrafficMeter
+from appliance.usage import UsageRecord
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_stall_counts_only_swap_time_with_no_job_running() -> None:
+    clock = Clock()
+    meter = SwapMeter(clock)
+    clock.now += 5  # idle, nothing swapping: no stall
+    swap = meter.begin("chat", "cold_start")
+    clock.now += 2  # swapping, nothing running: 2 s of stall
+    meter.job_started("r1", "img")
+    clock.now += 3  # swapping while another model's job runs: no stall
+    meter.job_stopped("r1")
+    clock.now += 1  # 1 s more
+    assert meter.stall_s() == pytest.approx(3.0)  # the current stretch is counted at read time
+    meter.end(swap)
+    clock.now += 10
+    assert meter.stall_s() == pytest.approx(3.0)
+    stats = meter.swaps[("chat", "cold_start")]
+    assert stats.done == 1 and stats.failed == 0 and stats.seconds.total == pytest.approx(6.0)
+
+
+def test_overlapping_swaps_stall_once_and_failures_are_counted() -> None:
+    clock = Clock()
+    meter = SwapMeter(clock)
+    out = meter.begin("chat", "sleep")
+    clock.now += 1
+    into = meter.begin("img", "wake")
+    clock.now += 1
+    meter.end(out, ok=False)
+    clock.now += 1
+    meter.end(into)
+    assert meter.stall_s() == pytest.approx(3.0)  # not 4: the overlap is one second of waiting
+    assert meter.swaps[("chat", "sleep")].failed == 1
+    assert meter.swapping == 0
+
+
+def test_a_preempted_job_stopped_twice_counts_once_and_resumes_are_counted() -> None:
+    clock = Clock()
+    meter = SwapMeter(clock)
+    meter.job_started("r1", "chat")
+    meter.job_stopped("r1")  # preempted
+    swap = meter.begin("img", "load")
+    clock.now += 2
+    meter.job_stopped("r1")  # the lease ends later: already not running
+    meter.end(swap)
+    meter.job_started("r1", "chat", resume=True)
+    assert meter.stall_s() == pytest.approx(2.0)
+    assert meter.resumes == {"chat": 1} and meter.running == 1
+    with pytest.raises(ValueError, match="unknown swap kind"):
+        meter.begin("chat", "teleport")
+
+
+def test_histogram_buckets_are_cumulative_with_inf() -> None:
+    h = Histogram((0.1, 1.0))
+    for v in (0.05, 0.1, 0.5, 7.0):
+        h.observe(v)
+    assert h.cumulative() == [("0.1", 2.0), ("1.0", 3.0), ("+Inf", 4.0)]
+    assert h.n == 4 and h.total == pytest.approx(7.65)
+
+
+def rec(route: str, model: str, status: int = 200, **kw: float) -> UsageRecord:
+    return UsageRecord(route, model, None, status, wall_s=kw.get("wall", 0.2), wait_s=kw.get("wait", 0.1),
+                       gpu_s=kw.get("gpu", 0.1), tokens_in=3, tokens_out=5)
+
+
+def test_traffic_labels_never_take_request_controlled_values() -> None:
+    t = TrafficMeter(["/v1/chat/completions"], ["chat"])
+    for i in range(500):
+        t.observe(rec("/v1/chat/completions", f"made-up-{i}", 404))
+        t.observe(rec(f"/v1/path-{i}", "", 404))
+        t.observe(rec("/v1/chat/completions", "chat", 1000 + i))
+    assert set(t.times) == {("/v1/chat/completions", "other", "404"), ("other", "none", "404"),
+                            ("/v1/chat/completions", "chat", "0")}
+    assert set(t.output) == {"other", "none", "chat"}
+
+
+def test_traffic_collector_renders_what_was_observed_and_prices_gpu_time() -> None:
+    t = TrafficMeter(["/v1/chat/completions"], ["chat"])
+    t.observe(rec("/v1/chat/completions", "chat", gpu=2.0), ttft_s=0.3)
+    t.observe(rec("/v1/chat/completions", "chat", gpu=1.0))
+    text = MetricsExporter([TrafficCollector(t, hourly_price_usd=36.0)]).render().decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    count = [s for s in fams["appliance_request_duration_seconds"].samples if s.name.endswith("_count")]
+    assert [(s.labels, s.value) for s in count] == [
+        ({"route": "/v1/chat/completions", "model": "chat", "status": "200"}, 2.0)]
+    cost = fams["appliance_cost_usd"].samples[0]
+    assert cost.value == pytest.approx(3.0 * 36.0 / 3600)
+    ttft = [s for s in fams["appliance_time_to_first_token_seconds"].samples if s.name.endswith("_count")]
+    assert ttft[0].value == 1
+    tokens = {s.labels["direction"]: s.value for s in fams["appliance_tokens"].samples}
+    assert tokens == {"in": 6, "out": 10}
+
+
+def test_request_id_takes_only_plain_client_tokens() -> None:
+    assert request_id(b"abc-123.x:y_z") == "abc-123.x:y_z"
+    for bad in (None, b"", b"has space", b"x" * 65, b'quote"', b"\xff\xfe", b"line\nbreak"):
+        made = request_id(bad)
+        assert len(made) == 16 and made != bad
+
+
+def test_json_log_lines_carry_the_request_context() -> None:
+    out = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure("info", "json", out)
+        tokens = [REQUEST_ID.set("req-1"), MODEL.set("chat"), KEY_ID.set("k1")]
+        logging.getLogger("appliance.test").info("hello %s", "world")
+        for var, tok in zip((REQUEST_ID, MODEL, KEY_ID), tokens, strict=True):
+            var.reset(tok)
+        logging.getLogger("appliance.test").warning("outside")
+        configure("info", "text", out)
+        token = REQUEST_ID.set("req-2")
+        logging.getLogger("appliance.test").info("plain")
+        REQUEST_ID.reset(token)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    first, second, third = out.getvalue().splitlines()
+    line = json.loads(first)
+    assert line["message"] == "hello world" and line["level"] == "info" and line["logger"] == "appliance.test"
+    assert (line["request_id"], line["model"], line["key_id"]) == ("req-1", "chat", "k1")
+    assert line["time"].endswith("Z") and "engine" not in line
+    assert "request_id" not in json.loads(second)
+    assert third.endswith("INFO appliance.test [req-2]: plain")
