@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass, field
+from functools import cache
+from itertools import accumulate
 
 
 @dataclass(slots=True)
@@ -33,9 +35,9 @@ class Histogram:
 
     def cumulative(self) -> list[tuple[str, float]]:
         """[(upper bound as Prometheus writes it, cumulative count)], ending with +Inf."""
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            running += count
-            out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
-        return out
+        return list(zip(_les(self.bounds), accumulate(self.counts), strict=True))
+
+
+@cache
+def _les(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    return (*(repr(b) for b in bounds), "+Inf")

@@ -27,14 +27,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from .histogram import Histogram
+from .exposition import HistogramSeries, check_names, render
 from .scheduler.loop import KIND_OF, max_wait_for
 from .scheduler.swaps import DIRECTION
 from .scheduler.types import Tier
@@ -89,10 +87,6 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 TIERS = tuple(t.value for t in Tier)
 STATES = tuple(s.value for s in ProcessState)
-
-
-def _hist(family: HistogramMetricFamily, labels: list[str], h: Histogram) -> None:
-    family.add_metric(labels, h.cumulative(), h.total)
 
 
 class ApplianceCollector(Collector):
@@ -208,14 +202,14 @@ class ResidencyCollector(Collector):
         labels = ["model", "direction", "kind"]
         count = CounterMetricFamily("appliance_swaps", "swaps finished (failed ones included)", labels=labels)
         failed = CounterMetricFamily("appliance_swap_failures", "swaps that failed", labels=labels)
-        seconds = HistogramMetricFamily("appliance_swap_duration_seconds",
+        seconds = HistogramSeries("appliance_swap_duration_seconds",
                                         "how long a swap took (a release until the memory was verified free)",
                                         labels=labels)
         for (model, kind), stats in sorted(meter.swaps.items()):
             key = [model, DIRECTION[kind], kind]
             count.add_metric(key, stats.done)
             failed.add_metric(key, stats.failed)
-            _hist(seconds, key, stats.seconds)
+            seconds.add(key, stats.seconds)
         yield from (count, failed, seconds)
         yield GaugeMetricFamily("appliance_swaps_in_progress", "swaps under way now", value=meter.swapping)
         yield CounterMetricFamily("appliance_swap_stall_seconds",
@@ -239,22 +233,22 @@ class TrafficCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         t = self.traffic
         labels = ["route", "model", "status"]
-        total = HistogramMetricFamily("appliance_request_duration_seconds",
+        total = HistogramSeries("appliance_request_duration_seconds",
                                       "whole /v1 request, first byte in to last byte out", labels=labels)
-        wait = HistogramMetricFamily("appliance_request_residency_wait_seconds",
+        wait = HistogramSeries("appliance_request_residency_wait_seconds",
                                      "time waiting for the model to be resident (queue and swaps)", labels=labels)
-        engine = HistogramMetricFamily("appliance_request_engine_seconds",
+        engine = HistogramSeries("appliance_request_engine_seconds",
                                        "time holding the model's lease (on the engine)", labels=labels)
         for key, times in sorted(t.times.items()):
             lv = list(key)
-            _hist(total, lv, times.total)
-            _hist(wait, lv, times.wait)
-            _hist(engine, lv, times.engine)
+            total.add(lv, times.total)
+            wait.add(lv, times.wait)
+            engine.add(lv, times.engine)
         yield from (total, wait, engine)
-        ttft = HistogramMetricFamily("appliance_time_to_first_token_seconds",
+        ttft = HistogramSeries("appliance_time_to_first_token_seconds",
                                      "streams: request start to the first content chunk", labels=["route", "model"])
         for (route, model), h in sorted(t.ttft.items()):
-            _hist(ttft, [route, model], h)
+            ttft.add([route, model], h)
         yield ttft
         tokens = CounterMetricFamily("appliance_tokens", "tokens read (in) and generated (out)",
                                      labels=["model", "direction"])
@@ -275,7 +269,7 @@ class TrafficCollector(Collector):
 
 
 class MetricsExporter:
-    """One registry per daemon; `render()` is one scrape."""
+    """One registry per daemon; `render()` is one scrape (`exposition.render`: generate_latest's bytes)."""
 
     def __init__(self, collectors: Iterable[Collector]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
@@ -283,7 +277,11 @@ class MetricsExporter:
             self.registry.register(c)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return render(self.registry)
+
+
+for _name, (_kind, _labels) in FAMILIES.items():  # so exposition.render may skip escaping names
+    check_names(_name, (*_labels, "le"))
 
 
 def exporter_for(appliance: Appliance, traffic: TrafficMeter) -> MetricsExporter:

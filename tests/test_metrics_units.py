@@ -6,10 +6,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from appliance.exposition import HistogramSeries, render
 from appliance.histogram import Histogram
 from appliance.logsetup import KEY_ID, MODEL, REQUEST_ID, configure, request_id
 from appliance.metrics import MetricsExporter, TrafficCollector
@@ -148,3 +151,29 @@ def test_json_log_lines_carry_the_request_context() -> None:
     assert line["time"].endswith("Z") and "engine" not in line
     assert "request_id" not in json.loads(second)
     assert third.endswith("INFO appliance.test [req-2]: plain")
+
+
+def test_render_writes_exactly_what_generate_latest_writes() -> None:
+    t = TrafficMeter(["/v1/chat/completions", "/v1/images/generations"], ["chat", 'we"ird\\model', "img"])
+    for i in range(200):
+        model = ("chat", 'we"ird\\model', "img", "nope")[i % 4]
+        t.observe(rec("/v1/chat/completions" if i % 3 else "/v1/images/generations", model, (200, 404, 503)[i % 3],
+                      wall=i / 50, wait=i / 200, gpu=i / 100), ttft_s=i / 1000 if i % 2 else None)
+    registry = MetricsExporter([TrafficCollector(t, 0.5)]).registry
+    assert render(registry) == generate_latest(registry)
+    fams = {f.name: f for f in text_string_to_metric_families(render(registry).decode())}
+    weird = [s for s in fams["appliance_request_duration_seconds"].samples if s.labels["model"] == 'we"ird\\model']
+    assert weird, "a label value with a quote and a backslash survives the round trip"
+    series = HistogramSeries("appliance_x_seconds", "x", ["model", "zone"])
+    series.add(["a", "b"], Histogram((1.0,)))
+    one = CollectorRegistry(auto_describe=False)
+    one.register(Fixed([series]))
+    assert render(one) == generate_latest(one)
+
+
+class Fixed:
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Any]:
+        return self.families

@@ -94,7 +94,8 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
     images = ImageStore(data_dir / "images", data_dir / "image_url.key", server.image_url_ttl_s)
     routes = OpenAIRoutes(appliance, sink, images)
     metrics = appliance.config.metrics
-    endpoint = MetricsEndpoint(appliance, exporter_for(appliance, routes.traffic)) if metrics.enabled else None
+    traffic = routes.traffic
+    endpoint = MetricsEndpoint(appliance, exporter_for(appliance, traffic)) if traffic is not None else None
     app.front = Gateway(app.fastapi, routes=routes, auth=auth, images=images, metrics=endpoint,
                         metrics_open_on_loopback=metrics.open_on_loopback)
     return app

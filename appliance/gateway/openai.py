@@ -78,7 +78,8 @@ class OpenAIRoutes:
             "/v1/audio/speech": ("POST", self.speech),
             "/v1/models": ("GET", self.list_models),
         }
-        self.traffic = TrafficMeter(self.routes, self.config.models)
+        # metrics.enabled = false: nothing reads it, so nothing is recorded either
+        self.traffic = TrafficMeter(self.routes, self.config.models) if self.config.metrics.enabled else None
 
     # -- dispatch --------------------------------------------------------------------------------
     async def handle(self, ex: Exchange, key: ApiKey | None) -> None:
@@ -106,7 +107,8 @@ class OpenAIRoutes:
             rec = call.record(ex.status or 499)
             if call.model:
                 self.usage.record(rec)
-            self.traffic.observe(rec, call.ttft_s)
+            if self.traffic is not None:
+                self.traffic.observe(rec, call.ttft_s)
             if access.isEnabledFor(logging.INFO):
                 access.info("%s %s %d %.3fs wait %.3fs%s", ex.scope["method"], call.route[:64], rec.status,
                             rec.wall_s, rec.wait_s, f" error {rec.error}" if rec.error else "")
