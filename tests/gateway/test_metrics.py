@@ -9,6 +9,10 @@ chat and image requests swap; the espeak speech worker on the CPU).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +22,10 @@ from daemon_harness import comfyui_engine, free_port, vllm_engine
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from appliance.cli import fresh_lines
 from appliance.metrics import FAMILIES
 
-from .conftest import Gateway, launch, wait_until, worker_engine
+from .conftest import ROOT, Gateway, launch, wait_until, worker_engine
 
 GIB = 1 << 30
 PRICE = 3.6  # USD per hour: a GPU-second costs a thousandth of a dollar
@@ -222,6 +227,38 @@ def test_request_ids_reach_headers_and_json_log_lines_without_secrets(gw: Gatewa
         assert secret not in logs
         assert secret.split("-")[-1] not in logs
     assert "secret prompt" not in gw.log()
+
+
+def test_logs_follow_tags_each_engine_and_prints_only_new_lines(gw: Gateway, traffic: dict[str, Any]) -> None:
+    env = {**os.environ, "APPLIANCE_URL": gw.url, "APPLIANCE_API_KEY": gw.keys["admin"], "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "appliance", "logs", "-f", "--tail", "3", "--interval", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    out = proc.stdout
+    reader = threading.Thread(target=lambda: lines.extend(iter(out.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: {"[vllm]", "[comfyui]", "[tts]"} <= {ln.split(" ", 1)[0] for ln in lines}, 20,
+                   "a tagged tail of every engine")
+        before = sum(ln.startswith("[tts]") for ln in lines)
+        assert before <= 3  # --tail 3: not the whole history
+        restarted = gw.request("POST", "/api/engines/tts/restart", key="admin")
+        assert restarted.status == 200, restarted.body
+        wait_until(lambda: sum(ln.startswith("[tts]") for ln in lines) > before, 60, "the restarted worker's lines")
+        assert proc.poll() is None  # -f keeps following
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        reader.join(10)
+        out.close()
+
+
+def test_fresh_lines_counts_from_the_lines_written() -> None:
+    assert fresh_lines(["a", "b", "c"], written=10, seen=8) == ["b", "c"]
+    assert fresh_lines(["a", "a", "a"], written=10, seen=9) == ["a"]  # repeated lines are not mistaken for old
+    assert fresh_lines(["a", "b"], written=10, seen=10) == []
+    assert fresh_lines(["x", "y"], written=50, seen=3) == ["x", "y"]  # more arrived than the tail holds
 
 
 def test_open_on_loopback_serves_metrics_without_a_key(tmp_path: Path) -> None:
