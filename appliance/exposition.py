@@ -37,6 +37,11 @@ def _value(v: str) -> str:
     return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
+def _count(n: int) -> str:
+    """An integer count as floatToGoString writes it ("12.0"; Go's exponent form from 10^7 on)."""
+    return f"{n}.0" if 0 <= n < 1_000_000 else go_float(n)
+
+
 def check_names(name: str, labels: list[str] | tuple[str, ...]) -> None:
     """Raise ValueError unless `name` and `labels` are plain Prometheus names (no escaping needed)."""
     if not _NAME.fullmatch(name):
@@ -113,6 +118,6 @@ class HistogramSeries(Metric):
             plain = ",".join(f'{k}="{escaped(pairs[k])}"' for k in sorted(self.labelnames))
             head = f"{self.name}_bucket{{{before}le=\""
             for le, count in h.cumulative():
-                yield f"{head}{le}\"{after}}} {go_float(count)}\n"
-            yield f"{self.name}_count{{{plain}}} {go_float(h.n)}\n"
+                yield f"{head}{le}\"{after}}} {_count(count)}\n"
+            yield f"{self.name}_count{{{plain}}} {_count(h.n)}\n"
             yield f"{self.name}_sum{{{plain}}} {go_float(h.total)}\n"

@@ -33,7 +33,7 @@ class Histogram:
         self.total += value
         self.n += 1
 
-    def cumulative(self) -> list[tuple[str, float]]:
+    def cumulative(self) -> list[tuple[str, int]]:
         """[(upper bound as Prometheus writes it, cumulative count)], ending with +Inf."""
         return list(zip(_les(self.bounds), accumulate(self.counts), strict=True))
 
