@@ -6,16 +6,20 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from appliance.app import Appliance
+from appliance.config import parse_config
 from appliance.exposition import HistogramSeries, render
+from appliance.gpu import GpuSnapshot
 from appliance.histogram import Histogram
 from appliance.logsetup import KEY_ID, MODEL, REQUEST_ID, configure, request_id
-from appliance.metrics import MetricsExporter, TrafficCollector
+from appliance.metrics import MetricsExporter, TrafficCollector, exporter_for
 from appliance.scheduler.swaps import SwapMeter
 from appliance.traffic import TrafficMeter
 from appliance.usage import UsageRecord
@@ -177,3 +181,26 @@ class Fixed:
 
     def collect(self) -> list[Any]:
         return self.families
+
+
+class NvmlLike:
+    """What NvmlProbe reports on a real card, without one."""
+
+    def snapshot(self) -> GpuSnapshot:
+        return GpuSnapshot(kind="nvml", name="NVIDIA GeForce RTX 3090", total_bytes=24 << 30, free_bytes=20 << 30,
+                           used_bytes=4 << 30, utilization_pct=42.0, temperature_c=61.0, power_w=251.5)
+
+    def close(self) -> None:
+        return None
+
+
+def test_gpu_readings_are_exported_in_base_units(tmp_path: Path) -> None:
+    config = parse_config({"server": {"state_dir": str(tmp_path)}}, "test")
+    app = Appliance(config, host="127.0.0.1", port=18080, probe=NvmlLike())
+    text = exporter_for(app, TrafficMeter([], [])).render().decode()
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+    assert values["appliance_gpu_utilization_ratio"] == pytest.approx(0.42)
+    assert values["appliance_gpu_temperature_celsius"] == 61.0 and values["appliance_gpu_power_watts"] == 251.5
+    assert values["appliance_gpu_memory_used_bytes"] == 4 << 30
+    assert values["appliance_gpu_budget_bytes"] == (24 << 30) - int(1.5 * (1 << 30))
+    assert values["appliance_swap_stall_seconds_total"] == 0 and values["appliance_state_disk_total_bytes"] > 0
