@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -39,8 +39,9 @@ def serve(config: ConfigOpt = None,
           port: Annotated[int | None, typer.Option(help="port (default: server.port)")] = None) -> None:
     """Run the daemon in the foreground."""
     cfg = obtain_config(config)
-    logging.basicConfig(level=cfg.server.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logsetup import configure as configure_logging
+
+    configure_logging(cfg.server.log_level, cfg.server.log_format, sys.stderr)
     from .daemon import RefusedBind
     from .daemon import serve as run_daemon
     from .gateway.keys import KeyStore
@@ -150,12 +151,32 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="print the raw J
     console.print(table)
 
 
+def fresh_lines(lines: list[str], written: int, seen: int) -> list[str]:
+    """Of a tail `lines` ending at line number `written`, those after line number `seen`."""
+    return lines[len(lines) - min(len(lines), max(0, written - seen)):]
+
+
 @app.command()
-def logs(engine: str, tail: Annotated[int, typer.Option(help="lines")] = 100) -> None:
-    """Print an engine's recent output."""
-    data = _api(f"/api/engines/{engine}/logs?tail={tail}")
-    for line in data["lines"]:
-        typer.echo(line)
+def logs(engine: Annotated[str | None, typer.Argument(help="an engine (default: every engine)")] = None,
+         tail: Annotated[int, typer.Option(help="lines")] = 100,
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
+         interval: Annotated[float, typer.Option(help="seconds between polls with -f", min=0.1)] = 1.0) -> None:
+    """Print engines' recent output (each line tagged [ENGINE] when several are shown); -f follows it.
+
+    The daemon's own lines go to its stderr (the journal under systemd: `journalctl -u appliance -f`)."""
+    names = [engine] if engine else [e["name"] for e in _api("/api/status")["engines"]]
+    tag = len(names) > 1
+    seen: dict[str, int] = {}
+    while True:
+        for name in names:
+            data = _api(f"/api/engines/{name}/logs?tail={tail if name not in seen else 500}")
+            written = int(data.get("written", len(data["lines"])))
+            for line in fresh_lines(data["lines"], written, seen.get(name, written - len(data["lines"]))):
+                typer.echo(f"[{name}] {line}" if tag else line)
+            seen[name] = written
+        if not follow:
+            return
+        time.sleep(interval)
 
 
 @app.command()

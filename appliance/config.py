@@ -48,6 +48,7 @@ class ServerConfig(_Frozen):
     port: Port = 8080
     state_dir: str = "~/.local/share/appliance"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "text", "json"] = "auto"  # auto: text on a terminal, JSON lines otherwise
     max_body_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     load_deadline_s: float = Field(default=900.0, gt=0)  # how long a request may wait for its model
     keepalive_interval_s: float = Field(default=5.0, gt=0)  # SSE comments while a stream waits
@@ -91,6 +92,13 @@ class SchedulerConfig(_Frozen):
     turn_taking: bool = True  # co-resident engines compute one at a time (oldest waiter first)
     prefetch: bool = True  # wake a slept vLLM's weights while the model it waits for still works
     restore: bool = False  # on an idle GPU, bring back the model most likely asked for next
+
+
+class MetricsConfig(_Frozen):
+    enabled: bool = True  # GET /metrics (Prometheus text format)
+    open_on_loopback: bool = False  # a scrape from 127.0.0.1/::1 needs no API key
+    hourly_price_usd: float = Field(default=0.0, ge=0)  # what an hour of the box costs: the cost counter
+    engine_metrics: bool = True  # proxy vLLM's own /metrics at /metrics/engines/NAME
 
 
 class RestartPolicy(_Frozen):
@@ -203,6 +211,7 @@ class Config(_Frozen):
     server: ServerConfig = ServerConfig()
     gpu: GpuConfig = GpuConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    metrics: MetricsConfig = MetricsConfig()
     engines: dict[str, EngineConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     licences: LicenceConfig = LicenceConfig()

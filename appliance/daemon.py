@@ -70,6 +70,7 @@ async def serve(config: Config, host: str, port: int, has_keys: bool, hub_endpoi
     appliance = Appliance(config, host=host, port=port, hub_endpoint=hub_endpoint, hub_token=hub_token)
     app = build_app(appliance, usage=appliance.usage)
     uv = uvicorn.Config(app, host=host, port=port, log_level=config.server.log_level, access_log=False,
+                        log_config=None,  # uvicorn's lines go through the daemon's handler (logsetup)
                         lifespan="on", loop="none", http="httptools", proxy_headers=False,
                         timeout_graceful_shutdown=int(config.server.shutdown_grace_s) or None)
     server = _Server(uv)

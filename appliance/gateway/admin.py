@@ -115,4 +115,5 @@ async def events(request: Request, history: int = Query(0, ge=0, le=500)) -> Str
 @router.get("/api/engines/{name}/logs")
 async def engine_logs(request: Request, name: str, tail: int = Query(200, ge=0, le=5000)) -> dict[str, Any]:
     eng = _engine(_appliance(request), name)
-    return {"engine": name, "lines": eng.process.output.tail(tail)}
+    output = eng.process.output
+    return {"engine": name, "lines": output.tail(tail), "written": output.written}

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..app import Appliance
+from ..metrics import exporter_for
 from ..usage import MemoryUsageSink, UsageSink
 from . import admin, usage_api
 from .auth import Authenticator, KeyCache, RateLimiter, is_loopback
@@ -25,6 +26,7 @@ from .errors import ApiError, InvalidRequest, NotFound
 from .front import Gateway
 from .images import ImageStore
 from .keys import KeyStore
+from .metrics_api import MetricsEndpoint
 from .openai import OpenAIRoutes
 
 
@@ -91,5 +93,9 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
                          open_when_no_keys=is_loopback(appliance.host))
     images = ImageStore(data_dir / "images", data_dir / "image_url.key", server.image_url_ttl_s)
     routes = OpenAIRoutes(appliance, sink, images)
-    app.front = Gateway(app.fastapi, routes=routes, auth=auth, images=images)
+    metrics = appliance.config.metrics
+    traffic = routes.traffic
+    endpoint = MetricsEndpoint(appliance, exporter_for(appliance, traffic)) if traffic is not None else None
+    app.front = Gateway(app.fastapi, routes=routes, auth=auth, images=images, metrics=endpoint,
+                        metrics_open_on_loopback=metrics.open_on_loopback)
     return app

@@ -3,38 +3,64 @@
 `/v1/*` is served here on a lean path: no routing table, request object, dependency injection or
 middleware stack per request (FastAPI's layers alone measured about 20 µs of CPU per request, against
 about 30 µs for this whole path; bench/gateway.py measures the end-to-end cost). `/api/*` is
-authenticated here and then handed to FastAPI, signed image URLs are served here, and everything else
+authenticated here and then handed to FastAPI, signed image URLs are served here, `/metrics` (and
+`/metrics/engines/NAME`) is authenticated here and served by gateway.metrics_api, and everything else
 (`/health`, the docs) goes to FastAPI untouched.
+
+Every response carries `X-Request-Id` (the client's own when it sent a plain one, else a new one),
+and the request's id and key id are set in the log context (logsetup) for every line it causes.
+
+Authentication is decided here and only here. `/metrics` needs a valid key (any scope), except that
+with `metrics.open_on_loopback` a client connecting from a loopback address needs none (a Prometheus
+on the box); when the API is open (loopback bind, no key yet) it is open like the rest.
 It must not hold request state between requests, nor implement the routes themselves.
 """
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth import Authenticator
+from ..logsetup import KEY_ID, REQUEST_ID, request_id
+from .auth import Authenticator, is_loopback
 from .errors import ApiError, MethodNotAllowed
 from .exchange import Exchange
 from .images import ROUTE as IMAGE_ROUTE
 from .images import ImageStore
+from .metrics_api import MetricsEndpoint
 from .openai import OpenAIRoutes
 
 OPEN_API_PATHS = frozenset({"/api/docs", "/api/docs/oauth2-redirect", "/api/openapi.json"})
 READ_ONLY_API = frozenset({"/api/status"})  # any valid key may read these; the rest of /api needs admin
+REQUEST_ID_HEADER = b"x-request-id"
+
+
+def _with_request_id(send: Send, rid: bytes) -> Send:
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (REQUEST_ID_HEADER, rid)]}
+        await send(message)
+    return send_with_id
 
 
 class Gateway:
-    def __init__(self, app: ASGIApp, *, routes: OpenAIRoutes, auth: Authenticator, images: ImageStore) -> None:
+    def __init__(self, app: ASGIApp, *, routes: OpenAIRoutes, auth: Authenticator, images: ImageStore,
+                 metrics: MetricsEndpoint | None = None, metrics_open_on_loopback: bool = False) -> None:
+        """`metrics`: None when `metrics.enabled` is false (then /metrics is a 404 like any unknown path)."""
         self.app = app
         self.routes = routes
         self.auth = auth
         self.images = images
+        self.metrics = metrics
+        self.metrics_open_on_loopback = metrics_open_on_loopback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
+        rid = request_id(next((bytes(v) for k, v in scope["headers"] if k == REQUEST_ID_HEADER), None))
+        REQUEST_ID.set(rid)
+        send = _with_request_id(send, rid.encode("ascii"))
         if path.startswith("/v1/"):
             ex = Exchange(scope, receive, send)
             try:
@@ -42,7 +68,12 @@ class Gateway:
             except ApiError as err:
                 await ex.fail(err)
                 return
+            if key is not None:
+                KEY_ID.set(key.id)
             await self.routes.handle(ex, key)
+            return
+        if self.metrics is not None and (path == "/metrics" or path.startswith("/metrics/")):
+            await self._metrics(Exchange(scope, receive, send), path)
             return
         if path.startswith("/api/") and path not in OPEN_API_PATHS:
             ex = Exchange(scope, receive, send)
@@ -56,6 +87,18 @@ class Gateway:
             await self._image(Exchange(scope, receive, send), path[len(IMAGE_ROUTE):])
             return
         await self.app(scope, receive, send)
+
+    async def _metrics(self, ex: Exchange, path: str) -> None:
+        assert self.metrics is not None
+        try:
+            client = ex.scope.get("client")
+            if not (self.metrics_open_on_loopback and client and is_loopback(str(client[0]))):
+                key = self.auth.check(ex.header(b"authorization"), admin=False)
+                if key is not None:
+                    KEY_ID.set(key.id)
+            await self.metrics.serve(ex, path)
+        except ApiError as err:
+            await ex.fail(err)
 
     async def _image(self, ex: Exchange, name: str) -> None:
         try:

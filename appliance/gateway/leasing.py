@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from ..app import Appliance
+from ..logsetup import ENGINE
 from ..residency import Lease, LeaseError
 from ..usage import UsageRecord
 from .errors import EngineUnreachable, from_lease_error
@@ -44,6 +45,7 @@ class Call:
     wait_s: float = 0.0
     gpu_s: float = 0.0
     error: str | None = None
+    ttft_s: float | None = None  # streams: start to the first content chunk (for the metrics)
 
     def record(self, status: int) -> UsageRecord:
         return UsageRecord(self.route, self.model, self.key_id, status, self.tokens_in, self.tokens_out,
@@ -70,6 +72,7 @@ class Leased:
         finally:
             self._held_from = time.perf_counter()
             self._call.wait_s += self._held_from - t0
+        ENGINE.set(lease.engine.name)
         return lease
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,

@@ -5,7 +5,8 @@ resolves the model from the configuration, takes a lease from the residency mana
 request to the model's engine: proxied as is to vLLM and the own workers (gateway.proxy), or run as a
 ComfyUI workflow (gateway.comfy). While a streaming request waits for its model, the client gets SSE
 comments every `server.keepalive_interval_s`; a non-streaming one simply waits, up to
-`server.load_deadline_s`. Every finished request is reported to the usage sink.
+`server.load_deadline_s`. Every finished request is reported to the usage sink (when it named a
+model), to the `TrafficMeter` the metrics read, and in one access log line (`appliance.access`).
 It must not decide residency (the lease does) nor build error bodies (gateway.errors does).
 """
 
@@ -24,7 +25,9 @@ from typing import Any
 from ..app import Appliance
 from ..config import ModelConfig
 from ..engines.vllm import VllmAdapter
+from ..logsetup import MODEL
 from ..residency import Lease
+from ..traffic import TrafficMeter
 from ..usage import UsageSink
 from . import gather, proxy, resume, validation
 from .audio import CONTENT_TYPES, duration_s
@@ -48,6 +51,7 @@ from .upstream import UpstreamPools
 from .workflows import WorkflowError, WorkflowLibrary
 
 log = logging.getLogger("appliance.gateway")
+access = logging.getLogger("appliance.access")
 
 IMAGE_ALIASES = ("dall-e", "gpt-image")  # OpenAI's names: clients send them by default
 SPEECH_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
@@ -75,6 +79,8 @@ class OpenAIRoutes:
             "/v1/audio/speech": ("POST", self.speech),
             "/v1/models": ("GET", self.list_models),
         }
+        # metrics.enabled = false: nothing reads it, so nothing is recorded either
+        self.traffic = TrafficMeter(self.routes, self.config.models) if self.config.metrics.enabled else None
 
     # -- dispatch --------------------------------------------------------------------------------
     async def handle(self, ex: Exchange, key: ApiKey | None) -> None:
@@ -99,8 +105,14 @@ class OpenAIRoutes:
             await ex.fail(ApiError(f"internal error: {type(exc).__name__}: {exc}"))
         finally:
             ex.close()
+            rec = call.record(ex.status or 499)
             if call.model:
-                self.usage.record(call.record(ex.status or 499))
+                self.usage.record(rec)
+            if self.traffic is not None:
+                self.traffic.observe(rec, call.ttft_s)
+            if access.isEnabledFor(logging.INFO):
+                access.info("%s %s %d %.3fs wait %.3fs%s", ex.scope["method"], call.route[:64], rec.status,
+                            rec.wall_s, rec.wait_s, f" error {rec.error}" if rec.error else "")
 
     async def _dispatch(self, ex: Exchange, call: Call, path: str) -> None:
         method: str = ex.scope["method"]
@@ -141,6 +153,7 @@ class OpenAIRoutes:
         if m.modality != modality:
             raise InvalidRequest(f"model {name!r} is a {m.modality} model; {route} serves {modality} models",
                                  param="model", code="model_not_supported")
+        MODEL.set(name)  # a configured id: safe to put in every log line of this request
         return m
 
     def _context_tokens(self, m: ModelConfig) -> int | None:
@@ -222,6 +235,8 @@ class OpenAIRoutes:
             await on_engine(self.app, name, call, relay, preemptible=stitch is not None)
         finally:
             await keepalive.stop()
+            if meter.first_at is not None:
+                call.ttft_s = meter.first_at - call.started
             if meter.usage is not None:
                 call.tokens_in, call.tokens_out = meter.usage
             else:

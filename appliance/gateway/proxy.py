@@ -14,6 +14,7 @@ It must not choose engines or hold leases: the caller does, around these calls.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from .errors import EngineUnreachable, UpstreamFailed
@@ -56,12 +57,13 @@ def _failed(engine: str, exc: Exception, during: str = "the request") -> Upstrea
 class StreamMeter:
     """Cuts an SSE byte stream at event boundaries, counts content events, finds the engine's usage."""
 
-    __slots__ = ("chunks", "pending", "usage")
+    __slots__ = ("chunks", "first_at", "pending", "usage")
 
     def __init__(self) -> None:
         self.pending = b""
         self.chunks = 0  # content-bearing events: an estimate of completion tokens
         self.usage: tuple[int | None, int | None] | None = None
+        self.first_at: float | None = None  # perf_counter() when the first content event was cut
 
     def feed(self, data: bytes) -> bytes:
         """The complete events in `pending + data`; keeps the incomplete tail."""
@@ -76,6 +78,8 @@ class StreamMeter:
         out, self.pending = buf[:cut + 2], buf[cut + 2:]
         # Role and finish chunks carry "content":"" (chat) or "text":"" (completions); the rest one token.
         self.chunks += out.count(b"data: {") - out.count(b'"content":""') - out.count(b'"text":""')
+        if self.first_at is None and self.chunks > 0:
+            self.first_at = time.perf_counter()
         if _USAGE in out:
             found = find_usage(out)
             if found is not None:

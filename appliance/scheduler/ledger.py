@@ -123,6 +123,7 @@ class Ledger:
                 in_flight=len(s.in_flight),
                 footprint_bytes=self.footprints.of(s.id),
                 prefetched_bytes=s.prefetched_bytes,
+                oldest_arrival=s.queue[0].arrival if s.queue else None,
             )
             for s in self.slots.values()
         }

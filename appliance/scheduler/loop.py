@@ -75,6 +75,7 @@ from .events import (
 from .memory import MemoryBudget
 from .policy import PolicySettings, default_max_wait_s
 from .snapshot import SlotView
+from .swaps import SwapMeter
 from .timings import TransitionTimes
 from .types import ModelKind, ModelProfile, Request, SwapCosts, Tier
 
@@ -268,6 +269,7 @@ class ResidencyManager:
                       if isinstance(v, int | float) and not isinstance(v, bool)},
         )
         self._clock = clock or time.monotonic
+        self.swaps = SwapMeter(self._clock)  # swap counts and durations, the stall, resumes (for metrics)
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._waiters: dict[str, _Waiter] = {}
         self._ids = itertools.count(1)
@@ -354,6 +356,7 @@ class ResidencyManager:
         finally:
             self._waiters.pop(rid, None)
             if dispatched or (fut.done() and not fut.cancelled() and fut.exception() is None):
+                self.swaps.job_stopped(rid)
                 self._post(RequestDone(self._clock(), rid))
             elif not fut.done():
                 fut.cancel()
@@ -416,6 +419,7 @@ class ResidencyManager:
                 return
             eng = self.engines[self.model_engine[action.model]]
             w.future.set_result(Lease(action.model, eng.base_url, eng, preemption=w.preemption))
+            self.swaps.job_started(action.request_id, action.model, action.resume)
             return
         if isinstance(action, Reject):
             w = self._waiters.get(action.request_id)
@@ -450,6 +454,7 @@ class ResidencyManager:
             return  # the lease already ended (its RequestDone is queued) or was never handed out
         w.future = asyncio.get_running_loop().create_future()  # the next Dispatch resumes it
         w.preemption.request()
+        self.swaps.job_stopped(action.request_id)
         self._aborting.setdefault(action.model, []).append(w.preemption)
         self.preemptions[action.model] = self.preemptions.get(action.model, 0) + 1
         log.info("residency: preempt %s stream %s", action.model, action.request_id)
@@ -484,15 +489,19 @@ class ResidencyManager:
             timed = ""
         if eng.state is not ProcessState.READY:
             self._expect_ready.add(eng.name)
+        swap = self.swaps.begin(model, "cold_start" if eng.state is not ProcessState.READY
+                                else "wake" if kind is ActionKind.WAKE else "load")
         began = self._clock()
         try:
             await eng.ensure_ready()
             await eng.activate()
         except Exception as exc:  # every failure goes back to the core
+            self.swaps.end(swap, ok=False)
             log.warning("residency: %s %s failed: %s", kind.value, model, exc)
             self._post(ActionFailed(self._clock(), model, kind, str(exc)))
             return
         done = self._clock()
+        self.swaps.end(swap)
         self._measured(model, timed, done - began)
         self._post(EngineReady(done, model))
 
@@ -551,6 +560,7 @@ class ResidencyManager:
         tier = EngineTier.HOST if isinstance(action, Sleep) else EngineTier.DISK
         await self._await_aborts(model)
         before = eng.memory_held()
+        swap = self.swaps.begin(model, "sleep" if tier is EngineTier.HOST else "offload")
         began = self._clock()
         try:
             if eng.state is not ProcessState.READY:
@@ -558,10 +568,12 @@ class ResidencyManager:
             await eng.release(tier)
             held = await self._verify_drop(eng, before)
         except Exception as exc:
+            self.swaps.end(swap, ok=False)
             log.warning("residency: %s %s not verified: %s; escalating", kind.value, model, exc)
             self._post(ActionFailed(self._clock(), model, kind, str(exc)))
             return
         done = self._clock()
+        self.swaps.end(swap)
         self._measured(model, "release", done - began)  # until the memory is verified free
         self._post(ReleaseDone(done, model, held))
 
@@ -583,7 +595,11 @@ class ResidencyManager:
         await self._await_aborts(model)
         eng = self.engines[self.model_engine[model]]
         self._stopping.add(eng.name)
-        await eng.stop()  # staged: SIGTERM, grace, SIGKILL of the group; returns once reaped
+        swap = self.swaps.begin(model, "stop")
+        try:
+            await eng.stop()  # staged: SIGTERM, grace, SIGKILL of the group; returns once reaped
+        finally:
+            self.swaps.end(swap)
         self._post(ReleaseDone(self._clock(), model, 0))
 
     # -- watchers ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ class SlotView:
     in_flight: int
     footprint_bytes: int
     prefetched_bytes: int = 0
+    oldest_arrival: float | None = None  # the queue head's arrival (the core's clock); None: empty queue
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ class OutputLog:
     def __init__(self, path: Path | None, ring_lines: int = 2000, max_bytes: int = 5 << 20, backups: int = 3):
         self.path = path
         self.ring: deque[str] = deque(maxlen=ring_lines)
+        self.written = 0  # lines since the daemon started: lets a follower tell new lines from old
         self.max_bytes = max_bytes
         self.backups = backups
         self._fh = None
@@ -24,6 +25,7 @@ class OutputLog:
     def write_line(self, raw: bytes) -> None:
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         self.ring.append(line)
+        self.written += 1
         if self._fh is None:
             return
         self._fh.write(raw if raw.endswith(b"\n") else raw + b"\n")

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from daemon_harness import free_port, vllm_engine
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import Gateway, launch, wait_until
 from .preemption_box import GIB, collect, image_box, stream_beside_image
@@ -84,8 +85,14 @@ def test_a_preempted_stream_resumes_as_one_uninterrupted_stream(gw: Gateway) -> 
     assert marks["image_done"] < marks["stream_done"]
     log = gw.log()
     assert "residency: preempt chat stream" in log
-    assert gw.status()["residency"]["models"]["chat"]["preemptions"] >= 1
+    preempted = gw.status()["residency"]["models"]["chat"]["preemptions"]
+    assert preempted >= 1
     assert log.count("residency: wake chat") >= 1
+    scraped = gw.request("GET", "/metrics", key=None)
+    counters = {(f.name, s.labels.get("model")): s.value
+                for f in text_string_to_metric_families(scraped.body.decode()) for s in f.samples}
+    assert counters[("appliance_preemptions", "chat")] == preempted
+    assert counters[("appliance_resumes", "chat")] == preempted  # every preempted stream came back
 
     # One stream: one id, one opening role chunk, the same text as without preemption, one finish.
     assert len({c.id for c in chunks}) == 1
