@@ -148,7 +148,7 @@ async def test_vllm_adapter_prefetches_the_weights_then_wakes_the_kv_cache(tmp_p
 
 def test_prefetched_weights_come_from_the_config_else_the_daemons_catalog(tmp_path: Path) -> None:
     from appliance.catalog import load_catalog
-    from appliance.scheduler.loop import prefetch_bytes
+    from appliance.scheduler.profiles import prefetch_bytes
 
     c = ctx(tmp_path, {"vllm": vllm_engine(free_port())},
             {"chat": {"engine": "vllm", "modality": "text", "vram_gb": 21.0, "catalog": "qwen2.5-32b-instruct-awq"}})

@@ -18,7 +18,9 @@ most `ABORT_WAIT_S`) until every aborted stream of the model is closed before re
 and the holder's `preemption.resume()` waits for the core to dispatch the request again (it is
 queued first, with resume=True).
 
-It must not decide anything itself: every residency decision is the core's.
+It must not decide anything itself: every residency decision is the core's. Nor does it translate
+configuration (`profiles.py`), split measured memory between models (`attribution.py`) or format
+its state files (`statefile.py`): it only owns the core's task and executes its actions.
 """
 
 from __future__ import annotations
@@ -26,18 +28,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..catalog import Catalog, CatalogError
-from ..config import Config, ModelConfig, WorkerEngine
-from ..engines.base import Adapter
+from ..catalog import Catalog
+from ..config import Config
 from ..engines.base import Tier as EngineTier
 from ..engines.engine import Engine
 from ..events import Event as BusEvent
@@ -46,6 +45,7 @@ from ..gpu import GpuProbe
 from ..residency import CannotFitError, DirectResidency, Lease, ModelUnavailable, Preemption, QueueFullError
 from ..supervisor.process import EngineUnavailable
 from ..supervisor.states import ProcessState
+from .attribution import attribute_usage
 from .core import ResidencyCore
 from .events import (
     Action,
@@ -73,155 +73,19 @@ from .events import (
     Wake,
 )
 from .memory import MemoryBudget
-from .policy import PolicySettings, default_max_wait_s
-from .snapshot import SlotView
+from .policy import PolicySettings
+from .profiles import profile_for, runs_on_cpu
+from .statefile import StateFile
 from .timings import TransitionTimes
-from .types import ModelKind, ModelProfile, Request, SwapCosts, Tier
+from .types import Request
 
 log = logging.getLogger("appliance.residency")
 
 GIB = 1 << 30
 PREFETCH_MARGIN_BYTES = 512 << 20
 """Left free beyond a prefetch's weights, by measurement, for the working model's peak."""
-PCIE_BYTES_PER_S = 24e9  # pinned host RAM -> GPU on PCIe 4.0 x16 (SCHEDULING.md §2)
-DISK_BYTES_PER_S = 5e9
 RELEASE_POLL_S = 0.05
 ABORT_WAIT_S = 5.0  # how long a release waits for preempted streams to close their engine connection
-KIND_OF = {"text": ModelKind.LLM, "image": ModelKind.IMAGE, "speech": ModelKind.SPEECH, "embedding": ModelKind.EMBED}
-COLD_START_S = {"vllm": 90.0, "comfyui": 15.0, "worker": 5.0}
-
-
-def resumable_engine(config: Config, engine: str) -> bool:
-    """Engines that continue a final assistant message (`continue_final_message`): vLLM and the
-    appliance's text worker."""
-    eng = config.engines[engine]
-    return eng.kind == "vllm" or (isinstance(eng, WorkerEngine) and eng.worker == "text")
-
-
-def profile_for(mid: str, m: ModelConfig, config: Config, adapter: Adapter,
-                catalog: Catalog | None = None) -> ModelProfile:
-    """A model's scheduling profile from its configuration (estimates until measured)."""
-    engine_kind = config.engines[m.engine].kind
-    footprint = int(m.vram_gb * GIB)
-    host = int((m.host_ram_gb or m.vram_gb) * GIB)
-    kind = KIND_OF[m.modality]
-    costs = SwapCosts(
-        wake_s=0.3 + host / PCIE_BYTES_PER_S,
-        cold_start_s=COLD_START_S.get(engine_kind, 10.0) + footprint / DISK_BYTES_PER_S,
-        load_s=1.5 + footprint / DISK_BYTES_PER_S,
-        release_s=0.05,
-    )
-    concurrency = m.concurrency or (32 if kind is ModelKind.LLM else 1)
-    return ModelProfile(
-        id=mid,
-        kind=kind,
-        footprint_bytes=max(1, footprint),
-        host_bytes=max(1, host),
-        costs=costs,
-        max_wait_s=max_wait_for(m, config, kind),
-        keep_alive_s=m.keep_alive_s,
-        pinned=m.pinned,
-        queue_limit=m.queue_limit,
-        max_tokens=m.max_tokens_cap if kind is ModelKind.LLM else None,
-        concurrency=concurrency,
-        supports_sleep=EngineTier.HOST in adapter.releasable,
-        supports_unload=EngineTier.DISK in adapter.releasable,
-        # Resuming a stream needs continue_final_message (vLLM's, or the text worker's); the
-        # gateway stitches the stream.
-        preemptible=config.scheduler.preemption and kind is ModelKind.LLM and resumable_engine(config, m.engine),
-        engine=m.engine,
-        release_unloads_process=adapter.release_unloads_all,
-        prefetch_bytes=prefetch_bytes(m, footprint, adapter, catalog),
-    )
-
-
-def weights_bytes(m: ModelConfig, catalog: Catalog | None) -> int:
-    """A model's weights alone: `models.X.weights_gb`, else its catalog entry's size on disk; 0
-    when unknown."""
-    if m.weights_gb:
-        return int(m.weights_gb * GIB)
-    if catalog is not None and m.catalog:
-        with contextlib.suppress(CatalogError, KeyError):
-            return catalog.get(m.catalog).disk_bytes
-    return 0
-
-
-def prefetch_bytes(m: ModelConfig, footprint: int, adapter: Adapter, catalog: Catalog | None) -> int:
-    """The weights a staged wake brings back first, for engines that wake in stages (vLLM with
-    sleep mode); 0 when unknown or when the weights are not smaller than the footprint (nothing
-    would be left to wake)."""
-    weights = weights_bytes(m, catalog) if adapter.supports_prefetch else 0
-    return weights if 0 < weights < footprint else 0
-
-
-def max_wait_for(m: ModelConfig, config: Config, kind: ModelKind) -> float:
-    """The model's own setting, else the scheduler's, else the benchmarked default for its kind."""
-    if m.max_wait_s is not None:
-        return m.max_wait_s
-    if config.scheduler.max_wait_s is not None:
-        return config.scheduler.max_wait_s
-    return default_max_wait_s(kind, config.scheduler.preemption)
-
-
-def attribute_usage(by_engine: dict[str, int], models_of: dict[str, list[str]],
-                    views: Mapping[str, SlotView]) -> dict[str, int]:
-    """Each engine's measured GPU memory as per-model figures the core can learn footprints from.
-
-    An engine serving one scheduled model gives it all. An engine serving several (one ComfyUI with
-    two checkpoints) gives it to the models the core holds in VRAM, split in proportion to their
-    footprints, so the memory is counted once and no model learns another's bytes; if none is in
-    VRAM (being started or released) it goes to the first, which learns nothing from it (the core
-    only learns from models it holds resident).
-    """
-    used: dict[str, int] = {}
-    for engine, total in by_engine.items():
-        mids = models_of.get(engine, [])
-        if not mids:
-            continue
-        resident = [m for m in mids if m in views and views[m].tier is Tier.VRAM]
-        if not resident:
-            used[mids[0]] = total
-            continue
-        weights = [max(1, views[m].footprint_bytes) for m in resident]
-        left = total
-        for m, w in zip(resident[:-1], weights[:-1], strict=True):
-            share = total * w // sum(weights)
-            used[m] = share
-            left -= share
-        used[resident[-1]] = left
-    return used
-
-
-def runs_on_cpu(config: Config, engine: str, *, has_gpu: bool) -> bool:
-    eng = config.engines[engine]
-    if not isinstance(eng, WorkerEngine):
-        return False
-    return eng.device == "cpu" or (eng.device == "auto" and not has_gpu)
-
-
-class StateFile:
-    """A JSON object kept under the state directory so the next start knows what this one measured
-    (footprints, transition times). Unreadable or not an object: empty. Written atomically."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def save(self, data: Mapping[str, Any]) -> None:
-        """Best effort: a write that fails is logged and the next one tries again."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            log.warning("residency: cannot write %s: %s", self.path, exc)
 
 
 @dataclass
