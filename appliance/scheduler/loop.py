@@ -37,7 +37,6 @@ from typing import Any
 
 from ..catalog import Catalog
 from ..config import Config
-from ..engines.base import Tier as EngineTier
 from ..engines.engine import Engine
 from ..events import Event as BusEvent
 from ..events import EventBus
@@ -77,7 +76,7 @@ from .policy import PolicySettings
 from .profiles import profile_for, runs_on_cpu
 from .statefile import StateFile
 from .timings import TransitionTimes
-from .types import Request
+from .types import Request, Tier
 
 log = logging.getLogger("appliance.residency")
 
@@ -416,7 +415,7 @@ class ResidencyManager:
         model = action.model
         eng = self.engines[self.model_engine[model]]
         kind = ActionKind.SLEEP if isinstance(action, Sleep) else ActionKind.UNLOAD
-        tier = EngineTier.HOST if isinstance(action, Sleep) else EngineTier.DISK
+        tier = Tier.HOST if isinstance(action, Sleep) else Tier.DISK
         await self._await_aborts(model)
         before = eng.memory_held()
         began = self._clock()
@@ -482,9 +481,9 @@ class ResidencyManager:
     async def _park(self, engine: str) -> None:
         eng = self.engines[engine]
         log.info("residency: %s restarted by its supervisor; releasing it until it is needed", engine)
-        if EngineTier.DISK in eng.adapter.releasable:
+        if Tier.DISK in eng.adapter.releasable:
             with contextlib.suppress(Exception):
-                await eng.release(EngineTier.DISK)
+                await eng.release(Tier.DISK)
                 return
         self._stopping.add(engine)
         await eng.stop()

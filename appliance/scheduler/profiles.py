@@ -15,9 +15,8 @@ import contextlib
 from ..catalog import Catalog, CatalogError
 from ..config import Config, ModelConfig, WorkerEngine
 from ..engines.base import Adapter
-from ..engines.base import Tier as EngineTier
 from .policy import default_max_wait_s
-from .types import ModelKind, ModelProfile, SwapCosts
+from .types import ModelKind, ModelProfile, SwapCosts, Tier
 
 GIB = 1 << 30
 PCIE_BYTES_PER_S = 24e9  # pinned host RAM -> GPU on PCIe 4.0 x16 (SCHEDULING.md §2)
@@ -59,8 +58,8 @@ def profile_for(mid: str, m: ModelConfig, config: Config, adapter: Adapter,
         queue_limit=m.queue_limit,
         max_tokens=m.max_tokens_cap if kind is ModelKind.LLM else None,
         concurrency=concurrency,
-        supports_sleep=EngineTier.HOST in adapter.releasable,
-        supports_unload=EngineTier.DISK in adapter.releasable,
+        supports_sleep=Tier.HOST in adapter.releasable,
+        supports_unload=Tier.DISK in adapter.releasable,
         # Resuming a stream needs continue_final_message (vLLM's, or the text worker's); the
         # gateway stitches the stream.
         preemptible=config.scheduler.preemption and kind is ModelKind.LLM and resumable_engine(config, m.engine),
