@@ -18,6 +18,16 @@ most `ABORT_WAIT_S`) until every aborted stream of the model is closed before re
 and the holder's `preemption.resume()` waits for the core to dispatch the request again (it is
 queued first, with resume=True).
 
+Engine lifecycle: the supervisor reports every process transition of a scheduled engine to
+`_on_transition` synchronously, as a typed `Transition` (never over the EventBus, which may drop
+events and is telemetry only); `lifecycle.react` says what it means (a lost process -> EngineExited,
+an unasked READY -> park, FATAL -> answer the waiting requests with 503 and the cool-down).
+Who restarts a scheduled engine: this manager, and only when the core issues Start or Wake for one
+of its models (`ensure_ready`). The supervisor never restarts a scheduled engine by itself (its
+`autorestart` is switched off here, at construction) but paces the starts: a start waits out the
+backoff after a crash, and is refused while the engine is FATAL until `restart.fatal_retry_s` has
+passed; a lease for a model of a FATAL engine is refused at once with 503 and that Retry-After.
+
 It must not decide anything itself: every residency decision is the core's. Nor does it translate
 configuration (`profiles.py`), split measured memory between models (`attribution.py`) or format
 its state files (`statefile.py`): it only owns the core's task and executes its actions.
@@ -43,7 +53,7 @@ from ..events import EventBus
 from ..gpu import GpuProbe
 from ..residency import CannotFitError, DirectResidency, Lease, ModelUnavailable, Preemption, QueueFullError
 from ..supervisor.process import EngineUnavailable
-from ..supervisor.states import ProcessState
+from ..supervisor.states import ProcessState, Transition
 from .attribution import attribute_usage
 from .core import ResidencyCore
 from .events import (
@@ -71,6 +81,7 @@ from .events import (
     Unload,
     Wake,
 )
+from .lifecycle import react
 from .memory import MemoryBudget
 from .policy import PolicySettings
 from .profiles import profile_for, runs_on_cpu
@@ -143,12 +154,17 @@ class ResidencyManager:
         self._preemptible = {p.id for p in profiles if p.preemptible}
         self._aborting: dict[str, list[Preemption]] = {}  # model -> preempted streams not yet awaited
         self.preemptions: dict[str, int] = {}  # model -> streams preempted since start
-        self._bus_queue = bus.subscribe()
+        self._models_of: dict[str, list[str]] = {}  # scheduled engine -> its models
+        for mid, eng_name in self.model_engine.items():
+            if mid not in self.cpu_models:
+                self._models_of.setdefault(eng_name, []).append(mid)
+        for eng_name in self._models_of:
+            engines[eng_name].process.set_autorestart(False)  # restarts are ours: see the docstring
+            engines[eng_name].process.on_transition(self._on_transition)
 
     # -- public -----------------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
-        self._spawn(self._watch_engines())
         self._spawn(self._sample_gpu())
 
     async def close(self) -> None:
@@ -158,7 +174,6 @@ class ResidencyManager:
         for w in self._waiters.values():
             if not w.future.done():
                 w.future.set_exception(ModelUnavailable("the daemon is shutting down"))
-        self.bus.unsubscribe(self._bus_queue)
 
     def tier(self, model: str) -> str:
         if model in self.cpu_models:
@@ -196,6 +211,9 @@ class ResidencyManager:
             async with self._direct.lease(model, deadline_s=deadline_s) as lease:
                 yield lease
             return
+        eng = self.engines[self.model_engine[model]]
+        if eng.state is ProcessState.FATAL:
+            raise self._fatal(model, eng)
         rid = f"r{next(self._ids)}"
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Lease] = loop.create_future()
@@ -221,8 +239,9 @@ class ResidencyManager:
             self._waiters.pop(rid, None)
             if dispatched or (fut.done() and not fut.cancelled() and fut.exception() is None):
                 self._post(RequestDone(self._clock(), rid))
-            elif not fut.done():
-                fut.cancel()
+            else:  # given up, or failed here (a fatal engine): the core may still hold it queued
+                if not fut.done():
+                    fut.cancel()
                 self._post(RequestCancelled(self._clock(), rid))
 
     async def _redispatch(self, waiter: _Waiter, model: str, limit_s: float) -> Lease:
@@ -356,6 +375,7 @@ class ResidencyManager:
             await eng.ensure_ready()
             await eng.activate()
         except Exception as exc:  # every failure goes back to the core
+            self._expect_ready.discard(eng.name)
             log.warning("residency: %s %s failed: %s", kind.value, model, exc)
             self._post(ActionFailed(self._clock(), model, kind, str(exc)))
             return
@@ -453,34 +473,37 @@ class ResidencyManager:
         await eng.stop()  # staged: SIGTERM, grace, SIGKILL of the group; returns once reaped
         self._post(ReleaseDone(self._clock(), model, 0))
 
-    # -- watchers ---------------------------------------------------------------------------------
-    async def _watch_engines(self) -> None:
-        """Turn supervisor state changes into core events (crashes, unsolicited restarts)."""
-        by_engine: dict[str, list[str]] = {}
-        for mid, eng in self.model_engine.items():
-            by_engine.setdefault(eng, []).append(mid)
-        while True:
-            ev = await self._bus_queue.get()
-            if ev.kind != "engine.state" or ev.subject not in by_engine:
-                continue
-            old, new = ev.data.get("from"), ev.data.get("to")
-            crashed = old == "ready" and new in ("backoff", "fatal")
-            stopped_by_operator = new == "stopped" and ev.subject not in self._stopping
-            if new == "stopped":
-                self._stopping.discard(ev.subject)
-            if crashed or stopped_by_operator:
-                for mid in by_engine[ev.subject]:
-                    self._post(EngineExited(self._clock(), mid, str(ev.data.get("reason", ""))))
-            elif new == "ready" and ev.subject in self._expect_ready:
-                self._expect_ready.discard(ev.subject)
-            elif new == "ready":
-                # Restarted by the supervisor after a crash, not by us: the core believes its
-                # models are on disk, so give the memory back until the core asks for them.
-                self._spawn(self._park(ev.subject))
+    # -- engine lifecycle (the supervisor's typed, lossless reports) -------------------------------
+    def _on_transition(self, t: Transition) -> None:
+        """Called synchronously by the engine's supervisor on every state change (must not block)."""
+        started_by_us = stopped_by_us = False
+        if t.new is ProcessState.READY:
+            started_by_us = t.engine in self._expect_ready
+            self._expect_ready.discard(t.engine)
+        elif t.new is ProcessState.STOPPED:
+            stopped_by_us = t.engine in self._stopping
+            self._stopping.discard(t.engine)
+        reaction = react(t, started_by_us=started_by_us, stopped_by_us=stopped_by_us)
+        models = self._models_of.get(t.engine, [])
+        if reaction.exited:
+            for mid in models:
+                self._post(EngineExited(self._clock(), mid, t.reason))
+        if reaction.park:
+            self._spawn(self._park(t.engine))
+        if reaction.fail_waiting:
+            self._expect_ready.discard(t.engine)
+            eng = self.engines[t.engine]
+            for w in self._waiters.values():
+                if w.model in models and not w.future.done():
+                    w.future.set_exception(self._fatal(w.model, eng))
+
+    def _fatal(self, model: str, eng: Engine) -> ModelUnavailable:
+        err = eng.process.fatal_error()
+        return ModelUnavailable(f"model {model!r} is unavailable: {err}", retry_after=err.retry_after)
 
     async def _park(self, engine: str) -> None:
         eng = self.engines[engine]
-        log.info("residency: %s restarted by its supervisor; releasing it until it is needed", engine)
+        log.info("residency: %s was started outside the scheduler; releasing it until it is needed", engine)
         if Tier.DISK in eng.adapter.releasable:
             with contextlib.suppress(Exception):
                 await eng.release(Tier.DISK)
