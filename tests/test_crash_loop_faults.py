@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 from daemon_harness import Daemon, alive, free_port, group_members, kill_groups, vllm_engine, wait_for
 
+from appliance.supervisor.states import ProcessState
+
 GIB = 1 << 30
 MAX_FAILURES = 5
 COOL_DOWN_S = 4.0
@@ -167,3 +169,58 @@ def test_killing_an_engine_in_every_state_never_breaks_the_daemon(daemon: Daemon
             assert "retry-after" in headers and body["error"]["code"] == "model_unavailable", (step, headers, body)
         if status == 502:
             assert step == "cut mid-request", (step, body)
+
+
+def test_status_table_says_when_a_fatal_or_backoff_engine_is_retried() -> None:
+    from appliance.cli import engine_state_text
+
+    assert engine_state_text({"state": "fatal", "retry_in_s": 593.4}) == "fatal (retry in 593s)"
+    assert engine_state_text({"state": "fatal", "retry_in_s": None}) == "fatal (until started by hand)"
+    assert engine_state_text({"state": "backoff", "retry_in_s": 0.4}) == "backoff (retry in 0s)"
+    assert engine_state_text({"state": "ready", "retry_in_s": 0.0}) == "ready"
+
+
+class _FakeProcess:
+    def retry_in(self) -> float | None:
+        return 3.0
+
+
+class _FakeEngine:
+    """What DirectResidency touches of an Engine: a CPU worker that is fatal, or dies during /load."""
+
+    name = "text"
+    base_url = "http://127.0.0.1:1"
+    process = _FakeProcess()
+
+    def __init__(self, failure: Exception, on: str) -> None:
+        self.failure, self.on = failure, on
+        self.state = ProcessState.BACKOFF
+
+    async def ensure_ready(self, timeout_s: float | None = None) -> None:
+        if self.on == "ready":
+            raise self.failure
+
+    async def activate(self) -> None:
+        raise self.failure
+
+
+async def test_cpu_model_of_a_fatal_engine_is_503_with_the_cool_down_as_retry_after() -> None:
+    """Regression: DirectResidency answered with the machine's next backoff delay, and a ControlError
+    from `/load` (the worker died after its probe) escaped as a 500 carrying its text."""
+    from appliance.engines.base import ControlError
+    from appliance.residency import DirectResidency, ModelUnavailable
+    from appliance.supervisor.process import EngineUnavailable
+
+    fatal = _FakeEngine(EngineUnavailable("engine text is fatal (…); it is retried automatically in 42s", 42.0),
+                        "ready")
+    with pytest.raises(ModelUnavailable) as err:
+        async with DirectResidency({"text": fatal}, {"tiny": "text"}).lease("tiny"):  # type: ignore[dict-item]
+            pass
+    assert err.value.retry_after == 42.0 and "fatal" in str(err.value)
+
+    dying = _FakeEngine(ControlError("text: POST /load failed: ClientConnectorError(secret)"), "activate")
+    with pytest.raises(ModelUnavailable) as err:
+        async with DirectResidency({"text": dying}, {"tiny": "text"}).lease("tiny"):  # type: ignore[dict-item]
+            pass
+    assert "secret" not in str(err.value) and "ClientConnectorError" not in str(err.value)
+    assert err.value.retry_after == 3.0 and "engine text is backoff" in str(err.value)
