@@ -224,3 +224,23 @@ async def test_cpu_model_of_a_fatal_engine_is_503_with_the_cool_down_as_retry_af
             pass
     assert "secret" not in str(err.value) and "ClientConnectorError" not in str(err.value)
     assert err.value.retry_after == 3.0 and "engine text is backoff" in str(err.value)
+
+
+async def test_a_crash_reaches_the_scheduler_even_when_the_event_bus_drops_everything(tmp_path: Path) -> None:
+    """Regression (issue 13 item 5): crashes reached the residency manager over the EventBus, which
+    drops a slow subscriber's oldest events; a lost one left the core believing the model resident.
+    Here the bus delivers nothing at all, and the crash must still be seen."""
+    from test_residency_integration import rig, until
+
+    async with rig(tmp_path) as r:
+        await r.chat()
+        r.app.bus.publish = lambda event: None  # type: ignore[method-assign]
+        eng = r.app.engines["vllm"]
+        pgid = eng.process.pid
+        assert pgid is not None and r.app.residency.tier("chat") == "vram"
+        for pid in group_members(pgid) - {pgid}:
+            os.kill(pid, signal.SIGKILL)
+        await until(lambda: r.app.residency.tier("chat") == "disk", "the core to drop the crashed model")
+        assert eng.state in (ProcessState.BACKOFF, ProcessState.STOPPED)
+        await r.chat()  # restarted by the residency manager, on demand
+        assert eng.state is ProcessState.READY and r.app.residency.tier("chat") == "vram"
