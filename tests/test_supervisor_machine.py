@@ -293,6 +293,7 @@ def test_an_on_demand_engine_is_not_restarted_after_a_backoff_unless_wanted() ->
     h.advance(1.0, "backoff")
     assert h.machine.state is S.STOPPED and h.machine.restarts == 0
     h.feed(StartWanted())
+    assert h.machine.restarts == 1  # started on demand after the crash: a restart all the same
     h.feed(ProbePassed())
     h.feed(Exited(102, -9))
     h.feed(StartWanted())  # wanted during the backoff: its end starts the engine
@@ -331,7 +332,7 @@ def _random_walk(rng: random.Random, seen: list[tuple[S, S]]) -> None:
         elif choice == 3 and spawn_pending:
             next_pid += 1
             spawn_pending, event = False, Spawned(next_pid)
-        elif choice == 4 and spawn_pending:
+        elif choice == 4:  # also a stale report of an earlier spawn
             spawn_pending, event = False, SpawnFailed("no port", permanent=rng.random() < 0.2)
         elif choice == 5:
             event = ProbePassed()

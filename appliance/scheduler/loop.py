@@ -427,6 +427,7 @@ class ResidencyManager:
             self._stopping.add(eng.name)
             with contextlib.suppress(Exception):
                 await eng.stop()
+            self._stopping.discard(eng.name)
             self._post(ActionFailed(self._clock(), model, ActionKind.PREFETCH, str(exc)))
             return
         self._post(Prefetched(self._clock(), model))
@@ -471,6 +472,7 @@ class ResidencyManager:
         eng = self.engines[self.model_engine[model]]
         self._stopping.add(eng.name)
         await eng.stop()  # staged: SIGTERM, grace, SIGKILL of the group; returns once reaped
+        self._stopping.discard(eng.name)  # already stopped: no STOPPED transition came to consume it
         self._post(ReleaseDone(self._clock(), model, 0))
 
     # -- engine lifecycle (the supervisor's typed, lossless reports) -------------------------------
@@ -510,6 +512,7 @@ class ResidencyManager:
                 return
         self._stopping.add(engine)
         await eng.stop()
+        self._stopping.discard(engine)
 
     async def _sample_gpu(self) -> None:
         interval = self.config.gpu.sample_interval_s

@@ -138,7 +138,8 @@ class ProcessMachine:
         self.backoff_until: float | None = None
         self._start_wanted = False
         self.pid: int | None = None
-        self.restarts = 0
+        self.restarts = 0  # starts that followed a failure, whoever asked for them
+        self._failed_since_start = False
         self.last_error = ""
         self._failures: deque[float] = deque()
         self._token = 0
@@ -173,6 +174,7 @@ class ProcessMachine:
         return [timer]
 
     def _record_failure(self, now: float, reason: str) -> list[Effect]:
+        self._failed_since_start = True
         self.last_error = reason
         self._failures.append(now)
         while self._failures and now - self._failures[0] > self.window_s:
@@ -186,6 +188,9 @@ class ProcessMachine:
         return [timer]
 
     def _begin_start(self, reason: str) -> list[Effect]:
+        if self._failed_since_start:
+            self.restarts += 1
+            self._failed_since_start = False
         self._set_state(S.STARTING, reason)
         self._kill_sent = False
         self._start_wanted = False
@@ -241,11 +246,10 @@ class ProcessMachine:
                 return [SignalGroup(signal.SIGTERM)]
             return []
         if isinstance(event, SpawnFailed):
-            self.pid = None
+            if self.pid is not None or st not in (S.STARTING, S.STOPPING):
+                return []  # not about the pending spawn: a running process is not forgotten
             if st is S.STOPPING:
                 self._set_state(S.STOPPED, "stopped before spawn")
-                return []
-            if st is not S.STARTING:
                 return []
             if event.permanent:
                 self.last_error = event.reason
@@ -290,14 +294,12 @@ class ProcessMachine:
                 return [SignalGroup(signal.SIGKILL)]
             if event.kind == "backoff" and st is S.BACKOFF:
                 if self.autorestart or self._start_wanted:
-                    self.restarts += 1
                     return self._begin_start("restarting after backoff")
                 self._set_state(S.STOPPED, "backoff over; starts when next needed")
                 return []
             if event.kind == "fatal" and st is S.FATAL:
                 self._failures.clear()
                 if self.autorestart:
-                    self.restarts += 1
                     return self._begin_start(f"retrying after the {self.fatal_retry_s:g}s fatal cool-down")
                 self._set_state(S.STOPPED, f"fatal cool-down of {self.fatal_retry_s:g}s over; starts when next needed")
                 return []
