@@ -152,6 +152,8 @@ class ManagedProcess:
                 raise EngineUnavailable(f"engine {self.name} was stopped")
             if self.state is ProcessState.BACKOFF:
                 await self._feed(StartWanted())  # a crash during the start: the backoff's end restarts it
+                if self.state is not ProcessState.BACKOFF:
+                    continue  # changed while we waited for the machine: look again before waiting
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise EngineUnavailable(f"engine {self.name} not ready in time ({self.state.value})")
