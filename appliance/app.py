@@ -21,7 +21,8 @@ from .engines.base import EngineContext
 from .engines.engine import Engine, build_adapter, enabled_engines
 from .events import EventBus
 from .gpu import GIB_BYTES, DeclaredProbe, FakeGpuProbe, GpuProbe, NvmlProbe, detect_probe
-from .scheduler.loop import ResidencyManager, weights_bytes
+from .scheduler.loop import ResidencyManager
+from .scheduler.profiles import weights_bytes
 from .scheduler.sizing import size_vllm
 from .supervisor.launcher import Launcher, OsLauncher, PidFile
 from .usage import MemoryUsageSink, UsageSink

@@ -129,6 +129,17 @@ def calibration(
     typer.echo(f"wrote {out} ({len(measured.missing)} figures left at the simulator's defaults)")
 
 
+def engine_state_text(e: dict[str, Any]) -> str:
+    """An engine's state for the status table, saying when a backoff or fatal engine is retried."""
+    state = str(e["state"])
+    if state not in ("fatal", "backoff"):
+        return state
+    left = e.get("retry_in_s")
+    if left is None:
+        return f"{state} (until started by hand)"
+    return f"{state} (retry in {left:.0f}s)"
+
+
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False) -> None:
     """Show the daemon's GPU and engines (from GET /api/status)."""
@@ -146,8 +157,8 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="print the raw J
                   f"{_gb(gpu['total_bytes'])}" + (f"  [yellow]{gpu['note']}[/]" if gpu.get("note") else ""))
     table = Table("engine", "kind", "state", "pid", "port", "restarts", "GPU mem", "models", "last error")
     for e in data["engines"]:
-        table.add_row(e["name"], e["kind"], e["state"], str(e["pid"] or "-"), str(e["port"]), str(e["restarts"]),
-                      _gb(e["memory_bytes"]), ", ".join(e["models"]), e["last_error"] or "")
+        table.add_row(e["name"], e["kind"], engine_state_text(e), str(e["pid"] or "-"), str(e["port"]),
+                      str(e["restarts"]), _gb(e["memory_bytes"]), ", ".join(e["models"]), e["last_error"] or "")
     console.print(table)
 
 

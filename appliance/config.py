@@ -106,6 +106,7 @@ class RestartPolicy(_Frozen):
     window_s: float = Field(default=300.0, gt=0)
     backoff_initial_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)
+    fatal_retry_s: float = Field(default=600.0, ge=0)  # a fatal engine's cool-down; 0: until started by hand
 
 
 class _EngineBase(_Frozen):

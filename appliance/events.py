@@ -1,6 +1,8 @@
 """Leaf module: the events the daemon publishes (engine state changes, residency, downloads) and the
 in-process bus that fans them out to subscribers (the API's event stream, metrics, logs).
 
+It is telemetry only: a slow subscriber loses events, so nothing that must arrive goes through it
+(engine lifecycle reaches the residency manager through `ManagedProcess.on_transition`).
 It must not import anything from the rest of the package.
 """
 

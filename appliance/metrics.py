@@ -33,7 +33,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .exposition import HistogramSeries, check_names, render
-from .scheduler.loop import KIND_OF, max_wait_for
+from .scheduler.profiles import KIND_OF, max_wait_for
 from .scheduler.swaps import DIRECTION
 from .scheduler.types import Tier
 from .supervisor.states import ProcessState

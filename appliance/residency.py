@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .engines.engine import Engine
+
+log = logging.getLogger("appliance.residency")
 
 
 class LeaseError(Exception):
@@ -125,6 +128,7 @@ class DirectResidency:
     async def lease(self, model: str, *, deadline_s: float | None = None,
                     preemptible: bool = False) -> AsyncIterator[Lease]:
         """`preemptible` is accepted for the common interface; nothing here is ever preempted."""
+        from .engines.base import ControlError
         from .supervisor.process import EngineUnavailable
 
         eng = self.engines.get(self.model_engine.get(model, ""))
@@ -134,5 +138,9 @@ class DirectResidency:
             await eng.ensure_ready(deadline_s)
             await eng.activate()
         except EngineUnavailable as exc:
-            raise ModelUnavailable(str(exc), retry_after=eng.process.machine.backoff_delay_preview()) from exc
+            raise ModelUnavailable(f"model {model!r} is unavailable: {exc}", retry_after=exc.retry_after) from exc
+        except ControlError as exc:  # the engine died between its probe and the load: it is restarting
+            log.warning("model %s: loading on engine %s failed: %s", model, eng.name, exc)
+            raise ModelUnavailable(f"model {model!r} could not be loaded: engine {eng.name} is {eng.state.value}",
+                                   retry_after=max(1.0, eng.process.retry_in() or 5.0)) from exc
         yield Lease(model, eng.base_url, eng)

@@ -189,7 +189,7 @@ async def test_vllm_adapter_prefetches_the_weights_then_wakes_the_kv_cache(tmp_p
 
 def test_prefetched_weights_come_from_the_config_else_the_daemons_catalog(tmp_path: Path) -> None:
     from appliance.catalog import load_catalog
-    from appliance.scheduler.loop import prefetch_bytes
+    from appliance.scheduler.profiles import prefetch_bytes
 
     c = ctx(tmp_path, {"vllm": vllm_engine(free_port())},
             {"chat": {"engine": "vllm", "modality": "text", "vram_gb": 21.0, "catalog": "qwen2.5-32b-instruct-awq"}})
@@ -260,3 +260,11 @@ def test_vllm_is_sized_to_its_budget_not_to_vllms_default(tmp_path: Path) -> Non
     frac2, max_len2 = vllm_sizing(smaller, "vllm", 24 * GIB, load_catalog()) or (0.0, 0)
     assert frac2 < frac and max_len2 < max_len  # less VRAM: less KV cache, shorter context
     assert vllm_sizing(cfg, "vllm", 0) is None  # no GPU: nothing to size
+
+
+def test_engines_and_scheduler_share_one_tier_enum() -> None:
+    """Regression: engines.base and scheduler.types each had a `Tier`, so a scheduler tier handed to
+    an adapter compared by value only."""
+    from appliance.scheduler.types import Tier as SchedulerTier
+
+    assert Tier is SchedulerTier

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import aiohttp
@@ -18,18 +17,12 @@ import aiohttp
 from ..catalog import Catalog, load_catalog
 from ..config import Config
 from ..gpu import GpuSnapshot
+from ..scheduler.types import Tier
 from ..supervisor.launcher import LaunchSpec
 
 LOOPBACK = "127.0.0.1"
 
-
-class Tier(StrEnum):
-    """Where a model's weights live."""
-
-    VRAM = "vram"
-    HOST = "host"  # slept / offloaded to (pinned) host RAM: fast to bring back
-    DISK = "disk"  # dropped from memory, on local disk
-    ABSENT = "absent"  # not downloaded
+__all__ = ["LOOPBACK", "Adapter", "ControlError", "EngineContext", "Tier", "expand"]
 
 
 class ControlError(Exception):

@@ -44,6 +44,7 @@ class Engine:
                 window_s=cfg.restart.window_s,
                 backoff_initial_s=cfg.restart.backoff_initial_s,
                 backoff_max_s=cfg.restart.backoff_max_s,
+                fatal_retry_s=cfg.restart.fatal_retry_s,
             ),
             bus,
             OutputLog(log_path),
@@ -106,6 +107,9 @@ class Engine:
             "restarts": self.process.restarts,
             "memory_bytes": self.memory_held(),
             "last_error": self.process.last_error,
+            # BACKOFF: until the next start may begin; FATAL: until the cool-down ends (None: until
+            # an operator starts it); 0 otherwise
+            "retry_in_s": None if (left := self.process.retry_in()) is None else round(left, 1),
             "models": self.adapter.models,
         }
 

@@ -8,6 +8,7 @@ FastAPI's per-request layers: about 20 µs of CPU measured); FastAPI keeps /heal
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,12 +23,14 @@ from ..metrics import exporter_for
 from ..usage import MemoryUsageSink, UsageSink
 from . import admin, usage_api
 from .auth import Authenticator, KeyCache, RateLimiter, is_loopback
-from .errors import ApiError, InvalidRequest, NotFound
+from .errors import ApiError, InvalidRequest, NotFound, internal_error
 from .front import Gateway
 from .images import ImageStore
 from .keys import KeyStore
 from .metrics_api import MetricsEndpoint
 from .openai import OpenAIRoutes
+
+log = logging.getLogger("appliance.gateway")
 
 
 class ApplianceApp(FastAPI):
@@ -44,6 +47,11 @@ class ApplianceApp(FastAPI):
     async def fastapi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """FastAPI's own handling (its middleware stack and routers): the front door's fallback."""
         await super().__call__(scope, receive, send)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    """Any exception a FastAPI route did not map: "internal error" and a request id (see errors.py)."""
+    return internal_error(log, f"{request.method} {request.url.path}").response()
 
 
 def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
@@ -76,6 +84,7 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
         param = ".".join(loc) or None
         return InvalidRequest(f"{param or 'request'}: {first.get('msg', 'invalid')}", param=param).response()
 
+    app.add_exception_handler(Exception, unexpected_error)
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:

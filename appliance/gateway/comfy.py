@@ -87,11 +87,13 @@ class ComfyClient:
                 self._cancel_later(prompt_id)
             raise
         except aiohttp.ClientConnectorError as exc:
+            log.warning("ComfyUI: cannot connect: %r", exc)  # the transport's text is for the log only
             if prompt_id:
-                raise ComfyFailed(f"ComfyUI went away during the prompt: {exc!r}") from exc
-            raise EngineUnreachable(f"ComfyUI refused the connection: {exc!r}") from exc
+                raise ComfyFailed("ComfyUI went away during the prompt") from exc
+            raise EngineUnreachable("ComfyUI refused the connection") from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise ComfyFailed(f"ComfyUI failed during the request: {exc!r}") from exc
+            log.warning("ComfyUI: transport failure: %r", exc)
+            raise ComfyFailed("ComfyUI failed during the request: the connection broke") from exc
         finally:
             if ws is not None:
                 await asyncio.shield(ws.close())

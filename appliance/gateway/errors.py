@@ -10,6 +10,8 @@ hand.
 from __future__ import annotations
 
 import json
+import logging
+import secrets
 from typing import Any
 
 from starlette.responses import Response
@@ -135,6 +137,28 @@ class EngineError(ApiError):
 
     def payload(self) -> bytes:
         return self.raw if self.raw.startswith(b"{") else super().payload()
+
+
+class InternalError(ApiError):
+    """An unexpected exception: the client gets "internal error" and a request id, never the exception's
+    text; `internal_error()` logs the traceback under the same id."""
+
+    code = "internal_error"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"internal error (request id {request_id})")
+        self.request_id = request_id
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Request-Id": self.request_id}
+
+
+def internal_error(log: logging.Logger, where: str) -> InternalError:
+    """Call from an `except Exception` block: log the traceback with a fresh request id, and return the
+    error to answer with (the id is the link between the client's report and the log line)."""
+    request_id = "req_" + secrets.token_hex(8)
+    log.exception("internal error on %s (request id %s)", where, request_id)
+    return InternalError(request_id)
 
 
 class MethodNotAllowed(ApiError):

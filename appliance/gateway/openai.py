@@ -42,6 +42,7 @@ from .errors import (
     NotFound,
     Unavailable,
     UpstreamFailed,
+    internal_error,
 )
 from .exchange import ClientGone, Exchange, KeepAlive
 from .images import ImageStore
@@ -99,10 +100,9 @@ class OpenAIRoutes:
                 raise
             task.uncancel()  # our own cancellation for a client that went away: nothing left to send
             call.error = "client_disconnected"
-        except Exception as exc:  # a bug: answer with the envelope rather than a bare 500
-            log.exception("unhandled error on %s", path)
+        except Exception:  # a bug: the envelope with a request id; the exception's text goes to the log only
             call.error = "internal_error"
-            await ex.fail(ApiError(f"internal error: {type(exc).__name__}: {exc}"))
+            await ex.fail(internal_error(log, path))
         finally:
             ex.close()
             rec = call.record(ex.status or 499)
@@ -363,7 +363,8 @@ class OpenAIRoutes:
             items = parsed["data"]
             images = [base64.b64decode(item["b64_json"], validate=True) for item in items]
         except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-            raise UpstreamFailed(f"image worker answered an unreadable body: {exc!r}") from exc
+            log.warning("image worker answered an unreadable body: %r", exc)
+            raise UpstreamFailed("image worker answered an unreadable body") from exc
         first = items[0].get("seed") if items and isinstance(items[0], dict) else None
         seed = first if isinstance(first, int) else req.seed  # the worker reports the seed it used
         return images, seed

@@ -14,12 +14,15 @@ It must not choose engines or hold leases: the caller does, around these calls.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
 from .errors import EngineUnreachable, UpstreamFailed
 from .exchange import Exchange
 from .upstream import ConnectFailed, ResponseBroken, UpstreamPool
+
+log = logging.getLogger("appliance.gateway")
 
 _USAGE = b'"usage":'
 DONE = b"data: [DONE]\n\n"
@@ -48,10 +51,15 @@ def find_usage(data: bytes) -> tuple[int | None, int | None] | None:
 
 
 def _failed(engine: str, exc: Exception, during: str = "the request") -> UpstreamFailed:
-    text = str(exc) or type(exc).__name__
+    """The client's error names the engine and what went wrong in plain words; the transport's own
+    exception text is for the log only."""
+    log.warning("engine %s: transport failure during %s: %r", engine, during, exc)
     if isinstance(exc, ConnectFailed):
-        return EngineUnreachable(f"engine {engine!r} refused the connection: {text}")
-    return UpstreamFailed(f"engine {engine!r} failed during {during}: {text}")
+        return EngineUnreachable(f"engine {engine!r} refused the connection")
+    if isinstance(exc, ResponseBroken):
+        return UpstreamFailed(f"engine {engine!r} failed during {during}: it closed the connection before the "
+                              "answer was complete")
+    return UpstreamFailed(f"engine {engine!r} failed during {during}")
 
 
 class StreamMeter:

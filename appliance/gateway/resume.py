@@ -264,7 +264,7 @@ async def _relay_segment(ex: StreamSink, pool: UpstreamPool, body: bytes, lease:
         resp = await pool.post(stitch.route, body)
     except ConnectFailed as exc:
         if stitch.segment:  # the stream already began: a retry would need a new lease anyway
-            raise UpstreamFailed(f"engine {engine!r} refused the connection while resuming: {exc}") from exc
+            raise UpstreamFailed(f"engine {engine!r} refused the connection while resuming") from exc
         raise _failed(engine, exc) from exc
     except ResponseBroken as exc:
         raise _failed(engine, exc, "the stream") from exc

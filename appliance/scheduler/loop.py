@@ -18,7 +18,19 @@ most `ABORT_WAIT_S`) until every aborted stream of the model is closed before re
 and the holder's `preemption.resume()` waits for the core to dispatch the request again (it is
 queued first, with resume=True).
 
-It must not decide anything itself: every residency decision is the core's.
+Engine lifecycle: the supervisor reports every process transition of a scheduled engine to
+`_on_transition` synchronously, as a typed `Transition` (never over the EventBus, which may drop
+events and is telemetry only); `lifecycle.react` says what it means (a lost process -> EngineExited,
+an unasked READY -> park, FATAL -> answer the waiting requests with 503 and the cool-down).
+Who restarts a scheduled engine: this manager, and only when the core issues Start or Wake for one
+of its models (`ensure_ready`). The supervisor never restarts a scheduled engine by itself (its
+`autorestart` is switched off here, at construction) but paces the starts: a start waits out the
+backoff after a crash, and is refused while the engine is FATAL until `restart.fatal_retry_s` has
+passed; a lease for a model of a FATAL engine is refused at once with 503 and that Retry-After.
+
+It must not decide anything itself: every residency decision is the core's. Nor does it translate
+configuration (`profiles.py`), split measured memory between models (`attribution.py`) or format
+its state files (`statefile.py`): it only owns the core's task and executes its actions.
 """
 
 from __future__ import annotations
@@ -26,26 +38,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..catalog import Catalog, CatalogError
-from ..config import Config, ModelConfig, WorkerEngine
-from ..engines.base import Adapter
-from ..engines.base import Tier as EngineTier
+from ..catalog import Catalog
+from ..config import Config
 from ..engines.engine import Engine
 from ..events import Event as BusEvent
 from ..events import EventBus
 from ..gpu import GpuProbe
 from ..residency import CannotFitError, DirectResidency, Lease, ModelUnavailable, Preemption, QueueFullError
 from ..supervisor.process import EngineUnavailable
-from ..supervisor.states import ProcessState
+from ..supervisor.states import ProcessState, Transition
+from .attribution import attribute_usage
 from .core import ResidencyCore
 from .events import (
     Action,
@@ -72,156 +81,22 @@ from .events import (
     Unload,
     Wake,
 )
+from .lifecycle import react
 from .memory import MemoryBudget
-from .policy import PolicySettings, default_max_wait_s
-from .snapshot import SlotView
+from .policy import PolicySettings
+from .profiles import profile_for, runs_on_cpu
+from .statefile import StateFile
 from .swaps import SwapMeter
 from .timings import TransitionTimes
-from .types import ModelKind, ModelProfile, Request, SwapCosts, Tier
+from .types import Request, Tier
 
 log = logging.getLogger("appliance.residency")
 
 GIB = 1 << 30
 PREFETCH_MARGIN_BYTES = 512 << 20
 """Left free beyond a prefetch's weights, by measurement, for the working model's peak."""
-PCIE_BYTES_PER_S = 24e9  # pinned host RAM -> GPU on PCIe 4.0 x16 (bench/gpu_swap.py measures a box's own)
-DISK_BYTES_PER_S = 5e9
 RELEASE_POLL_S = 0.05
 ABORT_WAIT_S = 5.0  # how long a release waits for preempted streams to close their engine connection
-KIND_OF = {"text": ModelKind.LLM, "image": ModelKind.IMAGE, "speech": ModelKind.SPEECH, "embedding": ModelKind.EMBED}
-COLD_START_S = {"vllm": 90.0, "comfyui": 15.0, "worker": 5.0}
-
-
-def resumable_engine(config: Config, engine: str) -> bool:
-    """Engines that continue a final assistant message (`continue_final_message`): vLLM and the
-    appliance's text worker."""
-    eng = config.engines[engine]
-    return eng.kind == "vllm" or (isinstance(eng, WorkerEngine) and eng.worker == "text")
-
-
-def profile_for(mid: str, m: ModelConfig, config: Config, adapter: Adapter,
-                catalog: Catalog | None = None) -> ModelProfile:
-    """A model's scheduling profile from its configuration (estimates until measured)."""
-    engine_kind = config.engines[m.engine].kind
-    footprint = int(m.vram_gb * GIB)
-    host = int((m.host_ram_gb or m.vram_gb) * GIB)
-    kind = KIND_OF[m.modality]
-    costs = SwapCosts(
-        wake_s=0.3 + host / PCIE_BYTES_PER_S,
-        cold_start_s=COLD_START_S.get(engine_kind, 10.0) + footprint / DISK_BYTES_PER_S,
-        load_s=1.5 + footprint / DISK_BYTES_PER_S,
-        release_s=0.05,
-    )
-    concurrency = m.concurrency or (32 if kind is ModelKind.LLM else 1)
-    return ModelProfile(
-        id=mid,
-        kind=kind,
-        footprint_bytes=max(1, footprint),
-        host_bytes=max(1, host),
-        costs=costs,
-        max_wait_s=max_wait_for(m, config, kind),
-        keep_alive_s=m.keep_alive_s,
-        pinned=m.pinned,
-        queue_limit=m.queue_limit,
-        concurrency=concurrency,
-        supports_sleep=EngineTier.HOST in adapter.releasable,
-        supports_unload=EngineTier.DISK in adapter.releasable,
-        # Resuming a stream needs continue_final_message (vLLM's, or the text worker's); the
-        # gateway stitches the stream.
-        preemptible=config.scheduler.preemption and kind is ModelKind.LLM and resumable_engine(config, m.engine),
-        engine=m.engine,
-        release_unloads_process=adapter.release_unloads_all,
-        prefetch_bytes=prefetch_bytes(m, footprint, adapter, catalog),
-    )
-
-
-def weights_bytes(m: ModelConfig, catalog: Catalog | None) -> int:
-    """A model's weights alone: `models.X.weights_gb`, else its catalog entry's size on disk; 0
-    when unknown."""
-    if m.weights_gb:
-        return int(m.weights_gb * GIB)
-    if catalog is not None and m.catalog:
-        with contextlib.suppress(CatalogError, KeyError):
-            return catalog.get(m.catalog).disk_bytes
-    return 0
-
-
-def prefetch_bytes(m: ModelConfig, footprint: int, adapter: Adapter, catalog: Catalog | None) -> int:
-    """The weights a staged wake brings back first, for engines that wake in stages (vLLM with
-    sleep mode); 0 when unknown or when the weights are not smaller than the footprint (nothing
-    would be left to wake)."""
-    weights = weights_bytes(m, catalog) if adapter.supports_prefetch else 0
-    return weights if 0 < weights < footprint else 0
-
-
-def max_wait_for(m: ModelConfig, config: Config, kind: ModelKind) -> float:
-    """The model's own setting, else the scheduler's, else the benchmarked default for its kind."""
-    if m.max_wait_s is not None:
-        return m.max_wait_s
-    if config.scheduler.max_wait_s is not None:
-        return config.scheduler.max_wait_s
-    return default_max_wait_s(kind, config.scheduler.preemption)
-
-
-def attribute_usage(by_engine: dict[str, int], models_of: dict[str, list[str]],
-                    views: Mapping[str, SlotView]) -> dict[str, int]:
-    """Each engine's measured GPU memory as per-model figures the core can learn footprints from.
-
-    An engine serving one scheduled model gives it all. An engine serving several (one ComfyUI with
-    two checkpoints) gives it to the models the core holds in VRAM, split in proportion to their
-    footprints, so the memory is counted once and no model learns another's bytes; if none is in
-    VRAM (being started or released) it goes to the first, which learns nothing from it (the core
-    only learns from models it holds resident).
-    """
-    used: dict[str, int] = {}
-    for engine, total in by_engine.items():
-        mids = models_of.get(engine, [])
-        if not mids:
-            continue
-        resident = [m for m in mids if m in views and views[m].tier is Tier.VRAM]
-        if not resident:
-            used[mids[0]] = total
-            continue
-        weights = [max(1, views[m].footprint_bytes) for m in resident]
-        left = total
-        for m, w in zip(resident[:-1], weights[:-1], strict=True):
-            share = total * w // sum(weights)
-            used[m] = share
-            left -= share
-        used[resident[-1]] = left
-    return used
-
-
-def runs_on_cpu(config: Config, engine: str, *, has_gpu: bool) -> bool:
-    eng = config.engines[engine]
-    if not isinstance(eng, WorkerEngine):
-        return False
-    return eng.device == "cpu" or (eng.device == "auto" and not has_gpu)
-
-
-class StateFile:
-    """A JSON object kept under the state directory so the next start knows what this one measured
-    (footprints, transition times). Unreadable or not an object: empty. Written atomically."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def save(self, data: Mapping[str, Any]) -> None:
-        """Best effort: a write that fails is logged and the next one tries again."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            log.warning("residency: cannot write %s: %s", self.path, exc)
 
 
 @dataclass
@@ -280,12 +155,17 @@ class ResidencyManager:
         self._preemptible = {p.id for p in profiles if p.preemptible}
         self._aborting: dict[str, list[Preemption]] = {}  # model -> preempted streams not yet awaited
         self.preemptions: dict[str, int] = {}  # model -> streams preempted since start
-        self._bus_queue = bus.subscribe()
+        self._models_of: dict[str, list[str]] = {}  # scheduled engine -> its models
+        for mid, eng_name in self.model_engine.items():
+            if mid not in self.cpu_models:
+                self._models_of.setdefault(eng_name, []).append(mid)
+        for eng_name in self._models_of:
+            engines[eng_name].process.set_autorestart(False)  # restarts are ours: see the docstring
+            engines[eng_name].process.on_transition(self._on_transition)
 
     # -- public -----------------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
-        self._spawn(self._watch_engines())
         self._spawn(self._sample_gpu())
 
     async def close(self) -> None:
@@ -295,7 +175,6 @@ class ResidencyManager:
         for w in self._waiters.values():
             if not w.future.done():
                 w.future.set_exception(ModelUnavailable("the daemon is shutting down"))
-        self.bus.unsubscribe(self._bus_queue)
 
     def tier(self, model: str) -> str:
         if model in self.cpu_models:
@@ -333,6 +212,9 @@ class ResidencyManager:
             async with self._direct.lease(model, deadline_s=deadline_s) as lease:
                 yield lease
             return
+        eng = self.engines[self.model_engine[model]]
+        if eng.state is ProcessState.FATAL:
+            raise self._fatal(model, eng)
         rid = f"r{next(self._ids)}"
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Lease] = loop.create_future()
@@ -358,8 +240,9 @@ class ResidencyManager:
             if dispatched or (fut.done() and not fut.cancelled() and fut.exception() is None):
                 self.swaps.job_stopped(rid)
                 self._post(RequestDone(self._clock(), rid))
-            elif not fut.done():
-                fut.cancel()
+            else:  # given up, or failed here (a fatal engine): the core may still hold it queued
+                if not fut.done():
+                    fut.cancel()
                 self._post(RequestCancelled(self._clock(), rid))
 
     async def _redispatch(self, waiter: _Waiter, model: str, limit_s: float) -> Lease:
@@ -497,6 +380,7 @@ class ResidencyManager:
             await eng.activate()
         except Exception as exc:  # every failure goes back to the core
             self.swaps.end(swap, ok=False)
+            self._expect_ready.discard(eng.name)
             log.warning("residency: %s %s failed: %s", kind.value, model, exc)
             self._post(ActionFailed(self._clock(), model, kind, str(exc)))
             return
@@ -549,6 +433,7 @@ class ResidencyManager:
             self._stopping.add(eng.name)
             with contextlib.suppress(Exception):
                 await eng.stop()
+            self._stopping.discard(eng.name)
             self._post(ActionFailed(self._clock(), model, ActionKind.PREFETCH, str(exc)))
             return
         self._post(Prefetched(self._clock(), model))
@@ -557,10 +442,10 @@ class ResidencyManager:
         model = action.model
         eng = self.engines[self.model_engine[model]]
         kind = ActionKind.SLEEP if isinstance(action, Sleep) else ActionKind.UNLOAD
-        tier = EngineTier.HOST if isinstance(action, Sleep) else EngineTier.DISK
+        tier = Tier.HOST if isinstance(action, Sleep) else Tier.DISK
         await self._await_aborts(model)
         before = eng.memory_held()
-        swap = self.swaps.begin(model, "sleep" if tier is EngineTier.HOST else "offload")
+        swap = self.swaps.begin(model, "sleep" if tier is Tier.HOST else "offload")
         began = self._clock()
         try:
             if eng.state is not ProcessState.READY:
@@ -600,42 +485,47 @@ class ResidencyManager:
             await eng.stop()  # staged: SIGTERM, grace, SIGKILL of the group; returns once reaped
         finally:
             self.swaps.end(swap)
+        self._stopping.discard(eng.name)  # already stopped: no STOPPED transition came to consume it
         self._post(ReleaseDone(self._clock(), model, 0))
 
-    # -- watchers ---------------------------------------------------------------------------------
-    async def _watch_engines(self) -> None:
-        """Turn supervisor state changes into core events (crashes, unsolicited restarts)."""
-        by_engine: dict[str, list[str]] = {}
-        for mid, eng in self.model_engine.items():
-            by_engine.setdefault(eng, []).append(mid)
-        while True:
-            ev = await self._bus_queue.get()
-            if ev.kind != "engine.state" or ev.subject not in by_engine:
-                continue
-            old, new = ev.data.get("from"), ev.data.get("to")
-            crashed = old == "ready" and new in ("backoff", "fatal")
-            stopped_by_operator = new == "stopped" and ev.subject not in self._stopping
-            if new == "stopped":
-                self._stopping.discard(ev.subject)
-            if crashed or stopped_by_operator:
-                for mid in by_engine[ev.subject]:
-                    self._post(EngineExited(self._clock(), mid, str(ev.data.get("reason", ""))))
-            elif new == "ready" and ev.subject in self._expect_ready:
-                self._expect_ready.discard(ev.subject)
-            elif new == "ready":
-                # Restarted by the supervisor after a crash, not by us: the core believes its
-                # models are on disk, so give the memory back until the core asks for them.
-                self._spawn(self._park(ev.subject))
+    # -- engine lifecycle (the supervisor's typed, lossless reports) -------------------------------
+    def _on_transition(self, t: Transition) -> None:
+        """Called synchronously by the engine's supervisor on every state change (must not block)."""
+        started_by_us = stopped_by_us = False
+        if t.new is ProcessState.READY:
+            started_by_us = t.engine in self._expect_ready
+            self._expect_ready.discard(t.engine)
+        elif t.new is ProcessState.STOPPED:
+            stopped_by_us = t.engine in self._stopping
+            self._stopping.discard(t.engine)
+        reaction = react(t, started_by_us=started_by_us, stopped_by_us=stopped_by_us)
+        models = self._models_of.get(t.engine, [])
+        if reaction.exited:
+            for mid in models:
+                self._post(EngineExited(self._clock(), mid, t.reason))
+        if reaction.park:
+            self._spawn(self._park(t.engine))
+        if reaction.fail_waiting:
+            self._expect_ready.discard(t.engine)
+            eng = self.engines[t.engine]
+            for w in self._waiters.values():
+                if w.model in models and not w.future.done():
+                    w.future.set_exception(self._fatal(w.model, eng))
+
+    def _fatal(self, model: str, eng: Engine) -> ModelUnavailable:
+        err = eng.process.fatal_error()
+        return ModelUnavailable(f"model {model!r} is unavailable: {err}", retry_after=err.retry_after)
 
     async def _park(self, engine: str) -> None:
         eng = self.engines[engine]
-        log.info("residency: %s restarted by its supervisor; releasing it until it is needed", engine)
-        if EngineTier.DISK in eng.adapter.releasable:
+        log.info("residency: %s was started outside the scheduler; releasing it until it is needed", engine)
+        if Tier.DISK in eng.adapter.releasable:
             with contextlib.suppress(Exception):
-                await eng.release(EngineTier.DISK)
+                await eng.release(Tier.DISK)
                 return
         self._stopping.add(engine)
         await eng.stop()
+        self._stopping.discard(engine)
 
     async def _sample_gpu(self) -> None:
         interval = self.config.gpu.sample_interval_s

@@ -28,12 +28,16 @@ class ModelKind(StrEnum):
 
 
 class Tier(StrEnum):
-    """Where a model's weights are. DISK covers both "engine stopped" and "engine up, unloaded"."""
+    """Where a model's weights are: the one tier type of the scheduler and the engine adapters
+    (`Adapter.release(tier)` moves weights down to HOST or DISK).
+
+    DISK covers both "engine stopped" and "engine up, unloaded".
+    """
 
     VRAM = "vram"
-    HOST = "host"
-    DISK = "disk"
-    ABSENT = "absent"
+    HOST = "host"  # slept / offloaded to (pinned) host RAM: fast to bring back
+    DISK = "disk"  # dropped from memory, on local disk
+    ABSENT = "absent"  # not downloaded
 
 
 @dataclass(frozen=True, slots=True)

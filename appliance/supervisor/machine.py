@@ -5,9 +5,20 @@ signals, sleeps or reads a clock, so tests drive it synchronously with a fake la
 
 Staged stop (the effects it emits, in order): SIGTERM to the process group; after `stop_grace_s`
 SIGKILL to the group; the driver reaps, and the `Exited` input moves the machine to STOPPED.
-Restart: an unexpected exit (or a readiness timeout, which first kills the group) records a failure;
-with fewer than `max_failures` failures inside `window_s` it waits `backoff_initial_s * 2**k`
-(capped at `backoff_max_s`) in BACKOFF and starts again, otherwise it goes FATAL.
+
+Failures: an unexpected exit (or a readiness timeout, which first kills the group, or a spawn that
+failed) records a failure in whichever state the process was (starting or ready). With fewer than
+`max_failures` failures inside `window_s` it waits `backoff_initial_s * 2**k` (capped at
+`backoff_max_s`) in BACKOFF; otherwise it goes FATAL and, when `fatal_retry_s` > 0, a cool-down
+timer clears the failure history after that long (0: fatal until an operator starts it).
+
+Who restarts (one rule, set per engine by its owner): with `autorestart` (engines nothing schedules:
+the web UI, CPU workers) the machine restarts by itself when the backoff or the cool-down ends.
+Without it (engines the residency manager schedules on the GPU) it never starts a process nobody
+asked for: the end of a backoff or cool-down goes to STOPPED unless a start is waiting
+(`StartWanted`), and the residency manager starts the engine when its scheduler chooses a model
+of it. Either way the machine paces restarts: a demand start waits out the backoff, and is refused
+while FATAL (`fatal_retry_at`); only an operator's `StartRequested` cuts a backoff or a fatal short.
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .states import ProcessState, check_transition
+from .states import ProcessState, Transition, check_transition
 
 S = ProcessState
 
@@ -26,6 +37,12 @@ S = ProcessState
 @dataclass(frozen=True)
 class StartRequested:
     pass
+
+
+@dataclass(frozen=True)
+class StartWanted:
+    """A start on demand (a request needs the engine): honoured when STOPPED, kept for the end of a
+    BACKOFF wait, ignored while FATAL (the driver refuses the caller until the cool-down ends)."""
 
 
 @dataclass(frozen=True)
@@ -57,11 +74,11 @@ class Exited:
 
 @dataclass(frozen=True)
 class TimerFired:
-    kind: str  # "ready" | "grace" | "backoff"
+    kind: str  # "ready" | "grace" | "backoff" | "fatal"
     token: int
 
 
-Input = StartRequested | StopRequested | Spawned | SpawnFailed | ProbePassed | Exited | TimerFired
+Input = StartRequested | StartWanted | StopRequested | Spawned | SpawnFailed | ProbePassed | Exited | TimerFired
 
 
 # ---- effects ------------------------------------------------------------------------------------
@@ -89,7 +106,7 @@ class SetTimer:
 
 Effect = Spawn | BeginProbe | SignalGroup | SetTimer
 
-StateListener = Callable[[ProcessState, ProcessState, str], None]
+StateListener = Callable[[Transition], None]
 
 
 class ProcessMachine:
@@ -103,6 +120,8 @@ class ProcessMachine:
         window_s: float,
         backoff_initial_s: float,
         backoff_max_s: float,
+        fatal_retry_s: float = 0.0,
+        autorestart: bool = True,
         on_state: StateListener | None = None,
     ) -> None:
         self.name = name
@@ -112,9 +131,15 @@ class ProcessMachine:
         self.window_s = window_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
+        self.fatal_retry_s = fatal_retry_s
+        self.autorestart = autorestart
         self.state = S.STOPPED
+        self.fatal_retry_at: float | None = None  # when a FATAL engine's cool-down ends (None: never)
+        self.backoff_until: float | None = None
+        self._start_wanted = False
         self.pid: int | None = None
-        self.restarts = 0
+        self.restarts = 0  # starts that followed a failure, whoever asked for them
+        self._failed_since_start = False
         self.last_error = ""
         self._failures: deque[float] = deque()
         self._token = 0
@@ -122,37 +147,63 @@ class ProcessMachine:
         self._kill_sent = False
 
     # -- helpers --------------------------------------------------------------------------------
-    def _set_state(self, new: ProcessState, reason: str = "") -> None:
+    def _set_state(self, new: ProcessState, reason: str = "", retry_at: float | None = None) -> None:
         old = self.state
         check_transition(self.name, old, new)
         self.state = new
+        if new is not S.BACKOFF:
+            self.backoff_until = None
+        if new is not S.FATAL:
+            self.fatal_retry_at = None
         if self._on_state is not None:
-            self._on_state(old, new, reason)
+            self._on_state(Transition(self.name, old, new, reason, retry_at))
 
     def _timer(self, kind: str, delay: float) -> SetTimer:
         self._token += 1
         return SetTimer(kind, delay, self._token)
 
+    def _go_fatal(self, now: float, reason: str) -> list[Effect]:
+        self._start_wanted = False
+        self.last_error = reason
+        if self.fatal_retry_s <= 0:
+            self._set_state(S.FATAL, f"{reason}; stays fatal until started by hand")
+            return []
+        timer = self._timer("fatal", self.fatal_retry_s)
+        self.fatal_retry_at = now + self.fatal_retry_s
+        self._set_state(S.FATAL, f"{reason}; retried in {self.fatal_retry_s:g}s", self.fatal_retry_at)
+        return [timer]
+
     def _record_failure(self, now: float, reason: str) -> list[Effect]:
+        self._failed_since_start = True
         self.last_error = reason
         self._failures.append(now)
         while self._failures and now - self._failures[0] > self.window_s:
             self._failures.popleft()
         if len(self._failures) >= self.max_failures:
-            self._set_state(S.FATAL, f"{reason}; {len(self._failures)} failures within {self.window_s:g}s")
-            return []
+            return self._go_fatal(now, f"{reason}; {len(self._failures)} failures within {self.window_s:g}s")
         delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (len(self._failures) - 1))
-        self._set_state(S.BACKOFF, f"{reason}; retrying in {delay:g}s")
-        return [self._timer("backoff", delay)]
+        timer = self._timer("backoff", delay)
+        self.backoff_until = now + delay
+        self._set_state(S.BACKOFF, f"{reason}; retrying in {delay:g}s", self.backoff_until)
+        return [timer]
 
     def _begin_start(self, reason: str) -> list[Effect]:
+        if self._failed_since_start:
+            self.restarts += 1
+            self._failed_since_start = False
         self._set_state(S.STARTING, reason)
         self._kill_sent = False
+        self._start_wanted = False
         return [Spawn()]
 
-    def backoff_delay_preview(self) -> float:
-        n = max(1, len(self._failures))
-        return float(min(self.backoff_max_s, self.backoff_initial_s * 2 ** (n - 1)))
+    def retry_in(self, now: float) -> float | None:
+        """Seconds until this engine may be started on demand again: the rest of a BACKOFF wait or of
+        a FATAL cool-down; None when fatal for good (until an operator starts it); 0 otherwise."""
+        if self.state is S.FATAL:
+            return None if self.fatal_retry_at is None else max(0.0, self.fatal_retry_at - now)
+        if self.state is S.BACKOFF and self.backoff_until is not None:
+            return max(0.0, self.backoff_until - now)
+        return 0.0
 
     # -- the transition function -----------------------------------------------------------------
     def handle(self, event: Input, now: float) -> list[Effect]:
@@ -161,12 +212,19 @@ class ProcessMachine:
             if st is S.STOPPED:
                 return self._begin_start("start requested")
             if st is S.FATAL:
+                self._token += 1  # cancels the cool-down timer
                 self._failures.clear()
                 return self._begin_start("start requested after fatal")
             if st is S.BACKOFF:
                 # An explicit start skips the remaining backoff wait.
                 self._token += 1
                 return self._begin_start("start requested during backoff")
+            return []
+        if isinstance(event, StartWanted):
+            if st is S.STOPPED:
+                return self._begin_start("start wanted")
+            if st is S.BACKOFF:
+                self._start_wanted = True  # the backoff timer starts it
             return []
         if isinstance(event, StopRequested):
             if st in (S.STARTING, S.READY):
@@ -176,6 +234,7 @@ class ProcessMachine:
                 return [SignalGroup(signal.SIGTERM), self._timer("grace", self.stop_grace_s)]
             if st in (S.BACKOFF, S.FATAL):
                 self._token += 1
+                self._start_wanted = False
                 self._set_state(S.STOPPED, "stop requested")
             return []
         if isinstance(event, Spawned):
@@ -187,19 +246,17 @@ class ProcessMachine:
                 return [SignalGroup(signal.SIGTERM)]
             return []
         if isinstance(event, SpawnFailed):
-            self.pid = None
+            if self.pid is not None or st not in (S.STARTING, S.STOPPING):
+                return []  # not about the pending spawn: a running process is not forgotten
             if st is S.STOPPING:
                 self._set_state(S.STOPPED, "stopped before spawn")
                 return []
-            if st is not S.STARTING:
-                return []
             if event.permanent:
                 self.last_error = event.reason
-                self._set_state(S.FATAL, event.reason)
-                return []
+                return self._go_fatal(now, event.reason)
             return self._record_failure(now, event.reason)
         if isinstance(event, ProbePassed):
-            if st is S.STARTING:
+            if st is S.STARTING and self.pid is not None:  # a probe answered before our spawn is not ours
                 self._token += 1  # cancels the ready timer
                 self._set_state(S.READY, "readiness probe passed")
             return []
@@ -236,7 +293,15 @@ class ProcessMachine:
                     return []
                 return [SignalGroup(signal.SIGKILL)]
             if event.kind == "backoff" and st is S.BACKOFF:
-                self.restarts += 1
-                return self._begin_start("restarting after backoff")
+                if self.autorestart or self._start_wanted:
+                    return self._begin_start("restarting after backoff")
+                self._set_state(S.STOPPED, "backoff over; starts when next needed")
+                return []
+            if event.kind == "fatal" and st is S.FATAL:
+                self._failures.clear()
+                if self.autorestart:
+                    return self._begin_start(f"retrying after the {self.fatal_retry_s:g}s fatal cool-down")
+                self._set_state(S.STOPPED, f"fatal cool-down of {self.fatal_retry_s:g}s over; starts when next needed")
+                return []
             return []
         raise TypeError(f"unknown input {event!r}")

@@ -4,6 +4,11 @@ It owns the engine's child handle, timers and output; it feeds inputs to the mac
 and executes the effects the machine returns (spawn through the launcher, readiness probing, group
 signals, timers). Other code asks it for what it needs (`await ensure_ready()`, `await stop()`)
 instead of reading the state and acting on it.
+
+Lifecycle reporting: every transition goes, as a typed `Transition`, synchronously to the listeners
+registered with `on_transition` (the residency manager: a lossless control path) and, as telemetry,
+to the EventBus (which may drop). Who restarts the engine is the machine's `autorestart` rule
+(machine.py); the residency manager switches it off for the engines it schedules.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ from .machine import (
     Spawned,
     SpawnFailed,
     StartRequested,
+    StartWanted,
     StopRequested,
     TimerFired,
 )
-from .states import ProcessState
+from .states import ProcessState, Transition
 
 log = logging.getLogger("appliance.supervisor")
 
@@ -41,7 +47,16 @@ Probe = Callable[[], Awaitable[bool]]
 
 
 class EngineUnavailable(Exception):
-    """The engine could not be brought to READY (fatal, or not in time)."""
+    """The engine could not be brought to READY (fatal, or not in time).
+
+    `retry_after`: seconds after which asking again can succeed (the rest of a fatal cool-down)."""
+
+    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+Listener = Callable[[Transition], None]
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,7 @@ class ProcessTimings:
     window_s: float
     backoff_initial_s: float
     backoff_max_s: float
+    fatal_retry_s: float = 0.0  # 0: a fatal engine waits for an operator
     probe_interval_s: float = 0.25
 
 
@@ -81,8 +97,10 @@ class ManagedProcess:
             window_s=timings.window_s,
             backoff_initial_s=timings.backoff_initial_s,
             backoff_max_s=timings.backoff_max_s,
+            fatal_retry_s=timings.fatal_retry_s,
             on_state=self._on_state,
         )
+        self._listeners: list[Listener] = []
         self._child: ChildHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe_task: asyncio.Task[None] | None = None
@@ -106,6 +124,10 @@ class ManagedProcess:
     def last_error(self) -> str:
         return self.machine.last_error
 
+    def retry_in(self) -> float | None:
+        """Seconds until a demand start can succeed (see `ProcessMachine.retry_in`)."""
+        return self.machine.retry_in(asyncio.get_running_loop().time())
+
     def group_pids(self) -> set[int]:
         pid = self.machine.pid
         return self._launcher.group_pids(pid) if pid else set()
@@ -115,24 +137,37 @@ class ManagedProcess:
         await self._feed(StartRequested())
 
     async def ensure_ready(self, timeout_s: float | None = None) -> None:
-        """Start if needed and wait for READY; raise EngineUnavailable on FATAL or deadline."""
+        """Start on demand if needed and wait for READY, waiting out a backoff; raise
+        EngineUnavailable while FATAL (with the cool-down left as `retry_after`), if stopped
+        meanwhile, or at the deadline."""
         if self.machine.state is ProcessState.READY:
             return
-        if self.machine.state in (ProcessState.STOPPED, ProcessState.FATAL):
-            await self._feed(StartRequested())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout_s if timeout_s is not None else self._timings.ready_timeout_s * 2)
+        await self._feed(StartWanted())
         while self.state is not ProcessState.READY:
             if self.state is ProcessState.FATAL:
-                raise EngineUnavailable(f"{self.name} is fatal: {self.last_error}")
+                raise self.fatal_error()
             if self.state is ProcessState.STOPPED:
-                raise EngineUnavailable(f"{self.name} was stopped")
+                raise EngineUnavailable(f"engine {self.name} was stopped")
+            if self.state is ProcessState.BACKOFF:
+                await self._feed(StartWanted())  # a crash during the start: the backoff's end restarts it
+                if self.state is not ProcessState.BACKOFF:
+                    continue  # changed while we waited for the machine: look again before waiting
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise EngineUnavailable(f"{self.name} not ready in time ({self.state.value})")
+                raise EngineUnavailable(f"engine {self.name} not ready in time ({self.state.value})")
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def fatal_error(self) -> EngineUnavailable:
+        """Why a FATAL engine cannot be started on demand, and for how long."""
+        left = self.retry_in()
+        when = ("until an operator starts it again" if left is None
+                else f"it is retried automatically in {max(1, round(left))}s")
+        return EngineUnavailable(f"engine {self.name} is fatal ({self.last_error}); {when}",
+                                 retry_after=left if left is not None else 600.0)
 
     async def stop(self) -> None:
         """Staged stop; returns once the process group is gone."""
@@ -154,14 +189,32 @@ class ManagedProcess:
             t.cancel()
         self.output.close()
 
+    def on_transition(self, listener: Listener) -> None:
+        """Call `listener` with every state change, synchronously, in order (it must not block)."""
+        self._listeners.append(listener)
+
+    def set_autorestart(self, on: bool) -> None:
+        """Whether the supervisor restarts the engine by itself after a backoff or a fatal cool-down
+        (the machine's rule); the owner of the engine's scheduling sets it once, at start-up."""
+        self.machine.autorestart = on
+
     # -- the machine's plumbing -------------------------------------------------------------------
-    def _on_state(self, old: ProcessState, new: ProcessState, reason: str) -> None:
-        log.info("engine %s: %s -> %s%s", self.name, old.value, new.value, f" ({reason})" if reason else "")
+    def _on_state(self, t: Transition) -> None:
+        reason = f" ({t.reason})" if t.reason else ""
+        if t.new is ProcessState.FATAL:
+            log.error("engine %s: %s -> fatal%s", self.name, t.old.value, reason)
+        else:
+            log.info("engine %s: %s -> %s%s", self.name, t.old.value, t.new.value, reason)
         self._changed.set()
+        for listener in self._listeners:
+            try:
+                listener(t)
+            except Exception:  # a listener's bug must not leave the machine half-way through a step
+                log.exception("engine %s: a lifecycle listener failed on %s -> %s", self.name, t.old, t.new)
         if self._bus is not None:
             self._bus.publish(
-                Event("engine.state", self.name, {"from": old.value, "to": new.value, "reason": reason,
-                                                  "pid": self.machine.pid})
+                Event("engine.state", self.name, {"from": t.old.value, "to": t.new.value, "reason": t.reason,
+                                                  "pid": self.machine.pid, "retry_in_s": self.retry_in()})
             )
 
     async def _feed(self, event: Input) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance.scheduler import CostsMeasured, Reject, SwapCosts, Tier
-from appliance.scheduler.loop import StateFile
+from appliance.scheduler.statefile import StateFile
 from appliance.scheduler.timings import KEEP, TransitionTimes
 
 from .residency_fakes import COSTS, Driver, profile

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from appliance.scheduler.loop import attribute_usage
+from appliance.scheduler.attribution import attribute_usage
 from appliance.scheduler.snapshot import SlotView
 from appliance.scheduler.types import GB, Tier
 
