@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from appliance.defaults import HOST_RAM_BUDGET_GB, MAX_TOKENS_CAP, VRAM_RESERVE_GB
+
 GIB = 1 << 30
 
 
@@ -75,8 +77,8 @@ class GpuConfig(_Frozen):
     probe: Literal["auto", "nvml", "declared", "fake"] = "auto"
     index: int = Field(default=0, ge=0)
     declared_total_gb: float = Field(default=0.0, ge=0)  # budget when there is no NVIDIA GPU
-    reserve_gb: float = Field(default=1.5, ge=0)  # kept free for CUDA contexts and fragmentation
-    host_ram_budget_gb: float = Field(default=32.0, ge=0)  # pinned host RAM for slept/offloaded weights
+    reserve_gb: float = Field(default=VRAM_RESERVE_GB, ge=0)  # kept free for CUDA contexts and fragmentation
+    host_ram_budget_gb: float = Field(default=HOST_RAM_BUDGET_GB, ge=0)  # GiB of host RAM for slept/offloaded weights
     fake_dir: str = ""  # used with probe = "fake" (tests): where stand-ins report usage
     sample_interval_s: float = Field(default=2.0, gt=0)
 
@@ -188,7 +190,7 @@ class ModelConfig(_Frozen):
     pinned: bool = False
     queue_limit: int = Field(default=64, ge=1)
     concurrency: int = Field(default=0, ge=0)  # 0 = by modality (text 32, others 1)
-    max_tokens_cap: int = Field(default=4096, gt=0)
+    max_tokens_cap: int = Field(default=MAX_TOKENS_CAP, gt=0)
     workflow: str = ""  # ComfyUI workflow template (image models on comfyui)
     checkpoint: str = ""  # ComfyUI checkpoint file name
     voices: list[str] = Field(default_factory=list)

@@ -66,8 +66,11 @@ Decision order, applied after every event once its facts are recorded:
     the bet pays (`policy.restore_pays`); idle residents are released for it, nothing is
     ever stopped or cold-started on a guess.
  7. Plan progress again (a new plan's idle victims are released at once).
-Releases go to host RAM (sleep) while it has room, dropping cheaper host copies by the
-same GreedyDual value across tiers, else to disk (unload keeps the process, stop not).
+Releases go to host RAM (sleep) while it has room, dropping host copies that save less on
+their way back (GreedyDual with a copy's cost priced as what dropping it costs: a load from
+disk instead of a wake, or a cold start where the engine cannot unload), else to disk (unload
+keeps the process, stop not). A copy being woken or prefetched, or the plan's target, is never
+dropped.
 
 Crash semantics (EngineExited): the model's residency is dropped (tier disk, engine
 down, its memory counted free). Its in-flight requests are forgotten: the driver fails
@@ -121,6 +124,7 @@ from appliance.scheduler.policy import (
     choose_release,
     choose_victims,
     gdsf_value,
+    host_copy_value,
     restore_pays,
     should_switch,
 )
@@ -394,6 +398,7 @@ class ResidencyCore:
                 slot.frequency += 1.0
                 slot.last_used = now
                 slot.gdsf_value = gdsf_value(self._clock, slot.frequency, slot.profile, self.ledger.footprint(slot))
+                slot.value_clock = self._clock
                 self._out.append(Dispatch(slot.id, request.id, admission.clamp_tokens(request, slot), resume))
                 if slot.queue:
                     slot.restart_credit(now)
@@ -552,12 +557,7 @@ class ResidencyCore:
 
     def _release(self, slot: ModelSlot) -> None:
         self._clock = max(self._clock, slot.gdsf_value)
-        hosts = [
-            HostView(s.id, s.profile.host_bytes, s.gdsf_value, stop_only=not s.profile.supports_unload)
-            for s in self._slots.values()
-            if s.tier is Tier.HOST and s.phase is Phase.STEADY
-        ]
-        plan = choose_release(slot.profile, slot.gdsf_value, self.ledger.host_free(), hosts)
+        plan = choose_release(slot.profile, self._host_value(slot), self.ledger.host_free(), self._droppable_hosts())
         for drop in plan.drop_from_host:
             # Dropping a host copy moves no data: its RAM is counted free from now on.
             host_slot = self._slots[drop.model]
@@ -569,6 +569,21 @@ class ResidencyCore:
         slot.release_to = Tier.HOST if isinstance(release, Sleep) else Tier.DISK
         slot.stopping = isinstance(release, Stop)
         self._out.append(release)
+
+    def _host_value(self, slot: ModelSlot) -> float:
+        return host_copy_value(slot.value_clock, slot.frequency, slot.profile)
+
+    def _droppable_hosts(self) -> list[HostView]:
+        """Host copies a release may drop for room: steady sleeping models, never one whose weights
+        a Prefetch brought back (half-awake vLLM can only be stopped, and its wake is next), nor the
+        model the plan in progress is for (dropping its copy would turn its wake into a load from
+        disk or a cold start)."""
+        target = self._plan.target if self._plan is not None else None
+        return [
+            HostView(s.id, s.profile.host_bytes, self._host_value(s), stop_only=not s.profile.supports_unload)
+            for s in self._slots.values()
+            if s.tier is Tier.HOST and s.phase is Phase.STEADY and not s.prefetched_bytes and s.id != target
+        ]
 
     def _victim_views(self) -> tuple[list[VictimView], dict[str, tuple[str, ...]]]:
         """Resident models as eviction candidates. Models of one process whose release unloads

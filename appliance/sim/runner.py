@@ -44,7 +44,7 @@ from appliance.sim.mechanism import Mechanism, transition_s
 from appliance.sim.observe import Observations
 from appliance.sim.workloads import RequestSpec, Workload
 
-ARRIVAL, GPU, READY, RELEASED, TICK, PREFETCHED = range(6)
+ARRIVAL, GPU, READY, RELEASED, TICK, PREFETCHED, DROPPED = range(7)
 BACKLOG_SAMPLE_S = 300.0
 EVENTS_PER_REQUEST = 200
 
@@ -141,6 +141,9 @@ class Simulation:
                 r = self.res[data]
                 r.state, r.staged = r.release_to, False
                 self.obs.transition_end(data, t, activation=False)
+                self._feed(ReleaseDone(t, data, 0))
+            elif kind == DROPPED:  # a host copy dropped: no VRAM moved, no transition observed
+                assert isinstance(data, str)
                 self._feed(ReleaseDone(t, data, 0))
             elif kind == TICK:
                 if self.pending_tick == t:
@@ -240,9 +243,10 @@ class Simulation:
 
     def _release(self, action: Sleep | Unload | Stop) -> None:
         r = self.res[action.model]
-        if r.state == "host":  # dropping a host copy frees no VRAM
+        if r.state == "host":  # dropping a host copy frees no VRAM; the scheduler hears it is done
             r.state = "disk"
             r.engine_up = not isinstance(action, Stop)
+            self._push(self.now, DROPPED, action.model)
             return
         if r.staged and not isinstance(action, Stop):
             raise SimulationError(f"{action!r} while {action.model} is half awake: it can only be stopped")
