@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from appliance.defaults import HOST_RAM_BUDGET_GB, MAX_TOKENS_CAP, VRAM_RESERVE_GB
+from appliance.defaults import DRAIN_DEADLINE_S, HOST_RAM_BUDGET_GB, MAX_TOKENS_CAP, VRAM_RESERVE_GB
 
 GIB = 1 << 30
 
@@ -89,6 +89,8 @@ class SchedulerConfig(_Frozen):
     max_wait_s: float | None = Field(default=None, gt=0)
     tick_s: float = Field(default=1.0, gt=0)
     release_deadline_s: float = Field(default=30.0, gt=0)  # before a release escalates
+    # A victim still busy this long past the waiting model's max_wait: resumable streams preempted, else stopped
+    drain_deadline_s: float = Field(default=DRAIN_DEADLINE_S, gt=0)
     footprint_headroom: float = Field(default=1.05, ge=1.0)
     preemption: bool = False  # abort LLM streams to swap sooner, resume them after (chat and completion streams)
     turn_taking: bool = True  # co-resident engines compute one at a time (oldest waiter first)

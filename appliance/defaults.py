@@ -17,3 +17,9 @@ VRAM_RESERVE_GB = 1.5
 
 MAX_TOKENS_CAP = 4096
 """`models.NAME.max_tokens_cap`: an LLM answer's length cap (it bounds how long a drain can take)."""
+
+DRAIN_DEADLINE_S = 300.0
+"""`scheduler.drain_deadline_s`: how long a switch's victims may keep draining past the waiting
+model's max_wait before their resumable streams are preempted and, if work is left, their engine is
+stopped. Longer than any answer the cap allows (4,096 tokens at 20 tokens/s in a full batch is
+205 s), so only a hung or runaway request reaches it."""

@@ -48,10 +48,13 @@ Decision order, applied after every event once its facts are recorded:
        If no set of resident models frees enough because sleeping engines still hold
        VRAM (their CUDA contexts), those engines may be victims too: they are stopped.
        A model's own held bytes count toward its activation (a wake adds the rest).
-       Victims then admit nothing new and drain: a job in flight is never killed. With
+       Victims then admit nothing new and drain: a job in flight is not killed. With
        preemption enabled, a victim's preemptible LLM streams are aborted and re-queued
        to be resumed after the swap back; every other job (image, speech, an LLM request
-       the caller cannot resume) runs to the end.
+       the caller cannot resume) runs to the end, within a deadline: a victim still busy
+       once the target's head has waited max_wait + `drain_deadline_s` (a hung or runaway
+       request) has its resumable streams preempted, and if work is left its engine is
+       stopped and that work abandoned (`ForceStop`).
     c. Prefetch (`PolicySettings.prefetch`): the next model in line (the plan's target, else
        the first candidate left waiting) whose engine has a staged wake and sleeps in host
        RAM gets its weights back now if they alone fit (vLLM /wake_up?tags=weights beside a
@@ -97,6 +100,7 @@ from appliance.scheduler.events import (
     EngineExited,
     EngineReady,
     Event,
+    ForceStop,
     GpuSample,
     Preempt,
     Prefetch,
@@ -139,6 +143,7 @@ class _Plan:
     victims: tuple[str, ...]
     contexts: tuple[str, ...] = ()  # sleeping victims whose engines are stopped for what they hold
     restore: bool = False  # brought back on a forecast while the GPU is idle: nobody waits for it
+    drain_deadline: float = float("inf")  # victims still busy then are preempted, else stopped
 
 
 class ResidencyCore:
@@ -200,6 +205,10 @@ class ResidencyCore:
                 times.append(s.last_used + ttl)
         if self.settings.restore and self._last_done is not None and self._gpu_idle():
             times.append(self._last_done_at + self.settings.restore_after_s)
+        plan = self._plan
+        if plan is not None and any(self._slots[v].in_flight and self._slots[v].tier is Tier.VRAM
+                                    for v in plan.victims):
+            times.append(plan.drain_deadline)
         future = [t for t in times if t > self._now]
         return min(future) if future else None
 
@@ -339,14 +348,14 @@ class ResidencyCore:
     # ------------------------------------------------------------------ decisions
 
     def _decide(self, now: float) -> None:
-        self._advance_plan()
+        self._advance_plan(now)
         self._expire_keep_alive(now)
         self._dispatch(now)
         self._consider_candidates(now)
         self._maybe_restore(now)
-        self._advance_plan()
+        self._advance_plan(now)
 
-    def _advance_plan(self) -> None:
+    def _advance_plan(self, now: float) -> None:
         plan = self._plan
         if plan is None:
             return
@@ -362,6 +371,8 @@ class ResidencyCore:
             return
         for v in plan.victims:
             slot = self._slots[v]
+            if slot.tier is Tier.VRAM and slot.phase is Phase.STEADY and slot.in_flight and now >= plan.drain_deadline:
+                self._drain_expired(slot, now)
             if slot.tier is Tier.VRAM and slot.phase is Phase.STEADY and not slot.in_flight:
                 self._release(slot)
             elif v in plan.contexts and slot.engine_up and slot.tier is not Tier.VRAM and slot.phase is Phase.STEADY:
@@ -483,7 +494,7 @@ class ResidencyCore:
         if not victims:
             self._activate(slot)
             return
-        self._plan = _Plan(slot.id, victims, restore=True)
+        self._plan = _Plan(slot.id, victims, restore=True, drain_deadline=now + self.settings.drain_deadline_s)
         for o in out:
             o.draining = True
 
@@ -530,7 +541,9 @@ class ResidencyCore:
         if not should_switch(target, chosen, drain, self.settings):
             return
         contexts = tuple(v for v in victims if self._slots[v].tier is not Tier.VRAM)
-        self._plan = _Plan(slot.id, victims, contexts)
+        # The drain may last until the target's head has waited max_wait plus the deadline.
+        deadline = now + max(0.0, slot.profile.max_wait_s - slot.credit_s) + self.settings.drain_deadline_s
+        self._plan = _Plan(slot.id, victims, contexts, drain_deadline=deadline)
         for v in victims:
             victim = self._slots[v]
             victim.draining = True
@@ -548,6 +561,23 @@ class ResidencyCore:
         if entries:
             slot.queue.extendleft(reversed([e.request for e in entries]))
             slot.restart_credit(now)
+
+    def _drain_expired(self, slot: ModelSlot, now: float) -> None:
+        """A victim is still busy at the plan's drain deadline (a hung or runaway request): its
+        streams that can be resumed are preempted; if work is left, its engine is stopped and
+        that work abandoned, so no request holds a model's lease forever."""
+        if slot.profile.preemptible:
+            self._preempt_all(slot, now)
+        if not slot.in_flight:
+            return  # everything was preempted: the caller releases it as usual
+        abandoned = tuple(slot.in_flight)
+        for rid in abandoned:
+            self._where.pop(rid, None)
+        slot.resumable.difference_update(abandoned)
+        slot.in_flight.clear()
+        self._clock = max(self._clock, slot.gdsf_value)
+        slot.phase, slot.release_to, slot.stopping, slot.draining = Phase.RELEASING, Tier.DISK, True, True
+        self._out.append(ForceStop(slot.id, abandoned))
 
     # -------------------------------------------------------------- transitions
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
+from appliance.defaults import DRAIN_DEADLINE_S
 from appliance.scheduler.events import Sleep, Stop, Unload
 from appliance.scheduler.types import GB, ModelKind, ModelProfile
 
@@ -68,6 +69,13 @@ class PolicySettings:
         trades latency for swaps steeply. W3s@0.5 / W3s@0.7, time swapping and p95 x B3:
         0 s 6.6 / 7.8 % at 0.905 / 0.784; 2 s 6.1 / 7.0 % at 0.980 / 0.843; 4 s 5.4 / 6.2 %
         at 1.084 / 0.927; 8 s 4.5 / 5.0 % at 1.331 / 1.105.
+    drain_deadline_s: how long a switch's victims may keep draining once the model the switch is
+        for has waited its max_wait (for a switch made earlier, counted from when it would have).
+        Past it, a victim's streams that can be resumed are preempted (even with `preemption`
+        off: its profile says whether its streams can be resumed, each request whether it can
+        be), and if work is left its engine is stopped and that work abandoned (`ForceStop`):
+        one hung engine request must not hold its model's lease forever. The starvation bound
+        becomes max_wait + this deadline (+ the stop and the swap) when an engine hangs.
     max_start_failures: consecutive failed starts before the queue is answered 503.
     failure_backoff_s: first backoff after a failed start (doubles each time).
     foreign_allowance_bytes: GPU memory used outside known engines that is tolerated
@@ -82,6 +90,7 @@ class PolicySettings:
     restore: bool = False
     restore_after_s: float = 1.0
     idle_switch_hold_s: float = 0.0
+    drain_deadline_s: float = DRAIN_DEADLINE_S
     max_start_failures: int = 3
     failure_backoff_s: float = 10.0
     foreign_allowance_bytes: int = GB // 2

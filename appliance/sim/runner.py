@@ -3,7 +3,8 @@
 Owns: the event heap (arrivals, job completions, finished transitions, ticks), the
 execution of the scheduler's actions on the simulated GPU with the durations of the
 policy's mechanism, the checks that every action is legal (dispatch only to a resident
-model, never release a model with jobs on it, VRAM never over budget at any event),
+model, never release a model with jobs on it unless a ForceStop abandons them, VRAM never
+over budget at any event),
 and the raw observations the metrics are computed from.
 
 Must not: make residency decisions (the scheduler does) or compute statistics over
@@ -23,6 +24,7 @@ from appliance.scheduler.events import (
     Dispatch,
     EngineReady,
     Event,
+    ForceStop,
     Preempt,
     Prefetch,
     Prefetched,
@@ -195,6 +197,13 @@ class Simulation:
                     self._prefetch(action)
                 case Sleep() | Unload() | Stop():
                     self._release(action)
+                case ForceStop(model=model, abandoned=rids):
+                    for rid in rids:
+                        self.gpu.abandon(model, rid, self.now)
+                        self.jobs.pop(rid, None)
+                        self.specs.pop(rid)  # its follow-ups never come: the answer failed
+                        self.obs.abandoned(rid, model, self.now)
+                    self._release(Stop(model))
                 case Reject(request_id=rid, status=status):
                     self.specs.pop(rid, None)
                     self.obs.rejected(rid, status, self.now)
