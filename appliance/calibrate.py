@@ -3,7 +3,8 @@
 A pure function of the daemon's `/api/status` and `/api/usage` answers (the CLI fetches them) and
 the model chosen for each simulated role (llm, image, speech), plus a TOML renderer whose output
 `python bench/scheduler.py --calibration FILE` reads (`appliance.sim.calibration.load_calibration`):
-- the card: `vram_total_bytes` and `vram_reserve_bytes` (total less the residency budget);
+- the card: `vram_total_bytes` and `vram_reserve_bytes` (total less the residency budget), and
+  `host_budget_bytes` (the box's `gpu.host_ram_budget_gb`);
 - per role, from the residency snapshot: `vram_bytes` (a measured footprint only), `size_bytes`
   (what a wake moves: the host copy), and from the measured transition medians `release_s`,
   `cold_start_s`, `wake_fixed_s` (the wake less the copy at the simulator's host bandwidth) and
@@ -71,6 +72,9 @@ def measure(status: Mapping[str, Any], records: Sequence[Mapping[str, Any]], rol
         out.table["vram_reserve_bytes"] = total - budget
     else:
         out.missing.append("the card (no GPU measured)")
+    host = int(residency.get("host_budget_bytes") or 0)
+    if host > 0:
+        out.table["host_budget_bytes"] = host  # the box's gpu.host_ram_budget_gb: what it may sleep
     models: dict[str, dict[str, Any]] = {}
     for role in ROLES:
         mid = roles.get(role)

@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from appliance.defaults import DRAIN_DEADLINE_S, HOST_RAM_BUDGET_GB, MAX_TOKENS_CAP, VRAM_RESERVE_GB
+
 GIB = 1 << 30
 
 
@@ -76,8 +78,8 @@ class GpuConfig(_Frozen):
     probe: Literal["auto", "nvml", "declared", "fake"] = "auto"
     index: int = Field(default=0, ge=0)
     declared_total_gb: float = Field(default=0.0, ge=0)  # budget when there is no NVIDIA GPU
-    reserve_gb: float = Field(default=1.5, ge=0)  # kept free for CUDA contexts and fragmentation
-    host_ram_budget_gb: float = Field(default=32.0, ge=0)  # pinned host RAM for slept/offloaded weights
+    reserve_gb: float = Field(default=VRAM_RESERVE_GB, ge=0)  # kept free for CUDA contexts and fragmentation
+    host_ram_budget_gb: float = Field(default=HOST_RAM_BUDGET_GB, ge=0)  # GiB of host RAM for slept/offloaded weights
     fake_dir: str = ""  # used with probe = "fake" (tests): where stand-ins report usage
     sample_interval_s: float = Field(default=2.0, gt=0)
 
@@ -88,6 +90,8 @@ class SchedulerConfig(_Frozen):
     max_wait_s: float | None = Field(default=None, gt=0)
     tick_s: float = Field(default=1.0, gt=0)
     release_deadline_s: float = Field(default=30.0, gt=0)  # before a release escalates
+    # A victim still busy this long past the waiting model's max_wait: resumable streams preempted, else stopped
+    drain_deadline_s: float = Field(default=DRAIN_DEADLINE_S, gt=0)
     preemption: bool = False  # abort LLM streams to swap sooner, resume them after (chat and completion streams)
     turn_taking: bool = True  # co-resident engines compute one at a time (oldest waiter first)
     prefetch: bool = True  # wake a slept vLLM's weights while the model it waits for still works
@@ -196,7 +200,7 @@ class ModelConfig(_Frozen):
     pinned: bool = False
     queue_limit: int = Field(default=64, ge=1)
     concurrency: int = Field(default=0, ge=0)  # 0 = by modality (text 32, others 1)
-    max_tokens_cap: int = Field(default=4096, gt=0)
+    max_tokens_cap: int = Field(default=MAX_TOKENS_CAP, gt=0)
     workflow: str = ""  # ComfyUI workflow template (image models on comfyui)
     checkpoint: str = ""  # ComfyUI checkpoint file name
     # Speech: the voice names clients send (OpenAI's alloy ... verse, or any alias) -> this model's voices.

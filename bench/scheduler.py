@@ -124,7 +124,7 @@ def run_one(task: tuple[str, float, int, str, float, str | None, bool, Variant])
         "swaps_h": s.swaps_per_hour, "gb_h": s.gb_moved_per_hour, "swap_frac": s.swap_time_fraction,
         "stall_frac": s.swap_stall_fraction,
         "starve_s": s.starvation_max_s, "violations": s.starvation_violations,
-        "unstable": s.unstable, "incomplete": s.incomplete,
+        "unstable": s.unstable, "incomplete": s.incomplete, "abandoned": s.abandoned,
     }  # fmt: skip
 
 
@@ -309,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out["sustainable_load_ratio_vs_B1"] = round(ratio, 3) if math.isfinite(ratio) else None
     ours_runs = [x for x in results if x["policy"].startswith("ours")]
     out["starvation_violations"] = sum(x["violations"] for x in ours_runs)
+    out["abandoned_at_drain_deadline"] = sum(x["abandoned"] for x in ours_runs)
     out["preemption"] = {
         key(n, r): summary(by_config[key(n, r)], "ours_preempt", "ours_preempt_free") for n, r in JSON_CONFIGS
     }
@@ -336,6 +337,7 @@ def print_targets(out: dict[str, Any], by_config: dict[str, dict[str, list[dict[
     ratio = out["sustainable_load_ratio_vs_B1"]
     checks.append(("sustainable load >= 3 x B1", ratio is None or ratio >= 3.0))
     checks.append(("zero starvation violations", out["starvation_violations"] == 0))
+    checks.append(("no request abandoned at a drain deadline", out["abandoned_at_drain_deadline"] == 0))
     pre = out["preemption"]
     for k in ("W1@0.5", "W3s@0.5"):
         checks.append((f"preemption {k}: p95 <= 0.85 x B3 (aim)", pre[k]["p95_ratio_vs_B3"] <= 0.85))

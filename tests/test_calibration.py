@@ -33,7 +33,7 @@ def status_doc(**llm_view: Any) -> dict[str, Any]:
         "gpu": {"total_bytes": 24 * GIB, "name": "Fake"},
         "models": [{"id": "chat", "modality": "text"}, {"id": "small", "modality": "text"},
                    {"id": "img", "modality": "image"}, {"id": "voice", "modality": "speech"}],
-        "residency": {"vram_budget_bytes": int(22.5 * GIB),
+        "residency": {"vram_budget_bytes": int(22.5 * GIB), "host_budget_bytes": 48 * GIB,
                       "models": {"chat": view, "small": {"footprint_bytes": GIB, "measured": False},
                                  "img": {"footprint_bytes": 15 * GIB, "measured": False, "host_bytes": 15 * GIB,
                                          "transitions_s": {"load": 4.0}},
@@ -67,6 +67,7 @@ def test_what_was_measured_reaches_the_simulators_loader_and_the_rest_is_named(t
     cal = load_calibration(path)
     base = Calibration()
     assert (cal.vram_total_bytes, cal.vram_reserve_bytes) == (24 * GIB, int(1.5 * GIB))
+    assert cal.host_budget_bytes == 48 * GIB  # the box's own host-RAM budget, not the simulator's default
     llm = cal.model("llm")
     assert (llm.vram_bytes, llm.size_bytes) == (20 * GIB, 18 * GIB)
     assert llm.wake_fixed_s == pytest.approx(1.0 - 18 * GIB / base.host_bandwidth, abs=1e-4)
@@ -122,6 +123,7 @@ def test_the_cli_writes_a_calibration_from_a_running_daemon(tmp_path: Path) -> N
     assert {"vram_bytes", "size_bytes", "cold_start_s", "release_s", "wake_fixed_s"} <= set(raw["models"]["llm"])
     assert {"vram_bytes", "size_bytes", "release_s"} == set(raw["models"]["image"])
     assert (cal.vram_total_bytes, cal.vram_reserve_bytes) == (24 * GIB, int(1.5 * GIB))
+    assert cal.host_budget_bytes == 64 * GIB  # image_box's gpu.host_ram_budget_gb
     assert cal.model("llm").vram_bytes == 12 * GIB and cal.model("image").vram_bytes == 15 * GIB
     assert cal.model("speech").vram_bytes == GIB
     llm = cal.model("llm")

@@ -48,10 +48,13 @@ Decision order, applied after every event once its facts are recorded:
        If no set of resident models frees enough because sleeping engines still hold
        VRAM (their CUDA contexts), those engines may be victims too: they are stopped.
        A model's own held bytes count toward its activation (a wake adds the rest).
-       Victims then admit nothing new and drain: a job in flight is never killed. With
+       Victims then admit nothing new and drain: a job in flight is not killed. With
        preemption enabled, a victim's preemptible LLM streams are aborted and re-queued
        to be resumed after the swap back; every other job (image, speech, an LLM request
-       the caller cannot resume) runs to the end.
+       the caller cannot resume) runs to the end, within a deadline: a victim still busy
+       once the target's head has waited max_wait + `drain_deadline_s` (a hung or runaway
+       request) has its resumable streams preempted, and if work is left its engine is
+       stopped and that work abandoned (`ForceStop`).
     c. Prefetch (`PolicySettings.prefetch`): the next model in line (the plan's target, else
        the first candidate left waiting) whose engine has a staged wake and sleeps in host
        RAM gets its weights back now if they alone fit (vLLM /wake_up?tags=weights beside a
@@ -66,8 +69,11 @@ Decision order, applied after every event once its facts are recorded:
     the bet pays (`policy.restore_pays`); idle residents are released for it, nothing is
     ever stopped or cold-started on a guess.
  7. Plan progress again (a new plan's idle victims are released at once).
-Releases go to host RAM (sleep) while it has room, dropping cheaper host copies by the
-same GreedyDual value across tiers, else to disk (unload keeps the process, stop not).
+Releases go to host RAM (sleep) while it has room, dropping host copies that save less on
+their way back (GreedyDual with a copy's cost priced as what dropping it costs: a load from
+disk instead of a wake, or a cold start where the engine cannot unload), else to disk (unload
+keeps the process, stop not). A copy being woken or prefetched, or the plan's target, is never
+dropped.
 
 Crash semantics (EngineExited): the model's residency is dropped (tier disk, engine
 down, its memory counted free). Its in-flight requests are forgotten: the driver fails
@@ -94,6 +100,7 @@ from appliance.scheduler.events import (
     EngineExited,
     EngineReady,
     Event,
+    ForceStop,
     GpuSample,
     Preempt,
     Prefetch,
@@ -121,6 +128,7 @@ from appliance.scheduler.policy import (
     choose_release,
     choose_victims,
     gdsf_value,
+    host_copy_value,
     restore_pays,
     should_switch,
 )
@@ -135,6 +143,7 @@ class _Plan:
     victims: tuple[str, ...]
     contexts: tuple[str, ...] = ()  # sleeping victims whose engines are stopped for what they hold
     restore: bool = False  # brought back on a forecast while the GPU is idle: nobody waits for it
+    drain_deadline: float = float("inf")  # victims still busy then are preempted, else stopped
 
 
 class ResidencyCore:
@@ -196,6 +205,10 @@ class ResidencyCore:
                 times.append(s.last_used + ttl)
         if self.settings.restore and self._last_done is not None and self._gpu_idle():
             times.append(self._last_done_at + self.settings.restore_after_s)
+        plan = self._plan
+        if plan is not None and any(self._slots[v].in_flight and self._slots[v].tier is Tier.VRAM
+                                    for v in plan.victims):
+            times.append(plan.drain_deadline)
         future = [t for t in times if t > self._now]
         return min(future) if future else None
 
@@ -335,14 +348,14 @@ class ResidencyCore:
     # ------------------------------------------------------------------ decisions
 
     def _decide(self, now: float) -> None:
-        self._advance_plan()
+        self._advance_plan(now)
         self._expire_keep_alive(now)
         self._dispatch(now)
         self._consider_candidates(now)
         self._maybe_restore(now)
-        self._advance_plan()
+        self._advance_plan(now)
 
-    def _advance_plan(self) -> None:
+    def _advance_plan(self, now: float) -> None:
         plan = self._plan
         if plan is None:
             return
@@ -358,6 +371,8 @@ class ResidencyCore:
             return
         for v in plan.victims:
             slot = self._slots[v]
+            if slot.tier is Tier.VRAM and slot.phase is Phase.STEADY and slot.in_flight and now >= plan.drain_deadline:
+                self._drain_expired(slot, now)
             if slot.tier is Tier.VRAM and slot.phase is Phase.STEADY and not slot.in_flight:
                 self._release(slot)
             elif v in plan.contexts and slot.engine_up and slot.tier is not Tier.VRAM and slot.phase is Phase.STEADY:
@@ -394,6 +409,7 @@ class ResidencyCore:
                 slot.frequency += 1.0
                 slot.last_used = now
                 slot.gdsf_value = gdsf_value(self._clock, slot.frequency, slot.profile, self.ledger.footprint(slot))
+                slot.value_clock = self._clock
                 self._out.append(Dispatch(slot.id, request.id, resume=resume))
                 if slot.queue:
                     slot.restart_credit(now)
@@ -478,7 +494,7 @@ class ResidencyCore:
         if not victims:
             self._activate(slot)
             return
-        self._plan = _Plan(slot.id, victims, restore=True)
+        self._plan = _Plan(slot.id, victims, restore=True, drain_deadline=now + self.settings.drain_deadline_s)
         for o in out:
             o.draining = True
 
@@ -525,7 +541,9 @@ class ResidencyCore:
         if not should_switch(target, chosen, drain, self.settings):
             return
         contexts = tuple(v for v in victims if self._slots[v].tier is not Tier.VRAM)
-        self._plan = _Plan(slot.id, victims, contexts)
+        # The drain may last until the target's head has waited max_wait plus the deadline.
+        deadline = now + max(0.0, slot.profile.max_wait_s - slot.credit_s) + self.settings.drain_deadline_s
+        self._plan = _Plan(slot.id, victims, contexts, drain_deadline=deadline)
         for v in victims:
             victim = self._slots[v]
             victim.draining = True
@@ -544,6 +562,23 @@ class ResidencyCore:
             slot.queue.extendleft(reversed([e.request for e in entries]))
             slot.restart_credit(now)
 
+    def _drain_expired(self, slot: ModelSlot, now: float) -> None:
+        """A victim is still busy at the plan's drain deadline (a hung or runaway request): its
+        streams that can be resumed are preempted; if work is left, its engine is stopped and
+        that work abandoned, so no request holds a model's lease forever."""
+        if slot.profile.preemptible:
+            self._preempt_all(slot, now)
+        if not slot.in_flight:
+            return  # everything was preempted: the caller releases it as usual
+        abandoned = tuple(slot.in_flight)
+        for rid in abandoned:
+            self._where.pop(rid, None)
+        slot.resumable.difference_update(abandoned)
+        slot.in_flight.clear()
+        self._clock = max(self._clock, slot.gdsf_value)
+        slot.phase, slot.release_to, slot.stopping, slot.draining = Phase.RELEASING, Tier.DISK, True, True
+        self._out.append(ForceStop(slot.id, abandoned))
+
     # -------------------------------------------------------------- transitions
 
     def _activate(self, slot: ModelSlot) -> None:
@@ -552,12 +587,7 @@ class ResidencyCore:
 
     def _release(self, slot: ModelSlot) -> None:
         self._clock = max(self._clock, slot.gdsf_value)
-        hosts = [
-            HostView(s.id, s.profile.host_bytes, s.gdsf_value, stop_only=not s.profile.supports_unload)
-            for s in self._slots.values()
-            if s.tier is Tier.HOST and s.phase is Phase.STEADY
-        ]
-        plan = choose_release(slot.profile, slot.gdsf_value, self.ledger.host_free(), hosts)
+        plan = choose_release(slot.profile, self._host_value(slot), self.ledger.host_free(), self._droppable_hosts())
         for drop in plan.drop_from_host:
             # Dropping a host copy moves no data: its RAM is counted free from now on.
             host_slot = self._slots[drop.model]
@@ -569,6 +599,21 @@ class ResidencyCore:
         slot.release_to = Tier.HOST if isinstance(release, Sleep) else Tier.DISK
         slot.stopping = isinstance(release, Stop)
         self._out.append(release)
+
+    def _host_value(self, slot: ModelSlot) -> float:
+        return host_copy_value(slot.value_clock, slot.frequency, slot.profile)
+
+    def _droppable_hosts(self) -> list[HostView]:
+        """Host copies a release may drop for room: steady sleeping models, never one whose weights
+        a Prefetch brought back (half-awake vLLM can only be stopped, and its wake is next), nor the
+        model the plan in progress is for (dropping its copy would turn its wake into a load from
+        disk or a cold start)."""
+        target = self._plan.target if self._plan is not None else None
+        return [
+            HostView(s.id, s.profile.host_bytes, self._host_value(s), stop_only=not s.profile.supports_unload)
+            for s in self._slots.values()
+            if s.tier is Tier.HOST and s.phase is Phase.STEADY and not s.prefetched_bytes and s.id != target
+        ]
 
     def _victim_views(self) -> tuple[list[VictimView], dict[str, tuple[str, ...]]]:
         """Resident models as eviction candidates. Models of one process whose release unloads

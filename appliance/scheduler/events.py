@@ -194,6 +194,18 @@ class Stop:
 
 
 @dataclass(frozen=True, slots=True)
+class ForceStop:
+    """Stop the engine process although requests are still in it: a victim's drain passed its
+    deadline (`PolicySettings.drain_deadline_s`) with work that cannot be resumed. The core has
+    forgotten `abandoned`: the driver fails them to their clients (stopping the engine breaks
+    their connections), and any later RequestDone for them is ignored. Answered, like a Stop, by
+    ReleaseDone once the process is gone."""
+
+    model: str
+    abandoned: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Dispatch:
     """Hand the request to the model's engine.
 
@@ -224,5 +236,5 @@ class Preempt:
     request_id: str
 
 
-Action = Start | Wake | Prefetch | Sleep | Unload | Stop | Dispatch | Reject | Preempt
+Action = Start | Wake | Prefetch | Sleep | Unload | Stop | ForceStop | Dispatch | Reject | Preempt
 ReleaseAction = Sleep | Unload | Stop

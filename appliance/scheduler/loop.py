@@ -3,7 +3,8 @@
 It feeds the core events (requests arriving and finishing, engines ready or crashed, releases
 verified, GPU samples, ticks at the core's deadlines) from one queue, and executes the actions the
 core returns through the engines: Start/Wake -> start the process if needed and activate;
-Sleep/Unload -> `release(tier)`; Stop -> staged stop. Every release is verified against the GPU
+Sleep/Unload -> `release(tier)`; Stop -> staged stop; ForceStop (a victim still busy at its drain
+deadline, `scheduler.drain_deadline_s`) -> staged stop of the busy engine. Every release is verified against the GPU
 probe: the engine's process group must actually drop its memory before `ReleaseDone`; a release
 that misses `scheduler.release_deadline_s` is reported failed, and the core escalates to Stop
 (SIGTERM, grace, SIGKILL of the group).
@@ -65,6 +66,7 @@ from .events import (
     EngineExited,
     EngineReady,
     Event,
+    ForceStop,
     GpuSample,
     Preempt,
     Prefetch,
@@ -139,6 +141,7 @@ class ResidencyManager:
             profiles, budget,
             PolicySettings(preemption=config.scheduler.preemption, one_engine_at_a_time=config.scheduler.turn_taking,
                            prefetch=config.scheduler.prefetch, restore=config.scheduler.restore,
+                           drain_deadline_s=config.scheduler.drain_deadline_s,
                            max_start_failures=3, failure_backoff_s=1.0),
             measured={str(k): int(v) for k, v in self.footprint_file.load().items()
                       if isinstance(v, int | float) and not isinstance(v, bool)},
@@ -320,6 +323,9 @@ class ResidencyManager:
         if isinstance(action, Preempt):
             self._preempt(action)
             return
+        if isinstance(action, ForceStop):
+            self._force_stop(action)
+            return
         log.info("residency: %s %s", type(action).__name__.lower(), action.model)
         self.bus.publish(BusEvent("residency.action", action.model, {"action": type(action).__name__.lower()}))
         if isinstance(action, Start | Wake):
@@ -343,6 +349,16 @@ class ResidencyManager:
         log.info("residency: preempt %s stream %s", action.model, action.request_id)
         self.bus.publish(BusEvent("residency.action", action.model,
                                   {"action": "preempt", "request": action.request_id}))
+
+    def _force_stop(self, action: ForceStop) -> None:
+        """A victim's drain passed its deadline with work that cannot be resumed: its engine is
+        stopped, and the abandoned requests fail to their clients as their connections break."""
+        log.warning("residency: %s still runs %d request(s) %gs past the waiting model's max_wait "
+                    "(scheduler.drain_deadline_s); stopping its engine", action.model, len(action.abandoned),
+                    self.config.scheduler.drain_deadline_s)
+        self.bus.publish(BusEvent("residency.action", action.model,
+                                  {"action": "force_stop", "abandoned": len(action.abandoned)}))
+        self._spawn(self._stop(action.model))
 
     async def _await_aborts(self, model: str) -> None:
         """Preempted streams close their engine connections before the engine is released."""

@@ -5,8 +5,8 @@ Owns: the choices that are functions of a snapshot, with no state of their own:
   H = L + frequency x reload_cost / size, L the clock raised to each evicted value;
 - which resident models to evict so a target fits (fewest models with queued work, then
   fewest busy ones, then the lowest summed H);
-- which tier a release goes to (sleep to host RAM while it fits, evicting cheaper host
-  copies by the same H across tiers; else unload, else stop);
+- which tier a release goes to (sleep to host RAM while it fits, evicting host copies that
+  save less on their way back, by `host_copy_value`; else unload, else stop);
 - when waiting work for a model that does not fit justifies a switch.
 
 Must not: mutate anything, log, or read a clock. The core logs nothing either: the
@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
+from appliance.defaults import DRAIN_DEADLINE_S
 from appliance.scheduler.events import Sleep, Stop, Unload
 from appliance.scheduler.types import GB, ModelKind, ModelProfile
 
@@ -68,6 +69,13 @@ class PolicySettings:
         trades latency for swaps steeply. W3s@0.5 / W3s@0.7, time swapping and p95 x B3:
         0 s 6.6 / 7.8 % at 0.905 / 0.784; 2 s 6.1 / 7.0 % at 0.980 / 0.843; 4 s 5.4 / 6.2 %
         at 1.084 / 0.927; 8 s 4.5 / 5.0 % at 1.331 / 1.105.
+    drain_deadline_s: how long a switch's victims may keep draining once the model the switch is
+        for has waited its max_wait (for a switch made earlier, counted from when it would have).
+        Past it, a victim's streams that can be resumed are preempted (even with `preemption`
+        off: its profile says whether its streams can be resumed, each request whether it can
+        be), and if work is left its engine is stopped and that work abandoned (`ForceStop`):
+        one hung engine request must not hold its model's lease forever. The starvation bound
+        becomes max_wait + this deadline (+ the stop and the swap) when an engine hangs.
     max_start_failures: consecutive failed starts before the queue is answered 503.
     failure_backoff_s: first backoff after a failed start (doubles each time).
     foreign_allowance_bytes: GPU memory used outside known engines that is tolerated
@@ -82,6 +90,7 @@ class PolicySettings:
     restore: bool = False
     restore_after_s: float = 1.0
     idle_switch_hold_s: float = 0.0
+    drain_deadline_s: float = DRAIN_DEADLINE_S
     max_start_failures: int = 3
     failure_backoff_s: float = 10.0
     foreign_allowance_bytes: int = GB // 2
@@ -125,6 +134,16 @@ def reload_cost(profile: ModelProfile) -> float:
     return costs.cold_start_s + costs.release_s
 
 
+def host_copy_value(clock: float, frequency: float, profile: ModelProfile) -> float:
+    """H of a model's copy in host RAM: what it saves each time the model comes back (a wake instead
+    of a load from disk, or instead of a cold start when its engine cannot unload) x frequency /
+    the RAM it takes. Dropping a host copy costs exactly that saving, so copies (and the model
+    being released) are compared by it, not by the cost of the wake that they make cheap."""
+    costs = profile.costs
+    from_disk = costs.load_s if profile.supports_unload else costs.cold_start_s
+    return clock + frequency * max(0.0, from_disk - costs.wake_s) / max(profile.host_bytes / GB, 1e-3)
+
+
 def choose_victims(need: int, free: int, candidates: Sequence[VictimView]) -> tuple[str, ...] | None:
     """The resident models to release so `need` bytes fit, or None if no set suffices.
 
@@ -165,7 +184,8 @@ def _greedy_victims(need: int, free: int, candidates: Sequence[VictimView]) -> t
 
 @dataclass(frozen=True, slots=True)
 class HostView:
-    """A model whose weights sleep in host RAM."""
+    """A model whose weights sleep in host RAM and may be dropped to make room: `value` is its
+    `host_copy_value`; stop_only: its engine cannot unload, so dropping the copy stops it."""
 
     id: str
     bytes: int
@@ -186,8 +206,11 @@ def choose_release(
 ) -> ReleasePlan:
     """Prefer sleep (cheapest way back) while host RAM allows, across tiers by GreedyDual value.
 
-    A host copy with a lower value than the model being released is dropped to make
+    `value` and each host copy's value are `host_copy_value`s (what a copy saves on the way
+    back). A host copy with a lower value than the model being released is dropped to make
     room; otherwise the model itself goes to disk (unload keeps the process, stop does not).
+    The caller offers only copies that may be dropped (never one being woken or prefetched, nor
+    the model a switch is for).
     """
     if profile.supports_sleep:
         if profile.host_bytes <= host_free:

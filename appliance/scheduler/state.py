@@ -61,6 +61,7 @@ class ModelSlot:
     last_used: float = 0.0
     frequency: float = 0.0
     gdsf_value: float = 0.0
+    value_clock: float = 0.0  # GreedyDual's L when the model was last used (ages its host copy's value)
     failures: int = 0
     failed_until: float = 0.0
     service_s: float = 0.0

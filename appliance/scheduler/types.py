@@ -64,8 +64,8 @@ class ModelProfile:
     keep_alive_s None means the model stays in VRAM until memory is needed.
     concurrency is how many requests the engine runs at once (continuous batching for
     an LLM, one job at a time for image and speech engines).
-    preemptible means running jobs may be aborted and resumed (only LLM streams, and only
-    when stream preemption is enabled in the core's settings).
+    preemptible means running jobs may be aborted and resumed (only LLM streams): at a switch
+    when stream preemption is enabled in the core's settings, and at a drain deadline in any case.
     engine names the process that serves the model when several models share one (one ComfyUI
     for two checkpoints); empty means a process of its own. release_unloads_process: releasing
     any of that process's models unloads all of them (ComfyUI's /free), so they are evicted

@@ -17,7 +17,9 @@ actions out) that the simulator drives exactly like `ResidencyCore`:
   if it fits beside what is loaded, else picks a runner to unload (idle ones first, then
   least recently used), waits for that runner's requests to finish, unloads it, and
   tries again. One load at a time. keep_alive 5 min after a runner goes idle. B2 unloads
-  by stopping and loads from disk; B3 sleeps to host RAM (while it has room) and wakes.
+  by stopping and loads from disk; B3 sleeps to host RAM (while it has room) and wakes,
+  and with host RAM full unloads keeping the process (a load from disk, not a cold start),
+  as the daemon's mechanism does.
 - `AllResident` (LBps, LB2): every model resident from the start, every request
   dispatched on arrival; with a time-sliced GPU this is one GPU with free swaps, with
   separate GPUs it is a GPU per model.
@@ -42,6 +44,7 @@ from appliance.scheduler.events import (
     Sleep,
     Start,
     Stop,
+    Unload,
     Wake,
 )
 from appliance.scheduler.types import Request
@@ -165,6 +168,8 @@ class OllamaLike:
         if self.sleep and in_host + self.weights[model] <= self.host_budget:
             runner.in_host = True
             out.append(Sleep(model))
+        elif self.sleep:  # host RAM is full: our mechanism's next step keeps the process (a load from disk)
+            out.append(Unload(model))
         else:
             out.append(Stop(model))
 

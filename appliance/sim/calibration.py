@@ -7,8 +7,10 @@ tokens/s at batch 1, sublinear batching, a KV cache of about 9k tokens), the SD3
 set of 14.8 GB at about 6 s an image, XTTS v2 at 1.9 GB with a real-time factor of 0.38,
 wake from host RAM 0.3 s + size / 24 GB/s (for the LLM in two stages when prefetched:
 its weights, then 0.1 s to map its KV cache [U]), release 0.05 s, a cold vLLM start of 90 s,
-loads from disk at 5 GB/s. `load_calibration` replaces any of them from a JSON or TOML
-file of a real box's measurements (same field names, nested by section).
+loads from disk at 5 GB/s, and the shipped configuration's defaults (`appliance/defaults.py`:
+32 GiB of host RAM for slept weights, answers capped at 4,096 tokens). `load_calibration`
+replaces any of them from a JSON or TOML file of a real box's measurements (same field names,
+nested by section).
 
 Must not: simulate anything; it only answers "how long" and "how big".
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from appliance.defaults import HOST_RAM_BUDGET_GB, MAX_TOKENS_CAP, VRAM_RESERVE_GB
 from appliance.scheduler.policy import default_max_wait_s
 from appliance.scheduler.types import GB, ModelKind
 
@@ -60,7 +63,7 @@ class LlmCalibration:
     batch_exponent: float = 0.8  # aggregate decode rate grows as batch ** exponent (sublinear)
     kv_tokens: int = 9000
     kv_bytes_per_token: int = 262_144  # Qwen2.5-32B: 64 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes
-    max_tokens_cap: int = 2048
+    max_tokens_cap: int = MAX_TOKENS_CAP  # the shipped models.NAME.max_tokens_cap
     prompt_median: float = 500.0
     prompt_sigma: float = 1.0
     output_median: float = 300.0
@@ -102,8 +105,8 @@ def _default_models() -> tuple[ModelCalibration, ...]:
 @dataclass(frozen=True, slots=True)
 class Calibration:
     vram_total_bytes: int = 24 * GIB  # an RTX 3090: 24 GiB, 25.8 GB
-    vram_reserve_bytes: int = int(1.5 * GIB)  # the daemon's gpu.reserve_gb default
-    host_budget_bytes: int = 40 * GB
+    vram_reserve_bytes: int = int(VRAM_RESERVE_GB * GIB)  # the shipped gpu.reserve_gb
+    host_budget_bytes: int = int(HOST_RAM_BUDGET_GB * GIB)  # the shipped gpu.host_ram_budget_gb (GiB)
     host_bandwidth: float = 24.0 * GB  # pinned host RAM -> GPU, bytes/s
     disk_bandwidth: float = 5.0 * GB  # naive safetensors path from page cache/NVMe, bytes/s
     ollama_load_fixed_s: float = 1.0  # runner process start before weights stream in

@@ -133,6 +133,19 @@ class Gpu:
             self._recompute_rates()
         return done
 
+    def abandon(self, model: str, rid: str, now: float) -> None:
+        """Drop a running or engine-queued job without finishing it (its engine is being stopped)."""
+        self.advance(now)
+        engine = self.engines[model]
+        job = next((j for j in engine.running if j.rid == rid), None)
+        if job is not None:
+            engine.running.remove(job)
+            engine.kv_used -= job.kv_tokens
+        else:
+            engine.waiting.remove(next(j for j in engine.waiting if j.rid == rid))
+        self._admit(engine, now)
+        self._recompute_rates()
+
     def preempt(self, model: str, rid: str, now: float) -> Job:
         """Abort a running or engine-queued stream; returns it rebuilt for resumption.
 

@@ -1,6 +1,6 @@
 """What the simulator observes during one run, and the run's summary.
 
-Owns: per-request times (arrival, dispatch, completion, rejection), the starvation-bound
+Owns: per-request times (arrival, dispatch, completion, rejection, abandonment), the starvation-bound
 accounting, swap counts and swap time, and backlog samples. The starvation bound is
 measured independently of any scheduler's own bookkeeping, as the issue defines it: from
 the moment a request becomes its model's oldest waiting request until it is dispatched,
@@ -55,6 +55,7 @@ class RunSummary:
     starvation_violations: int
     unstable: bool
     rejected: int
+    abandoned: int  # failed when their engine was stopped at a drain deadline
     incomplete: int
     backlog_mean: float
 
@@ -84,6 +85,7 @@ class Observations:
         self.jobs_done: list[tuple[float, float]] = []
         self.episodes: list[tuple[str, float, float, float]] = []  # model, t0, t1, remainder
         self.n_rejected = 0
+        self.abandoned_ids: set[str] = set()
         self.backlog = 0
         self.backlog_samples: list[tuple[float, int]] = []
         self.swaps = 0
@@ -153,6 +155,13 @@ class Observations:
         self.jobs_done.append((self.job_start.pop(rid), now))
         self._enqueue(model, rid, self.arrival[rid], now)
 
+    def abandoned(self, rid: str, model: str, now: float) -> None:
+        """A running request failed: its engine was stopped at a drain deadline."""
+        self._jobs_change(model, now, -1)
+        self.jobs_done.append((self.job_start.pop(rid), now))
+        self.abandoned_ids.add(rid)
+        self.backlog -= 1
+
     def rejected(self, rid: str, status: int, now: float) -> None:
         self.n_rejected += 1
         self.backlog -= 1
@@ -211,9 +220,12 @@ class Observations:
         w = self.w
         latency: dict[str, list[float]] = {}
         own: list[float] = []
-        incomplete = 0
+        incomplete = abandoned = 0
         for rid, arrival in self.arrival.items():
             if not (w.warmup_s <= arrival < w.horizon_s):
+                continue
+            if rid in self.abandoned_ids:
+                abandoned += 1
                 continue
             own.append(self.work[rid])
             end = self.finished.get(rid)
@@ -235,6 +247,7 @@ class Observations:
             starvation_violations=violations,
             unstable=self.aborted or _growing(samples),
             rejected=self.n_rejected,
+            abandoned=abandoned,
             incomplete=incomplete,
             backlog_mean=sum(samples) / len(samples) if samples else 0.0,
         )

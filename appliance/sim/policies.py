@@ -42,6 +42,19 @@ def max_wait_for(policy: str, cal: Calibration, override: dict[str, float] | Non
     return waits
 
 
+def prewarmed_in_host(cal: Calibration) -> list[str]:
+    """The models that sleep in host RAM when a run begins (the daemon started their engines and
+    slept them), in calibration order while the host-RAM budget holds their weights; the others
+    begin on disk with their engines stopped."""
+    out: list[str] = []
+    used = 0
+    for m in cal.models:
+        if used + m.size_bytes <= cal.host_budget_bytes:
+            out.append(m.id)
+            used += m.size_bytes
+    return out
+
+
 def build(
     policy: str,
     cal: Calibration,
@@ -51,7 +64,7 @@ def build(
     models = [m.id for m in cal.models]
     sizes = {m.id: cal.vram_bytes(m.id) for m in cal.models}
     weights = {m.id: m.size_bytes for m in cal.models}
-    prewarmed = {m: "host" for m in models}  # the daemon starts engines at boot and sleeps them
+    prewarmed = dict.fromkeys(prewarmed_in_host(cal), "host")
     options = set(policy.split("_")[1:])
     if policy.split("_")[0] == "ours" and options <= {"free", "preempt"}:
         mech = Mechanism.FREE if "free" in options else Mechanism.SLEEP_WAKE
@@ -61,7 +74,7 @@ def build(
             profiles(cal, mech, mean_service_s(cal), preemptible_llm=preempt, max_wait_s=waits),
             MemoryBudget(cal.vram_budget_bytes, cal.host_budget_bytes),
             replace(settings, preemption=preempt),
-            tiers=dict.fromkeys(models, Tier.HOST),
+            tiers=dict.fromkeys(prewarmed, Tier.HOST),
         )
         return core, SimConfig(mech, cal.gpu_time_sliced, initial_state=prewarmed)
     if policy == "B1":
@@ -71,7 +84,7 @@ def build(
         return sched, SimConfig(Mechanism.OLLAMA, cal.gpu_time_sliced)
     if policy == "B3":
         sched = OllamaLike(
-            sizes, weights, cal.vram_budget_bytes, cal.host_budget_bytes, sleep=True, in_host=frozenset(models)
+            sizes, weights, cal.vram_budget_bytes, cal.host_budget_bytes, sleep=True, in_host=frozenset(prewarmed)
         )
         return sched, SimConfig(Mechanism.SLEEP_WAKE, cal.gpu_time_sliced, initial_state=prewarmed)
     if policy in REFERENCES:

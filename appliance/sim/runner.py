@@ -3,7 +3,8 @@
 Owns: the event heap (arrivals, job completions, finished transitions, ticks), the
 execution of the scheduler's actions on the simulated GPU with the durations of the
 policy's mechanism, the checks that every action is legal (dispatch only to a resident
-model, never release a model with jobs on it, VRAM never over budget at any event),
+model, never release a model with jobs on it unless a ForceStop abandons them, VRAM never
+over budget at any event),
 and the raw observations the metrics are computed from.
 
 Must not: make residency decisions (the scheduler does) or compute statistics over
@@ -23,6 +24,7 @@ from appliance.scheduler.events import (
     Dispatch,
     EngineReady,
     Event,
+    ForceStop,
     Preempt,
     Prefetch,
     Prefetched,
@@ -44,7 +46,7 @@ from appliance.sim.mechanism import Mechanism, transition_s
 from appliance.sim.observe import Observations
 from appliance.sim.workloads import RequestSpec, Workload
 
-ARRIVAL, GPU, READY, RELEASED, TICK, PREFETCHED = range(6)
+ARRIVAL, GPU, READY, RELEASED, TICK, PREFETCHED, DROPPED = range(7)
 BACKLOG_SAMPLE_S = 300.0
 EVENTS_PER_REQUEST = 200
 
@@ -142,6 +144,9 @@ class Simulation:
                 r.state, r.staged = r.release_to, False
                 self.obs.transition_end(data, t, activation=False)
                 self._feed(ReleaseDone(t, data, 0))
+            elif kind == DROPPED:  # a host copy dropped: no VRAM moved, no transition observed
+                assert isinstance(data, str)
+                self._feed(ReleaseDone(t, data, 0))
             elif kind == TICK:
                 if self.pending_tick == t:
                     self.pending_tick = None
@@ -192,6 +197,13 @@ class Simulation:
                     self._prefetch(action)
                 case Sleep() | Unload() | Stop():
                     self._release(action)
+                case ForceStop(model=model, abandoned=rids):
+                    for rid in rids:
+                        self.gpu.abandon(model, rid, self.now)
+                        self.jobs.pop(rid, None)
+                        self.specs.pop(rid)  # its follow-ups never come: the answer failed
+                        self.obs.abandoned(rid, model, self.now)
+                    self._release(Stop(model))
                 case Reject(request_id=rid, status=status):
                     self.specs.pop(rid, None)
                     self.obs.rejected(rid, status, self.now)
@@ -240,9 +252,10 @@ class Simulation:
 
     def _release(self, action: Sleep | Unload | Stop) -> None:
         r = self.res[action.model]
-        if r.state == "host":  # dropping a host copy frees no VRAM
+        if r.state == "host":  # dropping a host copy frees no VRAM; the scheduler hears it is done
             r.state = "disk"
             r.engine_up = not isinstance(action, Stop)
+            self._push(self.now, DROPPED, action.model)
             return
         if r.staged and not isinstance(action, Stop):
             raise SimulationError(f"{action!r} while {action.model} is half awake: it can only be stopped")

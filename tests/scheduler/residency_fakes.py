@@ -19,6 +19,7 @@ from appliance.scheduler import (
     Dispatch,
     EngineReady,
     Event,
+    ForceStop,
     MemoryBudget,
     ModelKind,
     ModelProfile,
@@ -184,6 +185,11 @@ class Driver:
                 if m in self.resident:
                     assert not self.running.get(m), f"{action} while {m} runs {self.running[m]}"
                     self.resident[m] = "releasing"
+            case ForceStop(abandoned=rids):
+                assert self.resident.get(m) == "vram", f"{action} while {m} is {self.resident.get(m)}"
+                assert set(rids) == self.running.get(m, set()), f"{action} abandons other than what runs"
+                self.running[m] = set()
+                self.resident[m] = "releasing"
             case Dispatch(request_id=rid):
                 assert self.resident.get(m) == "vram", f"dispatch of {rid} to {m} which is not resident"
                 self.running.setdefault(m, set()).add(rid)

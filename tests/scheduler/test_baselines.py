@@ -13,9 +13,12 @@ from appliance.scheduler import (
     Start,
     Stop,
     Tick,
+    Unload,
     Wake,
 )
 from appliance.sim.baselines import AllResident, LlamaSwapFifo, OllamaLike
+from appliance.sim.calibration import Calibration
+from appliance.sim.policies import prewarmed_in_host
 
 GB = 1_000_000_000
 SIZES = {"llm": int(21.7 * GB), "image": int(14.8 * GB), "speech": int(3.4 * GB)}
@@ -53,6 +56,22 @@ def test_ollama_blocks_the_whole_queue_behind_a_load() -> None:
     assert b3.handle(RequestDone(20.0, "c1")) == [Sleep("llm")]
     assert b3.handle(ReleaseDone(20.05, "llm")) == [Wake("speech")]
     assert b3.handle(EngineReady(20.3, "speech")) == [Dispatch("speech", "s2")]
+
+
+def test_b3_with_host_ram_full_unloads_instead_of_stopping() -> None:
+    """B3 has our mechanism: with no host room for the LLM's copy it keeps the process and loads
+    from disk next time, as the daemon would; a Stop would cost it a 90 s cold start that neither
+    B2 (Ollama reloads from disk) nor our policy ever pays."""
+    b3 = OllamaLike(SIZES, WEIGHTS, int(22.5 * GB), 34 * GB, sleep=True, in_host=frozenset({"image", "speech"}))
+    assert b3.handle(arrive("c1", "llm", 0.0)) == [Start("llm")]
+    b3.handle(EngineReady(5.0, "llm"))
+    b3.handle(RequestDone(10.0, "c1"))
+    assert b3.handle(arrive("i1", "image", 11.0)) == [Unload("llm")]  # 14.8 + 1.9 + 19.3 GB > 34 GB
+
+
+def test_runs_begin_with_only_what_the_host_budget_holds_asleep() -> None:
+    """The shipped 32 GiB hold the LLM's and the image model's copies (34.1 GB), not XTTS's too."""
+    assert prewarmed_in_host(Calibration()) == ["llm", "image"]
 
 
 def test_ollama_head_of_line_blocking_holds_back_a_loaded_model() -> None:
