@@ -8,6 +8,7 @@ on the model thread. Must not know HTTP.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,5 +94,5 @@ class SpeechBackend:
     def voices(self) -> list[str]:
         return self.engine.voices()
 
-    def synthesize(self, utterance: Utterance) -> Audio:
-        return self.engine.synthesize(utterance)
+    def synthesize(self, utterance: Utterance, on_sentence: Callable[[], None] = lambda: None) -> Audio:
+        return self.engine.synthesize(utterance, on_sentence)

@@ -13,6 +13,7 @@ Must not import any engine library.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -47,7 +48,10 @@ class SpeechEngine(Protocol):
 
     def voices(self) -> list[str]: ...
 
-    def synthesize(self, utterance: Utterance) -> Audio: ...
+    def synthesize(self, utterance: Utterance, on_sentence: Callable[[], None] = ...) -> Audio:
+        """The utterance's audio. `on_sentence` runs after each sentence the engine synthesizes
+        separately (at least once); an exception it raises (a cancelled request) stops synthesis there."""
+        ...
 
 
 class VoiceNotFound(Exception):

@@ -2,7 +2,9 @@
 
 Owns request validation (input at most 4096 characters, speed 0.25-4.0, response_format wav, mp3, opus,
 flac or pcm; a 400 names the field), the raw audio response with its Content-Type, and the voices list
-(engine, voices, fallback reason). Synthesis runs on the model thread, encoding on a helper thread.
+(engine, voices, fallback reason). Synthesis runs on the model thread, sentence by sentence where the
+engine allows, and stops between two sentences when the client goes away; encoding runs on a helper
+thread.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ def add_routes(app: web.Application, worker: Worker, backend: SpeechBackend) -> 
         speed = optional_float(body, "speed", 1.0, lo=0.25, hi=4.0)
         language = optional_str(body, "language")
         utterance = Utterance(text=text, voice=voice, speed=speed, language=language)
-        async with worker.serving():
-            try:
-                audio = await worker.run(backend.synthesize, utterance)
+        async with worker.serving(request) as job:
+            try:  # stops between two sentences when the client goes away (Worker.run_job)
+                audio = await worker.run_job(job, backend.synthesize, utterance, job.step)
             except UnknownLanguage as exc:
                 raise bad_request("language", str(exc)) from None
         data, content_type = await asyncio.to_thread(encode, audio, fmt)

@@ -122,7 +122,8 @@ class XttsEngine(ResidentWeights):
     def voices(self) -> list[str]:
         return sorted({*self.cloned_voices(), *self.builtin_speakers()})
 
-    def synthesize(self, utterance: Utterance) -> Audio:
+    def synthesize(self, utterance: Utterance, on_sentence: Callable[[], None] = lambda: None) -> Audio:
+        """One coqui `tts()` call for the whole text (it splits sentences inside): one unit of work."""
         language = (utterance.language or self._default_language).lower()
         if language not in LANGUAGES:
             raise UnknownLanguage(f"XTTS speaks {', '.join(LANGUAGES)}; got {language!r}")
@@ -137,4 +138,5 @@ class XttsEngine(ResidentWeights):
         samples = np.asarray(self._tts.tts(utterance.text, **kwargs), dtype=np.float32).reshape(-1)
         synthesizer = getattr(self._tts, "synthesizer", None)
         rate = int(getattr(synthesizer, "output_sample_rate", 0) or XTTS_RATE)
+        on_sentence()
         return Audio(samples, rate)

@@ -4,8 +4,9 @@ Owns request validation (400s that name the field), the response and chunk shape
 (first chunk carries the role, `stream_options.include_usage` adds a usage chunk with empty choices, the
 stream always ends with `data: [DONE]`), and the bridge from the model thread's token callback to the
 event loop. Generations run one at a time on the model thread, in arrival order (this worker serves
-small models and CPU boxes; vLLM does continuous batching). A client that disconnects cancels its
-generation at the next token. Must not touch the model directly: everything goes through `TextBackend`
+small models and CPU boxes; vLLM does continuous batching). A client that disconnects (or a `/cancel`)
+cancels its generation at the next token, and the request ends only once the model thread has let go
+of it. Must not touch the model directly: everything goes through `TextBackend`
 on the model thread.
 """
 
@@ -30,7 +31,8 @@ from services.errors import (
     optional_int,
     optional_object,
 )
-from services.protocol import Worker, check_model, read_json
+from services.jobs import Cancelled, Job
+from services.protocol import Worker, check_model, outlast, read_json
 from services.text.backend import Encoded, Sampling, TextBackend
 from services.text.streaming import TextAssembler
 
@@ -144,13 +146,15 @@ def parse_prompt(body: dict[str, Any]) -> str | list[int]:
 
 async def generate(
     worker: Worker,
+    job: Job,
     backend: TextBackend,
     encoded: Encoded,
     sampling: Sampling,
     emit: Callable[[str, int], Awaitable[None]],
 ) -> Outcome:
-    """Run one generation on the model thread, handing text deltas to `emit` as they are decoded,
-    with the number of tokens generated so far (some may still be held back as text)."""
+    """Run one generation for `job` on the model thread, handing text deltas to `emit` as they are
+    decoded, with the number of tokens generated so far (some may still be held back as text). Each
+    token is one unit of `job`'s work: a cancelled job stops at the next one."""
     loop = asyncio.get_running_loop()
     tokens: asyncio.Queue[int | None] = asyncio.Queue()
     cancel = threading.Event()
@@ -158,8 +162,9 @@ async def generate(
 
     def on_token(token: int) -> None:  # model thread
         loop.call_soon_threadsafe(tokens.put_nowait, token)
+        job.step()  # raises Cancelled out of generate() once the job is cancelled
 
-    future = worker.submit(backend.generate, encoded, sampling, on_token, cancel)
+    future = worker.submit_job(job, backend.generate, encoded, sampling, on_token, cancel)
 
     # Runs after every on_token callback already queued: the executor's result arrives the same way.
     def finished(done: asyncio.Future[str]) -> None:
@@ -180,7 +185,8 @@ async def generate(
         if tail:
             await emit(tail, assembler.tokens)
     except BaseException:
-        cancel.set()
+        job.cancel()  # the client is gone (or emit failed): stop, and wait until the model thread has
+        await outlast(future)  # let go, so the next request does not queue behind this one
         raise
     return Outcome(assembler.text, "stop" if assembler.stopped else reason, len(encoded.prompt_ids), assembler.tokens)
 
@@ -231,9 +237,10 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
         sampling = parse_sampling(body)
         stream = optional_bool(body, "stream", False)
         include_usage, continuous = parse_stream_usage(body)
-        async with worker.serving():
+        async with worker.serving(request) as job:
             encoded = await worker.run(backend.encode_chat, messages, sampling, continuing)
-            return await _respond(request, "chat", encoded, sampling, stream, include_usage, continuous=continuous)
+            return await _respond(request, job, "chat", encoded, sampling, stream, include_usage,
+                                  continuous=continuous)
 
     async def completions(request: web.Request) -> web.StreamResponse:
         body = await read_json(request)
@@ -245,15 +252,16 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
         echo = optional_bool(body, "echo", False)
         if body.get("suffix"):
             raise bad_request("suffix", "'suffix' is not supported by this worker")
-        async with worker.serving():
+        async with worker.serving(request) as job:
             encoded = await worker.run(backend.encode_prompt, prompt, sampling)
             prefix = (prompt if isinstance(prompt, str) else backend.decode(prompt)) if echo else ""
             return await _respond(
-                request, "completion", encoded, sampling, stream, include_usage, prefix, continuous=continuous
+                request, job, "completion", encoded, sampling, stream, include_usage, prefix, continuous=continuous
             )
 
     async def _respond(
         request: web.Request,
+        job: Job,
         kind: str,
         encoded: Encoded,
         sampling: Sampling,
@@ -289,7 +297,7 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
             return out
 
         if not stream:
-            outcome = await generate(worker, backend, encoded, sampling, _ignore)
+            outcome = await generate(worker, job, backend, encoded, sampling, _ignore)
             if is_chat:
                 choice: dict[str, Any] = {
                     "index": 0,
@@ -322,8 +330,10 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
             await events.send(chunk(prefix, None))
         try:
             outcome = await generate(
-                worker, backend, encoded, sampling, lambda d, n: events.send(chunk(d, None, tokens=n))
+                worker, job, backend, encoded, sampling, lambda d, n: events.send(chunk(d, None, tokens=n))
             )
+        except Cancelled:  # cancelled through /cancel: whoever asked is not reading any more
+            return events.response
         except OpenAIError as exc:
             await events.send(exc.envelope())
             return await events.close()
