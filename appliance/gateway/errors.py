@@ -116,6 +116,12 @@ class UpstreamFailed(ApiError):
     code = "engine_failed"
 
 
+class UpstreamTimeout(UpstreamFailed):
+    """The engine sent nothing for its `idle_timeout_s`."""
+
+    code = "engine_timeout"
+
+
 class EngineUnreachable(UpstreamFailed):
     """The engine refused the connection: the request never reached it (safe to send again)."""
 
