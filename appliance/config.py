@@ -157,7 +157,7 @@ class ComfyUIEngine(_EngineBase):
 
 
 # A worker's answers are whole (images, audio, non-streamed text): the idle timeout bounds one job.
-WORKER_IDLE_TIMEOUT_S = {"text": 300.0, "embed": 120.0, "speech": 300.0, "diffusers": 1200.0}
+WORKER_IDLE_TIMEOUT_S = {"text": 900.0, "embed": 120.0, "speech": 300.0, "diffusers": 1200.0}
 
 
 class WorkerEngine(_EngineBase):

@@ -40,7 +40,7 @@ def test_idle_timeout_defaults_per_engine_kind_and_can_be_set() -> None:
     engines["fast"] = {"kind": "worker", "worker": "diffusers", "model_path": "x", "port": 9100, "idle_timeout_s": 30}
     cfg = parse_config({"engines": engines})
     got = {name: e.idle_timeout_s for name, e in cfg.engines.items() if hasattr(e, "idle_timeout_s")}
-    assert got == {"text": 300.0, "embed": 120.0, "speech": 300.0, "diffusers": 1200.0, "llm": 300.0, "fast": 30.0}
+    assert got == {"text": 900.0, "embed": 120.0, "speech": 300.0, "diffusers": 1200.0, "llm": 300.0, "fast": 30.0}
     with pytest.raises(ConfigError, match=r"engines\.llm\.idle_timeout_s"):
         parse_config({"engines": {"llm": {**engines["llm"], "idle_timeout_s": 0}}})
 
