@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import tiny_models
 
 from .conftest import Gateway, comfyui_engine, free_port, launch, vllm_engine, wait_until, worker_engine
 
@@ -79,6 +80,54 @@ def test_abandoned_image_job_is_stopped_before_its_lease_is_given_back(diffusers
     out = gw.client().images.generate(model="tiny-sd3", prompt="a quick fox", size="64x64", extra_body={"steps": 3})
     assert len(out.data) == 1
     assert stats()["steps"] - start == 3
+
+
+# -- the text and speech workers ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def text_and_speech(module_tmp: Path) -> Iterator[tuple[Gateway, str, str]]:
+    llama = tiny_models.build_tiny_llama(module_tmp / "long-llama", max_positions=40_000)
+    text = worker_engine("text", str(llama), device="auto")
+    speech = worker_engine("speech", "piper:en_US-joe-medium", device="auto")
+    doc = {"engines": {"text": text, "speech": speech},
+           "models": {"tiny-llama": {"engine": "text", "modality": "text", "vram_gb": 0.1, "max_tokens_cap": 30_000},
+                      "joe": {"engine": "speech", "modality": "speech", "vram_gb": 0.1}}}  # fmt: skip
+    gw = launch(module_tmp / "text-speech", doc, keys=KEYS)
+    try:
+        yield gw, f"http://127.0.0.1:{text['port']}", f"http://127.0.0.1:{speech['port']}"
+    finally:
+        gw.stop()
+
+
+@pytest.mark.parametrize("kind", ["chat stream", "speech"])
+def test_abandoned_text_or_speech_is_stopped_before_its_lease_is_given_back(
+        text_and_speech: tuple[Gateway, str, str], kind: str) -> None:
+    gw, text_worker, speech_worker = text_and_speech
+    if kind == "speech":
+        worker, model, path = speech_worker, "joe", "/v1/audio/speech"
+        body: dict[str, Any] = {"model": model, "voice": "alloy", "response_format": "wav",
+                                "input": " ".join(f"Sentence number {i} is spoken slowly." for i in range(60))}
+    else:
+        worker, model, path = text_worker, "tiny-llama", "/v1/chat/completions"
+        body = {"model": model, "messages": [{"role": "user", "content": "tell me a story"}], "stream": True,
+                "max_tokens": 30_000, "ignore_eos": True}
+
+    def stats() -> dict[str, Any]:
+        result: dict[str, Any] = httpx.get(worker + "/stats", timeout=10).json()
+        return result
+
+    gw.request("POST", path, {**body, "input": "Warm up."} if kind == "speech" else
+               {**body, "stream": False, "max_tokens": 2}, timeout=120)  # fmt: skip
+    before = stats()["steps"]
+    sock = hang_up_later(gw, path, body)
+    try:
+        wait_until(lambda: stats()["steps"] - before >= 2, 60, "the abandoned request's first units of work")
+    finally:
+        sock.close()
+    wait_until(lambda: in_flight(gw, model) == 0, 60, "the lease given back")
+    after = stats()
+    assert not after["busy"] and after["in_flight"] == 0, after
+    ghost = after["last_cancelled"]
+    assert ghost is not None and ghost["steps_after_cancel"] <= 1, ghost
 
 
 # -- ComfyUI ------------------------------------------------------------------------------------------------
