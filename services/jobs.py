@@ -5,7 +5,8 @@ token, a sentence; the count of units done; whether the model thread is working 
 `Jobs`, the registry of the requests in flight by id (`X-Request-Id`), the ids cancelled before their
 request arrived (so a request that loses the race with its own cancellation never runs), and the
 counters `/stats` reports: units of work done in all, jobs cancelled, and for the last cancelled job
-how many units ran after the cancel (at most one when backends check between units).
+how many units ran after the cancel (at most one when backends check between units); and `outlast`,
+which awaits work on the model thread to its end even when the coroutine waiting for it is cancelled.
 
 Threads: `cancel()` may come from the event loop while the model thread runs the job; the flag is a
 `threading.Event` and the counters are only ever written by one side each (units by the model thread,
@@ -15,9 +16,13 @@ the registry by the event loop). Must not know HTTP or any model library.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 REQUEST_ID_HEADER = "X-Request-Id"
 MAX_TOMBSTONES = 1024  # cancelled ids whose request has not (yet) arrived; the oldest are forgotten
@@ -120,3 +125,19 @@ class Jobs:
     def stats(self) -> dict[str, Any]:
         return {"busy": self.busy, "steps": self.steps_total, "jobs_cancelled": self.cancelled,
                 "last_cancelled": self.last_cancelled}
+
+
+async def outlast(future: asyncio.Future[T], on_cancel: Callable[[], None] = lambda: None) -> T:
+    """Await `future` to its end even when the caller is cancelled meanwhile: `on_cancel()` is called
+    once, the wait goes on, then the cancellation is raised again. For work that keeps running on the
+    model thread whatever happens to the coroutine that asked for it."""
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        on_cancel()
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # retrieved: the caller's cancellation is what goes on
+        raise

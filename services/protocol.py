@@ -52,7 +52,7 @@ from aiohttp import web
 
 from services.errors import OpenAIError
 from services.fake_gpu import FakeGpuReporter
-from services.jobs import REQUEST_ID_HEADER, Cancelled, Job, Jobs
+from services.jobs import REQUEST_ID_HEADER, Cancelled, Job, Jobs, outlast
 from services.memory import MemoryUsage
 
 log = logging.getLogger("services")
@@ -133,22 +133,6 @@ def worker_options(kind: str, ns: argparse.Namespace) -> WorkerOptions:
 
 class LoadFailed(Exception):
     """The backend could not load or wake its model."""
-
-
-async def outlast(future: asyncio.Future[T], on_cancel: Callable[[], None] = lambda: None) -> T:
-    """Await `future` to its end even when the caller is cancelled meanwhile: `on_cancel()` is called
-    once, the wait goes on, then the cancellation is raised again. For work that keeps running on the
-    model thread whatever happens to the coroutine that asked for it."""
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        on_cancel()
-        while not future.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([future])
-        if not future.cancelled():
-            future.exception()  # retrieved: the caller's cancellation is what goes on
-        raise
 
 
 class Worker:

@@ -31,8 +31,8 @@ from services.errors import (
     optional_int,
     optional_object,
 )
-from services.jobs import Cancelled, Job
-from services.protocol import Worker, check_model, outlast, read_json
+from services.jobs import Cancelled, Job, outlast
+from services.protocol import Worker, check_model, read_json
 from services.text.backend import Encoded, Sampling, TextBackend
 from services.text.streaming import TextAssembler
 

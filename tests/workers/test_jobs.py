@@ -8,8 +8,7 @@ import threading
 
 import pytest
 
-from services.jobs import Cancelled, Jobs
-from services.protocol import outlast
+from services.jobs import Cancelled, Jobs, outlast
 
 
 async def test_a_cancelled_job_stops_at_its_next_unit_and_is_reported() -> None:
