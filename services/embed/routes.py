@@ -77,7 +77,7 @@ def add_routes(app: web.Application, worker: Worker, backend: EmbedBackend, max_
         items = parse_inputs(body)
         fmt = optional_choice(body, "encoding_format", ("float", "base64"), "float")
         dimensions = optional_int(body, "dimensions", None, lo=1)
-        async with worker.serving():
+        async with worker.serving(request):  # /cancel finds it; a cancelled one ends once its batch did
             if dimensions is not None and dimensions > backend.dimension:
                 raise bad_request("dimensions", f"this model has {backend.dimension} dimensions; got {dimensions}")
             texts, tokens = await worker.run(prepare_inputs, items)
