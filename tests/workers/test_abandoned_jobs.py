@@ -4,7 +4,8 @@ A client that hangs up mid-request cancels the work in the engine: the diffusers
 denoising steps, the text worker between two tokens, the speech worker between two sentences. Each test
 counts the units of work the worker reports in /stats (never wall-clock time): the abandoned job stops
 within one unit of the cancel, the worker is idle again, and the next request runs exactly its own units.
-The embeddings worker has no long per-request work (one model call per batch) and is not covered here.
+The embeddings worker has no steps inside a request (one model call per batch); its batcher drops an
+abandoned request's queued texts and waits for a running batch (tests/workers/test_embed_worker.py).
 """
 
 from __future__ import annotations
