@@ -173,6 +173,25 @@ def test_abandoned_comfyui_prompt_is_interrupted_before_its_lease_is_given_back(
     assert [s for _, s in after[first_new:]] == list(range(1, 21))  # the next prompt ran its own 20 steps
 
 
+def test_comfyui_prompt_past_image_timeout_is_interrupted_before_the_502(module_tmp: Path) -> None:
+    port = free_port()
+    doc = {"server": {"image_timeout_s": 1.0},
+           "engines": {"comfyui": comfyui_engine(port, env={"COMFYUI_STANDIN_IMAGE_S": "600"})},
+           "models": {"sd": {"engine": "comfyui", "modality": "image", "vram_gb": 10.0, "workflow": "checkpoint",
+                             "checkpoint": "model.safetensors"}}}  # fmt: skip
+    gw = launch(module_tmp / "comfy-timeout", doc, keys=KEYS)
+    try:
+        resp = gw.request("POST", "/v1/images/generations", {"model": "sd", "prompt": "never done", "size": "64x64"},
+                          timeout=120)  # fmt: skip
+        assert resp.status == 502 and "within 1 s" in resp.json()["error"]["message"], resp.body
+        # The 502 came after ComfyUI let go of the prompt: nothing runs or waits there any more.
+        queue = httpx.get(f"http://127.0.0.1:{port}/queue", timeout=10).json()
+        assert queue == {"queue_running": [], "queue_pending": []}, queue
+        wait_until(lambda: in_flight(gw, "sd") == 0, 30, "the lease given back")
+    finally:
+        gw.stop()
+
+
 # -- idle timeout ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def silent(module_tmp: Path) -> Iterator[Gateway]:
