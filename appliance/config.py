@@ -144,6 +144,9 @@ class VllmEngine(_EngineBase):
     gpu_memory_utilization: float | Literal["auto"] = "auto"
     max_model_len: int | Literal["auto"] = "auto"
     kv_bytes_per_token: int = Field(default=262_144, gt=0)  # Qwen2.5-32B: 64 layers x 8 KV heads x 128 x 2 x 2
+    # No byte from the engine for this long ends the request with a 502 (a stream: an SSE error event).
+    # A whole answer's first byte comes when it is complete: max_tokens_cap tokens must fit in it.
+    idle_timeout_s: float = Field(default=300.0, gt=0)
     sleep_mode: bool = True
     quantization: str = ""
     extra_args: list[str] = Field(default_factory=list)
@@ -165,6 +168,10 @@ class ComfyUIEngine(_EngineBase):
     extra_args: list[str] = Field(default_factory=list)
 
 
+# A worker's answers are whole (images, audio, non-streamed text): the idle timeout bounds one job.
+WORKER_IDLE_TIMEOUT_S = {"text": 900.0, "embed": 120.0, "speech": 300.0, "diffusers": 1200.0}
+
+
 class WorkerEngine(_EngineBase):
     kind: Literal["worker"]
     worker: Literal["text", "embed", "speech", "diffusers"]
@@ -173,7 +180,15 @@ class WorkerEngine(_EngineBase):
     device: str = "auto"
     port: Port = 8010
     ready_timeout_s: float = Field(default=60.0, gt=0)
+    idle_timeout_s: float = Field(default=300.0, gt=0)  # the default depends on `worker` (see below)
     extra_args: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _idle_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "idle_timeout_s" not in data and data.get("worker") in WORKER_IDLE_TIMEOUT_S:
+            data = {**data, "idle_timeout_s": WORKER_IDLE_TIMEOUT_S[data["worker"]]}
+        return data
 
 
 class OpenWebUIEngine(_EngineBase):

@@ -22,6 +22,7 @@ _KINDS: dict[int, tuple[str, str | None]] = {
     405: ("invalid_request_error", "method_not_allowed"),
     409: ("invalid_request_error", "conflict"),
     413: ("invalid_request_error", "request_too_large"),
+    499: ("invalid_request_error", "request_cancelled"),  # cancelled through /cancel: nobody reads it
     500: ("server_error", "internal_error"),
     503: ("server_error", "model_unavailable"),
 }

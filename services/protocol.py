@@ -8,13 +8,22 @@ shutdown:
     POST /load     -> load from disk, or wake from host RAM; idempotent
     POST /offload  -> weights to (pinned) host RAM, GPU memory freed; a state change on CPU devices
     POST /unload   -> weights dropped
-    GET  /stats    -> device, bytes on GPU and in host RAM, load/wake/offload timings, requests served
+    POST /cancel   -> {"request_id"}: cancel that data request; answers once the model thread has let go
+                      of it (`services.jobs`), so the caller knows the engine is idle again
+    GET  /stats    -> device, bytes on GPU and in host RAM, load/wake/offload timings, requests served,
+                      whether a request is running, units of work done, cancelled requests
 
 States: unloaded -> loading -> loaded <-> offloaded (offloaded -> loading -> loaded on a wake), and any
 state -> unloaded. Transitions hold one asyncio condition; offload and unload first wait until no data
 request is in flight, so weights never move under a running request. Every weight operation and every
 inference runs on one "model thread", in submission order, so backends need no locks and /health keeps
 answering while a model loads.
+
+Client gone: a data request whose connection closes is cancelled (aiohttp's handler cancellation);
+`run_job` then cancels its job, which the backend notices between two units of work, and waits until
+the model thread has let go of it before the request's slot is freed, so the next request never queues
+behind abandoned work. Control routes and loads run to their end whoever hangs up (shielded), so a
+transition is never left half-done.
 
 Must not import torch or any model library (backends do, on the model thread, after /health answers)
 and must not know any modality's data routes (each worker adds its own through `add_routes`).
@@ -44,6 +53,7 @@ from aiohttp import web
 from appliance.fields import FieldError
 from services.errors import OpenAIError, from_field_error
 from services.fake_gpu import FakeGpuReporter
+from services.jobs import REQUEST_ID_HEADER, Cancelled, Job, Jobs, outlast
 from services.memory import MemoryUsage
 
 log = logging.getLogger("services")
@@ -145,6 +155,7 @@ class Worker:
         self.offload_seconds: float | None = None
         self.requests_served = 0
         self.last_error: str | None = None
+        self.jobs = Jobs()
 
     @property
     def state(self) -> Residency:
@@ -163,6 +174,24 @@ class Worker:
         """Queue `fn(*args)` on the model thread without waiting (streaming producers)."""
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    def submit_job(self, job: Job, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue `fn(*args)` for `job` on the model thread; a job cancelled while queued never starts."""
+
+        def call() -> T:
+            job.check()
+            job.running = True
+            try:
+                return fn(*args)
+            finally:
+                job.running = False
+
+        return self.submit(call)
+
+    async def run_job(self, job: Job, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` for `job` on the model thread. If the caller is cancelled (the client went
+        away), the job is cancelled and this waits until the model thread has let go of it."""
+        return await outlast(self.submit_job(job, fn, *args), job.cancel)
 
     def start_preparing(self) -> None:
         if self._prepared is None:
@@ -242,22 +271,28 @@ class Worker:
             return {"state": Residency.UNLOADED.value, "seconds": time.perf_counter() - started}
 
     @contextlib.asynccontextmanager
-    async def serving(self) -> AsyncIterator[None]:
-        """Hold the model loaded for one data request (loading it first when needed)."""
-        async with self._cond:
-            if self._state is not Residency.LOADED:
-                try:
-                    await self._load_locked()
-                except LoadFailed as exc:
-                    raise OpenAIError(503, f"model {self.options.model_id!r} could not be loaded: {exc}") from exc
-            self._in_flight += 1
+    async def serving(self, request: web.Request | None = None) -> AsyncIterator[Job]:
+        """Hold the model loaded for one data request (loading it first when needed); yields the
+        request's job, registered under the gateway's request id so `/cancel` can find it."""
+        job = self.jobs.open(request.headers.get(REQUEST_ID_HEADER) if request is not None else None)
         try:
-            yield
-        finally:
+            job.check()  # cancelled before it arrived: the client is gone already
             async with self._cond:
-                self._in_flight -= 1
-                self.requests_served += 1
-                self._cond.notify_all()
+                if self._state is not Residency.LOADED:
+                    try:
+                        await outlast(asyncio.ensure_future(self._load_locked()))
+                    except LoadFailed as exc:
+                        raise OpenAIError(503, f"model {self.options.model_id!r} could not be loaded: {exc}") from exc
+                self._in_flight += 1
+            try:
+                yield job
+            finally:
+                async with self._cond:
+                    self._in_flight -= 1
+                    self.requests_served += 1
+                    self._cond.notify_all()
+        finally:
+            self.jobs.close(job)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -273,6 +308,7 @@ class Worker:
             "requests_served": self.requests_served,
             "in_flight": self._in_flight,
             "last_error": self.last_error,
+            **self.jobs.stats(),
         }
 
 
@@ -319,9 +355,14 @@ async def _error_middleware(request: web.Request, handler: Callable[[web.Request
         return web.json_response(err.envelope(), status=exc.status)
     except LoadFailed as exc:
         return web.json_response(OpenAIError(500, f"load failed: {exc}").envelope(), status=500)
-    except Exception as exc:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return web.json_response(OpenAIError(500, f"{type(exc).__name__}: {exc}").envelope(), status=500)
+    except Cancelled as exc:  # cancelled through /cancel: nobody waits for this answer any more
+        return web.json_response(OpenAIError(499, str(exc)).envelope(), status=499)
+    except Exception:
+        # The exception's text is for the log: the gateway relays this body to clients.
+        rid = request.headers.get("X-Request-Id", "")
+        log.exception("unhandled error on %s %s (request id %s)", request.method, request.path, rid or "none")
+        message = "internal error in the worker" + (f" (request id {rid})" if rid else "") + ": see its log"
+        return web.json_response(OpenAIError(500, message).envelope(), status=500)
 
 
 def build_app(worker: Worker, add_routes: Callable[[web.Application, Worker], None]) -> web.Application:
@@ -330,14 +371,27 @@ def build_app(worker: Worker, add_routes: Callable[[web.Application, Worker], No
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "state": worker.state.value})
 
+    # Transitions run to their end even if the caller hangs up (handler cancellation is on).
     async def load(_: web.Request) -> web.Response:
-        return web.json_response(await worker.load())
+        return web.json_response(await asyncio.shield(worker.load()))
 
     async def offload(_: web.Request) -> web.Response:
-        return web.json_response(await worker.offload())
+        return web.json_response(await asyncio.shield(worker.offload()))
 
     async def unload(_: web.Request) -> web.Response:
-        return web.json_response(await worker.unload())
+        return web.json_response(await asyncio.shield(worker.unload()))
+
+    async def cancel(request: web.Request) -> web.Response:
+        body = await read_json(request)
+        request_id = body.get("request_id")
+        if not isinstance(request_id, str) or not request_id:
+            raise OpenAIError(400, "'request_id' must be a non-empty string", param="request_id")
+        job = worker.jobs.cancel(request_id)
+        if job is None:
+            return web.json_response({"request_id": request_id, "found": False})
+        await job.done.wait()
+        return web.json_response({"request_id": request_id, "found": True, "steps": job.steps,
+                                  "steps_after_cancel": job.steps - (job.steps_at_cancel or 0)})
 
     async def stats(_: web.Request) -> web.Response:
         return web.json_response(worker.stats())
@@ -346,6 +400,7 @@ def build_app(worker: Worker, add_routes: Callable[[web.Application, Worker], No
     app.router.add_post("/load", load)
     app.router.add_post("/offload", offload)
     app.router.add_post("/unload", unload)
+    app.router.add_post("/cancel", cancel)
     app.router.add_get("/stats", stats)
     add_routes(app, worker)
     return app
@@ -363,7 +418,8 @@ async def _serve(
 ) -> None:
     worker = Worker(options, backend, reporter)
     app = build_app(worker, add_routes)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
+    # handler_cancellation: a client that hangs up cancels its handler, which cancels its job.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None, handler_cancellation=True)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

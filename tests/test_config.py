@@ -32,6 +32,19 @@ def test_empty_config_gets_every_default() -> None:
     assert cfg.server.port == 8080 and cfg.scheduler.max_wait_s is None and cfg.engines == {}
 
 
+def test_idle_timeout_defaults_per_engine_kind_and_can_be_set() -> None:
+    """Issue 13 item 4: the upstream idle timeout is configured per engine, its default per kind."""
+    engines = {name: {"kind": "worker", "worker": name, "model_path": "x", "port": 9000 + i}
+               for i, name in enumerate(("text", "embed", "speech", "diffusers"))}
+    engines["llm"] = {"kind": "vllm", "model": "m", "port": 8001}
+    engines["fast"] = {"kind": "worker", "worker": "diffusers", "model_path": "x", "port": 9100, "idle_timeout_s": 30}
+    cfg = parse_config({"engines": engines})
+    got = {name: e.idle_timeout_s for name, e in cfg.engines.items() if hasattr(e, "idle_timeout_s")}
+    assert got == {"text": 900.0, "embed": 120.0, "speech": 300.0, "diffusers": 1200.0, "llm": 300.0, "fast": 30.0}
+    with pytest.raises(ConfigError, match=r"engines\.llm\.idle_timeout_s"):
+        parse_config({"engines": {"llm": {**engines["llm"], "idle_timeout_s": 0}}})
+
+
 BAD = {
     "unknown key": ('[server]\nprot = 8080\n', "server.prot: unknown key"),
     "wrong type": ('[server]\nport = "eighty"\n', "server.port: must be an integer, got 'eighty'"),

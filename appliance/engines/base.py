@@ -2,7 +2,8 @@
 
 An adapter knows one engine kind's command line and environment, its readiness probe, how to
 `activate` it (wake or load onto the GPU) and how to `release(tier)` it (sleep/offload to host RAM,
-or drop the weights), and what its process group holds on the GPU. It does not own the process
+or drop the weights), how to make it drop a data request the gateway abandoned (`cancel`), and what
+its process group holds on the GPU. It does not own the process
 (the supervisor does) and does not decide when to do any of this (the residency scheduler does).
 """
 
@@ -100,6 +101,17 @@ class Adapter:
 
     def memory_held(self, snapshot: GpuSnapshot, pids: set[int]) -> int:
         return snapshot.used_by(pids)
+
+    @property
+    def idle_timeout_s(self) -> float | None:
+        """How long the data path waits for a byte from this engine (None: no data path of its own)."""
+        value = getattr(self.cfg, "idle_timeout_s", None)
+        return float(value) if value is not None else None
+
+    async def cancel(self, session: aiohttp.ClientSession, request_id: str) -> None:
+        """Return once the engine has stopped working on the data request `request_id`, whose
+        connection the gateway closed. Default: closing is enough (vLLM aborts a request whose client
+        disconnects, between two steps of its batch; there is no route to confirm it)."""
 
     async def _post(self, session: aiohttp.ClientSession, path: str, *, json_body: object | None = None,
                     timeout_s: float = 120.0) -> bytes:

@@ -80,6 +80,14 @@ class Engine:
     async def activate(self) -> None:
         await self.adapter.activate(self.session)
 
+    @property
+    def idle_timeout_s(self) -> float | None:
+        return self.adapter.idle_timeout_s
+
+    async def cancel(self, request_id: str) -> None:
+        """Return once the engine stopped working on `request_id` (see `Adapter.cancel`)."""
+        await self.adapter.cancel(self.session, request_id)
+
     async def prefetch(self) -> None:
         await self.adapter.prefetch(self.session)
 

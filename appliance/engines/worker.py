@@ -1,10 +1,12 @@
 """The appliance's own workers (services/): one model per process, a small HTTP control protocol:
-`/load` (load or wake), `/offload` (weights to pinned host RAM), `/unload` (drop weights), `/stats`.
+`/load` (load or wake), `/offload` (weights to pinned host RAM), `/unload` (drop weights), `/stats`, and
+`/cancel` (stop a data request the gateway abandoned; answered once the worker let go of it).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from pathlib import Path
 
@@ -13,7 +15,9 @@ import aiohttp
 from ..catalog import CatalogError
 from ..config import WorkerEngine
 from ..supervisor.launcher import LaunchSpec
-from .base import Adapter, EngineContext, Tier
+from .base import Adapter, ControlError, EngineContext, Tier
+
+log = logging.getLogger("appliance.engines")
 
 ACCEPT_CPML = "--accept-cpml"  # XTTS v2's licence: passed only when `licences.accepted` holds "CPML"
 
@@ -78,6 +82,17 @@ class WorkerAdapter(Adapter):
 
     async def release(self, session: aiohttp.ClientSession, tier: Tier) -> None:
         await self._post(session, "/offload" if tier is Tier.HOST else "/unload")
+
+    async def cancel(self, session: aiohttp.ClientSession, request_id: str) -> None:
+        """`POST /cancel`: the worker answers once its model thread has let go of the request (it
+        stops between two units of work), or at once when the request is not there (finished, or
+        not arrived yet: then it never runs). Bounded by the idle timeout: a worker that cannot
+        answer within it is hung, which the supervisor's probes deal with."""
+        try:
+            await self._post(session, "/cancel", json_body={"request_id": request_id},
+                             timeout_s=self.wcfg.idle_timeout_s)
+        except ControlError as exc:
+            log.warning("%s: could not confirm the cancellation of request %s: %s", self.name, request_id, exc)
 
     async def stats(self, session: aiohttp.ClientSession) -> dict[str, object]:
         data = await self._get_json(session, "/stats")

@@ -5,7 +5,11 @@ follow the prompt over the WebSocket until `executing` with `node: null` (or `ex
 falling back to polling `/history/<id>` whenever the socket is quiet or gone, then read the outputs
 from `/history/<id>` and fetch each image from `/view`. A 400 from `/prompt` becomes a 400 naming the
 node and input; an `execution_error` names the node that failed. If the caller is cancelled (client
-gone), the prompt is deleted from the queue and interrupted if running.
+gone) or the prompt times out, the prompt is deleted from the queue (`POST /queue {"delete"}`) and
+interrupted if running (`POST /interrupt {"prompt_id"}`, which ComfyUI acts on between two sampling
+steps), and `run` returns only once `/queue` no longer lists it, so the caller's lease is given back
+when ComfyUI has stopped working on it (within `CANCEL_DEADLINE_S`; a second cancellation of the
+caller stops the wait, not the cancellation).
 It must not choose workflows or parameters (gateway.workflows does) nor hold a lease.
 """
 
@@ -27,6 +31,8 @@ log = logging.getLogger("appliance.gateway")
 
 JOB_TIMEOUT_S = 600.0  # one prompt, queued and executed
 QUIET_POLL_S = 2.0  # check /history when the socket says nothing for this long
+CANCEL_DEADLINE_S = 60.0  # how long a cancelled prompt may take to leave ComfyUI's queue
+CANCEL_POLL_S = 0.05  # /queue polls while a cancelled prompt is still listed (no event says it left)
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10)
 
 
@@ -80,11 +86,11 @@ class ComfyClient:
             entry = await asyncio.wait_for(self._follow(ws, prompt_id), timeout_s)
             return await self._images(entry)
         except TimeoutError:
-            self._cancel_later(prompt_id)
+            await self._cancel_and_wait(prompt_id)
             raise ComfyFailed(f"ComfyUI did not finish the prompt within {timeout_s:.0f} s") from None
         except asyncio.CancelledError:
             if prompt_id:
-                self._cancel_later(prompt_id)
+                await self._cancel_and_wait(prompt_id)
             raise
         except aiohttp.ClientConnectorError as exc:
             log.warning("ComfyUI: cannot connect: %r", exc)  # the transport's text is for the log only
@@ -186,19 +192,41 @@ class ComfyClient:
                 raise ComfyFailed(f"ComfyUI GET /view {params['filename']} answered {resp.status}")
             return await resp.read()
 
-    def _cancel_later(self, prompt_id: str) -> None:
-        """Drop the prompt from ComfyUI's queue and interrupt it if running, without blocking."""
+    async def _cancel_and_wait(self, prompt_id: str) -> None:
+        """Cancel the prompt and wait until ComfyUI no longer runs or queues it. The cancellation
+        runs as its own task (kept in `background`): a second cancellation of the caller ends the
+        wait, never the cancellation."""
         task = asyncio.ensure_future(self._cancel(prompt_id))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        await asyncio.shield(task)
 
     async def _cancel(self, prompt_id: str) -> None:
         started = time.monotonic()
-        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-            async with self.session.post(f"{self.base}/queue", json={"delete": [prompt_id]},
-                                         timeout=REQUEST_TIMEOUT) as resp:
-                await resp.read()
-            async with self.session.post(f"{self.base}/interrupt", json={"prompt_id": prompt_id},
-                                         timeout=REQUEST_TIMEOUT) as resp:
-                await resp.read()
-        log.info("ComfyUI prompt %s cancelled (%.2f s)", prompt_id, time.monotonic() - started)
+        stopped = False
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            async with asyncio.timeout(CANCEL_DEADLINE_S):
+                async with self.session.post(f"{self.base}/queue", json={"delete": [prompt_id]},
+                                             timeout=REQUEST_TIMEOUT) as resp:
+                    await resp.read()
+                async with self.session.post(f"{self.base}/interrupt", json={"prompt_id": prompt_id},
+                                             timeout=REQUEST_TIMEOUT) as resp:
+                    await resp.read()
+                # Polling /queue: ComfyUI's messages for the prompt go to the client that left.
+                while not (stopped := not await self._listed(prompt_id)):  # noqa: ASYNC110
+                    await asyncio.sleep(CANCEL_POLL_S)
+        took = time.monotonic() - started
+        if stopped:
+            log.info("ComfyUI prompt %s cancelled (%.2f s)", prompt_id, took)
+        else:
+            log.warning("ComfyUI prompt %s: cancelled, but not confirmed gone from its queue after %.1f s",
+                        prompt_id, took)
+
+    async def _listed(self, prompt_id: str) -> bool:
+        """Whether `GET /queue` still shows the prompt running or pending (item[1] is its id)."""
+        async with self.session.get(f"{self.base}/queue", timeout=REQUEST_TIMEOUT) as resp:
+            data = await resp.json(content_type=None)
+        if not isinstance(data, dict):
+            return False
+        items = [*(data.get("queue_running") or []), *(data.get("queue_pending") or [])]
+        return any(isinstance(item, list) and len(item) > 1 and item[1] == prompt_id for item in items)

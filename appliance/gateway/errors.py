@@ -16,6 +16,7 @@ from typing import Any
 
 from starlette.responses import Response
 
+from ..logsetup import REQUEST_ID
 from ..residency import CannotFitError, LeaseError, ModelUnavailable, QueueFullError
 
 
@@ -118,6 +119,12 @@ class UpstreamFailed(ApiError):
     code = "engine_failed"
 
 
+class UpstreamTimeout(UpstreamFailed):
+    """The engine sent nothing for its `idle_timeout_s`."""
+
+    code = "engine_timeout"
+
+
 class EngineUnreachable(UpstreamFailed):
     """The engine refused the connection: the request never reached it (safe to send again)."""
 
@@ -150,13 +157,16 @@ class InternalError(ApiError):
         self.request_id = request_id
 
     def headers(self) -> dict[str, str]:
-        return {"X-Request-Id": self.request_id}
+        # The front door already sends the request's own id on every response; only an id made here
+        # (outside a request) needs the header.
+        return {} if REQUEST_ID.get() == self.request_id else {"X-Request-Id": self.request_id}
 
 
 def internal_error(log: logging.Logger, where: str) -> InternalError:
-    """Call from an `except Exception` block: log the traceback with a fresh request id, and return the
-    error to answer with (the id is the link between the client's report and the log line)."""
-    request_id = "req_" + secrets.token_hex(8)
+    """Call from an `except Exception` block: log the traceback under the request's id (the one the front
+    door gave it, or a fresh one outside a request), and return the error to answer with (the id is the
+    link between the client's report and the log line)."""
+    request_id = REQUEST_ID.get() or secrets.token_hex(8)
     log.exception("internal error on %s (request id %s)", where, request_id)
     return InternalError(request_id)
 

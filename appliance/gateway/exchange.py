@@ -2,8 +2,9 @@
 the client going away, and sending a JSON body, an error or a stream (with `KeepAlive` comments while
 a streaming request waits).
 
-A client disconnect cancels the task that serves the request (so the upstream request is dropped and
-the model's lease released by ordinary unwinding); uvicorn only reports a disconnect through
+A client disconnect cancels the task that serves the request: unwinding closes the engine connection,
+waits until the engine confirms it stopped (gateway.proxy.engine_request, gateway.comfy), and only then
+releases the model's lease; uvicorn only reports a disconnect through
 `receive()`, and its `send()` silently does nothing once the client is gone, hence the watcher.
 It must not know routes, models or engines.
 """

@@ -206,7 +206,7 @@ class OpenAIRoutes:
             await self._whole_from_stream(ex, call, name, raw, body)
             return
         status, data, ctype = await on_engine(self.app, name, call, lambda lease: proxy.post(
-            self.pools.get(lease.endpoint), call.route, raw, lease.engine.name))
+            proxy.upstream(self.pools, lease), call.route, raw))
         if status == 200:
             call.tokens_in, call.tokens_out = proxy.find_usage(data) or (None, None)
         await ex.respond(status, data, ctype)
@@ -224,8 +224,7 @@ class OpenAIRoutes:
                 if stitch is not None and lease.preemption is not None:
                     return await resume.relay_resumable(ex, self.pools, lease, stitch.request(), meter, stitch,
                                                         keepalive)
-                return await proxy.relay_stream(ex, self.pools.get(lease.endpoint), call.route, raw,
-                                                lease.engine.name, meter)
+                return await proxy.relay_stream(ex, proxy.upstream(self.pools, lease), call.route, raw, meter)
             except EngineUnreachable:
                 keepalive.start()  # nothing was sent upstream; keep the client company until the retry
                 raise
@@ -250,7 +249,7 @@ class OpenAIRoutes:
 
         async def relay(lease: Lease) -> tuple[int, bytes, bytes]:
             if lease.preemption is None:
-                return await proxy.post(self.pools.get(lease.endpoint), call.route, raw, lease.engine.name)
+                return await proxy.post(proxy.upstream(self.pools, lease), call.route, raw)
             sink = gather.Gathered()
             keepalive = KeepAlive(sink, "", self.keepalive_s)  # nobody to keep company: the client waits for JSON
             status = await resume.relay_resumable(sink, self.pools, lease, stitch.request(), proxy.StreamMeter(),
@@ -272,7 +271,7 @@ class OpenAIRoutes:
         validation.check_embeddings(body)
         ex.watch_disconnect()
         status, data, ctype = await on_engine(self.app, name, call, lambda lease: proxy.post(
-            self.pools.get(lease.endpoint), call.route, raw, lease.engine.name))
+            proxy.upstream(self.pools, lease), call.route, raw))
         if status == 200:
             call.tokens_in = (proxy.find_usage(data) or (None, None))[0]
             call.tokens_out = 0
@@ -292,7 +291,7 @@ class OpenAIRoutes:
         ex.watch_disconnect()
         content_type = CONTENT_TYPES[req.response_format].encode()
         status, audio = await on_engine(self.app, name, call, lambda lease: proxy.relay_raw(
-            ex, self.pools.get(lease.endpoint), call.route, raw, lease.engine.name, content_type))
+            ex, proxy.upstream(self.pools, lease), call.route, raw, content_type))
         if status == 200:
             call.audio_s = duration_s(req.response_format, audio)
 
@@ -355,7 +354,7 @@ class OpenAIRoutes:
         ex.watch_disconnect()
         raw = json.dumps(body).encode()
         status, data, _ = await on_engine(self.app, name, call, lambda lease: proxy.post(
-            self.pools.get(lease.endpoint), call.route, raw, lease.engine.name))
+            proxy.upstream(self.pools, lease), call.route, raw))
         if status != 200:
             raise EngineError(status, data)
         try:

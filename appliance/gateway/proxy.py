@@ -5,22 +5,30 @@ comes back unchanged: a JSON body whole, an SSE stream event by event as it arri
 beyond one incomplete event, so a crash mid-event cannot leave half an event before the error
 event), raw audio chunk by chunk. Usage is read from the bytes without parsing the whole body
 (`find_usage`). A refused connection becomes `EngineUnreachable` (nothing was sent: the caller may
-try again under a new lease); any other transport failure `UpstreamFailed` (502, or an SSE error
-event once a stream has started). Leaving early (the client went away) closes the upstream
-connection, which is how the engine learns to abort.
+try again under a new lease); an engine silent for its idle timeout `UpstreamTimeout`, any other
+transport failure `UpstreamFailed` (502, or an SSE error event once a stream has started). Leaving
+early (the client went away, a preemption, a timeout) closes the upstream connection, which is how
+the engine learns to abort, and then waits for the engine to confirm it stopped (`engine_request`;
+the own workers answer `POST /cancel` once their model thread let go, vLLM aborts on the closed
+connection), so the lease held around these calls is given back only once the engine is idle.
 It must not choose engines or hold leases: the caller does, around these calls.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from .errors import EngineUnreachable, UpstreamFailed
+from ..residency import Lease
+from .errors import EngineUnreachable, UpstreamFailed, UpstreamTimeout
 from .exchange import Exchange
-from .upstream import ConnectFailed, ResponseBroken, UpstreamPool
+from .upstream import ConnectFailed, IdleTimeout, Response, ResponseBroken, UpstreamPool, UpstreamPools
 
 log = logging.getLogger("appliance.gateway")
 
@@ -56,10 +64,65 @@ def _failed(engine: str, exc: Exception, during: str = "the request") -> Upstrea
     log.warning("engine %s: transport failure during %s: %r", engine, during, exc)
     if isinstance(exc, ConnectFailed):
         return EngineUnreachable(f"engine {engine!r} refused the connection")
+    if isinstance(exc, IdleTimeout):  # our own words: how long the engine was silent
+        return UpstreamTimeout(f"engine {engine!r} timed out during {during}: {exc}")
     if isinstance(exc, ResponseBroken):
         return UpstreamFailed(f"engine {engine!r} failed during {during}: it closed the connection before the "
                               "answer was complete")
     return UpstreamFailed(f"engine {engine!r} failed during {during}")
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One engine as the data path sees it: its keep-alive pool (with the engine's idle timeout), its
+    name, and `cancel(request_id)`, which returns once the engine has let go of that request."""
+
+    pool: UpstreamPool
+    engine: str
+    cancel: Callable[[str], Awaitable[None]]
+
+
+def upstream(pools: UpstreamPools, lease: Lease) -> Upstream:
+    eng = lease.engine
+    return Upstream(pools.get(lease.endpoint, eng.idle_timeout_s), eng.name, eng.cancel)
+
+
+_confirming: set[asyncio.Task[None]] = set()  # cancellations that outlived a twice-cancelled request
+
+
+async def _engine_let_go(up: Upstream, request_id: str) -> None:
+    """Wait until the engine confirms it stopped working on `request_id` (its connection is closed
+    already). A second cancellation of the caller (shutdown) stops the wait, not the confirmation."""
+    task = asyncio.ensure_future(up.cancel(request_id))
+    _confirming.add(task)
+    task.add_done_callback(_confirming.discard)
+    await asyncio.shield(task)
+
+
+@contextlib.asynccontextmanager
+async def engine_request(up: Upstream, path: str, body: bytes,
+                         during: str = "the request") -> AsyncIterator[Response]:
+    """Send a request; yield its response once the status and headers are in.
+
+    However the block ends, when it exits the engine is no longer working on the request: a response
+    not read to its end (the client went away, a preemption, a broken connection, an idle timeout)
+    has its connection closed and the engine's confirmation awaited, so the caller's lease is given
+    back only after the engine stopped. Transport failures become `UpstreamFailed` (502).
+    """
+    try:
+        resp = await up.pool.send(path, body)
+    except ConnectFailed as exc:
+        raise _failed(up.engine, exc) from exc
+    try:
+        await resp.headers()
+        yield resp
+    except (ResponseBroken, IdleTimeout) as exc:
+        raise _failed(up.engine, exc, during) from exc
+    finally:
+        complete = resp.complete
+        resp.release()
+        if not complete:
+            await _engine_let_go(up, resp.request_id)
 
 
 class StreamMeter:
@@ -95,16 +158,10 @@ class StreamMeter:
         return out
 
 
-async def post(pool: UpstreamPool, path: str, body: bytes, engine: str) -> tuple[int, bytes, bytes]:
+async def post(up: Upstream, path: str, body: bytes) -> tuple[int, bytes, bytes]:
     """(status, body, content type) of a non-streaming request."""
-    try:
-        resp = await pool.post(path, body)
-        try:
-            return resp.status, await resp.read(), resp.content_type or b"application/json"
-        finally:
-            resp.release()
-    except (ConnectFailed, ResponseBroken) as exc:
-        raise _failed(engine, exc) from exc
+    async with engine_request(up, path, body) as resp:
+        return resp.status, await resp.read(), resp.content_type or b"application/json"
 
 
 def _as_error_event(status: int, data: bytes) -> bytes:
@@ -119,16 +176,9 @@ def _as_error_event(status: int, data: bytes) -> bytes:
     return b"data: " + json.dumps(parsed).encode() + b"\n\ndata: [DONE]\n\n"
 
 
-async def relay_stream(ex: Exchange, pool: UpstreamPool, path: str, body: bytes, engine: str,
-                       meter: StreamMeter) -> int:
+async def relay_stream(ex: Exchange, up: Upstream, path: str, body: bytes, meter: StreamMeter) -> int:
     """Send an SSE stream from upstream to the client; return the upstream status."""
-    try:
-        resp = await pool.post(path, body)
-    except ConnectFailed as exc:
-        raise _failed(engine, exc) from exc
-    except ResponseBroken as exc:
-        raise _failed(engine, exc, "the stream") from exc
-    try:
+    async with engine_request(up, path, body, "the stream") as resp:
         if resp.status != 200:
             data = await resp.read()
             if ex.started:  # keep-alive comments already began the event stream
@@ -145,20 +195,11 @@ async def relay_stream(ex: Exchange, pool: UpstreamPool, path: str, body: bytes,
                     ex.delivered()  # a client may hang up now; the engine's last bytes are a formality
         await ex.end(meter.pending)
         return 200
-    except ResponseBroken as exc:
-        raise _failed(engine, exc, "the stream") from exc
-    finally:
-        resp.release()
 
 
-async def relay_raw(ex: Exchange, pool: UpstreamPool, path: str, body: bytes, engine: str,
-                    content_type: bytes) -> tuple[int, bytes]:
+async def relay_raw(ex: Exchange, up: Upstream, path: str, body: bytes, content_type: bytes) -> tuple[int, bytes]:
     """Pass a binary response (audio) through as it arrives; return (status, all bytes sent)."""
-    try:
-        resp = await pool.post(path, body)
-    except (ConnectFailed, ResponseBroken) as exc:
-        raise _failed(engine, exc) from exc
-    try:
+    async with engine_request(up, path, body) as resp:
         if resp.status != 200:
             data = await resp.read()
             await ex.respond(resp.status, data, resp.content_type or b"application/json")
@@ -175,7 +216,3 @@ async def relay_raw(ex: Exchange, pool: UpstreamPool, path: str, body: bytes, en
             await ex.write(chunk)
         await ex.end()
         return 200, b"".join(parts)
-    except ResponseBroken as exc:
-        raise _failed(engine, exc) from exc
-    finally:
-        resp.release()

@@ -30,10 +30,10 @@ import json
 from typing import Any
 
 from ..residency import Lease, LeaseError, Preempted
-from .errors import UpstreamFailed, from_lease_error
+from .errors import EngineUnreachable, UpstreamFailed, from_lease_error
 from .exchange import KeepAlive, StreamSink
-from .proxy import DONE, StreamMeter, _as_error_event, _failed
-from .upstream import ConnectFailed, ResponseBroken, UpstreamPool, UpstreamPools
+from .proxy import DONE, StreamMeter, Upstream, _as_error_event, engine_request, upstream
+from .upstream import ResponseBroken, UpstreamPools
 
 CHAT_ROUTE = "/v1/chat/completions"
 COMPLETIONS_ROUTE = "/v1/completions"
@@ -236,7 +236,7 @@ async def relay_resumable(ex: StreamSink, pools: UpstreamPools, lease: Lease, bo
     while True:
         try:
             preemption.check()
-            status = await _relay_segment(ex, pools.get(lease.endpoint), body, lease, meter, stitch)
+            status = await _relay_segment(ex, upstream(pools, lease), body, lease, meter, stitch)
         except Preempted:
             status = -1
         if status != -1:
@@ -254,48 +254,44 @@ async def relay_resumable(ex: StreamSink, pools: UpstreamPools, lease: Lease, bo
         body = stitch.continuation()
 
 
-async def _relay_segment(ex: StreamSink, pool: UpstreamPool, body: bytes, lease: Lease, meter: StreamMeter,
+async def _relay_segment(ex: StreamSink, up: Upstream, body: bytes, lease: Lease, meter: StreamMeter,
                          stitch: StreamStitch) -> int:
-    """One engine stream; -1 if it was preempted before it finished."""
+    """One engine stream; -1 if it was preempted before it finished. The preemption is detached (the
+    scheduler may release the engine) only once the engine let go of the aborted request."""
     preemption = lease.preemption
     assert preemption is not None
-    engine = lease.engine.name
     try:
-        resp = await pool.post(stitch.route, body)
-    except ConnectFailed as exc:
+        async with engine_request(up, stitch.route, body, "the stream") as resp:
+            preemption.attach(resp.abort)
+            if resp.status != 200:
+                data = await resp.read()
+                if ex.started:
+                    await ex.end(_as_error_event(resp.status, data))
+                else:
+                    await ex.respond(resp.status, data, resp.content_type or b"application/json")
+                return resp.status
+            await ex.start_sse()
+            done = False
+            try:
+                async for chunk in resp.chunks():
+                    out = stitch.feed(meter.feed(chunk))
+                    if out:
+                        await ex.write(out)
+                        if out.endswith(DONE):
+                            done = True
+                            ex.delivered()
+            except ResponseBroken:
+                if resp.aborted and not stitch.finished:
+                    return -1
+                raise
+            if resp.aborted and not stitch.finished:
+                return -1
+            # Aborted after its last token (finish_reason sent): the stream is complete; close it properly.
+            await ex.end(meter.pending if done or not resp.aborted else DONE)
+            return 200
+    except EngineUnreachable as exc:
         if stitch.segment:  # the stream already began: a retry would need a new lease anyway
-            raise UpstreamFailed(f"engine {engine!r} refused the connection while resuming") from exc
-        raise _failed(engine, exc) from exc
-    except ResponseBroken as exc:
-        raise _failed(engine, exc, "the stream") from exc
-    preemption.attach(resp.abort)
-    try:
-        if resp.status != 200:
-            data = await resp.read()
-            if ex.started:
-                await ex.end(_as_error_event(resp.status, data))
-            else:
-                await ex.respond(resp.status, data, resp.content_type or b"application/json")
-            return resp.status
-        await ex.start_sse()
-        done = False
-        async for chunk in resp.chunks():
-            out = stitch.feed(meter.feed(chunk))
-            if out:
-                await ex.write(out)
-                if out.endswith(DONE):
-                    done = True
-                    ex.delivered()
-        if resp.aborted and not stitch.finished:
-            return -1
-        # Aborted after its last token (finish_reason sent): the stream is complete; close it properly.
-        await ex.end(meter.pending if done or not resp.aborted else DONE)
-        return 200
-    except ResponseBroken as exc:
-        if resp.aborted and not stitch.finished:
-            return -1
-        raise _failed(engine, exc, "the stream") from exc
+            raise UpstreamFailed(f"engine {up.engine!r} refused the connection while resuming") from exc
+        raise
     finally:
-        resp.release()
         preemption.detach()
-

@@ -11,19 +11,26 @@ Content-Length, chunked, or delimited by the connection closing. A response body
 buffered). Idle connections are reused for at most `IDLE_MAX_S`, below uvicorn's 5 s keep-alive (vLLM),
 so a pooled connection is not one the engine is closing. Nothing is retried here: a refused connect
 raises `ConnectFailed` (nothing was sent), a connection lost before the response completed raises
-`ResponseBroken`. A response not read to its end closes its connection (that is how an engine learns
-its client went away), so always `release()` it.
+`ResponseBroken`, and an engine that sends no byte for the pool's `idle_timeout_s` (the headers
+included: a whole answer's first byte comes when it is complete) raises `IdleTimeout` and has its
+connection closed. A response not read to its end closes its connection (that is how an engine learns
+its client went away), so always `release()` it; `complete` says whether the engine finished the
+request. Every request carries an `X-Request-Id` (`Response.request_id`) by which the engine can be
+asked to cancel it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import cast
 
 import httptools
+
+from ..logsetup import REQUEST_ID
 
 CONNECT_TIMEOUT_S = 10.0
 IDLE_MAX_S = 2.0
@@ -43,12 +50,27 @@ class ResponseBroken(UpstreamError):
     """The connection failed or closed before the response was complete."""
 
 
-class Response:
-    __slots__ = ("_buffered", "_chunked", "_chunks", "_conn", "_done", "_error", "_headers_done", "_keep",
-                 "_streaming", "_waiter", "aborted", "content_length", "content_type", "status")
+def engine_request_id() -> str:
+    """The id one engine call carries (`X-Request-Id`; a worker's `/cancel` names it): the client request's
+    own id with a suffix, so the engine's log lines lead back to it (a resumed stream makes several calls
+    for one request), or a fresh one outside a request."""
+    suffix = secrets.token_hex(4)
+    client = REQUEST_ID.get()
+    return f"{client}-{suffix}" if client else secrets.token_hex(8)
 
-    def __init__(self, conn: Connection) -> None:
+
+class IdleTimeout(UpstreamError):
+    """The engine sent no byte for the pool's idle timeout; the connection was closed."""
+
+
+class Response:
+    __slots__ = ("_buffered", "_chunked", "_chunks", "_conn", "_done", "_error", "_headers_done", "_idle_s", "_keep",
+                 "_streaming", "_waiter", "aborted", "content_length", "content_type", "request_id", "status")
+
+    def __init__(self, conn: Connection, request_id: str = "", idle_s: float | None = None) -> None:
         self._conn = conn
+        self.request_id = request_id
+        self._idle_s = idle_s
         self.status = 0
         self.content_type = b""
         self.content_length: int | None = None
@@ -84,7 +106,7 @@ class Response:
         self._wake()
 
     def _lost(self, exc: BaseException | None) -> None:
-        if self._done:
+        if self._done or self._error is not None:
             return
         if self._headers_done and self.content_length is None and not self._chunked:
             self._finish(False)  # the body was delimited by the connection closing
@@ -94,8 +116,29 @@ class Response:
 
     # -- read by the caller ----------------------------------------------------------------------
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
-        await self._waiter
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        if self._idle_s is None:
+            await waiter
+            return
+        timer = loop.call_later(self._idle_s, self._idle, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+
+    def _idle(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.done() or self._done or self._error is not None:
+            return
+        self._error = IdleTimeout(f"the engine sent nothing for {self._idle_s:g} s")
+        self._keep = False
+        self._conn.close()  # the engine learns its client went away
+        self._wake()
+
+    @property
+    def complete(self) -> bool:
+        """The engine sent the whole response: it is not working on this request any more."""
+        return self._done and not self.aborted and self._error is None
 
     async def headers(self) -> None:
         while not self._headers_done:
@@ -226,11 +269,12 @@ class Connection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Keep-alive connections to one engine (`host`, `port`)."""
+    """Keep-alive connections to one engine (`host`, `port`); `idle_timeout_s`: None waits forever."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, idle_timeout_s: float | None = None) -> None:
         self.host = host
         self.port = port
+        self.idle_timeout_s = idle_timeout_s
         self._idle: list[Connection] = []
         self._head = b"Host: %s:%d\r\nContent-Type: application/json\r\nContent-Length: " % (host.encode(), port)
 
@@ -259,17 +303,24 @@ class UpstreamPool:
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc!r}") from exc
         return conn
 
-    async def post(self, path: str, body: bytes) -> Response:
-        """Send a JSON POST; return once the response's status and headers are in."""
+    async def send(self, path: str, body: bytes) -> Response:
+        """Send a JSON POST; return at once (`await resp.headers()` next). From here on the engine may
+        be working on the request: `release()` the response whatever happens."""
         conn = self._take() or await self._connect()
-        resp = Response(conn)
+        resp = Response(conn, engine_request_id(), self.idle_timeout_s)
         conn.response = resp
-        head = b"POST %s HTTP/1.1\r\n%s%d\r\n\r\n" % (path.encode(), self._head, len(body))
+        head = b"POST %s HTTP/1.1\r\nX-Request-Id: %s\r\n%s%d\r\n\r\n" % (
+            path.encode(), resp.request_id.encode(), self._head, len(body))
         transport = cast(asyncio.Transport, conn.transport)  # set in connection_made, before connect returns
         if len(body) < 65536:
             transport.write(head + body)
         else:
             transport.writelines((head, body))
+        return resp
+
+    async def post(self, path: str, body: bytes) -> Response:
+        """Send a JSON POST; return once the response's status and headers are in."""
+        resp = await self.send(path, body)
         try:
             await resp.headers()
         except BaseException:
@@ -289,12 +340,13 @@ class UpstreamPools:
     def __init__(self) -> None:
         self._pools: dict[str, UpstreamPool] = {}
 
-    def get(self, endpoint: str) -> UpstreamPool:
+    def get(self, endpoint: str, idle_timeout_s: float | None = None) -> UpstreamPool:
         pool = self._pools.get(endpoint)
         if pool is None:
             hostport = endpoint.split("://", 1)[-1].rstrip("/")
             host, _, port = hostport.rpartition(":")
             pool = self._pools[endpoint] = UpstreamPool(host, int(port))
+        pool.idle_timeout_s = idle_timeout_s
         return pool
 
     def close(self) -> None:

@@ -6,13 +6,15 @@ passed as None again, which diffusers requires, and so are components left out w
 residency of every torch component through
 `ModelResidence`, the size rule (multiples of the VAE scale times the transformer patch size), and
 generation with one CPU generator per image (seed, seed+1, ...) so a seed gives the same image on any
-device and after any offload. Runs on the model thread; must not know HTTP.
+device and after any offload, stopping between two denoising steps when asked (`on_step` raises). Runs
+on the model thread; must not know HTTP.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,9 +114,15 @@ class DiffusersBackend(ResidentWeights):
         on_cpu = self._device is not None and self._device.type == "cpu"
         return self.options.cpu_default_size if on_cpu else self.options.default_size
 
-    def generate(self, job: ImageJob) -> list[bytes]:
-        """Encoded images (PNG, JPEG or WebP), one per generator seed."""
+    def generate(self, job: ImageJob, on_step: Callable[[], None] = lambda: None) -> list[bytes]:
+        """Encoded images (PNG, JPEG or WebP), one per generator seed. `on_step` runs after every
+        denoising step; an exception it raises (a cancelled request) stops the pipeline there, before
+        the remaining steps and the decode."""
         import torch
+
+        def step_end(_pipe: Any, _step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            on_step()
+            return tensors
 
         generators = [torch.Generator(device="cpu").manual_seed(job.seed + i) for i in range(job.n)]
         kwargs: dict[str, Any] = {
@@ -126,6 +134,7 @@ class DiffusersBackend(ResidentWeights):
             "guidance_scale": job.guidance_scale,
             "generator": generators,
             "output_type": "pil",
+            "callback_on_step_end": step_end,
         }
         if job.negative_prompt:
             kwargs["negative_prompt"] = job.negative_prompt

@@ -5,7 +5,8 @@ size WxH in multiples the pipeline accepts, or none or "auto" for the
 model's default size, smaller on a CPU (`--default-size`, `--cpu-default-size`), response_format
 url or b64_json, output_format png/jpeg/webp; extensions seed, steps/num_inference_steps,
 guidance_scale, negative_prompt; a 400 names the field) and the response: always b64_json, each item
-with the seed that makes it again. Generation runs on the model thread.
+with the seed that makes it again. Generation runs on the model thread and stops between two denoising
+steps when its client goes away (`Worker.run_job`).
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ def add_routes(app: web.Application, worker: Worker, backend: DiffusersBackend) 
         body = await read_json(request)
         check_model(body, worker)
         require_str(body, "prompt", max_len=MAX_PROMPT_CHARS)  # before a load, which may take minutes
-        async with worker.serving():
+        async with worker.serving(request) as work:
             job = parse_job(body, backend)  # the size rule comes from the loaded pipeline
-            images = await worker.run(backend.generate, job)
+            images = await worker.run_job(work, backend.generate, job, work.step)  # cancelled between steps
         data = [
             {"b64_json": base64.b64encode(image).decode("ascii"), "revised_prompt": job.prompt, "seed": job.seed + i}
             for i, image in enumerate(images)

@@ -2,8 +2,10 @@
 
 Owns a queue of pending requests and one drain task: while a batch runs on the model thread, newly
 arrived requests wait and then go together in the next call, up to `max_batch` texts (one request bigger
-than that is still sent whole; the model splits it by its own batch size). Pure asyncio, no model code:
-`encode` is whatever runs the model.
+than that is still sent whole; the model splits it by its own batch size). A caller cancelled (its
+client went away) while its texts still wait is taken out of the queue, so they are never computed;
+one whose texts are in the running batch waits until that batch is done, so the request ends only
+once the model has let go of it. Pure asyncio, no model code: `encode` is whatever runs the model.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from services.jobs import outlast
 
 Vector = TypeVar("Vector")
 
@@ -35,16 +39,29 @@ class Batcher(Generic[Vector]):
         """Requests queued behind the running batch."""
         return len(self._pending)
 
-    def submit(self, texts: Sequence[str]) -> asyncio.Future[list[Vector]]:
-        """Queue `texts` now; the future resolves with their vectors, in order."""
+    def _queue(self, texts: Sequence[str]) -> _Pending[Vector]:
         item: _Pending[Vector] = _Pending(texts)
         self._pending.append(item)
         if self._drain is None or self._drain.done():
             self._drain = asyncio.create_task(self._run())
-        return item.done
+        return item
+
+    def submit(self, texts: Sequence[str]) -> asyncio.Future[list[Vector]]:
+        """Queue `texts` now; the future resolves with their vectors, in order."""
+        return self._queue(texts).done
 
     async def embed(self, texts: Sequence[str]) -> list[Vector]:
-        return await self.submit(texts)
+        """The vectors of `texts`; see the module docstring for a cancelled caller."""
+        item = self._queue(texts)
+        try:
+            return await asyncio.shield(item.done)
+        except asyncio.CancelledError:
+            if item in self._pending:
+                self._pending.remove(item)  # never reached the model
+                item.done.cancel()
+            else:
+                await outlast(item.done)  # on the model now: wait until it let go
+            raise
 
     def _take(self) -> list[_Pending[Vector]]:
         batch = [self._pending.pop(0)]

@@ -123,7 +123,7 @@ def add_routes(app: web.Application, worker: Worker, backend: EmbedBackend, max_
         fmt = opt_choice(body, "encoding_format", ("float", "base64"), "float")
         dimensions = opt_int(body, "dimensions", None, lo=1)
         truncate = opt_bool(body, "truncate", False)
-        async with worker.serving():
+        async with worker.serving(request):  # /cancel finds it; a cancelled one ends once its batch did
             if dimensions is not None and dimensions > backend.dimension:
                 raise bad_request("dimensions", f"this model has {backend.dimension} dimensions; got {dimensions}")
             texts, tokens = await worker.run(prepare_inputs, items, truncate, body)

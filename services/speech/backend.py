@@ -9,6 +9,7 @@ and delegating residency and synthesis to the engine. Runs on the model thread. 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,8 +131,8 @@ class SpeechBackend:
         raise UnknownVoice(f"unknown voice {requested!r}: this model speaks {_listing(names)}, "
                            f"or one of {', '.join(aliases)}")  # fmt: skip
 
-    def synthesize(self, utterance: Utterance) -> Audio:
-        return self.engine.synthesize(utterance)
+    def synthesize(self, utterance: Utterance, on_sentence: Callable[[], None] = lambda: None) -> Audio:
+        return self.engine.synthesize(utterance, on_sentence)
 
 
 def _listing(names: list[str], limit: int = 20) -> str:

@@ -1,7 +1,7 @@
 """The speech engine contract and the model-path grammar of the speech worker.
 
 Owns `Utterance` (what to say and how), the `SpeechEngine` protocol every engine implements (all methods
-run on the model thread) and `parse_model_spec`, which reads `--model-path`:
+run on the model thread), `split_sentences` and `parse_model_spec`, which reads `--model-path`:
 
     piper:<voice name or .onnx path>    e.g. piper:en_US-joe-medium
     xtts:<model dir or coqui model name> e.g. xtts:tts_models/multilingual/multi-dataset/xtts_v2
@@ -13,6 +13,8 @@ Must not import any engine library.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -49,7 +51,20 @@ class SpeechEngine(Protocol):
 
     def default_voice(self) -> str: ...
 
-    def synthesize(self, utterance: Utterance) -> Audio: ...
+    def synthesize(self, utterance: Utterance, on_sentence: Callable[[], None] = ...) -> Audio:
+        """The utterance's audio. `on_sentence` runs after each sentence the engine synthesizes
+        separately (at least once); an exception it raises (a cancelled request) stops synthesis there."""
+        ...
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?…。！？])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """The text cut after sentence-ending punctuation followed by white space (what an engine that
+    synthesizes a whole text at once is given sentence by sentence, so a cancel can stop it between
+    two); never an empty piece."""
+    return [s for s in (part.strip() for part in _SENTENCE_END.split(text)) if s] or [text]
 
 
 class VoiceNotFound(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,8 @@ class EspeakEngine:
     def default_voice(self) -> str:
         return self._default_voice
 
-    def synthesize(self, utterance: Utterance) -> Audio:
+    def synthesize(self, utterance: Utterance, on_sentence: Callable[[], None] = lambda: None) -> Audio:
+        """One espeak-ng run for the whole text (it takes milliseconds): one unit of work."""
         assert self._binary is not None
         voice = utterance.voice if utterance.voice in self._voices else self._default_voice
         wpm = int(min(max(BASE_WPM * utterance.speed, 80), 500))
@@ -81,4 +83,5 @@ class EspeakEngine:
                 timeout=TIMEOUT_S,
             )
             samples, rate = sf.read(out, dtype="float32", always_2d=False)
+        on_sentence()
         return Audio(np.asarray(samples, dtype=np.float32), int(rate))

@@ -9,6 +9,7 @@ and wake are state changes: the voice lives in host RAM. Runs on the model threa
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +90,15 @@ class PiperEngine:
         speakers = dict(self._voice.config.speaker_id_map or {}) if self._voice is not None else {}
         return next((name for name, sid in speakers.items() if sid == 0), None) or self.voices()[0]
 
-    def synthesize(self, utterance: Utterance) -> Audio:
+    def synthesize(self, utterance: Utterance, on_sentence: Callable[[], None] = lambda: None) -> Audio:
         from piper import SynthesisConfig
 
         config = self._voice.config
         speakers = config.speaker_id_map or {}
         base_scale = config.length_scale or 1.0
         syn = SynthesisConfig(speaker_id=speakers.get(utterance.voice), length_scale=base_scale / utterance.speed)
-        chunks = [
-            np.asarray(c.audio_float_array, dtype=np.float32) for c in self._voice.synthesize(utterance.text, syn)
-        ]
+        chunks = []
+        for chunk in self._voice.synthesize(utterance.text, syn):  # lazily, one sentence at a time
+            chunks.append(np.asarray(chunk.audio_float_array, dtype=np.float32))
+            on_sentence()
         return Audio(concatenate(chunks, config.sample_rate, SENTENCE_GAP_S), int(config.sample_rate))

@@ -5,7 +5,9 @@ OpenAI's names (see `SpeechBackend.resolve_voice`; anything else is a 400 naming
 0.25-4.0, response_format wav, mp3, opus, flac or pcm; `instructions` and `stream_format: sse` are
 refused, not ignored; a 400 names the field), the raw audio response
 with its Content-Type and the voice it used (`X-Voice`), and the voices list (engine, voices, the
-configured mapping, fallback reason). Synthesis runs on the model thread, encoding on a helper thread.
+configured mapping, fallback reason). Synthesis runs on the model thread, sentence by sentence where the
+engine allows, and stops between two sentences when the client goes away; encoding runs on a helper
+thread.
 """
 
 from __future__ import annotations
@@ -39,14 +41,15 @@ def add_routes(app: web.Application, worker: Worker, backend: SpeechBackend) -> 
                               code="unsupported_parameter")  # fmt: skip
         opt_choice(body, "stream_format", ("audio",), "audio")  # no SSE audio stream
         requested = speech_voice(body)
-        async with worker.serving():
+        async with worker.serving(request) as job:
             try:
                 voice = await worker.run(backend.resolve_voice, requested)
             except UnknownVoice as exc:
                 raise bad_request("voice", str(exc), code="unknown_voice") from None
             utterance = Utterance(text=text, voice=voice, speed=speed, language=language)
             try:
-                audio = await worker.run(backend.synthesize, utterance)
+                # stops between two sentences when the client goes away (Worker.run_job)
+                audio = await worker.run_job(job, backend.synthesize, utterance, job.step)
             except UnknownLanguage as exc:
                 raise bad_request("language", str(exc)) from None
         data, content_type = await asyncio.to_thread(encode, audio, fmt)

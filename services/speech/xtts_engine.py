@@ -10,7 +10,8 @@ for it), residency through `ModelResidence`, and voice selection:
 - a built-in speaker by name (e.g. "Ana Florence");
 - any other name (OpenAI's alloy, echo, ...) uses the default speaker.
 
-Runs on the model thread. Must not import TTS before the licence is accepted.
+Synthesis goes one sentence per `tts()` call, so a cancelled request stops between two sentences. Runs
+on the model thread. Must not import TTS before the licence is accepted.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from services.memory import ResidentWeights
-from services.speech.audio import Audio
-from services.speech.engines import XTTS_MODEL_NAME, Utterance
+from services.speech.audio import Audio, concatenate
+from services.speech.engines import XTTS_MODEL_NAME, Utterance, split_sentences
 
 if TYPE_CHECKING:
     from services.weights import ModelResidence
 
 XTTS_RATE = 24_000
+SENTENCE_GAP_S = 0.2  # silence between two sentences synthesized separately
 LANGUAGES = (
     "en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi",
 )  # fmt: skip
@@ -125,11 +127,13 @@ class XttsEngine(ResidentWeights):
     def default_voice(self) -> str:
         return self._default_speaker
 
-    def synthesize(self, utterance: Utterance) -> Audio:
+    def synthesize(self, utterance: Utterance, on_sentence: Callable[[], None] = lambda: None) -> Audio:
+        """One coqui `tts()` call per sentence (`split_sentences`), `on_sentence` after each, joined
+        with a short pause, so a cancelled request stops between two sentences."""
         language = (utterance.language or self._default_language).lower()
         if language not in LANGUAGES:
             raise UnknownLanguage(f"XTTS speaks {', '.join(LANGUAGES)}; got {language!r}")
-        kwargs: dict[str, Any] = {"language": language, "speed": utterance.speed, "split_sentences": True}
+        kwargs: dict[str, Any] = {"language": language, "speed": utterance.speed, "split_sentences": False}
         cloned = self.cloned_voices()
         if utterance.voice in cloned:
             kwargs["speaker_wav"] = [str(p) for p in cloned[utterance.voice]]
@@ -137,7 +141,10 @@ class XttsEngine(ResidentWeights):
             kwargs["speaker"] = utterance.voice
         else:
             kwargs["speaker"] = self._default_speaker
-        samples = np.asarray(self._tts.tts(utterance.text, **kwargs), dtype=np.float32).reshape(-1)
         synthesizer = getattr(self._tts, "synthesizer", None)
         rate = int(getattr(synthesizer, "output_sample_rate", 0) or XTTS_RATE)
-        return Audio(samples, rate)
+        parts = []
+        for sentence in split_sentences(utterance.text):
+            parts.append(np.asarray(self._tts.tts(sentence, **kwargs), dtype=np.float32).reshape(-1))
+            on_sentence()
+        return Audio(concatenate(parts, rate, SENTENCE_GAP_S), rate)

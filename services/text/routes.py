@@ -6,8 +6,9 @@ refused from its length before it is tokenized), the response and chunk shapes o
 (first chunk carries the role, `stream_options.include_usage` adds a usage chunk with empty choices, the
 stream always ends with `data: [DONE]`), and the bridge from the model thread's token callback to the
 event loop. Generations run one at a time on the model thread, in arrival order (this worker serves
-small models and CPU boxes; vLLM does continuous batching). A client that disconnects cancels its
-generation at the next token. Must not touch the model directly: everything goes through `TextBackend`
+small models and CPU boxes; vLLM does continuous batching). A client that disconnects (or a `/cancel`)
+cancels its generation at the next token, and the request ends only once the model thread has let go
+of it. Must not touch the model directly: everything goes through `TextBackend`
 on the model thread.
 """
 
@@ -26,6 +27,7 @@ from aiohttp import web
 
 from appliance.fields import check_text_length, opt_bool, opt_int, opt_number, opt_object, refuse_unhonoured
 from services.errors import OpenAIError, bad_request
+from services.jobs import Cancelled, Job, outlast
 from services.protocol import Worker, check_model, read_json
 from services.text.backend import Encoded, Sampling, TextBackend
 from services.text.streaming import TextAssembler
@@ -141,13 +143,15 @@ def parse_prompt(body: dict[str, Any]) -> str | list[int]:
 
 async def generate(
     worker: Worker,
+    job: Job,
     backend: TextBackend,
     encoded: Encoded,
     sampling: Sampling,
     emit: Callable[[str, int], Awaitable[None]],
 ) -> Outcome:
-    """Run one generation on the model thread, handing text deltas to `emit` as they are decoded,
-    with the number of tokens generated so far (some may still be held back as text)."""
+    """Run one generation for `job` on the model thread, handing text deltas to `emit` as they are
+    decoded, with the number of tokens generated so far (some may still be held back as text). Each
+    token is one unit of `job`'s work: a cancelled job stops at the next one."""
     loop = asyncio.get_running_loop()
     tokens: asyncio.Queue[int | None] = asyncio.Queue()
     cancel = threading.Event()
@@ -155,8 +159,9 @@ async def generate(
 
     def on_token(token: int) -> None:  # model thread
         loop.call_soon_threadsafe(tokens.put_nowait, token)
+        job.step()  # raises Cancelled out of generate() once the job is cancelled
 
-    future = worker.submit(backend.generate, encoded, sampling, on_token, cancel)
+    future = worker.submit_job(job, backend.generate, encoded, sampling, on_token, cancel)
 
     # Runs after every on_token callback already queued: the executor's result arrives the same way.
     def finished(done: asyncio.Future[str]) -> None:
@@ -177,7 +182,8 @@ async def generate(
         if tail:
             await emit(tail, assembler.tokens)
     except BaseException:
-        cancel.set()
+        job.cancel()  # the client is gone (or emit failed): stop, and wait until the model thread has
+        await outlast(future)  # let go, so the next request does not queue behind this one
         raise
     return Outcome(assembler.text, "stop" if assembler.stopped else reason, len(encoded.prompt_ids), assembler.tokens)
 
@@ -228,10 +234,11 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
         sampling = parse_sampling(body)
         stream = opt_bool(body, "stream", False)
         include_usage, continuous = parse_stream_usage(body)
-        async with worker.serving():
+        async with worker.serving(request) as job:
             check_text_length(sum(len(m["content"]) for m in messages), backend.context, "messages")
             encoded = await worker.run(backend.encode_chat, messages, sampling, continuing)
-            return await _respond(request, "chat", encoded, sampling, stream, include_usage, continuous=continuous)
+            return await _respond(request, job, "chat", encoded, sampling, stream, include_usage,
+                                  continuous=continuous)
 
     async def completions(request: web.Request) -> web.StreamResponse:
         body = await read_json(request)
@@ -243,16 +250,17 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
         echo = opt_bool(body, "echo", False)
         if body.get("suffix"):
             raise bad_request("suffix", "'suffix' is not supported by this worker")
-        async with worker.serving():
+        async with worker.serving(request) as job:
             check_text_length(len(prompt) if isinstance(prompt, str) else 0, backend.context, "prompt")
             encoded = await worker.run(backend.encode_prompt, prompt, sampling)
             prefix = (prompt if isinstance(prompt, str) else backend.decode(prompt)) if echo else ""
             return await _respond(
-                request, "completion", encoded, sampling, stream, include_usage, prefix, continuous=continuous
+                request, job, "completion", encoded, sampling, stream, include_usage, prefix, continuous=continuous
             )
 
     async def _respond(
         request: web.Request,
+        job: Job,
         kind: str,
         encoded: Encoded,
         sampling: Sampling,
@@ -288,7 +296,7 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
             return out
 
         if not stream:
-            outcome = await generate(worker, backend, encoded, sampling, _ignore)
+            outcome = await generate(worker, job, backend, encoded, sampling, _ignore)
             if is_chat:
                 choice: dict[str, Any] = {
                     "index": 0,
@@ -321,8 +329,10 @@ def add_routes(app: web.Application, worker: Worker, backend: TextBackend) -> No
             await events.send(chunk(prefix, None))
         try:
             outcome = await generate(
-                worker, backend, encoded, sampling, lambda d, n: events.send(chunk(d, None, tokens=n))
+                worker, job, backend, encoded, sampling, lambda d, n: events.send(chunk(d, None, tokens=n))
             )
+        except Cancelled:  # cancelled through /cancel: whoever asked is not reading any more
+            return events.response
         except OpenAIError as exc:
             await events.send(exc.envelope())
             return await events.close()

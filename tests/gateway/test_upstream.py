@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from appliance.gateway import upstream
-from appliance.gateway.upstream import ConnectFailed, ResponseBroken, UpstreamPool
+from appliance.gateway.upstream import ConnectFailed, IdleTimeout, ResponseBroken, UpstreamPool
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -184,4 +184,55 @@ async def test_a_fast_stream_pauses_reading_until_consumed(monkeypatch: pytest.M
         async for chunk in chunks:
             total += len(chunk)
         assert total == 32 * len(block) and not conn._paused
+        resp.release()
+
+
+async def test_silent_engine_times_out_and_learns_the_client_left() -> None:
+    """Issue 13 item 4: no byte for the pool's idle timeout raises IdleTimeout and closes the connection;
+    a byte in time restarts the clock; every request carries an X-Request-Id."""
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await reader.read()  # then silence, until the client hangs up
+
+    server = Server(script)
+    async with server as pool:
+        pool.idle_timeout_s = 0.2
+        resp = await pool.post("/", b"{}")
+        got = []
+        with pytest.raises(IdleTimeout, match=r"sent nothing for 0\.2 s"):
+            async for chunk in resp.chunks():
+                got.append(chunk)
+        assert got == [b"hello"] and not resp.complete
+        resp.release()
+        await asyncio.wait_for(server.closed.wait(), 10)  # the engine saw its client go
+    assert f"X-Request-Id: {resp.request_id}\r\n".encode() in server.requests[0] and len(resp.request_id) == 16
+
+
+async def test_silent_engine_before_the_headers_times_out() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # a whole answer still being computed: not a byte yet
+
+    async with Server(script) as pool:
+        pool.idle_timeout_s = 0.2
+        with pytest.raises(IdleTimeout):
+            await pool.post("/", b"{}")
+
+
+async def test_a_complete_response_is_complete_and_an_aborted_one_is_not() -> None:
+    async with Server(reply(b"{}")) as pool:
+        resp = await pool.post("/", b"{}")
+        await resp.read()
+        assert resp.complete
+        resp.release()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with Server(script) as pool:
+        resp = await pool.post("/", b"{}")
+        resp.abort()  # a preemption: the engine was still sending
+        assert not resp.complete
         resp.release()

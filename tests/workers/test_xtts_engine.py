@@ -251,3 +251,24 @@ def test_xtts_real_run(log_dir: Path) -> None:
         assert rate == 24_000 and len(samples) / rate > 0.5
     finally:
         worker.stop()
+
+
+def test_xtts_speaks_sentence_by_sentence_and_stops_between_two(voices_dir: Path) -> None:
+    """Issue 13 item 3: a cancelled request stops XTTS between two sentences, not after the whole text."""
+    made: list[FakeCoquiTTS] = []
+    engine = make_engine(voices_dir, accept=True, environ={}, made=made)
+    engine.load()
+    audio = engine.synthesize(Utterance("One two three. Four five? Six.", voice="narrator"))
+    assert [c["text"] for c in made[0].calls] == ["One two three.", "Four five?", "Six."]
+    assert audio.seconds == pytest.approx(0.1 * 6 + 2 * 0.2, abs=0.01)  # six words, two pauses
+
+    class Stop(Exception):
+        pass
+
+    def cancelled() -> None:
+        raise Stop
+
+    made[0].calls.clear()
+    with pytest.raises(Stop):
+        engine.synthesize(Utterance("First one. Second one. Third one.", voice="narrator"), cancelled)
+    assert [c["text"] for c in made[0].calls] == ["First one."]

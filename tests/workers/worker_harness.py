@@ -9,6 +9,7 @@ A module of its own (not conftest) so test modules import it by a name no other 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -105,3 +106,36 @@ def start_worker(
         served.stop()
         raise
     return served
+
+
+def worker_stats(worker: ServedProcess) -> dict[str, Any]:
+    stats: dict[str, Any] = httpx.get(worker.base_url + "/stats", timeout=10).json()
+    return stats
+
+
+def send_raw(worker: ServedProcess, path: str, body: dict[str, Any], request_id: str) -> socket.socket:
+    """POST `body` on a raw connection and leave the answer unread (the caller hangs up by closing it)."""
+    data = json.dumps(body).encode()
+    port = int(worker.base_url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"X-Request-Id: {request_id}\r\nContent-Length: {len(data)}\r\n\r\n")
+    sock.sendall(head.encode() + data)
+    return sock
+
+
+def abandon(worker: ServedProcess, path: str, body: dict[str, Any], request_id: str,
+            after_steps: int = 2) -> dict[str, Any]:
+    """Start a request, hang up once the worker has done `after_steps` units of its work, wait until the
+    worker is idle again; return its /stats then. Asserts the request was still running when dropped."""
+    before = worker_stats(worker)["steps"]
+    sock = send_raw(worker, path, body, request_id)
+    try:
+        wait_until(lambda: worker_stats(worker)["steps"] - before >= after_steps, 60, "the job's first steps")
+        running = worker_stats(worker)
+        assert running["busy"] and running["in_flight"] == 1, running
+    finally:
+        sock.close()
+    wait_until(lambda: not worker_stats(worker)["busy"] and worker_stats(worker)["in_flight"] == 0, 60,
+               "the worker idle again after the client hung up")
+    return worker_stats(worker)
