@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from . import store_cli
 from .config import Config, ConfigError, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -70,10 +71,14 @@ def serve(config: ConfigOpt = None,
     from .daemon import RefusedBind
     from .daemon import serve as run_daemon
     from .gateway.keys import KeyStore
+    from .store import StoreError
+    from .store_cli import open_configured
 
     bind_host = host or cfg.server.host
     bind_port = port or cfg.server.port
-    has_keys = KeyStore(cfg.state_path() / "data" / "keys.db").has_active()
+    store = open_configured(cfg)
+    has_keys = KeyStore(store).has_active()
+    store.close()
     try:
         import uvloop
 
@@ -83,7 +88,7 @@ def serve(config: ConfigOpt = None,
     try:
         asyncio.run(run_daemon(cfg, bind_host, bind_port, has_keys, os.environ.get("HF_ENDPOINT"),
                                os.environ.get("HF_TOKEN")))
-    except RefusedBind as exc:
+    except (RefusedBind, StoreError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
@@ -210,6 +215,7 @@ def _register_optional() -> None:
 
 
 _register_optional()
+app.add_typer(store_cli.app, name="store")
 
 
 def main() -> None:

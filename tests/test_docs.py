@@ -30,7 +30,7 @@ def documented(key: str) -> bool:
 def test_every_setting_is_documented() -> None:
     missing: list[str] = []
     for model in (c.ServerConfig, c.GpuConfig, c.SchedulerConfig, c.ModelConfig, c.LicenceConfig, c.VllmEngine,
-                  c.ComfyUIEngine, c.WorkerEngine, c.OpenWebUIEngine):
+                  c.ComfyUIEngine, c.WorkerEngine, c.OpenWebUIEngine, c.StoreConfig, c.JobsConfig):
         missing += [f"{model.__name__}.{key}" for key in keys(model) if not documented(key)]
     assert "`profile`" in DOC
     assert not missing, f"undocumented settings: {missing}"

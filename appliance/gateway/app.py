@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..app import Appliance
-from ..usage import MemoryUsageSink, UsageSink
+from ..usage import UsageSink
 from . import admin, usage_api
 from .auth import Authenticator, KeyCache, RateLimiter, is_loopback
 from .errors import ApiError, InvalidRequest, NotFound
@@ -45,7 +45,8 @@ class ApplianceApp(FastAPI):
 
 
 def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
-    """The daemon's ASGI app. `usage` receives one record per finished /v1 request (default: in memory)."""
+    """The daemon's ASGI app. `usage` receives one record per finished /v1 request (default: the
+    appliance's durable sink)."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await appliance.startup()
@@ -85,11 +86,12 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
 
     server = appliance.config.server
     data_dir = appliance.state_dir / "data"
-    sink = usage if usage is not None else MemoryUsageSink()
+    sink = usage if usage is not None else appliance.usage
     app.state.usage = sink
-    auth = Authenticator(KeyCache(KeyStore(data_dir / "keys.db")), RateLimiter(server.rate_limit_per_minute),
+    auth = Authenticator(KeyCache(KeyStore(appliance.store)), RateLimiter(server.rate_limit_per_minute),
                          open_when_no_keys=is_loopback(appliance.host))
-    images = ImageStore(data_dir / "images", data_dir / "image_url.key", server.image_url_ttl_s)
+    images = ImageStore(data_dir / "images", data_dir / "image_url.key", server.image_url_ttl_s,
+                        keep_s=appliance.config.store.image_retention_h * 3600)
     routes = OpenAIRoutes(appliance, sink, images)
     app.front = Gateway(app.fastapi, routes=routes, auth=auth, images=images)
     return app

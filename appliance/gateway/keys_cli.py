@@ -1,4 +1,4 @@
-"""`appliance keys create|list|revoke`: manage API keys in `<state_dir>/data/keys.db`.
+"""`appliance keys create|list|revoke`: manage API keys in the appliance's store (`store.url`).
 
 The key is printed once, at creation; only its hash is stored. A running daemon notices new and
 revoked keys within about a second (gateway.auth). The configuration is resolved like every other
@@ -23,9 +23,9 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="config f
 
 def _store(config: Path | None) -> KeyStore:
     from ..cli import obtain_config
+    from ..store_cli import open_configured
 
-    cfg = obtain_config(config)
-    return KeyStore(cfg.state_path() / "data" / "keys.db")
+    return KeyStore(open_configured(obtain_config(config)))
 
 
 def _when(ts: float | None) -> str:

@@ -107,7 +107,7 @@ class Store(Protocol):
 
     def usage_days(self, *, since: float | None, until: float | None, key_id: str | None,
                    model: str | None) -> list[dict[str, Any]]:
-        """Per (day, model) totals: from raw records, and from rollups for days whose records are gone."""
+        """Per (day, model, key) totals: from raw records, and from rollups for days whose records are gone."""
         ...
 
     def usage_rollup(self, before_day: str) -> int:

@@ -149,7 +149,8 @@ class SqlStore:
         where, params = _filters(since, until, key_id, model)
 
         def read(tx: Tx) -> list[dict[str, Any]]:
-            raw = tx.query(f"SELECT day, model, {_SUMS} FROM usage WHERE {where} GROUP BY day, model", params)
+            raw = tx.query(f"SELECT day, model, coalesce(key_id, '-') AS key_id, {_SUMS} FROM usage WHERE {where} "
+                           "GROUP BY day, model, coalesce(key_id, '-')", params)
             dwhere, dparams = ["1=1"], []
             for clause, value in (("day >= ?", since and day_of(since)), ("day <= ?", until and day_of(until)),
                                   ("key_id = ?", key_id), ("model = ?", model)):
@@ -157,23 +158,25 @@ class SqlStore:
                     dwhere.append(clause)
                     dparams.append(value)
             rolled = tx.query(
-                "SELECT day, model, sum(requests) AS requests, sum(errors) AS errors, sum(tokens_in) AS tokens_in, "
-                "sum(tokens_out) AS tokens_out, sum(images) AS images, sum(audio_s) AS audio_s, "
-                f"sum(gpu_s) AS gpu_s FROM usage_daily WHERE {' AND '.join(dwhere)} GROUP BY day, model", dparams)
+                "SELECT day, model, key_id, sum(requests) AS requests, sum(errors) AS errors, "
+                "sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out, sum(images) AS images, "
+                f"sum(audio_s) AS audio_s, sum(gpu_s) AS gpu_s FROM usage_daily WHERE {' AND '.join(dwhere)} "
+                "GROUP BY day, model, key_id", dparams)
             return raw + rolled
 
-        seen: set[tuple[str, str]] = set()
+        seen: set[tuple[str, str, str]] = set()
         out: list[dict[str, Any]] = []
         for r in self._read(read):  # raw records first: a rolled-up day still holding records reads them
-            slot = (r["day"], r["model"])
+            slot = (r["day"], r["model"], r["key_id"])
             if slot in seen:
                 continue
             seen.add(slot)
-            out.append({"day": r["day"], "model": r["model"], "requests": int(r["requests"]),
+            out.append({"day": r["day"], "model": r["model"],
+                        "key_id": None if r["key_id"] == "-" else r["key_id"], "requests": int(r["requests"]),
                         "errors": int(r["errors"] or 0), "tokens_in": int(r["tokens_in"] or 0),
                         "tokens_out": int(r["tokens_out"] or 0), "images": int(r["images"] or 0),
                         "audio_s": float(r["audio_s"] or 0), "gpu_s": float(r["gpu_s"] or 0)})
-        return sorted(out, key=lambda r: (r["day"], r["model"]))
+        return sorted(out, key=lambda r: (r["day"], r["model"], r["key_id"] or ""))
 
     def usage_rollup(self, before_day: str) -> int:
         def roll(tx: Tx) -> int:

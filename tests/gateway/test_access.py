@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from appliance.gateway.errors import (
 )
 from appliance.gateway.keys import KeyStore
 from appliance.residency import CannotFitError, ModelUnavailable, QueueFullError
+from appliance.store import open_store
 
 
 class Clock:
@@ -35,8 +37,10 @@ def bearer(key: str) -> bytes:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> KeyStore:
-    return KeyStore(tmp_path / "data" / "keys.db")
+def store(tmp_path: Path) -> Iterator[KeyStore]:
+    backing = open_store("", tmp_path)
+    yield KeyStore(backing)
+    backing.close()
 
 
 def test_key_cache_verifies_without_the_database_and_sees_revocation_after_recheck(store: KeyStore) -> None:
