@@ -22,10 +22,12 @@ from .downloads import Downloads
 from .engines.base import EngineContext
 from .engines.engine import Engine, build_adapter, enabled_engines
 from .events import EventBus
+from .gateway.images import ImageStore
 from .gpu import GIB_BYTES, DeclaredProbe, FakeGpuProbe, GpuProbe, NvmlProbe, detect_probe
 from .scheduler.loop import ResidencyManager, weights_bytes
 from .scheduler.sizing import size_vllm
 from .store import open_store
+from .store.maintenance import Maintenance
 from .store.state_doc import StoreStateDoc
 from .store.usage_sink import StoreUsageSink
 from .supervisor.launcher import Launcher, OsLauncher, PidFile
@@ -114,6 +116,11 @@ class Appliance:
         self.downloads = Downloads(catalog, self.state_dir / "models", self.bus, set(config.licences.accepted),
                                    hub_endpoint, hub_token)
         self.usage = StoreUsageSink(self.store, config.store.usage_flush_s, config.store.usage_batch_max)
+        data_dir = self.state_dir / "data"
+        self.images = ImageStore(data_dir / "images", data_dir / "image_url.key", config.server.image_url_ttl_s,
+                                 keep_s=config.store.image_retention_h * 3600)
+        self.maintenance = Maintenance(self.store, config.store, jobs_dir=data_dir / "jobs",
+                                       image_sweep=lambda: self.images.sweep(force=True))
         self.accepting = True
         self._background: set[asyncio.Task[None]] = set()
 
@@ -130,6 +137,7 @@ class Appliance:
             log.warning("GPU: %s", note)
         self.residency.start()
         self.usage.start()
+        self.maintenance.start()
         for name, eng in self.engines.items():
             if self.config.engines[name].autostart:
                 task = asyncio.ensure_future(eng.process.start())
@@ -138,6 +146,7 @@ class Appliance:
 
     async def shutdown(self) -> None:
         self.accepting = False
+        self.maintenance.stop()
         await self.residency.close()
         await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)
         self.pidfile.forget_all()

@@ -23,7 +23,6 @@ from . import admin, usage_api
 from .auth import Authenticator, KeyCache, RateLimiter, is_loopback
 from .errors import ApiError, InvalidRequest, NotFound
 from .front import Gateway
-from .images import ImageStore
 from .keys import KeyStore
 from .openai import OpenAIRoutes
 
@@ -85,13 +84,11 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
     app.include_router(usage_api.router)
 
     server = appliance.config.server
-    data_dir = appliance.state_dir / "data"
     sink = usage if usage is not None else appliance.usage
     app.state.usage = sink
     auth = Authenticator(KeyCache(KeyStore(appliance.store)), RateLimiter(server.rate_limit_per_minute),
                          open_when_no_keys=is_loopback(appliance.host))
-    images = ImageStore(data_dir / "images", data_dir / "image_url.key", server.image_url_ttl_s,
-                        keep_s=appliance.config.store.image_retention_h * 3600)
+    images = appliance.images
     routes = OpenAIRoutes(appliance, sink, images)
     app.front = Gateway(app.fastapi, routes=routes, auth=auth, images=images)
     return app
