@@ -24,6 +24,7 @@ from .engines.engine import Engine, build_adapter, enabled_engines
 from .events import EventBus
 from .gateway.images import ImageStore
 from .gpu import GIB_BYTES, DeclaredProbe, FakeGpuProbe, GpuProbe, NvmlProbe, detect_probe
+from .jobs import box_id, build_queue
 from .scheduler.loop import ResidencyManager, weights_bytes
 from .scheduler.sizing import size_vllm
 from .store import open_store
@@ -119,6 +120,8 @@ class Appliance:
         data_dir = self.state_dir / "data"
         self.images = ImageStore(data_dir / "images", data_dir / "image_url.key", config.server.image_url_ttl_s,
                                  keep_s=config.store.image_retention_h * 3600)
+        self.box_id = box_id(config, port)
+        self.job_queue = build_queue(config, self.store, self.box_id)  # JobsError: one line, nothing started
         self.maintenance = Maintenance(self.store, config.store, jobs_dir=data_dir / "jobs",
                                        image_sweep=lambda: self.images.sweep(force=True))
         self.accepting = True
@@ -175,6 +178,7 @@ class Appliance:
             "residency": self.residency.snapshot(),
             "store": {"backend": self.store.backend, "url": self.store.describe(),
                       "migrations": len(self.store.migrations())},
+            "jobs": {**self.job_queue.describe(), "box_id": self.box_id},
         }
 
     async def start_engine(self, name: str) -> None:

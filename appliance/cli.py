@@ -71,6 +71,7 @@ def serve(config: ConfigOpt = None,
     from .daemon import RefusedBind
     from .daemon import serve as run_daemon
     from .gateway.keys import KeyStore
+    from .jobs import JobsError
     from .store import StoreError
     from .store_cli import open_configured
 
@@ -88,7 +89,7 @@ def serve(config: ConfigOpt = None,
     try:
         asyncio.run(run_daemon(cfg, bind_host, bind_port, has_keys, os.environ.get("HF_ENDPOINT"),
                                os.environ.get("HF_TOKEN")))
-    except (RefusedBind, StoreError) as exc:
+    except (RefusedBind, StoreError, JobsError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:

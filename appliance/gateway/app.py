@@ -18,6 +18,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..app import Appliance
+from ..jobs.api import JobsApi
+from ..jobs.runner import JobRunner
+from ..jobs.submit import JOB_ROUTES
 from ..usage import UsageSink
 from . import admin, usage_api
 from .auth import Authenticator, KeyCache, RateLimiter, is_loopback
@@ -43,12 +46,20 @@ class ApplianceApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+def job_models(appliance: Appliance) -> list[str]:
+    """The models this box runs jobs for: those of a job route's modality whose engine is enabled here."""
+    modalities = {modality for modality, _, _ in JOB_ROUTES.values()}
+    return [mid for mid, m in appliance.config.models.items()
+            if m.modality in modalities and m.engine in appliance.engines]
+
+
 def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
     """The daemon's ASGI app. `usage` receives one record per finished /v1 request (default: the
     appliance's durable sink)."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await appliance.startup()
+        await runner.start(job_models(appliance))
         # Everything loaded so far lives as long as the process: keep it out of the collector's full
         # passes (about 20 ms each over these objects), which would otherwise land on some request.
         gc.collect()
@@ -56,6 +67,7 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await runner.close()  # first: a job cut off now stays running, re-queued at the next start
             routes.pools.close()
             await appliance.shutdown()
 
@@ -90,5 +102,10 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
                          open_when_no_keys=is_loopback(appliance.host))
     images = appliance.images
     routes = OpenAIRoutes(appliance, sink, images)
-    app.front = Gateway(app.fastapi, routes=routes, auth=auth, images=images)
+    jobs = appliance.config.jobs
+    runner = JobRunner(routes, appliance.store, appliance.job_queue, jobs_dir=appliance.state_dir / "data" / "jobs",
+                       max_attempts=jobs.max_attempts, workers_per_model=jobs.workers_per_model,
+                       owner=appliance.box_id)
+    jobs_api = JobsApi(appliance, routes, images, appliance.store, appliance.job_queue, runner)
+    app.front = Gateway(app.fastapi, routes=routes, auth=auth, images=images, jobs=jobs_api)
     return app

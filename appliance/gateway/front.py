@@ -10,6 +10,8 @@ It must not hold request state between requests, nor implement the routes themse
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import Authenticator
@@ -19,13 +21,18 @@ from .images import ROUTE as IMAGE_ROUTE
 from .images import ImageStore
 from .openai import OpenAIRoutes
 
+if TYPE_CHECKING:
+    from ..jobs.api import JobsApi
+
 OPEN_API_PATHS = frozenset({"/api/docs", "/api/docs/oauth2-redirect", "/api/openapi.json"})
 READ_ONLY_API = frozenset({"/api/status"})  # any valid key may read these; the rest of /api needs admin
 
 
 class Gateway:
-    def __init__(self, app: ASGIApp, *, routes: OpenAIRoutes, auth: Authenticator, images: ImageStore) -> None:
+    def __init__(self, app: ASGIApp, *, routes: OpenAIRoutes, auth: Authenticator, images: ImageStore,
+                 jobs: JobsApi | None = None) -> None:
         self.app = app
+        self.jobs = jobs
         self.routes = routes
         self.auth = auth
         self.images = images
@@ -41,6 +48,9 @@ class Gateway:
                 key = self.auth.check(ex.header(b"authorization"), admin=False)
             except ApiError as err:
                 await ex.fail(err)
+                return
+            if self.jobs is not None and (path == "/v1/jobs" or path.startswith("/v1/jobs/")):
+                await self.jobs.handle(ex, key)
                 return
             await self.routes.handle(ex, key)
             return
