@@ -134,7 +134,7 @@ def launch(tmp: Path, doc: dict[str, Any], keys: dict[str, bool] | None = None,
     doc = {**doc, "server": {"state_dir": str(tmp / "state"), "port": port, **doc.get("server", {})}}
     doc.setdefault("gpu", {"probe": "fake", "fake_dir": str(fake_gpu), "declared_total_gb": 24})
     (tmp / "config.toml").write_text(to_toml(doc))
-    backing = open_store("", tmp / "state")
+    backing = open_store(doc.get("store", {}).get("url", ""), tmp / "state")
     store = KeyStore(backing)
     created = {name: store.create(name, admin=admin)[1] for name, admin in (keys or {}).items()}
     backing.close()

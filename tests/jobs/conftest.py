@@ -1,4 +1,4 @@
-"""Fixtures for the jobs suites: a Tansu broker for the session, and both queue backends."""
+"""Fixtures for the jobs suites: both queue backends over one store (the broker: tests/backing_services.py)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from kafka_broker import tansu_broker
 
 from appliance.jobs.kafka import KafkaQueue
 from appliance.jobs.queue import JobQueue, LocalQueue
 from appliance.store import Store, open_store
 from appliance.store.sqlcore import SqlStore
-
-
-@pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with tansu_broker(tmp_path_factory.mktemp("tansu") / "tansu.log") as address:
-        yield address
 
 
 @pytest.fixture

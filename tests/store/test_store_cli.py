@@ -7,14 +7,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from backing_services import pg_schema_url
 from typer.testing import CliRunner
 
 from appliance.cli import app
 from appliance.gateway.keys import KeyStore
 from appliance.store import NewJob, connect, open_store
 from appliance.usage import UsageRecord
-
-from .conftest import pg_schema_url
 
 
 @pytest.fixture
