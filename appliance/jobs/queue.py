@@ -1,15 +1,15 @@
 """How queued jobs reach this box's workers: the `JobQueue` protocol and the local backend.
 
-`LocalQueue` is the store itself: a worker claims the oldest queued job of its model in one
-transaction (durable the moment `POST /v1/jobs` answers), waking at once for jobs submitted here
-and every `jobs.poll_s` for jobs another process queued.
+`LocalQueue` is the store itself (a job is durable the moment `POST /v1/jobs` answers): the ids of
+jobs queued here (and, at start, every job left queued) wait in memory, and a worker claims its next
+one by id in one transaction; an idle worker looks every `jobs.poll_s` for the oldest job another
+process queued. A claim that finds the job gone (cancelled, taken elsewhere) just moves on.
 It must not run jobs or decide retries: the runner does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -43,28 +43,33 @@ class LocalQueue:
         self.store = store
         self.owner = owner
         self.poll_s = poll_s
-        self._wake: dict[str, asyncio.Event] = {}
+        self._ready: dict[str, asyncio.Queue[str]] = {}
 
     async def start(self, models: Iterable[str]) -> None:
-        self._wake = {m: asyncio.Event() for m in models}
+        names = list(models)
+        self._ready = {m: asyncio.Queue() for m in names}
+        for job in await asyncio.to_thread(self.store.jobs_queued, names):  # oldest first
+            self._ready[job.model].put_nowait(job.id)
 
     async def announce(self, job: Job) -> None:
-        event = self._wake.get(job.model)
-        if event is not None:
-            event.set()
+        ready = self._ready.get(job.model)
+        if ready is not None:
+            ready.put_nowait(job.id)
 
     async def take(self, model: str) -> Job:
-        event = self._wake.setdefault(model, asyncio.Event())
+        ready = self._ready.setdefault(model, asyncio.Queue())
         while True:
-            event.clear()  # before the claim: an announce after it wakes the wait below
-            job = await asyncio.to_thread(self.store.job_claim, self.owner, models=[model])
+            try:
+                job_id = await asyncio.wait_for(ready.get(), self.poll_s)
+            except TimeoutError:
+                job = await asyncio.to_thread(self.store.job_claim, self.owner, models=[model])
+            else:
+                job = await asyncio.to_thread(self.store.job_claim, self.owner, job_id=job_id)
             if job is not None:
                 return job
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), self.poll_s)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "store": self.store.describe()}
 
     async def close(self) -> None:
-        self._wake.clear()
+        self._ready.clear()

@@ -229,11 +229,11 @@ class SqlStore:
                                  (job.key_id, job.idempotency_key))
                 if found:
                     return _job(found[0]), False
-            tx.execute("INSERT INTO jobs (id, route, model, key_id, idempotency_key, body_hash, body, base_url, "
-                       "state, attempts, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-                       (job.id, job.route, job.model, job.key_id, job.idempotency_key, job.body_hash, job.body,
-                        job.base_url, JobState.QUEUED.value, time.time()))
-            return _job(tx.query(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job.id,))[0]), True
+            rows = tx.query("INSERT INTO jobs (id, route, model, key_id, idempotency_key, body_hash, body, base_url, "
+                            f"state, attempts, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?) RETURNING {_JOB_COLS}",
+                            (job.id, job.route, job.model, job.key_id, job.idempotency_key, job.body_hash, job.body,
+                             job.base_url, JobState.QUEUED.value, time.time()))
+            return _job(rows[0]), True
 
         return self._write(create)
 

@@ -1,8 +1,11 @@
 """The embedded store: one SQLite file (through sqlite-utils) in WAL mode, written by one thread.
 
-Every write runs as an explicit transaction (BEGIN IMMEDIATE ... COMMIT) on the single writer thread,
-so writes are serialized without locks in the callers; `state_put_nowait` queues its write there and
-returns. Reads use their own connection (WAL lets them run beside the writer). `synchronous=NORMAL`
+Every write runs on the single writer thread, so writes are serialized without locks in the callers;
+`state_put_nowait` queues its write there and returns. The writer commits in groups: it takes every
+write waiting when it wakes, runs each in its own SAVEPOINT inside one explicit transaction
+(BEGIN IMMEDIATE ... COMMIT; a write that raises is rolled back alone), and answers the callers only
+after the COMMIT, so a caller that got its answer has a durable write and concurrent writers share
+one commit. Reads use their own connection (WAL lets them run beside the writer). `synchronous=NORMAL`
 in WAL mode: a committed transaction survives kill -9 of the process (the OS holds the WAL pages);
 only a power loss may drop the last commits. `backup` copies a consistent snapshot while the daemon
 writes (SQLite's online backup API).
@@ -13,10 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +32,8 @@ from .sqlcore import SqlStore
 
 log = logging.getLogger("appliance.store")
 T = TypeVar("T")
+GROUP_MAX = 256  # writes committed together at most
+_STOP = object()
 
 
 class _SqliteTx:
@@ -72,9 +78,11 @@ class SqliteStore(SqlStore):
                 path.chmod(0o600)  # it holds the API keys' hashes
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"store sqlite:///{path}: cannot open: {exc}") from None
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._read_lock = threading.Lock()
         self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
+        self._writer.start()
 
     def describe(self) -> str:
         return f"sqlite:///{self.path}"
@@ -84,26 +92,61 @@ class SqliteStore(SqlStore):
             return []
         return [r["name"] for r in tx.query("SELECT name FROM schema_migrations ORDER BY name")]
 
-    def _in_tx(self, fn: Callable[[Tx], T]) -> T:
+    def _write_loop(self) -> None:
         conn = self._writer_db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            out = fn(_SqliteTx(conn))
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return out
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            group = [first]
+            while len(group) < GROUP_MAX:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    self._queue.put(_STOP)  # after this group
+                    break
+                group.append(item)
+            outcomes: list[tuple[Future[Any], bool, Any]] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for fn, fut in group:
+                    conn.execute("SAVEPOINT w")
+                    try:
+                        value = fn(_SqliteTx(conn))
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO w")
+                        conn.execute("RELEASE w")
+                        outcomes.append((fut, False, exc))
+                    else:
+                        conn.execute("RELEASE w")
+                        outcomes.append((fut, True, value))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:  # the transaction itself failed: nothing of the group is written
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                outcomes = [(fut, False, StoreError(f"store {self.describe()}: {exc}")) for _, fut in group]
+            for fut, ok, value in outcomes:  # answered only now: what a caller sees as written is committed
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+
+    def _submit(self, fn: Callable[[Tx], T]) -> Future[T]:
+        fut: Future[T] = Future()
+        self._queue.put((fn, fut))
+        return fut
 
     def _write(self, fn: Callable[[Tx], T]) -> T:
         if self._closed:
             raise StoreError(f"store {self.describe()} is closed")
-        return self._writer.submit(self._in_tx, fn).result()
+        return self._submit(fn).result()
 
     def _write_nowait(self, fn: Callable[[Tx], object]) -> None:
         if self._closed:
             return
-        self._writer.submit(self._in_tx, fn).add_done_callback(self._report)
+        self._submit(fn).add_done_callback(self._report)
 
     @staticmethod
     def _report(fut: Future[object]) -> None:
@@ -134,6 +177,7 @@ class SqliteStore(SqlStore):
         if self._closed:
             return
         self._closed = True
-        self._writer.shutdown(wait=True)  # queued writes first
+        self._queue.put(_STOP)
+        self._writer.join()  # queued writes first
         self._writer_db.conn.close()
         self._reader_db.conn.close()
