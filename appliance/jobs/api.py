@@ -78,7 +78,7 @@ class JobsApi:
         raw = await ex.read_body(self.appliance.config.server.max_body_bytes)
         request = submit.check(raw, ex.header(b"idempotency-key"), self.appliance.config, self.routes,
                                set(self.appliance.engines))
-        new = request.new_job(key.id if key is not None else "-", OpenAIRoutes._base_url(ex))
+        new = request.new_job(key.id if key is not None else "-", OpenAIRoutes.base_url(ex))
         job, created = await asyncio.to_thread(self.store.job_create, new)
         if not created and job.body_hash != new.body_hash:
             raise JobConflict(f"Idempotency-Key {request.idempotency_key!r} was used for a different request "
@@ -118,7 +118,7 @@ class JobsApi:
         await ex.respond(200, data, result["content_type"].encode())
 
     async def _view(self, job: Job, ex: Exchange) -> bytes:
-        base = OpenAIRoutes._base_url(ex)
+        base = OpenAIRoutes.base_url(ex)
         view: dict[str, Any] = {
             "id": job.id, "object": "job", "route": job.route, "model": job.model, "status": job.state.value,
             "attempts": job.attempts, "max_attempts": self.runner.max_attempts,

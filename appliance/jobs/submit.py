@@ -63,13 +63,7 @@ def check(raw: bytes, idempotency_key: bytes | None, config: Config, routes: Ope
     if not isinstance(route, str) or route not in JOB_ROUTES:
         raise InvalidRequest(f"'route' must be one of {', '.join(JOB_ROUTES)}, got {route!r}", param="route")
     modality, aliases, route_check = JOB_ROUTES[route]
-    if modality == "text":
-        name = validation.model_name(body) or ""
-    else:
-        name = routes._default(validation.model_name(body, required=False), modality, aliases) or ""
-        if not name:
-            raise InvalidRequest(f"no {modality} model is configured", param="model")
-    routes._model(name, modality, route)
+    name = routes.model_for(validation.model_name(body, required=bool(not aliases)), modality, route, aliases)
     if name != body.get("model"):
         body["model"] = name
     route_check(body)
