@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import time
 from collections.abc import Callable
 
+from ..store import StoreError
 from .errors import Forbidden, RateLimited, Unauthorized
 from .keys import ApiKey, KeyStore, secret_hash, split_key
 
+log = logging.getLogger("appliance.gateway")
 RECHECK_S = 1.0
 _DUMMY_HASH = secret_hash("x" * 32)  # compared against for unknown ids: the same work either way
 
@@ -58,11 +61,19 @@ class KeyCache:
         if not force and now < self._next_check:
             return
         self._next_check = now + self._recheck_s
-        fingerprint = self.store.fingerprint()
-        if not force and fingerprint == self._fingerprint:
+        try:
+            fingerprint = self.store.fingerprint()
+            if not force and fingerprint == self._fingerprint:
+                return
+            keys = self.store.snapshot()
+        except StoreError as exc:
+            if force:
+                raise
+            # The store is away (a PostgreSQL restart): keep serving the keys known a moment ago.
+            log.warning("API keys: cannot refresh from the store (%s); using the cached keys", exc)
             return
         self._fingerprint = fingerprint
-        self._keys = self.store.snapshot()
+        self._keys = keys
         self.any_active = any(k.revoked is None for k, _ in self._keys.values())
 
     def verify(self, presented: str) -> tuple[ApiKey | None, str]:

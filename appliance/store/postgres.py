@@ -64,7 +64,8 @@ class PostgresStore(SqlStore):
         except psycopg.Error as exc:
             raise StoreError(f"store {redact(url)}: does not answer ({type(exc).__name__}: "
                              f"{' '.join(str(exc).split()) or 'no answer'})") from None
-        self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=False,
+        # A request path that reads the store (the key cache) waits at most 2 s for a connection.
+        self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=False, timeout=2.0,
                                     kwargs={"connect_timeout": max(1, int(connect_timeout_s))})
         try:
             self._pool.open(wait=True, timeout=connect_timeout_s)

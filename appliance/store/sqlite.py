@@ -155,8 +155,13 @@ class SqliteStore(SqlStore):
             log.warning("store: a queued write failed: %s", exc)
 
     def _read(self, fn: Callable[[Tx], T]) -> T:
+        if self._closed:
+            raise StoreError(f"store {self.describe()} is closed")
         with self._read_lock:
-            return fn(_SqliteTx(self._reader_db.conn))
+            try:
+                return fn(_SqliteTx(self._reader_db.conn))
+            except sqlite3.OperationalError as exc:  # locked past busy_timeout, disk gone: one line
+                raise StoreError(f"store {self.describe()}: {exc}") from None
 
     def backup(self, dest: Path) -> None:
         """A consistent copy of the whole store at `dest` (written beside it, then renamed)."""

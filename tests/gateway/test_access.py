@@ -127,3 +127,15 @@ def test_error_as_sse_event_is_one_data_line() -> None:
     event = Unavailable("engine gone").sse_event()
     assert event.startswith(b"data: {") and event.endswith(b"\n\n") and event.count(b"\n") == 2
     assert json.loads(event[6:])["error"]["message"] == "engine gone"
+
+
+def test_key_cache_keeps_serving_cached_keys_when_the_store_goes_away(tmp_path: Path) -> None:
+    backing = open_store("", tmp_path / "away")
+    keys = KeyStore(backing)
+    _, secret = keys.create("carol")
+    clock = Clock()
+    cache = KeyCache(keys, clock=clock, recheck_s=1.0)
+    backing.close()  # the store stops answering (StoreError on every call)
+    clock.now += 2
+    key, why = cache.verify(secret)
+    assert key is not None and key.name == "carol" and why == ""
