@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from ..app import Appliance
@@ -30,6 +31,7 @@ from . import submit
 from .queue import JobQueue
 from .runner import JobRunner
 
+log = logging.getLogger("appliance.jobs")
 PREFIX = "/v1/jobs"
 
 
@@ -84,7 +86,10 @@ class JobsApi:
             raise JobConflict(f"Idempotency-Key {request.idempotency_key!r} was used for a different request "
                               f"(job {job.id})", param="Idempotency-Key", code="idempotency_key_reused")
         if created:
-            await self.queue.announce(job)
+            try:
+                await self.queue.announce(job)
+            except Exception as exc:  # the row is committed: the job is durable and announced at the next start
+                log.warning("job %s: queued but not announced (%s: %s)", job.id, type(exc).__name__, exc)
         extra = [] if created else [(b"idempotent-replayed", b"true")]
         await ex.respond(202 if created else 200, await self._view(job, ex), extra=extra)
 

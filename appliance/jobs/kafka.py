@@ -4,7 +4,9 @@ so each box takes the jobs of the models it serves and a job's message goes to o
 A message carries only the job id; the store's job row stays the truth. A box claims the job in the
 store (atomically, so a redelivered message or a second box cannot run it twice) and then commits
 the message's offset. A box that dies after the claim leaves the job running under its name, and
-re-queues and re-announces it at its next start (`JobRunner.start`). Topics are created at start.
+re-queues and re-announces it at its next start (`JobRunner.start`); every job still queued for its
+models is announced again at start too (a duplicate message is skipped by the claim). Topics are
+created at start.
 Imported only when `jobs.backend = "kafka"` (aiokafka stays out of the default daemon).
 It must not run jobs or decide retries: the runner does.
 """
@@ -56,6 +58,10 @@ class KafkaQueue:
         await self._create_topics(servers, list(self._model_of))
         self._producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
         await asyncio.wait_for(self._producer.start(), START_TIMEOUT_S)
+        # Jobs queued while no message reached Kafka for them (a broker away at submit time) are
+        # announced again; a job announced twice is claimed once, the other message is skipped.
+        for job in await asyncio.to_thread(self.store.jobs_queued, names):
+            await self.announce(job)
         if self._model_of:
             self._consumer = AIOKafkaConsumer(*self._model_of, bootstrap_servers=servers, group_id=self.group,
                                               enable_auto_commit=False, auto_offset_reset="earliest",

@@ -88,3 +88,13 @@ async def test_a_requeued_job_is_taken_again_after_a_restart(queues: QueueFactor
         await again.announce(requeued)
     retaken = await asyncio.wait_for(again.take("tts"), TAKE_TIMEOUT_S)
     assert retaken.id == running.id and retaken.attempts == 2
+
+
+async def test_jobs_queued_before_the_start_are_taken_oldest_first(queues: QueueFactory) -> None:
+    # Queued while no queue ran (or while the broker was away at submit time): nobody announced them.
+    for jid in ("early", "later"):
+        _new(queues.store, jid)  # type: ignore[arg-type]
+    queue = queues("box-a")
+    await queue.start(["tts"])
+    taken = [await asyncio.wait_for(queue.take("tts"), TAKE_TIMEOUT_S) for _ in range(2)]
+    assert [j.id for j in taken] == ["early", "later"]
