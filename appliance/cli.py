@@ -136,7 +136,8 @@ def calibration(
     from .calibrate import measure, pick_roles, render_toml
 
     status_doc = _api("/api/status")
-    records = _api("/api/usage?recent=10000").get("recent", [])
+    since = time.time() - float(status_doc.get("uptime_s", 0))  # the store keeps earlier runs too
+    records = _api(f"/api/usage?recent=10000&from={since:.3f}").get("recent", [])
     try:
         roles = pick_roles(status_doc, records, {"llm": llm, "image": image, "speech": speech})
     except ValueError as exc:
