@@ -87,7 +87,7 @@ async def queue_msgs_per_s(store: SqlStore, queue: JobQueue, n: int, producers: 
 
     async def produce(p: int) -> None:
         for i in range(p, n, producers):
-            job, _ = await asyncio.to_thread(store.job_create, NewJob(
+            job, _ = await store.ajob_create(NewJob(
                 f"{prefix}-{i}", "/v1/chat/completions", "qwen", "-", None, "h", "{}", "http://x"))
             await queue.announce(job)
 

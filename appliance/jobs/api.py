@@ -81,7 +81,7 @@ class JobsApi:
         request = submit.check(raw, ex.header(b"idempotency-key"), self.appliance.config, self.routes,
                                set(self.appliance.engines))
         new = request.new_job(key.id if key is not None else "-", OpenAIRoutes.base_url(ex))
-        job, created = await asyncio.to_thread(self.store.job_create, new)
+        job, created = await self.store.ajob_create(new)
         if not created and job.body_hash != new.body_hash:
             raise JobConflict(f"Idempotency-Key {request.idempotency_key!r} was used for a different request "
                               f"(job {job.id})", param="Idempotency-Key", code="idempotency_key_reused")

@@ -105,7 +105,7 @@ class KafkaQueue:
         while True:
             msg = await inbox.get()
             job_id = (msg.value or b"").decode("utf-8", "replace")
-            job = await asyncio.to_thread(self.store.job_claim, self.owner, job_id=job_id)
+            job = await self.store.ajob_claim(self.owner, job_id=job_id)
             # Claimed (or not queued any more: done, cancelled, taken by another box): the message is spent.
             assert self._consumer is not None
             await self._consumer.commit({TopicPartition(msg.topic, msg.partition): msg.offset + 1})

@@ -62,9 +62,9 @@ class LocalQueue:
             try:
                 job_id = await asyncio.wait_for(ready.get(), self.poll_s)
             except TimeoutError:
-                job = await asyncio.to_thread(self.store.job_claim, self.owner, models=[model])
+                job = await self.store.ajob_claim(self.owner, models=[model])
             else:
-                job = await asyncio.to_thread(self.store.job_claim, self.owner, job_id=job_id)
+                job = await self.store.ajob_claim(self.owner, job_id=job_id)
             if job is not None:
                 return job
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 Dialect = Literal["sqlite", "postgresql"]
 
 _TYPES: dict[Dialect, dict[str, str]] = {
-    "sqlite": {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "float": "REAL"},
+    "sqlite": {"serial": "INTEGER PRIMARY KEY", "float": "REAL"},  # rowid: no sqlite_sequence write per insert
     "postgresql": {"serial": "BIGSERIAL PRIMARY KEY", "float": "DOUBLE PRECISION"},
 }
 

@@ -132,6 +132,10 @@ class Store(Protocol):
         """(job, created): an existing job with the same (key_id, idempotency_key) is returned as is."""
         ...
 
+    async def ajob_create(self, job: NewJob) -> tuple[Job, bool]:
+        """`job_create` for the event loop."""
+        ...
+
     def job_get(self, job_id: str) -> Job | None: ...
 
     def job_position(self, job: Job) -> int:
@@ -140,6 +144,10 @@ class Store(Protocol):
 
     def job_claim(self, owner: str, *, models: Iterable[str] = (), job_id: str | None = None) -> Job | None:
         """Atomically move the oldest queued job (of `models`, or exactly `job_id`) to running for `owner`."""
+        ...
+
+    async def ajob_claim(self, owner: str, *, models: Iterable[str] = (), job_id: str | None = None) -> Job | None:
+        """`job_claim` for the event loop."""
         ...
 
     def job_finish(self, job: Job, result: str) -> bool:

@@ -8,6 +8,7 @@ It must not open connections or threads itself.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -70,6 +71,10 @@ class SqlStore:
 
     def _applied(self, tx: Tx) -> list[str]:
         raise NotImplementedError
+
+    async def _awrite(self, fn: Callable[[Tx], T]) -> T:
+        """`_write` for the event loop (default: in a worker thread; SQLite hands it to its writer)."""
+        return await asyncio.to_thread(self._write, fn)
 
     def _migrate_tx(self, fn: Callable[[Tx], T]) -> T:
         """Run one migration's transaction (PostgreSQL adds a lock shared by every box)."""
@@ -222,7 +227,7 @@ class SqlStore:
         self._write_nowait(self._put_state(name, data))
 
     # -- jobs
-    def job_create(self, job: NewJob) -> tuple[Job, bool]:
+    def _job_create(self, job: NewJob) -> Callable[[Tx], tuple[Job, bool]]:
         def create(tx: Tx) -> tuple[Job, bool]:
             if job.idempotency_key is not None:
                 found = tx.query(f"SELECT {_JOB_COLS} FROM jobs WHERE key_id = ? AND idempotency_key = ?",
@@ -235,7 +240,13 @@ class SqlStore:
                              job.base_url, JobState.QUEUED.value, time.time()))
             return _job(rows[0]), True
 
-        return self._write(create)
+        return create
+
+    def job_create(self, job: NewJob) -> tuple[Job, bool]:
+        return self._write(self._job_create(job))
+
+    async def ajob_create(self, job: NewJob) -> tuple[Job, bool]:
+        return await self._awrite(self._job_create(job))
 
     def job_get(self, job_id: str) -> Job | None:
         rows = self._read(lambda tx: tx.query(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,)))
@@ -247,7 +258,7 @@ class SqlStore:
             (JobState.QUEUED.value, job.model, job.seq)))
         return int(rows[0]["n"])
 
-    def job_claim(self, owner: str, *, models: Iterable[str] = (), job_id: str | None = None) -> Job | None:
+    def _job_claim(self, owner: str, models: Iterable[str], job_id: str | None) -> Callable[[Tx], Job | None] | None:
         if job_id is not None:
             pick, params = "SELECT seq FROM jobs WHERE id = ? AND state = ?", [job_id, JobState.QUEUED.value]
         else:
@@ -259,9 +270,19 @@ class SqlStore:
             params = [JobState.QUEUED.value, *names]
         sql = (f"UPDATE jobs SET state = ?, attempts = attempts + 1, owner = ?, started = ? "
                f"WHERE seq = ({pick} {self.skip_locked}) AND state = ? RETURNING {_JOB_COLS}")
-        rows = self._write(lambda tx: tx.query(
-            sql, (JobState.RUNNING.value, owner, time.time(), *params, JobState.QUEUED.value)))
-        return _job(rows[0]) if rows else None
+
+        def claim(tx: Tx) -> Job | None:
+            rows = tx.query(sql, (JobState.RUNNING.value, owner, time.time(), *params, JobState.QUEUED.value))
+            return _job(rows[0]) if rows else None
+        return claim
+
+    def job_claim(self, owner: str, *, models: Iterable[str] = (), job_id: str | None = None) -> Job | None:
+        fn = self._job_claim(owner, models, job_id)
+        return None if fn is None else self._write(fn)
+
+    async def ajob_claim(self, owner: str, *, models: Iterable[str] = (), job_id: str | None = None) -> Job | None:
+        fn = self._job_claim(owner, models, job_id)
+        return None if fn is None else await self._awrite(fn)
 
     def _settle(self, job: Job, state: JobState, error: str | None, result: str | None) -> bool:
         finished = time.time() if state.finished else None

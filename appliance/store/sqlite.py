@@ -14,6 +14,7 @@ It must not hold SQL of its own beyond connection set-up: the shared SQL lives i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
@@ -142,6 +143,11 @@ class SqliteStore(SqlStore):
         if self._closed:
             raise StoreError(f"store {self.describe()} is closed")
         return self._submit(fn).result()
+
+    async def _awrite(self, fn: Callable[[Tx], T]) -> T:
+        if self._closed:
+            raise StoreError(f"store {self.describe()} is closed")
+        return await asyncio.wrap_future(self._submit(fn))  # straight to the writer: no thread in between
 
     def _write_nowait(self, fn: Callable[[Tx], object]) -> None:
         if self._closed:

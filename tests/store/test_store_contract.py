@@ -125,3 +125,13 @@ def test_dump_and_load_copy_every_table(store: SqlStore, tmp_path: object) -> No
     store.job_create(_job("d1"))
     tables = {t: (cols, rows) for t, cols, rows in store.dump()}
     assert len(tables["keys"][1]) == 1 and len(tables["usage"][1]) == 1 and len(tables["jobs"][1]) == 1
+
+
+async def test_event_loop_entry_points_match_the_sync_ones(store: SqlStore) -> None:
+    made, created = await store.ajob_create(_job("a1", idem="x"))
+    again, created_again = await store.ajob_create(_job("a2", idem="x"))
+    assert created and not created_again and again.id == made.id == "a1"
+    claimed = await store.ajob_claim("box", job_id="a1")
+    assert claimed is not None and claimed.state is JobState.RUNNING and claimed.owner == "box"
+    assert await store.ajob_claim("box", job_id="a1") is None  # already running
+    assert await store.ajob_claim("box", models=[]) is None
