@@ -45,7 +45,7 @@ def copy(to: Annotated[str, typer.Option("--to", help="the target store: postgre
     it). Stop the daemon first: it keeps writing to the source while it runs."""
     source = open_configured(_config(config))
     try:
-        target = open_store(to, Path("/nonexistent-state-dir"))  # no legacy files to import there
+        target = open_store(to, None)
     except StoreError as exc:
         source.close()
         typer.echo(f"error: {exc}", err=True)

@@ -52,9 +52,14 @@ def connect(url: str) -> SqlStore:
     raise StoreError(f"store url {url!r}: must start with sqlite:/// or postgresql://")
 
 
-def open_store(url: str, state_dir: Path) -> SqlStore:
-    """Open, migrate and (first start) import the legacy files under `state_dir/data`."""
-    store = connect(url or default_url(state_dir))
+def open_store(url: str, state_dir: Path | None) -> SqlStore:
+    """Open, migrate and (first start) import the legacy files under `state_dir/data`; `state_dir`
+    None: a store that is not this box's (a copy's target), nothing to import, `url` required."""
+    if not url:
+        if state_dir is None:
+            raise StoreError("store url: required for a store outside the state directory")
+        url = default_url(state_dir)
+    store = connect(url)
     try:
         applied = store.migrate()
     except SchemaTooNew as exc:
@@ -65,7 +70,8 @@ def open_store(url: str, state_dir: Path) -> SqlStore:
         raise
     if applied:
         log.info("store %s: applied migrations %s", store.describe(), ", ".join(applied))
-    import_legacy(store, state_dir / "data")
+    if state_dir is not None:
+        import_legacy(store, state_dir / "data")
     return store
 
 
