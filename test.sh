@@ -33,5 +33,13 @@ echo "== ruff"
 .venv/bin/ruff check appliance services tests bench
 echo "== mypy --strict"
 .venv/bin/mypy --strict appliance services
+# The store and jobs suites run against a real PostgreSQL on 127.0.0.1:5432 (tests/backing_services.py
+# makes a throwaway database and drops it): start the local cluster when it is installed and down.
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  for cluster in /etc/postgresql/*; do
+    [ -d "$cluster" ] && pg_ctlcluster --skip-systemctl-redirect "$(basename "$cluster")" main start || true
+  done
+fi
+
 echo "== pytest"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

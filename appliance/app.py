@@ -1,9 +1,11 @@
 """Composition root: build every long-lived object from a Config, and the startup/shutdown order.
 
-Startup: state directories, reap engine groups a previous daemon left behind (pid file), GPU probe,
-engines, residency manager, then the autostart engines (in the background: the API answers while
-they load). Shutdown (one ordered function): stop admitting work, let streams drain up to a
-deadline, stop every engine in stages, close the probe.
+Startup: state directories, the store (opened and migrated: a store that cannot be used stops the
+start with one line), reap engine groups a previous daemon left behind (pid file), GPU probe,
+engines, residency manager, the usage writer, maintenance, then the autostart engines (in the
+background: the API answers while they load). Shutdown (one ordered function): stop admitting work,
+let streams drain up to a deadline, stop every engine in stages, close the probe, write the last
+usage records, close the store.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ from .downloads import Downloads
 from .engines.base import EngineContext
 from .engines.engine import Engine, build_adapter, enabled_engines
 from .events import EventBus
+from .gateway.images import ImageStore
 from .gpu import GIB_BYTES, DeclaredProbe, FakeGpuProbe, GpuProbe, NvmlProbe, detect_probe
+from .jobs import box_id, build_queue
 from .scheduler.loop import ResidencyManager
 from .scheduler.profiles import weights_bytes
 from .scheduler.sizing import size_vllm
+from .store import open_store
+from .store.maintenance import Maintenance
+from .store.state_doc import StoreStateDoc
+from .store.usage_sink import StoreUsageSink
 from .supervisor.launcher import Launcher, OsLauncher, PidFile
-from .usage import MemoryUsageSink, UsageSink
 
 log = logging.getLogger("appliance")
 VLLM_OVERHEAD_BYTES = 1 << 30  # CUDA context, graphs and the activation peak vLLM profiles at start
@@ -91,6 +98,7 @@ class Appliance:
         for sub in ("run", "logs", "engines", "data"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         self.started_at = time.time()
+        self.store = open_store(config.store.url, self.state_dir)  # StoreError: one line, nothing started
         self.bus = EventBus()
         self.gpu = probe or make_probe(config)
         self.pidfile = PidFile(self.state_dir / "run" / "engines.json")
@@ -105,11 +113,19 @@ class Appliance:
                          self.bus, self.gpu)
             for name in enabled_engines(config)
         }
-        self.residency = ResidencyManager(config, self.engines, self.gpu, self.bus, self.state_dir,
-                                          catalog=catalog)
+        self.residency = ResidencyManager(
+            config, self.engines, self.gpu, self.bus, self.state_dir, catalog=catalog,
+            state_docs=(StoreStateDoc(self.store, "footprints"), StoreStateDoc(self.store, "transitions")))
         self.downloads = Downloads(catalog, self.state_dir / "models", self.bus, set(config.licences.accepted),
                                    hub_endpoint, hub_token)
-        self.usage: UsageSink = MemoryUsageSink()  # the data layer replaces it with a durable store
+        self.usage = StoreUsageSink(self.store, config.store.usage_flush_s, config.store.usage_batch_max)
+        data_dir = self.state_dir / "data"
+        self.images = ImageStore(data_dir / "images", data_dir / "image_url.key", config.server.image_url_ttl_s,
+                                 keep_s=config.store.image_retention_h * 3600)
+        self.box_id = box_id(config, port)
+        self.job_queue = build_queue(config, self.store, self.box_id)  # JobsError: one line, nothing started
+        self.maintenance = Maintenance(self.store, config.store, jobs_dir=data_dir / "jobs",
+                                       image_sweep=lambda: self.images.sweep(force=True))
         self.accepting = True
         self._background: set[asyncio.Task[None]] = set()
 
@@ -125,6 +141,8 @@ class Appliance:
         if note:
             log.warning("GPU: %s", note)
         self.residency.start()
+        self.usage.start()
+        self.maintenance.start()
         for name, eng in self.engines.items():
             if self.config.engines[name].autostart:
                 task = asyncio.ensure_future(eng.process.start())
@@ -133,10 +151,13 @@ class Appliance:
 
     async def shutdown(self) -> None:
         self.accepting = False
+        self.maintenance.stop()
         await self.residency.close()
         await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)
         self.pidfile.forget_all()
         self.gpu.close()
+        await self.usage.close()
+        self.store.close()
 
     def status(self) -> dict[str, Any]:
         snap = self.gpu.snapshot()
@@ -157,6 +178,9 @@ class Appliance:
                 for mid, m in self.config.models.items()
             ],
             "residency": self.residency.snapshot(),
+            "store": {"backend": self.store.backend, "url": self.store.describe(),
+                      "migrations": len(self.store.migrations())},
+            "jobs": {**self.job_queue.describe(), "box_id": self.box_id},
         }
 
     async def start_engine(self, name: str) -> None:

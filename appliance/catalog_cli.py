@@ -178,6 +178,18 @@ def _pull_with_bar(model_id: str, run: Any) -> Any:
             raise typer.Exit(1) from None
 
 
+def _configured_price() -> float | None:
+    """`server.hourly_price_usd` of the configuration `serve` would use, when there is one and it is set."""
+    from appliance.cli_config import resolve_config_path
+    from appliance.config import ConfigError, load_config
+
+    try:
+        price = load_config(resolve_config_path(None)).server.hourly_price_usd
+    except ConfigError:
+        return None
+    return price or None
+
+
 def plan_command(
     snapshot: Annotated[
         Path | None, typer.Option("--snapshot", help="a recorded box (JSON) instead of probing this one")
@@ -214,6 +226,8 @@ def plan_command(
         store = _models_dir(models_dir)
         probe_dir = next((p for p in (store, *store.parents) if p.exists()), Path("/"))
         ram, cores, disk = psutil.virtual_memory().total, os.cpu_count() or 1, shutil.disk_usage(probe_dir).free
+    if hourly_price is None:
+        hourly_price = _configured_price()
     plan = make_plan(gpu, ram, cores, disk, cat, hourly_price, reserve_bytes=int(reserve_gb * GIB))
     if as_json:
         typer.echo(json.dumps(asdict(plan), indent=1))

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from . import catalog_cli
+from . import catalog_cli, store_cli
 from .cli_config import ConfigOpt, obtain_config
 from .gateway import keys_cli
 
@@ -45,10 +45,15 @@ def serve(config: ConfigOpt = None,
     from .daemon import RefusedBind
     from .daemon import serve as run_daemon
     from .gateway.keys import KeyStore
+    from .jobs import JobsError
+    from .store import StoreError
+    from .store_cli import open_configured
 
     bind_host = host or cfg.server.host
     bind_port = port or cfg.server.port
-    has_keys = KeyStore(cfg.state_path() / "data" / "keys.db").has_active()
+    store = open_configured(cfg)
+    has_keys = KeyStore(store).has_active()
+    store.close()
     try:
         import uvloop
 
@@ -58,7 +63,7 @@ def serve(config: ConfigOpt = None,
     try:
         asyncio.run(run_daemon(cfg, bind_host, bind_port, has_keys, os.environ.get("HF_ENDPOINT"),
                                os.environ.get("HF_TOKEN")))
-    except RefusedBind as exc:
+    except (RefusedBind, StoreError, JobsError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
@@ -105,7 +110,8 @@ def calibration(
     from .calibrate import measure, pick_roles, render_toml
 
     status_doc = _api("/api/status")
-    records = _api("/api/usage?recent=10000").get("recent", [])
+    since = time.time() - float(status_doc.get("uptime_s", 0))  # the store keeps earlier runs too
+    records = _api(f"/api/usage?recent=10000&from={since:.3f}").get("recent", [])
     try:
         roles = pick_roles(status_doc, records, {"llm": llm, "image": image, "speech": speech})
     except ValueError as exc:
@@ -201,6 +207,7 @@ app.command("models")(catalog_cli.models_command)
 app.command("pull")(catalog_cli.pull_command)
 app.command("plan")(catalog_cli.plan_command)
 app.add_typer(keys_cli.app, name="keys")
+app.add_typer(store_cli.app, name="store")
 
 
 def main() -> None:

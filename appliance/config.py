@@ -59,6 +59,7 @@ class ServerConfig(_Frozen):
     image_timeout_s: float = Field(default=600.0, gt=0)  # one ComfyUI prompt, queued and run, before a 502
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     catalog_file: str = ""  # a model catalog replacing the bundled one (appliance/data/catalog.toml)
+    hourly_price_usd: float = Field(default=0.0, ge=0)  # what an hour of the box costs (plan, usage API, UI)
 
     _check_port = field_validator("port")(classmethod(lambda cls, v: _port(v)))
 
@@ -222,6 +223,45 @@ class ModelConfig(_Frozen):
     voices: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
 
 
+class StoreConfig(_Frozen):
+    url: str = ""  # "" = sqlite:///<state_dir>/data/appliance.db; or postgresql://user@host/db
+    usage_flush_s: float = Field(default=1.0, gt=0, le=60)  # usage records wait at most this long in memory
+    usage_batch_max: int = Field(default=5000, gt=0)  # a batch this large is written at once
+    usage_retention_days: float = Field(default=90.0, ge=0)  # raw records (daily rollups stay); 0 = keep
+    image_retention_h: float = Field(default=24.0, gt=0)  # generated image files
+    job_retention_h: float = Field(default=168.0, gt=0)  # finished jobs and their results
+    rollup_at: str = "00:15"  # UTC time of the daily rollup (HH:MM)
+    backup_dir: str = ""  # "" = no scheduled backup (embedded store only)
+    backup_interval_h: float = Field(default=24.0, gt=0)
+    backup_keep: int = Field(default=7, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        if v and not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(f"must be sqlite:///PATH or postgresql://..., got {v!r}")
+        return v
+
+    @field_validator("rollup_at")
+    @classmethod
+    def _check_time(cls, v: str) -> str:
+        hh, _, mm = v.partition(":")
+        if not (hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
+            raise ValueError(f"must be HH:MM (UTC), got {v!r}")
+        return v
+
+
+class JobsConfig(_Frozen):
+    backend: Literal["local", "kafka"] = "local"
+    brokers: list[str] = Field(default_factory=list)  # kafka: host:port of the bootstrap brokers
+    topic_prefix: str = "appliance-jobs."  # kafka: one topic per model, this prefix + the model id
+    group: str = "appliance-jobs"  # kafka: consumer group shared by the boxes
+    max_attempts: int = Field(default=3, ge=1)  # runs of one job before it fails for good
+    workers_per_model: int = Field(default=1, ge=1)  # jobs of one model run at once on this box
+    box_id: str = ""  # this box's name in the job table; "" = hostname:port
+    poll_s: float = Field(default=1.0, gt=0)  # how often an idle worker looks for jobs another box queued
+
+
 class LicenceConfig(_Frozen):
     accepted: list[str] = Field(default_factory=list)  # e.g. ["CPML"] for XTTS v2
 
@@ -235,6 +275,8 @@ class Config(_Frozen):
     engines: dict[str, EngineConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     licences: LicenceConfig = LicenceConfig()
+    store: StoreConfig = StoreConfig()
+    jobs: JobsConfig = JobsConfig()
     source: str = "<defaults>"  # the file this came from (not a TOML key)
 
     @model_validator(mode="after")
@@ -254,6 +296,16 @@ class Config(_Frozen):
             if eng.port in ports:
                 problems.append(f"engines.{name}.port: {eng.port} is already used by engines.{ports[eng.port]}")
             ports[eng.port] = name
+        if self.store.image_retention_h * 3600 < self.server.image_url_ttl_s:
+            problems.append(f"store.image_retention_h: {self.store.image_retention_h} h is shorter than "
+                            f"server.image_url_ttl_s ({self.server.image_url_ttl_s} s): URLs would outlive images")
+        if self.jobs.backend == "kafka" and not self.jobs.brokers:
+            problems.append("jobs.brokers: required with jobs.backend = \"kafka\" (host:port of the brokers)")
+        if self.profile == "full":
+            if not self.store.url.startswith(("postgresql://", "postgres://")):
+                problems.append("store.url: profile \"full\" needs a postgresql:// URL (the shared database)")
+            if self.jobs.backend != "kafka":
+                problems.append("jobs.backend: profile \"full\" needs \"kafka\" (with jobs.brokers)")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -1,8 +1,9 @@
 """Usage accounting: what each finished API request cost, reported by the gateway to a sink.
 
 Owns the `UsageRecord` shape (model, key, tokens in/out, images, audio seconds, time on the GPU), the
-`UsageSink` protocol the data layer implements, and `MemoryUsageSink`, the in-memory sink used until
-that store exists (bounded history plus running totals per key and model).
+`UsageSink` protocol the durable sink implements (`appliance.store.usage_sink`), and
+`MemoryUsageSink`: bounded history plus running totals per key and model since the start (the
+durable sink keeps one for what reads the live process, e.g. metrics).
 
 It must not do I/O or block: `record()` is called on the event loop at the end of every request, so a
 persistent sink queues the record and writes it from its own task or thread.

@@ -24,6 +24,7 @@ from appliance.app import Appliance
 from appliance.config import parse_config
 from appliance.events import Event
 from appliance.gpu import FakeGpuProbe
+from appliance.store import open_store
 
 GIB = 1 << 30
 BUDGET = 24 * GIB
@@ -285,7 +286,10 @@ async def test_transition_times_are_measured_shown_and_kept_for_the_next_start(t
         costs = r.app.residency.core.ledger.slots["chat"].profile.costs
         assert (costs.wake_s, costs.release_s, costs.cold_start_s) == (chat["wake"], chat["release"], chat["start"])
         doc = r.doc
-    saved = json.loads((tmp_path / "state" / "data" / "transitions.json").read_text())
+    backing = open_store("", tmp_path / "state")
+    saved = backing.state_get("transitions")
+    backing.close()
+    assert saved is not None
     assert len(saved["chat"]["wake"]) == 1 and len(saved["img"]["release"]) == 1
     later = Appliance(parse_config(doc, "test"), host="127.0.0.1", port=free_port())  # built, never started
     try:

@@ -19,13 +19,15 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..app import Appliance
+from ..jobs.api import JobsApi
+from ..jobs.runner import JobRunner
+from ..jobs.submit import JOB_ROUTES
 from ..metrics import exporter_for
-from ..usage import MemoryUsageSink, UsageSink
+from ..usage import UsageSink
 from . import admin, usage_api
 from .auth import Authenticator, KeyCache, RateLimiter, is_loopback
 from .errors import ApiError, InvalidRequest, NotFound, internal_error
 from .front import Gateway
-from .images import ImageStore
 from .keys import KeyStore
 from .metrics_api import MetricsEndpoint
 from .openai import OpenAIRoutes
@@ -54,11 +56,20 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return internal_error(log, f"{request.method} {request.url.path}").response()
 
 
+def job_models(appliance: Appliance) -> list[str]:
+    """The models this box runs jobs for: those of a job route's modality whose engine is enabled here."""
+    modalities = {modality for modality, _, _ in JOB_ROUTES.values()}
+    return [mid for mid, m in appliance.config.models.items()
+            if m.modality in modalities and m.engine in appliance.engines]
+
+
 def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
-    """The daemon's ASGI app. `usage` receives one record per finished /v1 request (default: in memory)."""
+    """The daemon's ASGI app. `usage` receives one record per finished /v1 request (default: the
+    appliance's durable sink)."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await appliance.startup()
+        await runner.start(job_models(appliance))
         # Everything loaded so far lives as long as the process: keep it out of the collector's full
         # passes (about 20 ms each over these objects), which would otherwise land on some request.
         gc.collect()
@@ -66,6 +77,7 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await runner.close()  # first: a job cut off now stays running, re-queued at the next start
             routes.pools.close()
             await appliance.shutdown()
 
@@ -95,16 +107,20 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
     app.include_router(usage_api.router)
 
     server = appliance.config.server
-    data_dir = appliance.state_dir / "data"
-    sink = usage if usage is not None else MemoryUsageSink()
+    sink = usage if usage is not None else appliance.usage
     app.state.usage = sink
-    auth = Authenticator(KeyCache(KeyStore(data_dir / "keys.db")), RateLimiter(server.rate_limit_per_minute),
+    auth = Authenticator(KeyCache(KeyStore(appliance.store)), RateLimiter(server.rate_limit_per_minute),
                          open_when_no_keys=is_loopback(appliance.host))
-    images = ImageStore(data_dir / "images", data_dir / "image_url.key", server.image_url_ttl_s)
+    images = appliance.images
     routes = OpenAIRoutes(appliance, sink, images)
     metrics = appliance.config.metrics
     traffic = routes.traffic
     endpoint = MetricsEndpoint(appliance, exporter_for(appliance, traffic)) if traffic is not None else None
+    jobs = appliance.config.jobs
+    runner = JobRunner(routes, appliance.store, appliance.job_queue, jobs_dir=appliance.state_dir / "data" / "jobs",
+                       max_attempts=jobs.max_attempts, workers_per_model=jobs.workers_per_model,
+                       owner=appliance.box_id)
+    jobs_api = JobsApi(appliance, routes, images, appliance.store, appliance.job_queue, runner)
     app.front = Gateway(app.fastapi, routes=routes, auth=auth, images=images, metrics=endpoint,
-                        metrics_open_on_loopback=metrics.open_on_loopback)
+                        metrics_open_on_loopback=metrics.open_on_loopback, jobs=jobs_api)
     return app

@@ -9,9 +9,10 @@ Policy (what the README documents):
   routes need an admin key, except `GET /api/status`, which any key may read.
 - On a non-loopback bind the API is never open, even if every key was revoked after the start.
 
-Keys are verified without touching SQLite per request: `KeyCache` holds id -> (record, hash) and
-reloads when the database files change (checked at most once a second, so `appliance keys revoke`
-takes effect within about a second). The secret's SHA-256 is compared with hmac.compare_digest.
+Keys are verified without touching the store per request: `KeyCache` holds id -> (record, hash) and
+reloads when the key table's fingerprint changes (asked at most once a second, so `appliance keys
+revoke` takes effect within about a second, from any box sharing the store). The secret's SHA-256 is compared with
+hmac.compare_digest.
 It must not write to the key store (the CLI is its one writer).
 """
 
@@ -19,14 +20,15 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
+import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+from ..store import StoreError
 from .errors import Forbidden, RateLimited, Unauthorized
 from .keys import ApiKey, KeyStore, secret_hash, split_key
 
+log = logging.getLogger("appliance.gateway")
 RECHECK_S = 1.0
 _DUMMY_HASH = secret_hash("x" * 32)  # compared against for unknown ids: the same work either way
 
@@ -40,16 +42,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _stat(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
 class KeyCache:
-    """The key table in memory, refreshed when keys.db or its WAL changes."""
+    """The key table in memory, refreshed when the store's key table changes."""
 
     def __init__(self, store: KeyStore, *, clock: Callable[[], float] = time.monotonic,
                  recheck_s: float = RECHECK_S) -> None:
@@ -62,20 +56,24 @@ class KeyCache:
         self.any_active = False
         self.refresh(force=True)
 
-    def _files(self) -> tuple[tuple[int, int, int] | None, ...]:
-        p = self.store.path
-        return (_stat(p), _stat(p.with_name(p.name + "-wal")))
-
     def refresh(self, force: bool = False) -> None:
         now = self._clock()
         if not force and now < self._next_check:
             return
         self._next_check = now + self._recheck_s
-        fingerprint = self._files()
-        if not force and fingerprint == self._fingerprint:
+        try:
+            fingerprint = self.store.fingerprint()
+            if not force and fingerprint == self._fingerprint:
+                return
+            keys = self.store.snapshot()
+        except StoreError as exc:
+            if force:
+                raise
+            # The store is away (a PostgreSQL restart): keep serving the keys known a moment ago.
+            log.warning("API keys: cannot refresh from the store (%s); using the cached keys", exc)
             return
         self._fingerprint = fingerprint
-        self._keys = self.store.snapshot()
+        self._keys = keys
         self.any_active = any(k.revoked is None for k, _ in self._keys.values())
 
     def verify(self, presented: str) -> tuple[ApiKey | None, str]:

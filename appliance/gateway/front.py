@@ -18,6 +18,8 @@ It must not hold request state between requests, nor implement the routes themse
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..logsetup import KEY_ID, REQUEST_ID, request_id
@@ -28,6 +30,9 @@ from .images import ROUTE as IMAGE_ROUTE
 from .images import ImageStore
 from .metrics_api import MetricsEndpoint
 from .openai import OpenAIRoutes
+
+if TYPE_CHECKING:
+    from ..jobs.api import JobsApi
 
 OPEN_API_PATHS = frozenset({"/api/docs", "/api/docs/oauth2-redirect", "/api/openapi.json"})
 READ_ONLY_API = frozenset({"/api/status"})  # any valid key may read these; the rest of /api needs admin
@@ -44,9 +49,11 @@ def _with_request_id(send: Send, rid: bytes) -> Send:
 
 class Gateway:
     def __init__(self, app: ASGIApp, *, routes: OpenAIRoutes, auth: Authenticator, images: ImageStore,
-                 metrics: MetricsEndpoint | None = None, metrics_open_on_loopback: bool = False) -> None:
+                 metrics: MetricsEndpoint | None = None, metrics_open_on_loopback: bool = False,
+                 jobs: JobsApi | None = None) -> None:
         """`metrics`: None when `metrics.enabled` is false (then /metrics is a 404 like any unknown path)."""
         self.app = app
+        self.jobs = jobs
         self.routes = routes
         self.auth = auth
         self.images = images
@@ -70,6 +77,9 @@ class Gateway:
                 return
             if key is not None:
                 KEY_ID.set(key.id)
+            if self.jobs is not None and (path == "/v1/jobs" or path.startswith("/v1/jobs/")):
+                await self.jobs.handle(ex, key)
+                return
             await self.routes.handle(ex, key)
             return
         if self.metrics is not None and (path == "/metrics" or path.startswith("/metrics/")):

@@ -2,7 +2,9 @@
 
 An image is written once under `<state>/data/images/`, and its URL carries an expiry and an HMAC of
 (name, expiry) under a secret kept in `<state>/data/image_url.key`, so an `<img>` tag loads it without
-the API key and the URL stops working after `server.image_url_ttl_s`. Files are swept once expired.
+the API key and the URL stops working after `server.image_url_ttl_s`. Files are kept `keep_s`
+(`store.image_retention_h`, at least the URL lifetime: a finished job re-signs its images' URLs while
+their files last) and then swept.
 It must not serve anything it did not store (names are random and checked against a strict pattern).
 """
 
@@ -39,9 +41,10 @@ def sniff(data: bytes) -> tuple[str, str]:
 
 class ImageStore:
     def __init__(self, directory: Path, secret_file: Path, ttl_s: int,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, keep_s: float | None = None) -> None:
         self.directory = directory
         self.ttl_s = ttl_s
+        self.keep_s = max(float(ttl_s), keep_s or 0.0)
         self._clock = clock
         self._secret = self._load_secret(secret_file)
         self._next_sweep = 0.0
@@ -65,8 +68,19 @@ class ImageStore:
         ext, _ = sniff(data)
         name = f"{secrets.token_urlsafe(18)}.{ext}"
         (self.directory / name).write_bytes(data)
+        return self.sign(name, base_url)
+
+    def sign(self, name: str, base_url: str) -> str:
+        """A fresh signed URL for a stored image, valid for `ttl_s` from now."""
         expires = int(self._clock()) + self.ttl_s
         return f"{base_url}{ROUTE}{name}?expires={expires}&sig={self._signature(name, expires)}"
+
+    @staticmethod
+    def name_of(url: str) -> str | None:
+        """The stored file name a URL made by `sign` points at."""
+        _, found, rest = url.partition(ROUTE)
+        name = rest.split("?", 1)[0]
+        return name if found and _NAME.match(name) else None
 
     def load(self, name: str, query: str) -> tuple[bytes, str, int]:
         """(bytes, content type, seconds left) for a valid signed request; raise 403/404 otherwise."""
@@ -89,16 +103,16 @@ class ImageStore:
             raise NotFound("image no longer stored") from None
         return data, sniff(data)[1], left
 
-    def sweep(self) -> int:
-        """Delete images older than the URL lifetime; at most once a minute. Returns how many."""
+    def sweep(self, force: bool = False) -> int:
+        """Delete images older than `keep_s`; at most once a minute unless `force`. Returns how many."""
         now = self._clock()
-        if now < self._next_sweep:
+        if now < self._next_sweep and not force:
             return 0
         self._next_sweep = now + SWEEP_EVERY_S
         removed = 0
         for path in self.directory.iterdir():
             with contextlib.suppress(OSError):
-                if path.stat().st_mtime + self.ttl_s < now:
+                if path.is_file() and path.stat().st_mtime + self.keep_s < now:
                     path.unlink()
                     removed += 1
         return removed

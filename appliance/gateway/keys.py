@@ -2,7 +2,9 @@
 
 A key reads `sk-app-<id>-<secret>`: the id finds the row without scanning, the secret's hash is then
 compared in constant time (hmac.compare_digest). High-entropy secrets make a plain hash safe here.
-The store is SQLite (sqlite-utils) under `<state>/data/keys.db`; one writer (the CLI or the daemon).
+The rows live in the appliance's store (`appliance.store`: the `keys` table); a `keys.db` left by an
+older version is taken over on the first start (`store.import_legacy`).
+It must not log or persist a secret: only its hash leaves `create`.
 """
 
 from __future__ import annotations
@@ -10,12 +12,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import sqlite_utils
+from ..store import KeyRow, Store
 
 PREFIX = "sk-app-"
 
@@ -41,72 +41,48 @@ def secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+def _key(row: KeyRow) -> ApiKey:
+    return ApiKey(row.id, row.name, row.admin, row.created, row.revoked)
 
 
 class KeyStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def _db(self) -> sqlite_utils.Database:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        db = sqlite_utils.Database(conn)
-        if "keys" not in db.table_names():
-            db.table("keys").create({"id": str, "name": str, "admin": int, "hash": str, "created": float,
-                               "revoked": float}, pk="id", not_null={"name", "hash"})
-            self.path.chmod(0o600)
-        return db
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def create(self, name: str, admin: bool = False) -> tuple[ApiKey, str]:
         if not name.strip():
             raise ValueError("name: must not be empty")
         key_id = secrets.token_hex(4)
         secret = secrets.token_urlsafe(24)
-        now = time.time()
-        db = self._db()
-        with db.conn:
-            db.table("keys").insert({"id": key_id, "name": name, "admin": int(admin), "hash": _hash(secret),
-                               "created": now, "revoked": None})
-        return ApiKey(key_id, name, admin, now, None), f"{PREFIX}{key_id}-{secret}"
+        row = KeyRow(key_id, name, admin, secret_hash(secret), time.time(), None)
+        self.store.key_insert(row)
+        return _key(row), f"{PREFIX}{key_id}-{secret}"
 
     def list(self) -> list[ApiKey]:
-        if not self.path.exists():
-            return []
-        rows = self._db().query("select id, name, admin, created, revoked from keys order by created")
-        return [ApiKey(r["id"], r["name"], bool(r["admin"]), r["created"], r["revoked"]) for r in rows]
+        return [_key(r) for r in self.store.key_rows()]
 
     def revoke(self, key_id_or_name: str) -> int:
-        db = self._db()
-        with db.conn:
-            cur = db.execute("update keys set revoked = ? where (id = ? or name = ?) and revoked is null",
-                             [time.time(), key_id_or_name, key_id_or_name])
-        return cur.rowcount
+        return self.store.key_revoke(key_id_or_name, time.time())
 
     def snapshot(self) -> dict[str, tuple[ApiKey, str]]:
         """Every key by id with its stored hash: the daemon's in-memory copy (see gateway.auth)."""
-        if not self.path.exists():
-            return {}
-        rows = self._db().query("select id, name, admin, hash, created, revoked from keys")
-        return {r["id"]: (ApiKey(r["id"], r["name"], bool(r["admin"]), r["created"], r["revoked"]), r["hash"])
-                for r in rows}
+        return {r.id: (_key(r), r.hash) for r in self.store.key_rows()}
+
+    def fingerprint(self) -> tuple[object, ...]:
+        """Changes when a key is added or revoked."""
+        return self.store.keys_fingerprint()
 
     def has_active(self) -> bool:
         return any(k.revoked is None for k in self.list())
 
     def verify(self, presented: str) -> ApiKey | None:
         """The key's record if `presented` is a live key, else None (constant-time on the secret)."""
-        if not presented.startswith(PREFIX):
+        parts = split_key(presented)
+        if parts is None:
             return None
-        key_id, _, secret = presented[len(PREFIX):].partition("-")
-        if not key_id or not secret or not self.path.exists():
+        entry = self.snapshot().get(parts[0])
+        expected = entry[1] if entry else secret_hash("x" * 32)  # same work for unknown ids
+        ok = hmac.compare_digest(secret_hash(parts[1]), expected)
+        if entry is None or not ok or entry[0].revoked is not None:
             return None
-        rows = list(self._db().query("select * from keys where id = ?", [key_id]))
-        expected = rows[0]["hash"] if rows else _hash("x" * 32)  # same work for unknown ids
-        ok = hmac.compare_digest(_hash(secret), expected)
-        if not rows or not ok or rows[0]["revoked"] is not None:
-            return None
-        r = rows[0]
-        return ApiKey(r["id"], r["name"], bool(r["admin"]), r["created"], r["revoked"])
+        return entry[0]

@@ -1,4 +1,4 @@
-"""`appliance keys create|list|revoke`: manage API keys in `<state_dir>/data/keys.db`.
+"""`appliance keys create|list|revoke`: manage API keys in the appliance's store (`store.url`).
 
 The key is printed once, at creation; only its hash is stored. A running daemon notices new and
 revoked keys within about a second (gateway.auth). The configuration is resolved like every other
@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from ..cli_config import obtain_config
+from ..store_cli import open_configured
 from .keys import KeyStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Create, list and revoke API keys.")
@@ -23,8 +24,7 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="config f
 
 
 def _store(config: Path | None) -> KeyStore:
-    cfg = obtain_config(config)
-    return KeyStore(cfg.state_path() / "data" / "keys.db")
+    return KeyStore(open_configured(obtain_config(config)))
 
 
 def _when(ts: float | None) -> str:

@@ -172,6 +172,20 @@ class OpenAIRoutes:
             return name
         return next((k for k, v in self.config.models.items() if v.modality == modality), name)
 
+    def model_for(self, name: str | None, modality: str, route: str, aliases: tuple[str, ...] = ()) -> str:
+        """The configured model a request for `route` names (OpenAI's default names, `aliases`, mean the
+        first model of `modality`), checked to exist and to serve `modality`: what a queued job runs."""
+        resolved = self._default(name, modality, aliases) if aliases else name
+        if not resolved:
+            raise ModelNotFound(f"no {modality} model is configured", param="model")
+        self._model(resolved, modality, route)
+        return resolved
+
+    @staticmethod
+    def base_url(ex: Exchange) -> str:
+        """scheme://host the client used (behind a proxy: its X-Forwarded headers)."""
+        return OpenAIRoutes._base_url(ex)
+
     # -- text ------------------------------------------------------------------------------------
     async def chat(self, ex: Exchange, call: Call) -> None:
         await self._generate(ex, call, validation.check_chat)

@@ -44,7 +44,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..catalog import Catalog
 from ..config import Config
@@ -92,6 +92,9 @@ from .swaps import SwapMeter
 from .timings import TransitionTimes
 from .types import Request, Tier
 
+if TYPE_CHECKING:
+    from ..store.state_doc import StateDoc
+
 log = logging.getLogger("appliance.residency")
 
 GIB = 1 << 30
@@ -111,16 +114,17 @@ class _Waiter:
 class ResidencyManager:
     def __init__(self, config: Config, engines: dict[str, Engine], gpu: GpuProbe, bus: EventBus,
                  state_dir: Path, clock: Callable[[], float] | None = None,
-                 catalog: Catalog | None = None) -> None:
+                 catalog: Catalog | None = None, state_docs: tuple[StateDoc, StateDoc] | None = None) -> None:
         """`catalog`: where models' weights are looked up (for prefetch) when the configuration
-        does not give them."""
+        does not give them. `state_docs`: where footprints and transition times are kept (the
+        store); default: JSON files under `state_dir/data`."""
         self.config = config
         self.engines = engines
         self.gpu = gpu
         self.bus = bus
         self.model_engine = {mid: m.engine for mid, m in config.models.items() if m.engine in engines}
-        self.footprint_file = StateFile(state_dir / "data" / "footprints.json")
-        self.timings_file = StateFile(state_dir / "data" / "transitions.json")
+        self.footprint_file, self.timings_file = state_docs or (
+            StateFile(state_dir / "data" / "footprints.json"), StateFile(state_dir / "data" / "transitions.json"))
         self.timings = TransitionTimes.from_mapping(self.timings_file.load())
         snap = gpu.snapshot()
         # Models whose worker runs on the CPU take no GPU memory: they bypass the GPU scheduler.

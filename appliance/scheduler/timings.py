@@ -7,7 +7,7 @@ configured estimates in a model's `SwapCosts` (the reload costs GreedyDual weigh
 restore prices, the Retry-After of a full queue).
 
 Must not: time anything, read or write files (the residency manager measures the durations and
-keeps them in `<state_dir>/data/transitions.json`), or decide anything.
+keeps them in the store, or a JSON file under `<state_dir>/data` without one), or decide anything.
 """
 
 from __future__ import annotations

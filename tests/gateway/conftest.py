@@ -30,6 +30,7 @@ from daemon_harness import comfyui_engine, free_port, to_toml, vllm_engine  # no
 from standins.launch import wait_until as poll  # noqa: E402
 
 from appliance.gateway.keys import KeyStore  # noqa: E402
+from appliance.store import open_store  # noqa: E402
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
@@ -141,8 +142,10 @@ def launch(tmp: Path, doc: dict[str, Any], keys: dict[str, bool] | None = None,
     doc = {**doc, "server": {"state_dir": str(tmp / "state"), "port": port, **doc.get("server", {})}}
     doc.setdefault("gpu", {"probe": "fake", "fake_dir": str(fake_gpu), "declared_total_gb": 24})
     (tmp / "config.toml").write_text(to_toml(doc))
-    store = KeyStore(tmp / "state" / "data" / "keys.db")
+    backing = open_store(doc.get("store", {}).get("url", ""), tmp / "state")
+    store = KeyStore(backing)
     created = {name: store.create(name, admin=admin)[1] for name, admin in (keys or {}).items()}
+    backing.close()
     full_env = {**os.environ, **OFFLINE, "APPLIANCE_FAKE_GPU_DIR": str(fake_gpu), "PYTHONPATH": str(ROOT),
                 **(env or {})}
     full_env.pop("APPLIANCE_STATE_DIR", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from appliance.gateway.errors import (
 )
 from appliance.gateway.keys import KeyStore
 from appliance.residency import CannotFitError, ModelUnavailable, QueueFullError
+from appliance.store import open_store
 
 
 class Clock:
@@ -35,8 +37,10 @@ def bearer(key: str) -> bytes:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> KeyStore:
-    return KeyStore(tmp_path / "data" / "keys.db")
+def store(tmp_path: Path) -> Iterator[KeyStore]:
+    backing = open_store("", tmp_path)
+    yield KeyStore(backing)
+    backing.close()
 
 
 def test_key_cache_verifies_without_the_database_and_sees_revocation_after_recheck(store: KeyStore) -> None:
@@ -123,3 +127,15 @@ def test_error_as_sse_event_is_one_data_line() -> None:
     event = Unavailable("engine gone").sse_event()
     assert event.startswith(b"data: {") and event.endswith(b"\n\n") and event.count(b"\n") == 2
     assert json.loads(event[6:])["error"]["message"] == "engine gone"
+
+
+def test_key_cache_keeps_serving_cached_keys_when_the_store_goes_away(tmp_path: Path) -> None:
+    backing = open_store("", tmp_path / "away")
+    keys = KeyStore(backing)
+    _, secret = keys.create("carol")
+    clock = Clock()
+    cache = KeyCache(keys, clock=clock, recheck_s=1.0)
+    backing.close()  # the store stops answering (StoreError on every call)
+    clock.now += 2
+    key, why = cache.verify(secret)
+    assert key is not None and key.name == "carol" and why == ""

@@ -136,6 +136,23 @@ def test_the_secret_survives_a_restart_and_old_files_are_swept(tmp_path: Path) -
     assert again.sweep() == 1 and not old.exists() and (tmp_path / "images" / name).exists()
 
 
+def test_an_image_kept_longer_than_its_url_is_signed_afresh_then_swept(tmp_path: Path) -> None:
+    clock = Clock()
+    images = ImageStore(tmp_path / "images", tmp_path / "url.key", ttl_s=60, clock=clock, keep_s=600)
+    url = images.put(PNG, "http://box")
+    name = ImageStore.name_of(url)
+    assert name is not None and ImageStore.name_of("http://box/elsewhere/x.png") is None
+    clock.now += 120
+    os.utime(tmp_path / "images" / name, (clock.now - 120, clock.now - 120))
+    with pytest.raises(Forbidden, match="expired"):
+        images.load(*split(url))
+    assert images.sweep(force=True) == 0  # the URL expired, the file is kept (a job's result)
+    fresh = images.sign(name, "http://other:1")
+    assert fresh.startswith("http://other:1/images/") and images.load(*split(fresh))[0] == PNG
+    clock.now += 600
+    assert images.sweep(force=True) == 1 and not (tmp_path / "images" / name).exists()
+
+
 def wav_bytes(seconds: float, rate: int = 22050) -> bytes:
     out = io.BytesIO()
     with wave.open(out, "wb") as w:

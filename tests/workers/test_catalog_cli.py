@@ -139,3 +139,14 @@ def test_plan_rejects_a_bad_snapshot(tmp_path: Path) -> None:
 def test_pull_of_an_unknown_model_is_a_usage_error() -> None:
     result = CliRunner().invoke(cli(), ["pull", "qwen-32b"])
     assert result.exit_code == 2 and "unknown model 'qwen-32b'" in result.output
+
+
+def test_plan_prices_the_box_at_the_configured_hourly_price(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[server]\nhourly_price_usd = 0.5\nstate_dir = "{tmp_path / "state"}"\n')
+    args = ["plan", "--snapshot", str(DATA / "rtx3090_box.json"), "--json"]
+    plan = json.loads(CliRunner().invoke(cli(), args, env={"APPLIANCE_CONFIG": str(config)}).output)
+    assert plan["hourly_price"] == 0.5 and plan["monthly_cost"] == 365.0
+    flag = json.loads(CliRunner().invoke(cli(), [*args, "--hourly-price", "0.2"],
+                                         env={"APPLIANCE_CONFIG": str(config)}).output)
+    assert flag["monthly_cost"] == 146.0  # the option wins over the configuration

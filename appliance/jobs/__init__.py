@@ -1,0 +1,54 @@
+"""The async jobs API: image, speech and whole chat requests queued durably, run later under the same
+residency leases as synchronous requests, and read back by id.
+
+Pieces: `submit` checks a job request and makes its row; `queue` (local, on the store) and `kafka`
+(a topic per model, a consumer group shared by the boxes) hand queued jobs to this box's workers;
+`runner` runs them through the gateway's own route handlers and settles each attempt in the store;
+`api` is the HTTP face (`/v1/jobs`). The store's job table is the truth: a queue only says "look at
+this job"; a claim in the store decides who runs it, so a job runs at least once and its result is
+written once.
+It must not be confused with `Appliance.bus`, the in-memory event bus.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from ..config import Config
+from ..store import Store
+from .queue import JobQueue, LocalQueue
+
+
+class JobsError(Exception):
+    """The jobs backend is misconfigured or unreachable; one line naming the setting."""
+
+
+def box_id(config: Config, port: int) -> str:
+    return config.jobs.box_id or f"{socket.gethostname()}:{port}"
+
+
+def check_brokers(brokers: list[str], timeout_s: float = 3.0) -> None:
+    """Raise JobsError unless at least one broker accepts a TCP connection (the start-up check)."""
+    problems: list[str] = []
+    for broker in brokers:
+        host, _, port = broker.rpartition(":")
+        if not host or not port.isdigit():
+            raise JobsError(f"jobs.brokers: {broker!r} is not host:port")
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout_s).close()
+            return
+        except OSError as exc:
+            problems.append(f"{broker} ({exc.strerror or exc})")
+    raise JobsError(f"jobs.brokers: no broker answers: {', '.join(problems)}")
+
+
+def build_queue(config: Config, store: Store, owner: str) -> JobQueue:
+    """The configured queue backend; Kafka's client is imported only when it is selected."""
+    if config.jobs.backend == "kafka":
+        check_brokers(config.jobs.brokers)
+        try:
+            from .kafka import KafkaQueue
+        except ImportError as exc:
+            raise JobsError(f"jobs.backend: kafka needs aiokafka ({exc}): pip install 'appliance[full]'") from None
+        return KafkaQueue(store, owner, config.jobs.brokers, config.jobs.topic_prefix, config.jobs.group)
+    return LocalQueue(store, owner, config.jobs.poll_s)

@@ -1,0 +1,122 @@
+"""Scheduled upkeep of what the appliance keeps, run by apscheduler beside (never inside) the
+residency core: retention of usage records, generated images, finished jobs and their files; the
+daily usage rollup; an optional backup of the embedded store.
+
+Each pass is a plain method (`retention`, `rollup`, `backup`) taking the time, so tests call it
+directly; `start()` registers them with an AsyncIOScheduler that runs them off the event loop.
+The rollup runs before the retention (the raw records of a day go only once it is rolled up).
+It must not decide what a record means or touch a running request: it deletes by age only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import StoreConfig
+from .protocol import Store, StoreError
+from .sqlcore import day_of
+
+log = logging.getLogger("appliance.store")
+RETENTION_EVERY_S = 3600.0
+
+
+def sweep_files(directory: Path, older_than: float) -> int:
+    """Delete plain files in `directory` last modified before `older_than`."""
+    removed = 0
+    if not directory.is_dir():
+        return 0
+    for path in directory.iterdir():
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.stat().st_mtime < older_than:
+                path.unlink()
+                removed += 1
+    return removed
+
+
+class Maintenance:
+    def __init__(self, store: Store, settings: StoreConfig, *, jobs_dir: Path,
+                 image_sweep: Callable[[], int] | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.jobs_dir = jobs_dir
+        self.image_sweep = image_sweep
+        self._scheduler: Any = None
+
+    # -- the passes
+    def rollup(self, now: float) -> int:
+        """Fold every complete day (UTC) before `now` into the daily table; returns the days folded."""
+        return self.store.usage_rollup(day_of(now))
+
+    def retention(self, now: float) -> dict[str, int]:
+        s = self.settings
+        out = {"usage": 0, "jobs": 0, "job_files": 0, "images": 0}
+        if s.usage_retention_days > 0:
+            out["usage"] = self.store.usage_prune(now - s.usage_retention_days * 86400)
+        out["jobs"] = self.store.jobs_prune(now - s.job_retention_h * 3600)
+        out["job_files"] = sweep_files(self.jobs_dir, now - s.job_retention_h * 3600)
+        if self.image_sweep is not None:
+            out["images"] = self.image_sweep()
+        return out
+
+    def backup(self, now: float) -> Path | None:
+        """A backup of the embedded store into `backup_dir`, keeping the newest `backup_keep`."""
+        if not self.settings.backup_dir:
+            return None
+        backup = getattr(self.store, "backup", None)
+        if backup is None:
+            log.warning("store: backup_dir is set but %s is not the embedded store; use pg_dump",
+                        self.store.describe())
+            return None
+        directory = Path(self.settings.backup_dir).expanduser()
+        dest = directory / time.strftime("appliance-%Y%m%d-%H%M%S.db", time.gmtime(now))
+        backup(dest)
+        kept = sorted(directory.glob("appliance-*.db"))
+        for old in kept[:-self.settings.backup_keep]:
+            old.unlink(missing_ok=True)
+        return dest
+
+    def daily(self, now: float) -> None:
+        days = self.rollup(now)
+        removed = self.retention(now)
+        log.info("store: rolled up %d day(s); retention removed %s", days, removed)
+
+    # -- the schedule
+    def start(self) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        hour, minute = (int(p) for p in self.settings.rollup_at.split(":"))
+        sched = AsyncIOScheduler(timezone="UTC")
+        sched.add_job(self._off_loop(self.daily), "cron", hour=hour, minute=minute, id="rollup",
+                      misfire_grace_time=3600, coalesce=True)
+        sched.add_job(self._off_loop(self.retention), "interval", seconds=RETENTION_EVERY_S, id="retention",
+                      coalesce=True)
+        if self.settings.backup_dir:
+            sched.add_job(self._off_loop(self.backup), "interval", hours=self.settings.backup_interval_h,
+                          id="backup", coalesce=True)
+        sched.start()
+        self._scheduler = sched
+
+    @staticmethod
+    def _off_loop(step: Callable[[float], object]) -> Callable[[], Any]:
+        async def run() -> None:
+            try:
+                await asyncio.to_thread(step, time.time())
+            except (StoreError, OSError) as exc:
+                log.warning("store maintenance (%s) failed: %s", step.__name__, exc)
+        run.__name__ = step.__name__
+        return run
+
+    def jobs(self) -> list[str]:
+        """Ids of the scheduled passes (for /api/status and tests)."""
+        return [] if self._scheduler is None else [j.id for j in self._scheduler.get_jobs()]
+
+    def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None

@@ -1,0 +1,100 @@
+"""The JobQueue contract on both backends: the local durable queue and Kafka (a real Tansu broker)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from appliance.store import JobState, NewJob
+from appliance.store.sqlcore import SqlStore
+
+from .conftest import QueueFactory
+
+TAKE_TIMEOUT_S = 20.0
+
+
+def _new(store: SqlStore, jid: str, model: str = "tts") -> None:
+    store.job_create(NewJob(jid, "/v1/audio/speech", model, "-", None, "h", "{}", "http://x"))
+
+
+async def test_each_announced_job_is_taken_once_in_order(queues: QueueFactory) -> None:
+    queue = queues("box-a")
+    await queue.start(["tts", "img"])
+    for i in range(5):
+        _new(queues.store, f"j{i}")  # type: ignore[arg-type]
+        job = queues.store.job_get(f"j{i}")
+        assert job is not None
+        await queue.announce(job)
+    taken = [await asyncio.wait_for(queue.take("tts"), TAKE_TIMEOUT_S) for _ in range(5)]
+    assert [j.id for j in taken] == [f"j{i}" for i in range(5)]
+    assert all(j.state is JobState.RUNNING and j.owner == "box-a" for j in taken)
+
+
+async def test_a_cancelled_job_is_skipped(queues: QueueFactory) -> None:
+    queue = queues("box-a")
+    await queue.start(["tts"])
+    for jid in ("gone", "kept"):
+        _new(queues.store, jid)  # type: ignore[arg-type]
+    queues.store.job_cancel("gone")
+    for jid in ("gone", "kept"):
+        job = queues.store.job_get(jid)
+        assert job is not None
+        await queue.announce(job)
+    job = await asyncio.wait_for(queue.take("tts"), TAKE_TIMEOUT_S)
+    assert job.id == "kept"
+
+
+async def test_two_boxes_never_take_the_same_job(queues: QueueFactory) -> None:
+    boxes = [queues("box-a"), queues("box-b")]
+    for box in boxes:
+        await box.start(["tts"])
+    for i in range(10):
+        _new(queues.store, f"m{i}")  # type: ignore[arg-type]
+        job = queues.store.job_get(f"m{i}")
+        assert job is not None
+        await boxes[i % 2].announce(job)
+
+    taken: list[str] = []
+
+    async def drain(box: object) -> None:
+        while len(taken) < 10:
+            job = await box.take("tts")  # type: ignore[attr-defined]
+            taken.append(job.id)
+
+    tasks = [asyncio.ensure_future(drain(b)) for b in boxes]
+    try:
+        for _ in range(int(TAKE_TIMEOUT_S * 20)):
+            if len(taken) >= 10:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert sorted(taken) == sorted(f"m{i}" for i in range(10))
+
+
+async def test_a_requeued_job_is_taken_again_after_a_restart(queues: QueueFactory) -> None:
+    first = queues("box-a")
+    await first.start(["tts"])
+    _new(queues.store, "r1")  # type: ignore[arg-type]
+    job = queues.store.job_get("r1")
+    assert job is not None
+    await first.announce(job)
+    running = await asyncio.wait_for(first.take("tts"), TAKE_TIMEOUT_S)
+    await first.close()  # the box dies with the job running
+    again = queues("box-a")
+    await again.start(["tts"])
+    for requeued in queues.store.jobs_requeue("box-a"):  # what JobRunner.start does
+        await again.announce(requeued)
+    retaken = await asyncio.wait_for(again.take("tts"), TAKE_TIMEOUT_S)
+    assert retaken.id == running.id and retaken.attempts == 2
+
+
+async def test_jobs_queued_before_the_start_are_taken_oldest_first(queues: QueueFactory) -> None:
+    # Queued while no queue ran (or while the broker was away at submit time): nobody announced them.
+    for jid in ("early", "later"):
+        _new(queues.store, jid)  # type: ignore[arg-type]
+    queue = queues("box-a")
+    await queue.start(["tts"])
+    taken = [await asyncio.wait_for(queue.take("tts"), TAKE_TIMEOUT_S) for _ in range(2)]
+    assert [j.id for j in taken] == ["early", "later"]

@@ -1,0 +1,137 @@
+"""The Store protocol's contract, run against both backends (SQLite and a real PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from appliance.store import JobState, KeyRow, NewJob
+from appliance.store.sqlcore import SqlStore, day_of
+from appliance.usage import UsageRecord
+
+
+def _job(jid: str, model: str = "tts", idem: str | None = None, key: str = "-") -> NewJob:
+    return NewJob(jid, "/v1/audio/speech", model, key, idem, "hash", '{"input": "hi"}', "http://127.0.0.1:1")
+
+
+def test_keys_insert_revoke_and_fingerprint(store: SqlStore) -> None:
+    before = store.keys_fingerprint()
+    store.key_insert(KeyRow("a1", "alice", True, "h1", 100.0, None))
+    store.key_insert(KeyRow("b2", "bob", False, "h2", 101.0, None))
+    added = store.keys_fingerprint()
+    assert added != before
+    assert [(k.id, k.admin) for k in store.key_rows()] == [("a1", True), ("b2", False)]
+    assert store.key_revoke("bob", 200.0) == 1
+    assert store.key_revoke("bob", 201.0) == 0  # already revoked
+    assert store.keys_fingerprint() != added
+    assert store.key_rows()[1].revoked == 200.0
+
+
+def test_usage_filters_days_rollup_and_prune(store: SqlStore) -> None:
+    day1, day2 = 1_700_000_000.0, 1_700_000_000.0 + 86_400
+    recs = [UsageRecord("/v1/chat/completions", "qwen", "k1", 200, tokens_in=10, tokens_out=5, gpu_s=2.0, at=day1),
+            UsageRecord("/v1/audio/speech", "tts", "k2", 200, audio_s=3.5, gpu_s=1.0, at=day1 + 1),
+            UsageRecord("/v1/chat/completions", "qwen", "k1", 502, error="engine_error", at=day2)]
+    store.usage_insert(recs)
+    recent = store.usage_recent(since=None, until=None, key_id="k1", model=None, limit=10)
+    assert [r["status"] for r in recent] == [200, 502]  # oldest first
+    assert store.usage_recent(since=day2, until=None, key_id=None, model=None, limit=10)[0]["error"] == "engine_error"
+    days = store.usage_days(since=None, until=None, key_id=None, model="qwen")
+    assert [(d["day"], d["requests"], d["errors"], d["tokens_in"]) for d in days] == [
+        (day_of(day1), 1, 0, 10), (day_of(day2), 1, 1, 0)]
+    assert store.usage_rollup(day_of(day2)) == 1  # only the complete day before day2
+    assert store.usage_prune(day2) == 2
+    assert len(store.usage_recent(since=None, until=None, key_id=None, model=None, limit=10)) == 1
+    days = store.usage_days(since=None, until=None, key_id=None, model=None)  # day1 now from the rollup
+    assert [(d["day"], d["model"], d["requests"], d["audio_s"]) for d in days] == [
+        (day_of(day1), "qwen", 1, 0.0), (day_of(day1), "tts", 1, 3.5), (day_of(day2), "qwen", 1, 0.0)]
+    assert store.usage_days(since=None, until=None, key_id="k2", model=None)[0]["gpu_s"] == 1.0
+    assert store.usage_rollup(day_of(day2)) == 0  # rerun: nothing left to fold, nothing doubled
+    assert sum(d["requests"] for d in store.usage_days(since=None, until=None, key_id=None, model=None)) == 3
+
+
+def test_state_documents(store: SqlStore) -> None:
+    assert store.state_get("footprints") is None
+    store.state_put("footprints", {"qwen": 123})
+    store.state_put("footprints", {"qwen": 456})
+    assert store.state_get("footprints") == {"qwen": 456}
+    store.state_put_nowait("transitions", {"qwen": {"load": [1.0]}})
+    deadline = time.monotonic() + 10
+    while store.state_get("transitions") is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.state_get("transitions") == {"qwen": {"load": [1.0]}}
+
+
+def test_jobs_idempotency_claim_position_and_settle(store: SqlStore) -> None:
+    first, created = store.job_create(_job("j1", idem="abc"))
+    again, created_again = store.job_create(_job("j9", idem="abc"))
+    assert created and not created_again and again.id == "j1"
+    other_key, created_other = store.job_create(_job("j8", idem="abc", key="k2"))  # idempotency is per key
+    assert created_other and other_key.id == "j8"
+    second, _ = store.job_create(_job("j2"))
+    assert store.job_position(first) == 0 and store.job_position(second) == 2
+    claimed = store.job_claim("box-a", models=["tts"])
+    assert claimed is not None and claimed.id == "j1" and claimed.state is JobState.RUNNING and claimed.attempts == 1
+    assert store.job_fail(claimed, "engine_error: 502", retry=True)
+    retried = store.job_claim("box-a", job_id="j1")
+    assert retried is not None and retried.attempts == 2 and retried.error == "engine_error: 502"
+    assert not store.job_finish(claimed, '{"status": 200}')  # a stale attempt reports nothing
+    assert store.job_finish(retried, '{"status": 200}')
+    done = store.job_get("j1")
+    assert done is not None and done.state is JobState.SUCCEEDED and done.result == '{"status": 200}'
+    assert store.job_claim("box-a", models=["other"]) is None
+    cancelled = store.job_cancel("j2")
+    assert cancelled is not None and cancelled.state is JobState.CANCELLED
+    assert store.job_cancel("missing") is None
+    assert [j.id for j in store.jobs_queued(["tts"])] == ["j8"]
+
+
+def test_concurrent_claims_never_share_a_job(store: SqlStore) -> None:
+    for i in range(40):
+        store.job_create(_job(f"c{i}"))
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def worker(box: str) -> None:
+        while (job := store.job_claim(box, models=["tts"])) is not None:
+            with lock:
+                got.append(job.id)
+
+    threads = [threading.Thread(target=worker, args=(f"box{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(got) == sorted(f"c{i}" for i in range(40))
+
+
+def test_requeue_only_own_running_jobs_and_prune_finished(store: SqlStore) -> None:
+    for i in range(3):
+        store.job_create(_job(f"r{i}"))
+    mine = store.job_claim("box-a", models=["tts"])
+    theirs = store.job_claim("box-b", models=["tts"])
+    assert mine is not None and theirs is not None
+    assert [j.id for j in store.jobs_requeue("box-a")] == [mine.id]
+    assert store.job_get(theirs.id).state is JobState.RUNNING  # type: ignore[union-attr]
+    assert store.job_get(mine.id).error.startswith("interrupted")  # type: ignore[union-attr]
+    assert store.job_finish(theirs, "{}")
+    assert store.jobs_prune(time.time() + 1) == 1
+    assert store.job_get(theirs.id) is None
+
+
+def test_dump_and_load_copy_every_table(store: SqlStore, tmp_path: object) -> None:
+    store.key_insert(KeyRow("a1", "alice", True, "h1", 100.0, None))
+    store.usage_insert([UsageRecord("/v1/embeddings", "mini", None, 200, at=1_700_000_000.0)])
+    store.job_create(_job("d1"))
+    tables = {t: (cols, rows) for t, cols, rows in store.dump()}
+    assert len(tables["keys"][1]) == 1 and len(tables["usage"][1]) == 1 and len(tables["jobs"][1]) == 1
+
+
+async def test_event_loop_entry_points_match_the_sync_ones(store: SqlStore) -> None:
+    made, created = await store.ajob_create(_job("a1", idem="x"))
+    again, created_again = await store.ajob_create(_job("a2", idem="x"))
+    assert created and not created_again and again.id == made.id == "a1"
+    claimed = await store.ajob_claim("box", job_id="a1")
+    assert claimed is not None and claimed.state is JobState.RUNNING and claimed.owner == "box"
+    assert await store.ajob_claim("box", job_id="a1") is None  # already running
+    assert await store.ajob_claim("box", models=[]) is None
