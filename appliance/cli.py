@@ -10,23 +10,25 @@ import json
 import logging
 import os
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from .config import Config, ConfigError, load_config
+from .daemon_client import DaemonError, DaemonTarget, DaemonUnreachable, find_daemon, request_json
+from .install_receipt import Receipt, ReceiptError, load_receipt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="AI Appliance: one GPU box, every model, one OpenAI-compatible API.")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="config file (default: $APPLIANCE_CONFIG, "
-                                                "./config.toml, ~/.config/appliance/config.toml, "
-                                                "/etc/appliance/config.toml)")]
+                                                "the installed one, ~/.config/appliance/config.toml, "
+                                                "/etc/appliance/config.toml, ./config.toml)")]
 
-SEARCH = (Path("config.toml"), Path("~/.config/appliance/config.toml"), Path("/etc/appliance/config.toml"))
+# The installed configuration (install.sh's receipt) comes before ./config.toml: a checkout's example
+# configuration must not silently replace the one the service runs with.
+SEARCH = (Path("~/.config/appliance/config.toml"), Path("/etc/appliance/config.toml"), Path("config.toml"))
 
 
 def resolve_config_path(explicit: Path | None) -> Path:
@@ -35,11 +37,23 @@ def resolve_config_path(explicit: Path | None) -> Path:
     env = os.environ.get("APPLIANCE_CONFIG")
     if env:
         return Path(env)
+    receipt = installed()
+    if receipt is not None:
+        return receipt.config
     for cand in SEARCH:
         if cand.expanduser().is_file():
             return cand.expanduser()
     raise ConfigError(["no configuration file found: pass --config PATH or set APPLIANCE_CONFIG "
                        f"(looked for {', '.join(str(p) for p in SEARCH)})"])
+
+
+def installed() -> Receipt | None:
+    """The receipt of the installation this command belongs to (None in a checkout)."""
+    try:
+        return load_receipt()
+    except ReceiptError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def obtain_config(explicit: Path | None) -> Config:
@@ -65,6 +79,7 @@ def serve(config: ConfigOpt = None,
           port: Annotated[int | None, typer.Option(help="port (default: server.port)")] = None) -> None:
     """Run the daemon in the foreground."""
     cfg = obtain_config(config)
+    typer.echo(f"configuration: {cfg.source}", err=True)
     logging.basicConfig(level=cfg.server.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .daemon import RefusedBind
@@ -90,24 +105,23 @@ def serve(config: ConfigOpt = None,
         pass
 
 
-def _api(path: str, method: str = "GET") -> Any:
-    base = os.environ.get("APPLIANCE_URL", "http://127.0.0.1:8080").rstrip("/")
-    req = urllib.request.Request(base + path, method=method)
-    key = os.environ.get("APPLIANCE_API_KEY")
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
+def daemon_target() -> DaemonTarget:
+    """The running daemon as configured: APPLIANCE_URL, else the resolved configuration's host and port."""
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            msg = json.loads(exc.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            msg = exc.reason
-        typer.echo(f"error: {base}{path}: {exc.code} {msg}", err=True)
+        cfg: Config | None = load_config(resolve_config_path(None), state_dir=os.environ.get("APPLIANCE_STATE_DIR"))
+    except ConfigError:
+        cfg = None  # no configuration here: the default address, unless APPLIANCE_URL says otherwise
+    return find_daemon(os.environ, cfg, installed())
+
+
+def _api(path: str, method: str = "GET") -> Any:
+    try:
+        return request_json(daemon_target(), path, method)
+    except DaemonError as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    except (urllib.error.URLError, OSError) as exc:
-        typer.echo(f"error: cannot reach the daemon at {base} ({exc}); is it running?", err=True)
+    except DaemonUnreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
 
@@ -166,7 +180,8 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="print the raw J
 
     gpu = data["gpu"]
     console = Console()
-    console.print(f"[bold]appliance[/] {data['version']}  profile {data['profile']}  up {data['uptime_s']:.0f}s")
+    console.print(f"[bold]appliance[/] {data['version']}  profile {data['profile']}  up {data['uptime_s']:.0f}s  "
+                  f"config {data.get('config', '-')}", highlight=False)
     console.print(f"GPU ({gpu['kind']}): {gpu.get('name') or '-'}  used {_gb(gpu['used_bytes'])} of "
                   f"{_gb(gpu['total_bytes'])}" + (f"  [yellow]{gpu['note']}[/]" if gpu.get("note") else ""))
     table = Table("engine", "kind", "state", "pid", "port", "restarts", "GPU mem", "models", "last error")
