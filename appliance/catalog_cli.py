@@ -23,6 +23,7 @@ import typer
 from appliance.catalog import Catalog, CatalogError, UnknownModel, load_catalog
 from appliance.config import ConfigError, parse_config
 from appliance.daemon_client import DaemonError, DaemonTarget, DaemonUnreachable, request_json
+from appliance.engine_install import installed_engines
 from appliance.plan import DEFAULT_RESERVE_BYTES, Plan, format_table, load_snapshot, make_plan, render_plan
 from appliance.plan_write import Installation, render_config, speech_fallback, write_config
 from appliance.pull import PullError, PullEvent, default_models_dir, is_on_disk, pull_model
@@ -196,10 +197,18 @@ def plan_command(
     comfyui_python: Annotated[str, typer.Option(help="with --write: ComfyUI's interpreter")] = "",
     xtts_python: Annotated[str, typer.Option(help="with --write: the XTTS environment's interpreter")] = "",
     accept: Annotated[list[str] | None, typer.Option(help="with --write: a licence accepted (e.g. CPML)")] = None,
+    engines_root: Annotated[Path | None, typer.Option(help="with --write: where `appliance engine install` put "
+                                                      "the engines (fills --vllm, --comfyui-*, --xtts-python)")] = None,
 ) -> None:
     """Size this box: profile, models that fit, VRAM/RAM per service, co-residence, monthly cost.
     With --write, write the configuration that fits it (the installer's first configuration)."""
     cat = _catalog(catalog)
+    if engines_root is not None:
+        found = installed_engines(engines_root.expanduser())
+        vllm = vllm or found.get("vllm", {}).get("executable", "")
+        comfyui_dir = comfyui_dir or found.get("comfyui", {}).get("path", "")
+        comfyui_python = comfyui_python or found.get("comfyui", {}).get("python", "")
+        xtts_python = xtts_python or found.get("xtts", {}).get("python", "")
     where = Installation(host=bind, port=port, state_dir=state_dir, tls_cert=tls_cert, tls_key=tls_key,
                          plain_http=plain_http, vllm=vllm, comfyui_dir=comfyui_dir, comfyui_python=comfyui_python,
                          xtts_python=xtts_python, accepted=tuple(accept or ()))

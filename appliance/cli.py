@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from . import doctor, service_cli
 from .config import Config, ConfigError, load_config
 from .daemon_client import DaemonError, DaemonTarget, DaemonUnreachable, find_daemon, request_json
 from .install_receipt import Receipt, ReceiptError, load_receipt
@@ -200,8 +201,17 @@ def logs(engine: str, tail: Annotated[int, typer.Option(help="lines")] = 100) ->
 
 
 @app.command()
-def engine(name: str, action: Annotated[str, typer.Argument(help="start, stop or restart")]) -> None:
-    """Start, stop or restart an engine through the running daemon."""
+def engine(name: Annotated[str, typer.Argument(help="an engine of the configuration, or `install`")],
+           action: Annotated[str, typer.Argument(help="start, stop or restart (after install: vllm, comfyui, "
+                                                 "xtts or openwebui)")],
+           root: Annotated[Path | None, typer.Option(help="install: the engines' directory")] = None,
+           source: Annotated[Path | None, typer.Option(help="install: the appliance checkout")] = None) -> None:
+    """Start, stop or restart an engine through the running daemon; `engine install NAME` installs one."""
+    if name == "install":
+        from .engine_cli import install_command
+
+        install_command(action, root, source, installed())
+        return
     data = _api(f"/api/engines/{name}/{action}", method="POST")
     typer.echo(f"{data['name']}: {data['state']}")
 
@@ -225,6 +235,8 @@ def _register_optional() -> None:
 
 
 _register_optional()
+app.add_typer(service_cli.app, name="service")
+app.command("doctor")(doctor.doctor_command)
 
 
 def main() -> None:

@@ -119,7 +119,10 @@ def render_config(plan: Plan, catalog: Catalog, where: Installation) -> str:
         out += [f"tls_cert = {_q(where.tls_cert)}", f"tls_key = {_q(where.tls_key)}"]
     if where.plain_http:
         out.append("plain_http = true  # behind a TLS-terminating proxy")
-    out += ["", "[gpu]", 'probe = "auto"', f"reserve_gb = {plan.reserve_bytes / GIB:.1f}", ""]
+    # slept weights may take half the box's RAM (the default, 32 GiB, is more than many boxes have)
+    ram_budget = min(32, int(plan.host.ram_bytes / GIB / 2))
+    out += ["", "[gpu]", 'probe = "auto"', f"reserve_gb = {plan.reserve_bytes / GIB:.1f}",
+            f"host_ram_budget_gb = {ram_budget}", ""]
     if where.accepted:
         out += ["[licences]", "accepted = [" + ", ".join(_q(a) for a in where.accepted) + "]", ""]
     for service in plan.services:
