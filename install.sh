@@ -356,13 +356,14 @@ start_service() {
       "$VENV/bin/supervisorctl" -c "$SUP_CONF" update >/dev/null
       "$VENV/bin/supervisorctl" -c "$SUP_CONF" restart appliance >/dev/null ;;
     supervisord)
-      say "no systemd and no supervisord running: starting one for the appliance ($SUP_CONF)"
       render "$SRC/packaging/supervisord.conf" "$SUP_CONF"
       if "$VENV/bin/supervisorctl" -c "$SUP_CONF" pid >/dev/null 2>&1; then
+        say "restarting the appliance under its supervisord ($SUP_CONF)"
         "$VENV/bin/supervisorctl" -c "$SUP_CONF" reread >/dev/null
         "$VENV/bin/supervisorctl" -c "$SUP_CONF" update >/dev/null
         "$VENV/bin/supervisorctl" -c "$SUP_CONF" restart appliance >/dev/null
       else
+        say "no systemd and no supervisord running: starting one for the appliance ($SUP_CONF)"
         "$VENV/bin/supervisord" -c "$SUP_CONF"
       fi ;;
   esac
@@ -431,16 +432,17 @@ uninstall() {
   esac
   say "removed the service; removing $CODE"
   [ -L "$BIN_DIR/appliance" ] && rm -f "$BIN_DIR/appliance"
+  [ -z "$PREFIX" ] || rmdir "$BIN_DIR" 2>/dev/null || true
   rm -rf "$CODE"
   if [ "$PURGE" = 1 ]; then
     if [ "$YES" != 1 ]; then
-      [ -r /dev/tty ] || die "--purge deletes $CONFIG_DIR and $DATA: confirm with -y"
+      (: </dev/tty) 2>/dev/null || die "--purge deletes $CONFIG_DIR and $DATA: confirm with -y"
       printf 'delete the configuration, keys, models and data in %s and %s? [y/N] ' "$CONFIG_DIR" "$DATA" >/dev/tty
       read -r answer </dev/tty
       case "$answer" in y|Y|yes) ;; *) say "kept $CONFIG_DIR and $DATA"; return 0 ;; esac
     fi
     rm -rf "$CONFIG_DIR" "$DATA"
-    [ -n "$PREFIX" ] && rmdir "$PREFIX/bin" "$PREFIX" 2>/dev/null || true
+    [ -z "$PREFIX" ] || rmdir "$PREFIX" 2>/dev/null || true
     say "purged $CONFIG_DIR and $DATA"
   else
     say "kept the configuration, keys, models and data: $CONFIG_DIR, $DATA (--uninstall --purge deletes them)"
