@@ -96,12 +96,11 @@ def _run(argv: list[str], log: Path, env: Mapping[str, str], cwd: Path | None = 
         raise EngineInstallError(f"{argv[0]} exited {done.returncode}:\n" + "\n".join(tail))
 
 
-def _venv(where: Path, log: Path, env: Mapping[str, str], python: str, source: Path) -> Path:
+def _venv(where: Path, log: Path, env: Mapping[str, str], python: str) -> Path:
+    """A fresh environment with the interpreter's own pip (no upgrade: installs work offline from a mirror)."""
     py = where / "bin" / "python"
     if not py.exists():
         _run([python, "-m", "venv", str(where)], log, env)
-    # pip itself at the version the daemon's lock pins
-    _run([str(py), "-m", "pip", "install", "-q", "-c", str(source / "requirements.lock"), "pip"], log, env)
     return py
 
 
@@ -118,7 +117,7 @@ def install_engine(name: str, root: Path, source: Path, env: Mapping[str, str], 
     home.mkdir(parents=True, exist_ok=True)
     log = root / f"{name}.log"
     log.write_text("", encoding="utf-8")
-    py = _venv(home / "venv", log, env, python, source)
+    py = _venv(home / "venv", log, env, python)
     record = {"engine": name, "version": pin.version, "python": str(py)}
     if name == "comfyui":
         checkout = home / "ComfyUI"
