@@ -93,7 +93,7 @@ def connect_host(bind: str) -> str:
     except ValueError:
         return bind  # "localhost"
     if addr.is_unspecified:
-        return "::1" if addr.version == 6 else "127.0.0.1"
+        return "[::1]" if addr.version == 6 else "127.0.0.1"
     return f"[{bind}]" if addr.version == 6 else bind
 
 
