@@ -270,9 +270,12 @@ tls_setup() {
     # renewed 30 days before it expires (a re-run of the installer, or `appliance doctor`, says when)
     if [ ! -f "$TLS_CERT" ] || ! openssl x509 -checkend 2592000 -noout -in "$TLS_CERT" >/dev/null 2>&1; then
       mkdir -p "$CONFIG_DIR/tls"
+      # every name the printed URL may use: this box's addresses, its public one on vast.ai, the bind address
       san="DNS:localhost,IP:127.0.0.1,DNS:$(hostname)"
-      case "$BIND" in 0.0.0.0|::) ;; *) san="$san,IP:$BIND" ;; esac
-      [ -n "${PUBLIC_IPADDR:-}" ] && san="$san,IP:$PUBLIC_IPADDR"
+      for a in $(hostname -I 2>/dev/null) ${PUBLIC_IPADDR:-}; do
+        case "$a" in *:*) ;; *) san="$san,IP:$a" ;; esac
+      done
+      case "$BIND" in 0.0.0.0|::|*:*) ;; *) san="$san,IP:$BIND" ;; esac
       (umask 077; openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 397 \
         -subj "/CN=appliance" -addext "subjectAltName=$san" -keyout "$TLS_KEY" -out "$TLS_CERT" >/dev/null 2>&1) \
         || die "openssl could not generate a certificate"
