@@ -209,9 +209,10 @@ def plan_command(
         comfyui_dir = comfyui_dir or found.get("comfyui", {}).get("path", "")
         comfyui_python = comfyui_python or found.get("comfyui", {}).get("python", "")
         xtts_python = xtts_python or found.get("xtts", {}).get("python", "")
+    openwebui = found.get("openwebui", {}).get("executable", "") if engines_root is not None else ""
     where = Installation(host=bind, port=port, state_dir=state_dir, tls_cert=tls_cert, tls_key=tls_key,
                          plain_http=plain_http, vllm=vllm, comfyui_dir=comfyui_dir, comfyui_python=comfyui_python,
-                         xtts_python=xtts_python, accepted=tuple(accept or ()))
+                         xtts_python=xtts_python, openwebui=openwebui, accepted=tuple(accept or ()))
     if write:
         cat = speech_fallback(cat, where)
     if snapshot is not None:

@@ -8,7 +8,8 @@ serves:
 - image on ComfyUI (checkpoint in its model folder) or a diffusers worker (small default size on a CPU);
 - speech and embeddings on workers (XTTS only where its own environment exists, else the next speech
   model the box runs: the plan is re-made without it, see `speech_fallback`);
-- the server's host, port, data directory and TLS settings, and each engine's interpreter.
+- the server's host, port, data directory and TLS settings, and each engine's interpreter;
+- Open WebUI when its environment is installed (`install.sh --engines ...,openwebui`).
 
 It must not probe the box or read the environment (catalog_cli gathers the inputs); `write_config`, the
 one I/O helper, never replaces an existing file unless told to.
@@ -42,6 +43,7 @@ class Installation:
     comfyui_dir: str = ""  # the ComfyUI checkout
     comfyui_python: str = ""  # its environment's interpreter
     xtts_python: str = ""  # the XTTS environment's interpreter ("" = not installed)
+    openwebui: str = ""  # the open-webui executable ("" = not installed: no web UI engine)
     accepted: tuple[str, ...] = field(default_factory=tuple)  # licences accepted at install (e.g. CPML)
 
 
@@ -129,6 +131,8 @@ def render_config(plan: Plan, catalog: Catalog, where: Installation) -> str:
         out += [*_engine(service, catalog.get(service.model_id), where), ""]
     for service in plan.services:
         out += [*_model(service, catalog.get(service.model_id)), ""]
+    if where.openwebui:
+        out += ["[engines.openwebui]", 'kind = "openwebui"', "port = 3000", f"command = [{_q(where.openwebui)}]", ""]
     for missing, why in plan.missing:
         out.append(f"# {missing}: not served on this box ({why})")
     return "\n".join(out).rstrip() + "\n"

@@ -52,6 +52,12 @@ def test_xtts_only_where_its_environment_is_installed() -> None:
     assert doc["licences"]["accepted"] == ["CPML"]
 
 
+def test_open_webui_only_when_installed() -> None:
+    assert "openwebui" not in written(Installation())["engines"]
+    webui = written(Installation(openwebui="/opt/w/bin/open-webui"))["engines"]["openwebui"]
+    assert webui == {"kind": "openwebui", "port": 3000, "command": ["/opt/w/bin/open-webui"]}
+
+
 def test_tls_and_plain_http_settings_are_written() -> None:
     doc = written(Installation(host="0.0.0.0", tls_cert="/e/cert.pem", tls_key="/e/key.pem"))
     assert (doc["server"]["tls_cert"], doc["server"]["tls_key"]) == ("/e/cert.pem", "/e/key.pem")
