@@ -25,7 +25,8 @@ def make_venv(tmp: Path) -> Path:
     return venv
 
 
-def run(venv: Path, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def run(venv: Path, *args: str, env: dict[str, str] | None = None,
+        cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     base.update({"PYTHONPATH": f"{ROOT}:{SITE}", "COLUMNS": "250", **(env or {})})
     return subprocess.run([str(venv / "bin" / "python"), "-m", "appliance", *args], capture_output=True, text=True,
@@ -118,8 +119,9 @@ def test_https_with_a_generated_certificate_and_the_installed_key(tmp_path: Path
     try:
         wait_for(lambda: run(venv, "status", "--json").returncode == 0, 60, "the HTTPS daemon", interval=0.5)
         url = f"https://127.0.0.1:{port}/api/status"
-        ok = subprocess.run(["curl", "-fsS", "--cacert", str(cert), "-H", f"Authorization: Bearer {created.stdout.strip()}",
-                             url], capture_output=True, text=True, timeout=30)
+        bearer = f"Authorization: Bearer {created.stdout.strip()}"
+        ok = subprocess.run(["curl", "-fsS", "--cacert", str(cert), "-H", bearer, url], capture_output=True, text=True,
+                            timeout=30)
         assert ok.returncode == 0 and json.loads(ok.stdout)["config"] == str(config), ok
         assert subprocess.run(["curl", "-fsS", "--cacert", str(cert), url], capture_output=True,
                               timeout=30).returncode != 0  # the key is required
@@ -136,7 +138,8 @@ def test_https_with_a_generated_certificate_and_the_installed_key(tmp_path: Path
 def test_a_public_bind_without_tls_is_refused_unless_plain_http_is_chosen(tmp_path: Path) -> None:
     venv = make_venv(tmp_path)
     config = tmp_path / "config.toml"
-    config.write_text(f'[server]\nport = {free_port()}\nstate_dir = "{tmp_path / "state"}"\n[gpu]\nprobe = "declared"\n')
+    config.write_text(f'[server]\nport = {free_port()}\nstate_dir = "{tmp_path / "state"}"\n'
+                      '[gpu]\nprobe = "declared"\n')
     assert run(venv, "keys", "create", "--name", "admin", "--config", str(config)).returncode == 0
     # 192.0.2.1 (TEST-NET-1) is not loopback; the daemon refuses before it would bind
     out = run(venv, "serve", "--config", str(config), "--host", "192.0.2.1")
