@@ -95,7 +95,8 @@ class Appliance:
         self.pidfile = PidFile(self.state_dir / "run" / "engines.json")
         self.launcher = launcher or OsLauncher(self.pidfile)
         gateway_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        self.ctx = EngineContext(config, self.state_dir, f"http://{gateway_host}:{port}")
+        scheme = "https" if config.server.tls_cert else "http"  # the daemon serves only TLS when it has a cert
+        self.ctx = EngineContext(config, self.state_dir, f"{scheme}://{gateway_host}:{port}")
         total = self.gpu.snapshot().total_bytes
         catalog = load_catalog(config.server.catalog_file or None)
         self.engines: dict[str, Engine] = {
