@@ -306,6 +306,14 @@ admin_key() {
       || die "could not create the admin key"
     chmod 600 "$KEY_FILE"
     say "created the admin key: $KEY_FILE (mode 0600)"
+    # vast.ai's portal checks its own token and forwards the header unchanged: accept that token too
+    if [ "$VAST" = 1 ]; then
+      for var in OPEN_BUTTON_TOKEN WEB_PASSWORD; do
+        eval "tok=\${$var:-}"
+        [ -z "$tok" ] || "$VENV/bin/appliance" keys import --name "vast-$var" --from-env "$var" --config "$CONFIG" \
+          || warn "could not accept \$$var as a key (appliance keys import --from-env $var)"
+      done
+    fi
   fi
   KEY_NOTE="$KEY_FILE"
 }

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from daemon_harness import ROOT
 
+from appliance.gateway.keys import KeyStore
+
 
 def functions(tmp: Path) -> Path:
     lines = (ROOT / "install.sh").read_text().splitlines()
@@ -22,6 +24,8 @@ def functions(tmp: Path) -> Path:
     if not venv.exists():
         venv.mkdir(parents=True)
         (venv / "python").symlink_to(sys.executable)
+        (venv / "appliance").write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" -m appliance "$@"\n')
+        (venv / "appliance").chmod(0o755)
     return out
 
 
@@ -84,3 +88,16 @@ def test_refused_flags(tmp_path: Path) -> None:
         out = subprocess.run(["sh", str(script), *args], capture_output=True, text=True, timeout=60,
                              env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
         assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
+
+
+def test_on_vast_the_portal_token_is_accepted_beside_the_admin_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[server]\nhost = "0.0.0.0"\nstate_dir = "{tmp_path / "state"}"\n')
+    token = "f00d" * 12
+    out = sh(tmp_path, f'VAST=1 BIND=0.0.0.0 CONFIG="{config}" KEY_FILE="{tmp_path / "admin.key"}"; admin_key',
+             env={"OPEN_BUTTON_TOKEN": token})
+    assert out.returncode == 0, out.stderr
+    assert oct((tmp_path / "admin.key").stat().st_mode & 0o777) == "0o600"
+    store = KeyStore(tmp_path / "state" / "data" / "keys.db")
+    admin, portal = store.verify((tmp_path / "admin.key").read_text().strip()), store.verify(token)
+    assert admin is not None and admin.admin and portal is not None and portal.name == "vast-OPEN_BUTTON_TOKEN"

@@ -3,6 +3,11 @@
 A key reads `sk-app-<id>-<secret>`: the id finds the row without scanning, the secret's hash is then
 compared in constant time (hmac.compare_digest). High-entropy secrets make a plain hash safe here.
 The store is SQLite (sqlite-utils) under `<state>/data/keys.db`; one writer (the CLI or the daemon).
+
+An imported token (`import_token`) is a secret chosen elsewhere, presented as it is: vast.ai's portal
+(Caddy) checks `Authorization: Bearer <OPEN_BUTTON_TOKEN or WEB_PASSWORD>` itself and forwards the header
+unchanged, so behind it the appliance must accept that same token. Its row id starts with "t" (never a hex
+id) and its hash is of "token:" + the token, so it cannot be confused with a key's secret part.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ from pathlib import Path
 import sqlite_utils
 
 PREFIX = "sk-app-"
+IMPORTED = "t"  # id prefix of imported tokens (key ids are hex)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(("token:" + token).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,20 @@ class KeyStore:
                                "created": now, "revoked": None})
         return ApiKey(key_id, name, admin, now, None), f"{PREFIX}{key_id}-{secret}"
 
+    def import_token(self, name: str, token: str, admin: bool = False) -> ApiKey:
+        """Accept a token chosen elsewhere (vast.ai's portal token) as a key, presented verbatim."""
+        if not name.strip():
+            raise ValueError("name: must not be empty")
+        if len(token) < 16:
+            raise ValueError("token: must be at least 16 characters")
+        key_id = IMPORTED + secrets.token_hex(4)
+        now = time.time()
+        db = self._db()
+        with db.conn:
+            db.table("keys").insert({"id": key_id, "name": name, "admin": int(admin), "hash": token_hash(token),
+                                     "created": now, "revoked": None})
+        return ApiKey(key_id, name, admin, now, None)
+
     def list(self) -> list[ApiKey]:
         if not self.path.exists():
             return []
@@ -99,7 +123,8 @@ class KeyStore:
     def verify(self, presented: str) -> ApiKey | None:
         """The key's record if `presented` is a live key, else None (constant-time on the secret)."""
         if not presented.startswith(PREFIX):
-            return None
+            found = match_imported(presented, self.snapshot())
+            return found if found is not None and found.revoked is None else None
         key_id, _, secret = presented[len(PREFIX):].partition("-")
         if not key_id or not secret or not self.path.exists():
             return None
@@ -110,3 +135,13 @@ class KeyStore:
             return None
         r = rows[0]
         return ApiKey(r["id"], r["name"], bool(r["admin"]), r["created"], r["revoked"])
+
+
+def match_imported(presented: str, keys: dict[str, tuple[ApiKey, str]]) -> ApiKey | None:
+    """The imported token `presented` equals, compared in constant time against each imported hash."""
+    wanted = token_hash(presented)
+    found = None
+    for key_id, (key, stored) in keys.items():
+        if key_id.startswith(IMPORTED) and hmac.compare_digest(wanted, stored):
+            found = key
+    return found
