@@ -1,132 +1,516 @@
 #!/bin/sh
-# AI Appliance installer. From a checkout: ./install.sh   Piped: curl -fsSL URL/install.sh | sh
-# Installs system packages, a virtual environment with the appliance and its workers, a config,
-# and starts the daemon (systemd where systemd runs, supervisord where it does not, e.g. vast.ai
-# containers), then waits until http://127.0.0.1:$PORT/health answers.
+# AI Appliance installer.   From a checkout: ./install.sh [FLAGS]
+#                           Piped: curl -fsSL URL/install.sh | sh -s -- --source URL/appliance.tar.gz [FLAGS]
 #
-# Environment: APPLIANCE_SOURCE (checkout path or git URL when piped), APPLIANCE_PREFIX (venv and
-# config for piped installs, default ~/.local/share/appliance), APPLIANCE_STATE_DIR, APPLIANCE_PORT
-# (default 8080), APPLIANCE_NO_START=1 (install only), PYTHON (interpreter to build the venv with),
-# APPLIANCE_XTTS (1: build the XTTS v2 environment, 0: never, auto: when nvidia-smi exists).
+# Installs the daemon's environment from the committed lock, the engines' own environments (vLLM on
+# NVIDIA boxes, ComfyUI, XTTS on NVIDIA boxes, Open WebUI when asked), writes the configuration once (the
+# plan fitted to this box: `appliance plan --write`), registers the service (systemd where it is PID 1,
+# else a program file in a running supervisord's conf.d, else a supervisord of its own), starts it and
+# prints the URL and how to authenticate. Running it again upgrades in place and keeps the
+# configuration, keys, models and data. Code, configuration and data live in separate directories:
+#   code   PREFIX/lib      (root without --prefix: /opt/appliance; user: ~/.local/lib/appliance)
+#   config PREFIX/etc      (root: /etc/appliance; user: ~/.config/appliance)
+#   data   PREFIX/data     (root: /var/lib/appliance; user: ~/.local/share/appliance); /workspace/appliance
+#                          when /workspace exists (the persistent volume on vast.ai and RunPod)
+#
+# Flags: --prefix DIR, --port N (default 8080, or a free one when 8080 is taken), --bind ADDR (default
+# 127.0.0.1; anything else gets an admin key and HTTPS), --plain-http (a public bind without TLS: only
+# behind a TLS-terminating proxy such as vast.ai's portal), --tls-cert FILE --tls-key FILE (your own
+# certificate), --no-start, --no-engines, --engines LIST (default: vllm,comfyui,xtts on NVIDIA boxes;
+# add openwebui), --source PATH|URL (checkout, .tar.gz URL or git URL), --uninstall [--purge], -y.
+# Environment: APPLIANCE_PREFIX, APPLIANCE_DATA_DIR, APPLIANCE_CONFIG_DIR, APPLIANCE_PORT,
+# APPLIANCE_BIND, APPLIANCE_SOURCE, APPLIANCE_GPU (1/0: override NVML detection), PYTHON,
+# APPLIANCE_SUPERVISOR_CONF and APPLIANCE_SUPERVISOR_CONFD (a running supervisord's configuration and
+# the conf.d it includes; default /etc/supervisor/supervisord.conf and /etc/supervisor/conf.d).
+#
+# The whole script is the function main, called on the last line: a truncated download runs nothing.
 set -eu
 
 say() { printf '==> %s\n' "$*"; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+need_cmd() { command -v "$1" >/dev/null 2>&1 || die "'$1' is required and was not found (install it first)"; }
+has() { command -v "$1" >/dev/null 2>&1; }
 
-PORT="${APPLIANCE_PORT:-8080}"
-SCRIPT_DIR=""
-case "$0" in
-  */install.sh|install.sh) SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd) ;;
-esac
+usage() {
+  sed -n '2,30p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//' || true
+  printf 'usage: install.sh [--prefix DIR] [--port N] [--bind ADDR] [--plain-http] [--tls-cert F --tls-key F]\n'
+  printf '                  [--no-start] [--no-engines] [--engines LIST] [--source SRC] [--uninstall [--purge]] [-y]\n'
+}
 
-# ---- where the source is -------------------------------------------------------------------
-if [ -n "${APPLIANCE_SOURCE:-}" ] && [ -d "${APPLIANCE_SOURCE}" ]; then
-  SRC=$(cd "$APPLIANCE_SOURCE" && pwd)
-elif [ -n "$SCRIPT_DIR" ] && [ -f "$SCRIPT_DIR/pyproject.toml" ] && grep -q '^name = "appliance"' "$SCRIPT_DIR/pyproject.toml"; then
-  SRC="$SCRIPT_DIR"
-elif [ -n "${APPLIANCE_SOURCE:-}" ]; then
-  command -v git >/dev/null 2>&1 || die "git is needed to fetch $APPLIANCE_SOURCE"
-  SRC="${APPLIANCE_PREFIX:-$HOME/.local/share/appliance}/src"
-  if [ -d "$SRC/.git" ]; then git -C "$SRC" pull --ff-only -q; else git clone -q "$APPLIANCE_SOURCE" "$SRC"; fi
-else
-  die "run ./install.sh from a checkout, or set APPLIANCE_SOURCE to a checkout path or git URL"
-fi
+# ---- downloading: curl, else wget ----------------------------------------------------------------
+fetch() {  # fetch URL OUTFILE
+  if has curl; then curl -fsSL --retry 3 -o "$2" "$1" || die "download failed: $1"
+  elif has wget; then wget -q -O "$2" "$1" || die "download failed: $1"
+  else die "curl or wget is required (apt-get install curl)"; fi
+}
 
-# ---- system packages -------------------------------------------------------------------------
-SUDO=""
-[ "$(id -u)" = 0 ] || SUDO="sudo"
-if command -v apt-get >/dev/null 2>&1; then
-  need=""
-  for p in espeak-ng curl; do dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"; done
-  if [ -n "$need" ]; then
-    say "installing system packages:$need"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need >/dev/null
+http_ok() {  # http_ok URL: the daemon answers (a generated certificate is checked by the CLI, not here)
+  if has curl; then curl -fsSk -o /dev/null --max-time 3 "$1" 2>/dev/null
+  else wget -q --no-check-certificate -O /dev/null --timeout=3 "$1" 2>/dev/null; fi
+}
+
+# ---- what this box is ----------------------------------------------------------------------------
+detect_os() {
+  OS_ID=unknown OS_VERSION=""
+  if [ -r /etc/os-release ]; then
+    OS_ID=$(. /etc/os-release && printf '%s' "${ID:-unknown}")
+    OS_VERSION=$(. /etc/os-release && printf '%s' "${VERSION_ID:-}")
   fi
-fi
+  ARCH=$(uname -m)
+  case "$ARCH" in x86_64|amd64|aarch64|arm64) ;; *) die "unsupported CPU architecture: $ARCH" ;; esac
+  [ "$(uname -s)" = Linux ] || die "the appliance runs on Linux (this is $(uname -s))"
+}
 
-# ---- python and the virtual environment -------------------------------------------------------
-PY="${PYTHON:-}"
-if [ -z "$PY" ]; then
-  for cand in python3.11 python3.12 python3; do
-    if command -v "$cand" >/dev/null 2>&1; then PY="$cand"; break; fi
-  done
-fi
-[ -n "$PY" ] || die "python3 (3.11 or newer) is required"
-"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "$PY is older than 3.11"
+detect_init() {
+  if [ -d /run/systemd/system ]; then INIT=systemd; else INIT=none; fi
+}
 
-if [ "$SRC" = "$SCRIPT_DIR" ] && [ -z "${APPLIANCE_PREFIX:-}" ]; then
-  VENV="$SRC/.venv"
-  CONFIG_DIR="$HOME/.config/appliance"
-else
-  PREFIX="${APPLIANCE_PREFIX:-$HOME/.local/share/appliance}"
-  VENV="$PREFIX/venv"
-  CONFIG_DIR="$PREFIX"
-fi
-[ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PY" -m venv "$VENV"; }
-say "installing the appliance and its workers into $VENV (log: $VENV/install.log)"
-# Every version comes from the committed lock (docs/dependencies.md); torch is the one package chosen per
-# box (the CPU build without a GPU, the CUDA build with one), by the index pip uses there.
-LOCK="$SRC/requirements.lock"
-"$VENV/bin/python" -m pip install -q -c "$LOCK" pip >"$VENV/install.log" 2>&1 \
-  || { tail -30 "$VENV/install.log"; die "pip install failed"; }
-"$VENV/bin/python" -m pip install -c "$LOCK" -e "$SRC[workers]" supervisor --config-settings editable_mode=compat \
-  >>"$VENV/install.log" 2>&1 || { tail -30 "$VENV/install.log"; die "pip install failed"; }
+detect_vast() {
+  # custom variables reach SSH and Jupyter sessions only through /etc/environment (vast.ai documents this)
+  if [ -r /etc/environment ]; then set -a; . /etc/environment 2>/dev/null || true; set +a; fi
+  if [ -n "${VAST_CONTAINERLABEL:-}" ] || [ -f /etc/portal.yaml ] || [ -d /etc/vast_boot.d ]; then VAST=1; else VAST=0; fi
+}
 
-# ---- XTTS v2 (GPU boxes): coqui-tts imports only on torch 2.9.1 + torchaudio 2.9, so its own venv ----
-XTTS="${APPLIANCE_XTTS:-auto}"
-if [ "$XTTS" = 1 ] || { [ "$XTTS" = auto ] && command -v nvidia-smi >/dev/null 2>&1; }; then
-  XVENV="$(dirname "$VENV")/xtts-venv"
-  [ -x "$XVENV/bin/python" ] || "$PY" -m venv "$XVENV"
-  say "installing the XTTS v2 speech environment into $XVENV (about 7.6 GB; log: $XVENV/install.log)"
-  "$XVENV/bin/python" -m pip install -c "$SRC/requirements-xtts.lock" -r "$SRC/packaging/xtts-requirements.txt" \
-    >"$XVENV/install.log" 2>&1 || { tail -30 "$XVENV/install.log"; die "XTTS install failed"; }
-  say "XTTS ready: set python = \"$XVENV/bin/python\" on the speech engine and accept the CPML in [licences]"
-fi
+detect_gpu() {  # NVML through ctypes: never nvidia-smi's banner (its wording changes between drivers)
+  if [ -n "${APPLIANCE_GPU:-}" ]; then GPUS=$APPLIANCE_GPU; return; fi
+  GPUS=$("$PY" - <<'EOF' 2>/dev/null || echo 0
+import ctypes
+try:
+    nvml = ctypes.CDLL("libnvidia-ml.so.1")
+except OSError:
+    print(0)
+else:
+    count = ctypes.c_uint(0)
+    ok = nvml.nvmlInit_v2() == 0 and nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0
+    print(count.value if ok else 0)
+EOF
+)
+}
 
-# ---- configuration -------------------------------------------------------------------------------
-mkdir -p "$CONFIG_DIR"
-CONFIG="$CONFIG_DIR/config.toml"
-if [ ! -f "$CONFIG" ]; then
-  cp "$SRC/config.toml" "$CONFIG"
-  say "wrote the default configuration to $CONFIG"
-fi
-"$VENV/bin/appliance" check-config "$CONFIG" >/dev/null || die "invalid configuration: $CONFIG"
-STATE_DIR="${APPLIANCE_STATE_DIR:-$HOME/.local/share/appliance}"
-mkdir -p "$STATE_DIR/logs" "$STATE_DIR/run"
+find_python() {
+  PY="${PYTHON:-}"
+  if [ -z "$PY" ]; then
+    for cand in python3.11 python3.12 python3.13 python3; do
+      if has "$cand"; then PY="$cand"; break; fi
+    done
+  fi
+  [ -n "$PY" ] || die "python3 (3.11 or newer) is required: apt-get install python3 python3-venv"
+  "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "$PY is older than 3.11"
+  if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    if has apt-get && [ "$(id -u)" = 0 ]; then
+      say "installing python3-venv (ensurepip is missing)"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    else
+      die "$PY cannot create virtual environments: apt-get install python3-venv"
+    fi
+  fi
+}
 
-[ "${APPLIANCE_NO_START:-0}" = 1 ] && { say "installed (not started)"; exit 0; }
+system_packages() {
+  has apt-get || return 0
+  missing=""
+  for p in espeak-ng; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+  [ -n "$missing" ] || return 0
+  if [ "$(id -u)" = 0 ]; then SUDO=""; elif has sudo; then SUDO=sudo; else
+    warn "not root and no sudo: skipping system packages:$missing"; return 0; fi
+  say "installing system packages:$missing"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+}
 
-# ---- start the daemon ------------------------------------------------------------------------------
-ENVLINE="APPLIANCE_STATE_DIR=$STATE_DIR"
-if [ -d /run/systemd/system ] && [ "$(id -u)" = 0 ]; then
-  say "installing the systemd unit"
-  sed -e "s#@VENV@#$VENV#g" -e "s#@CONFIG@#$CONFIG#g" -e "s#@STATE@#$STATE_DIR#g" -e "s#@PORT@#$PORT#g" \
-    "$SRC/systemd/appliance.service" > /etc/systemd/system/appliance.service
-  systemctl daemon-reload
-  systemctl enable -q appliance.service
-  systemctl restart appliance.service
-else
-  say "no systemd here: running under supervisord"
-  SUP="$STATE_DIR/run/supervisord.conf"
-  sed -e "s#@VENV@#$VENV#g" -e "s#@CONFIG@#$CONFIG#g" -e "s#@STATE@#$STATE_DIR#g" -e "s#@PORT@#$PORT#g" \
-    "$SRC/packaging/supervisord.conf" > "$SUP"
-  if [ -S "$STATE_DIR/run/supervisor.sock" ] && "$VENV/bin/supervisorctl" -c "$SUP" pid >/dev/null 2>&1; then
-    "$VENV/bin/supervisorctl" -c "$SUP" update >/dev/null
-    "$VENV/bin/supervisorctl" -c "$SUP" restart appliance >/dev/null
+# ---- where things go -----------------------------------------------------------------------------
+layout() {
+  if [ -n "$PREFIX" ]; then
+    CODE="$PREFIX/lib"; CONFIG_DIR="${APPLIANCE_CONFIG_DIR:-$PREFIX/etc}"; DATA_DEFAULT="$PREFIX/data"
+    BIN_DIR="$PREFIX/bin"
+  elif [ "$(id -u)" = 0 ]; then
+    CODE=/opt/appliance; CONFIG_DIR="${APPLIANCE_CONFIG_DIR:-/etc/appliance}"; DATA_DEFAULT=/var/lib/appliance
+    BIN_DIR=/usr/local/bin
   else
-    env $ENVLINE "$VENV/bin/supervisord" -c "$SUP"
+    CODE="$HOME/.local/lib/appliance"; CONFIG_DIR="${APPLIANCE_CONFIG_DIR:-$HOME/.config/appliance}"
+    DATA_DEFAULT="$HOME/.local/share/appliance"; BIN_DIR="$HOME/.local/bin"
   fi
-fi
+  if [ -n "${APPLIANCE_DATA_DIR:-}" ]; then DATA="$APPLIANCE_DATA_DIR"
+  elif [ -d /workspace ] && [ -w /workspace ]; then DATA=/workspace/appliance
+  else DATA="$DATA_DEFAULT"; fi
+  VENV="$CODE/venv"
+  CONFIG="$CONFIG_DIR/config.toml"
+  KEY_FILE="$CONFIG_DIR/admin.key"
+  RECEIPT="$VENV/appliance-install.toml"
+}
 
-say "waiting for http://127.0.0.1:$PORT/health"
-i=0
-until curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; do
-  i=$((i + 1))
-  if [ "$i" -gt 120 ]; then
-    tail -20 "$STATE_DIR/logs/daemon.log" 2>/dev/null || true
-    die "the daemon did not answer on port $PORT within 60 s"
+locate_source() {
+  if [ -z "$SOURCE" ] && [ -n "$SCRIPT_DIR" ] && [ -f "$SCRIPT_DIR/pyproject.toml" ] \
+     && grep -q '^name = "appliance"' "$SCRIPT_DIR/pyproject.toml"; then
+    SOURCE="$SCRIPT_DIR"
   fi
-  sleep 0.5
-done
-say "the appliance is up: http://127.0.0.1:$PORT  (status: $VENV/bin/appliance status)"
+  [ -n "$SOURCE" ] || die "run ./install.sh from a checkout, or pass --source (a checkout, a .tar.gz URL or a git URL)"
+  case "$SOURCE" in
+    *.tar.gz|*.tgz)
+      say "fetching $SOURCE"
+      mkdir -p "$CODE"
+      TMP=$(mktemp -d "${TMPDIR:-/tmp}/appliance.XXXXXX")
+      case "$SOURCE" in
+        http://*|https://*) fetch "$SOURCE" "$TMP/src.tar.gz" ;;
+        *) cp "$SOURCE" "$TMP/src.tar.gz" ;;
+      esac
+      mkdir "$TMP/src"
+      tar -xzf "$TMP/src.tar.gz" -C "$TMP/src" || die "$SOURCE is not a readable .tar.gz"
+      top=$(find "$TMP/src" -maxdepth 2 -name pyproject.toml | head -1)
+      [ -n "$top" ] || die "$SOURCE holds no pyproject.toml"
+      rm -rf "$CODE/src.old"
+      [ -d "$CODE/src" ] && mv "$CODE/src" "$CODE/src.old"
+      mv "$(dirname "$top")" "$CODE/src"
+      rm -rf "$CODE/src.old" "$TMP"
+      SRC="$CODE/src" ;;
+    http://*|https://*|git@*|*.git)
+      need_cmd git
+      SRC="$CODE/src"
+      if [ -d "$SRC/.git" ]; then git -C "$SRC" pull --ff-only -q; else git clone -q "$SOURCE" "$SRC"; fi ;;
+    *)
+      [ -d "$SOURCE" ] || die "--source $SOURCE: no such directory"
+      SRC=$(cd "$SOURCE" && pwd) ;;
+  esac
+}
+
+# ---- the daemon's environment --------------------------------------------------------------------
+daemon_env() {
+  mkdir -p "$CODE"
+  [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PY" -m venv "$VENV"; }
+  LOG="$CODE/install.log"
+  say "installing the appliance and its workers into $VENV (log: $LOG)"
+  # Every version comes from the committed lock (docs/dependencies.md); torch is the one package chosen
+  # per box (the CPU build without a GPU, the CUDA build with one), by the index pip uses there.
+  LOCK="$SRC/requirements.lock"
+  "$VENV/bin/python" -m pip install -q -c "$LOCK" pip >"$LOG" 2>&1 || { tail -30 "$LOG"; die "pip install failed"; }
+  "$VENV/bin/python" -m pip install -c "$LOCK" -e "$SRC[workers]" supervisor --config-settings editable_mode=compat \
+    >>"$LOG" 2>&1 || { tail -30 "$LOG"; die "pip install failed"; }
+  mkdir -p "$BIN_DIR"
+  ln -sf "$VENV/bin/appliance" "$BIN_DIR/appliance"
+}
+
+engines() {
+  [ "$NO_ENGINES" = 1 ] && { say "skipping the engines (--no-engines); add one later: appliance engine install NAME"; return 0; }
+  list="$ENGINES"
+  # XTTS (CPML licence) and Open WebUI only when asked: --engines vllm,comfyui,xtts,openwebui
+  [ -n "$list" ] || { [ "$GPUS" -gt 0 ] && list="vllm,comfyui"; } || return 0
+  for name in $(printf '%s' "$list" | tr ',' ' '); do
+    say "installing the $name engine at its pinned release (log: $CODE/engines/$name.log)"
+    APPLIANCE_GPU="$GPUS" "$VENV/bin/appliance" engine install "$name" --root "$CODE/engines" --source "$SRC" \
+      || die "the $name engine did not install (see $CODE/engines/$name.log)"
+  done
+}
+
+# ---- network: port, certificate, key -------------------------------------------------------------
+port_free() {  # port_free HOST PORT
+  "$VENV/bin/python" -c '
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(family)
+try:
+    s.bind((host, port))
+except OSError:
+    sys.exit(1)
+' "$1" "$2"
+}
+
+configured() {  # configured KEY: a [server] value of the existing configuration
+  "$VENV/bin/python" -c '
+import sys, tomllib
+print(tomllib.load(open(sys.argv[1], "rb")).get("server", {}).get(sys.argv[2], ""))' "$CONFIG" "$1"
+}
+
+pick_port() {
+  if [ -f "$CONFIG" ]; then
+    PORT=$(configured port); BIND=$(configured host)
+    [ -n "$PORT" ] || PORT=8080; [ -n "$BIND" ] || BIND=127.0.0.1
+    if [ -n "$WANT_PORT" ] && [ "$WANT_PORT" != "$PORT" ]; then
+      warn "keeping port $PORT from $CONFIG (edit server.port there to change it)"
+    fi
+    return 0
+  fi
+  BIND="${WANT_BIND:-127.0.0.1}"
+  if [ -n "$WANT_PORT" ]; then
+    port_free "$BIND" "$WANT_PORT" || die "port $WANT_PORT is taken on $BIND (choose another with --port)"
+    PORT=$WANT_PORT; return 0
+  fi
+  PORT=8080
+  if ! port_free "$BIND" 8080; then
+    why="port 8080 is taken"
+    [ "$VAST" = 1 ] && why="$why (on vast.ai the instance portal, Caddy, or Jupyter listens there)"
+    p=8081
+    while [ "$p" -lt 8200 ] && ! port_free "$BIND" "$p"; do p=$((p + 1)); done
+    [ "$p" -lt 8200 ] || die "$why, and so is every port up to 8199: choose one with --port"
+    PORT=$p
+    say "$why: using port $PORT"
+  fi
+}
+
+tls_setup() {
+  TLS_CERT="" TLS_KEY="" FINGERPRINT=""
+  case "$BIND" in 127.*|::1|localhost) return 0 ;; esac
+  if [ -f "$CONFIG" ]; then  # an upgrade keeps what the configuration says; a generated certificate is renewed
+    TLS_CERT=$(configured tls_cert) TLS_KEY=$(configured tls_key)
+    [ "$(configured plain_http)" = True ] && PLAIN_HTTP=1
+    [ -n "$TLS_CERT" ] || return 0
+    [ "$TLS_CERT" = "$CONFIG_DIR/tls/cert.pem" ] || { USER_CERT="$TLS_CERT" USER_KEY="$TLS_KEY"; }
+  fi
+  if [ "$PLAIN_HTTP" = 1 ]; then
+    warn "plain HTTP on $BIND (--plain-http): keys cross the network in clear text unless a TLS proxy fronts it"
+    return 0
+  fi
+  if [ -n "$USER_CERT" ]; then
+    [ -r "$USER_CERT" ] && [ -r "$USER_KEY" ] || die "--tls-cert and --tls-key must both name readable files"
+    TLS_CERT="$USER_CERT" TLS_KEY="$USER_KEY"
+  else
+    need_cmd openssl
+    TLS_CERT="$CONFIG_DIR/tls/cert.pem" TLS_KEY="$CONFIG_DIR/tls/key.pem"
+    # renewed 30 days before it expires (a re-run of the installer, or `appliance doctor`, says when)
+    if [ ! -f "$TLS_CERT" ] || ! openssl x509 -checkend 2592000 -noout -in "$TLS_CERT" >/dev/null 2>&1; then
+      mkdir -p "$CONFIG_DIR/tls"
+      # every name the printed URL may use: this box's addresses, its public one on vast.ai, the bind address
+      san="DNS:localhost,IP:127.0.0.1,DNS:$(hostname)"
+      for a in $(hostname -I 2>/dev/null) ${PUBLIC_IPADDR:-}; do
+        case "$a" in *:*) ;; *) san="$san,IP:$a" ;; esac
+      done
+      case "$BIND" in 0.0.0.0|::|*:*) ;; *) san="$san,IP:$BIND" ;; esac
+      (umask 077; openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 397 \
+        -subj "/CN=appliance" -addext "subjectAltName=$san" -keyout "$TLS_KEY" -out "$TLS_CERT" >/dev/null 2>&1) \
+        || die "openssl could not generate a certificate"
+      say "generated a self-signed certificate: $TLS_CERT"
+    fi
+  fi
+  FINGERPRINT=$(openssl x509 -noout -fingerprint -sha256 -in "$TLS_CERT" 2>/dev/null | sed 's/.*=//') || FINGERPRINT=""
+}
+
+write_config() {
+  mkdir -p "$CONFIG_DIR" "$DATA"
+  if [ -f "$CONFIG" ]; then
+    say "keeping the configuration $CONFIG"
+  else
+    set -- --write "$CONFIG" --host "$BIND" --port "$PORT" --state-dir "$DATA" --engines-root "$CODE/engines"
+    [ -n "$TLS_CERT" ] && set -- "$@" --tls-cert "$TLS_CERT" --tls-key "$TLS_KEY"
+    [ "$PLAIN_HTTP" = 1 ] && set -- "$@" --plain-http
+    "$VENV/bin/appliance" plan "$@" || die "could not write $CONFIG"
+  fi
+  "$VENV/bin/appliance" check-config "$CONFIG" >/dev/null || die "invalid configuration: $CONFIG"
+}
+
+admin_key() {
+  KEY_NOTE=""
+  case "$BIND" in 127.*|::1|localhost) return 0 ;; esac
+  if [ ! -s "$KEY_FILE" ]; then
+    (umask 077; "$VENV/bin/appliance" keys create --name admin --admin --config "$CONFIG" >"$KEY_FILE") \
+      || die "could not create the admin key"
+    chmod 600 "$KEY_FILE"
+    say "created the admin key: $KEY_FILE (mode 0600)"
+    # vast.ai's portal checks its own token and forwards the header unchanged: accept that token too
+    if [ "$VAST" = 1 ]; then
+      for var in OPEN_BUTTON_TOKEN WEB_PASSWORD; do
+        eval "tok=\${$var:-}"
+        [ -z "$tok" ] || "$VENV/bin/appliance" keys import --name "vast-$var" --from-env "$var" --config "$CONFIG" \
+          || warn "could not accept \$$var as a key (appliance keys import --from-env $var)"
+      done
+    fi
+  fi
+  KEY_NOTE="$KEY_FILE"
+}
+
+receipt() {
+  {
+    printf '# Written by install.sh: where this installation lives (read by the appliance CLI).\n'
+    printf 'prefix = "%s"\nconfig = "%s"\nstate_dir = "%s"\n' "$CODE" "$CONFIG" "$DATA"
+    [ -n "$KEY_NOTE" ] && printf 'key_file = "%s"\n' "$KEY_FILE"
+    [ -n "$TLS_CERT" ] && printf 'tls_cert = "%s"\n' "$TLS_CERT"
+    printf 'manager = "%s"\nunit = "appliance"\nprogram = "appliance"\n' "$MANAGER"
+    [ -n "$SUP_CONF" ] && printf 'supervisord_conf = "%s"\n' "$SUP_CONF"
+    if [ "$MANAGER" = supervisord-confd ]; then printf 'program_file = "%s"\n' "$CONFD/appliance.conf"; fi
+  } >"$RECEIPT.tmp"
+  mv "$RECEIPT.tmp" "$RECEIPT"
+}
+
+# ---- the service ---------------------------------------------------------------------------------
+render() {  # render TEMPLATE OUT
+  sed -e "s#@VENV@#$VENV#g" -e "s#@CONFIG@#$CONFIG#g" -e "s#@STATE@#$DATA#g" -e "s#@PORT@#$PORT#g" "$1" >"$2"
+}
+
+choose_manager() {
+  SUP_CONF=""
+  MAIN_CONF="${APPLIANCE_SUPERVISOR_CONF:-/etc/supervisor/supervisord.conf}"
+  CONFD="${APPLIANCE_SUPERVISOR_CONFD:-/etc/supervisor/conf.d}"
+  if [ "$NO_START" = 1 ]; then MANAGER=""
+  elif [ "$INIT" = systemd ] && [ "$(id -u)" = 0 ] && [ -z "$PREFIX" ]; then MANAGER=systemd
+  elif [ -f "$MAIN_CONF" ] && [ -d "$CONFD" ] && [ -w "$CONFD" ] \
+       && "$VENV/bin/supervisorctl" -c "$MAIN_CONF" pid >/dev/null 2>&1; then
+    MANAGER=supervisord-confd; SUP_CONF="$MAIN_CONF"
+  else
+    MANAGER=supervisord; SUP_CONF="$DATA/run/supervisord.conf"
+  fi
+}
+
+start_service() {
+  mkdir -p "$DATA/logs" "$DATA/run"
+  case "$MANAGER" in
+    "") say "installed, not started (--no-start): appliance service start"; return 0 ;;
+    systemd)
+      say "registering the systemd unit appliance.service"
+      render "$SRC/systemd/appliance.service" /etc/systemd/system/appliance.service
+      systemctl daemon-reload
+      systemctl enable -q appliance.service
+      systemctl restart appliance.service ;;
+    supervisord-confd)
+      say "registering the program appliance with the running supervisord ($CONFD/appliance.conf)"
+      render "$SRC/packaging/supervisor-program.conf" "$CONFD/appliance.conf"
+      "$VENV/bin/supervisorctl" -c "$SUP_CONF" reread >/dev/null
+      "$VENV/bin/supervisorctl" -c "$SUP_CONF" update >/dev/null
+      "$VENV/bin/supervisorctl" -c "$SUP_CONF" restart appliance >/dev/null ;;
+    supervisord)
+      render "$SRC/packaging/supervisord.conf" "$SUP_CONF"
+      if "$VENV/bin/supervisorctl" -c "$SUP_CONF" pid >/dev/null 2>&1; then
+        say "restarting the appliance under its supervisord ($SUP_CONF)"
+        "$VENV/bin/supervisorctl" -c "$SUP_CONF" reread >/dev/null
+        "$VENV/bin/supervisorctl" -c "$SUP_CONF" update >/dev/null
+        "$VENV/bin/supervisorctl" -c "$SUP_CONF" restart appliance >/dev/null
+      else
+        say "no systemd and no supervisord running: starting one for the appliance ($SUP_CONF)"
+        "$VENV/bin/supervisord" -c "$SUP_CONF"
+      fi ;;
+  esac
+  scheme=http; [ -n "$TLS_CERT" ] && scheme=https
+  case "$BIND" in 0.0.0.0) host=127.0.0.1 ;; ::) host="[::1]" ;; *) host="$BIND" ;; esac
+  say "waiting for $scheme://$host:$PORT/health"
+  i=0
+  until http_ok "$scheme://$host:$PORT/health"; do
+    i=$((i + 1))
+    if [ "$i" -gt 240 ]; then
+      "$VENV/bin/appliance" service logs 2>/dev/null | tail -20 || true
+      die "the daemon did not answer on port $PORT within 120 s (appliance service logs)"
+    fi
+    sleep 0.5
+  done
+}
+
+closing_note() {
+  scheme=http; [ -n "$TLS_CERT" ] && scheme=https
+  case "$BIND" in
+    127.*|::1|localhost) url="$scheme://127.0.0.1:$PORT" ;;
+    *)
+      addr="${PUBLIC_IPADDR:-}"
+      [ -n "$addr" ] || addr=$(hostname -I 2>/dev/null | awk '{print $1}')
+      [ -n "$addr" ] || addr=$(hostname)
+      ext=$(eval "printf '%s' \"\${VAST_TCP_PORT_$PORT:-}\"")
+      url="$scheme://$addr:${ext:-$PORT}" ;;
+  esac
+  say "the appliance is up: $url"
+  if [ -n "$KEY_NOTE" ]; then
+    say "authenticate with the admin key in $KEY_FILE:  Authorization: Bearer \$(cat $KEY_FILE)"
+  else
+    say "it listens on loopback only; create keys with: appliance keys create --name NAME"
+  fi
+  if [ -n "$FINGERPRINT" ]; then
+    say "certificate SHA-256 fingerprint: $FINGERPRINT"
+    say "  curl --cacert $TLS_CERT -H \"Authorization: Bearer \$(cat $KEY_FILE)\" $url/v1/models"
+  fi
+  if [ "$VAST" = 1 ]; then
+    say "vast.ai: for a link through the instance portal, add  localhost:<external>:$PORT:/:Appliance  to"
+    say "  PORTAL_CONFIG (or /etc/portal.yaml); the portal tunnel serves TLS, so --bind 0.0.0.0 --plain-http is safe there"
+  fi
+  say "manage it with: $BIN_DIR/appliance service status|start|stop|restart|logs   (doctor: appliance doctor)"
+}
+
+# ---- uninstall -----------------------------------------------------------------------------------
+uninstall() {
+  MANAGER="" SUP_CONF="" PROGRAM_FILE=""
+  if [ -f "$RECEIPT" ]; then
+    MANAGER=$(sed -n 's/^manager = "\(.*\)"$/\1/p' "$RECEIPT")
+    SUP_CONF=$(sed -n 's/^supervisord_conf = "\(.*\)"$/\1/p' "$RECEIPT")
+    PROGRAM_FILE=$(sed -n 's/^program_file = "\(.*\)"$/\1/p' "$RECEIPT")
+  fi
+  case "$MANAGER" in
+    systemd)
+      systemctl disable --now -q appliance.service 2>/dev/null || true
+      rm -f /etc/systemd/system/appliance.service; systemctl daemon-reload 2>/dev/null || true ;;
+    supervisord-confd)
+      "$VENV/bin/supervisorctl" -c "$SUP_CONF" stop appliance >/dev/null 2>&1 || true
+      rm -f "$PROGRAM_FILE"
+      "$VENV/bin/supervisorctl" -c "$SUP_CONF" reread >/dev/null 2>&1 || true
+      "$VENV/bin/supervisorctl" -c "$SUP_CONF" update >/dev/null 2>&1 || true ;;
+    supervisord)
+      "$VENV/bin/supervisorctl" -c "$SUP_CONF" shutdown >/dev/null 2>&1 || true
+      i=0; while [ -S "$(dirname "$SUP_CONF")/supervisor.sock" ] && [ "$i" -lt 120 ]; do i=$((i + 1)); sleep 0.5; done ;;
+  esac
+  say "removed the service; removing $CODE"
+  [ -L "$BIN_DIR/appliance" ] && rm -f "$BIN_DIR/appliance"
+  [ -z "$PREFIX" ] || rmdir "$BIN_DIR" 2>/dev/null || true
+  rm -rf "$CODE"
+  if [ "$PURGE" = 1 ]; then
+    if [ "$YES" != 1 ]; then
+      (: </dev/tty) 2>/dev/null || die "--purge deletes $CONFIG_DIR and $DATA: confirm with -y"
+      printf 'delete the configuration, keys, models and data in %s and %s? [y/N] ' "$CONFIG_DIR" "$DATA" >/dev/tty
+      read -r answer </dev/tty
+      case "$answer" in y|Y|yes) ;; *) say "kept $CONFIG_DIR and $DATA"; return 0 ;; esac
+    fi
+    rm -rf "$CONFIG_DIR" "$DATA"
+    [ -z "$PREFIX" ] || rmdir "$PREFIX" 2>/dev/null || true
+    say "purged $CONFIG_DIR and $DATA"
+  else
+    say "kept the configuration, keys, models and data: $CONFIG_DIR, $DATA (--uninstall --purge deletes them)"
+  fi
+}
+
+main() {
+  PREFIX="${APPLIANCE_PREFIX:-}" WANT_PORT="${APPLIANCE_PORT:-}" WANT_BIND="${APPLIANCE_BIND:-}"
+  SOURCE="${APPLIANCE_SOURCE:-}" NO_START=0 NO_ENGINES=0 ENGINES="" UNINSTALL=0 PURGE=0 YES=0 PLAIN_HTTP=0
+  USER_CERT="" USER_KEY=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --prefix) PREFIX="${2:?--prefix needs a directory}"; shift ;;
+      --port) WANT_PORT="${2:?--port needs a number}"; shift ;;
+      --bind) WANT_BIND="${2:?--bind needs an address}"; shift ;;
+      --source) SOURCE="${2:?--source needs a path or URL}"; shift ;;
+      --engines) ENGINES="${2:?--engines needs a list}"; shift ;;
+      --tls-cert) USER_CERT="${2:?--tls-cert needs a file}"; shift ;;
+      --tls-key) USER_KEY="${2:?--tls-key needs a file}"; shift ;;
+      --plain-http) PLAIN_HTTP=1 ;;
+      --no-start) NO_START=1 ;;
+      --no-engines) NO_ENGINES=1 ;;
+      --uninstall) UNINSTALL=1 ;;
+      --purge) PURGE=1 ;;
+      -y|--yes) YES=1 ;;
+      -h|--help) usage; return 0 ;;
+      *) usage >&2; die "unknown option: $1" ;;
+    esac
+    shift
+  done
+  case "$WANT_PORT" in ""|*[!0-9]*) [ -z "$WANT_PORT" ] || die "--port must be a number, got $WANT_PORT" ;; esac
+  [ "$PURGE" = 0 ] || [ "$UNINSTALL" = 1 ] || die "--purge goes with --uninstall"
+  [ -z "$USER_CERT$USER_KEY" ] || { [ -n "$USER_CERT" ] && [ -n "$USER_KEY" ]; } || die "--tls-cert and --tls-key go together"
+  for c in uname sed grep tar mkdir mktemp awk; do need_cmd "$c"; done
+  has curl || has wget || die "curl or wget is required (apt-get install curl)"
+  [ -z "$PREFIX" ] || { mkdir -p "$PREFIX" && PREFIX=$(cd "$PREFIX" && pwd); }
+  SCRIPT_DIR=""
+  case "$0" in */install.sh|install.sh) SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd) ;; esac
+  layout
+  if [ "$UNINSTALL" = 1 ]; then uninstall; return 0; fi
+
+  detect_os; detect_init; detect_vast; find_python; detect_gpu
+  say "box: $OS_ID $OS_VERSION $ARCH; NVIDIA GPUs (NVML): $GPUS; init: $INIT; vast.ai: $([ "$VAST" = 1 ] && echo yes || echo no)"
+  say "code $CODE, configuration $CONFIG_DIR, data $DATA"
+  [ -f "$CONFIG" ] && say "upgrading in place: the configuration, keys, models and data are kept"
+  locate_source
+  system_packages
+  daemon_env
+  engines
+  pick_port
+  tls_setup
+  write_config
+  admin_key
+  choose_manager
+  receipt
+  start_service
+  [ "$NO_START" = 1 ] || closing_note
+}
+
+main "$@"

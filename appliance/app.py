@@ -104,9 +104,10 @@ class Appliance:
         self.pidfile = PidFile(self.state_dir / "run" / "engines.json")
         self.launcher = launcher or OsLauncher(self.pidfile)
         gateway_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        scheme = "https" if config.server.tls_cert else "http"  # the daemon serves only TLS when it has a cert
         catalog = load_catalog(config.server.catalog_file or None)
         total = self.gpu.snapshot().total_bytes
-        self.ctx = EngineContext(config, self.state_dir, f"http://{gateway_host}:{port}", catalog=catalog,
+        self.ctx = EngineContext(config, self.state_dir, f"{scheme}://{gateway_host}:{port}", catalog=catalog,
                                  gpu_total_bytes=total)
         self.engines: dict[str, Engine] = {
             name: Engine(build_adapter(name, self.ctx, vllm_sizing(config, name, total, catalog)), self.launcher,

@@ -2,7 +2,8 @@
 
 `appliance/cli.py` registers them with `app.command("models")(models_command)` and so on. This module
 is the edge: it reads the environment (APPLIANCE_STATE_DIR, HF_ENDPOINT, HF_TOKEN, APPLIANCE_API_KEY,
-APPLIANCE_HOURLY_PRICE), asks the running daemon for residency (GET /api/status, when reachable),
+APPLIANCE_HOURLY_PRICE), asks the running daemon for residency (GET /api/status, when reachable, at the
+address every command uses: APPLIANCE_URL, else the configured host and port),
 probes the box for `plan`, draws the progress bar, and maps errors to exit codes (1: the operation
 failed, 2: bad input). The catalog is `--catalog`, else the configuration's `server.catalog_file`
 (the configuration found as for every command), else the bundled one. The work itself lives in
@@ -14,8 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import urllib.error
-import urllib.request
+import tomllib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,8 +23,12 @@ from typing import Annotated, Any
 import typer
 
 from appliance.catalog import Catalog, CatalogError, UnknownModel, load_catalog
-from appliance.cli_config import ConfigOpt, find_config_path, load_or_exit
-from appliance.plan import DEFAULT_RESERVE_BYTES, format_table, load_snapshot, make_plan, render_plan
+from appliance.cli_config import SEARCH, ConfigOpt, daemon_target, find_config_path, installed, load_or_exit
+from appliance.config import ConfigError, parse_config
+from appliance.daemon_client import DaemonError, DaemonTarget, DaemonUnreachable, request_json
+from appliance.engine_install import installed_engines
+from appliance.plan import DEFAULT_RESERVE_BYTES, Plan, format_table, load_snapshot, make_plan, render_plan
+from appliance.plan_write import Installation, render_config, speech_fallback, write_config
 from appliance.pull import PullError, PullEvent, default_models_dir, is_on_disk, pull_model
 
 GIB = 1 << 30
@@ -61,15 +65,11 @@ def _models_dir(path: Path | None) -> Path:
     return path.expanduser() if path is not None else default_models_dir(os.environ)
 
 
-def daemon_tiers(url: str, api_key: str | None, timeout_s: float = 1.0) -> dict[str, str] | None:
+def daemon_tiers(target: DaemonTarget, timeout_s: float = 1.0) -> dict[str, str] | None:
     """Model id -> tier from the running daemon's /api/status, or None when it does not answer."""
-    request = urllib.request.Request(url.rstrip("/") + "/api/status")
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            status = json.loads(response.read())
-    except (OSError, ValueError, urllib.error.URLError):
+        status = request_json(target, "/api/status", timeout_s=timeout_s)
+    except (DaemonError, DaemonUnreachable):
         return None
     tiers: dict[str, str] = {}
     for entry in status.get("models", []) if isinstance(status, dict) else []:
@@ -84,14 +84,17 @@ def models_command(
     catalog: CatalogOption = None,
     config: ConfigOpt = None,
     models_dir: ModelsDirOption = None,
-    daemon_url: Annotated[str, typer.Option("--daemon-url", help="the running daemon")] = "http://127.0.0.1:8080",
+    daemon_url: Annotated[str | None, typer.Option(
+        "--daemon-url", help="the running daemon (default: $APPLIANCE_URL, else the configured host and port)")] = None,
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="APPLIANCE_API_KEY", help="daemon API key")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """List the catalog's models and where each one is: not downloaded, on disk, in host RAM, in VRAM."""
     cat = _catalog(catalog, config)
     store = _models_dir(models_dir)
-    tiers = daemon_tiers(daemon_url, api_key)
+    found = daemon_target()
+    target = DaemonTarget(daemon_url.rstrip("/") if daemon_url else found.base, api_key or found.key, found.cafile)
+    tiers = daemon_tiers(target)
     rows: list[dict[str, Any]] = []
     for model in cat:
         local = "on disk" if is_on_disk(store, model.id) else "not downloaded"
@@ -113,7 +116,7 @@ def models_command(
     for line in format_table(["model", "modality", "engine", "size", "VRAM", "licence", "state"], table):
         typer.echo(line)
     if tiers is None:
-        typer.echo(f"(daemon not reachable at {daemon_url}: showing what is on disk in {store})")
+        typer.echo(f"(daemon not reachable at {target.base}: showing what is on disk in {store})")
 
 
 def pull_command(
@@ -181,7 +184,7 @@ def _pull_with_bar(model_id: str, run: Any) -> Any:
 def _configured_price() -> float | None:
     """`server.hourly_price_usd` of the configuration `serve` would use, when there is one and it is set."""
     from appliance.cli_config import resolve_config_path
-    from appliance.config import ConfigError, load_config
+    from appliance.config import load_config
 
     try:
         price = load_config(resolve_config_path(None)).server.hourly_price_usd
@@ -203,9 +206,39 @@ def plan_command(
     reserve_gb: Annotated[float, typer.Option("--reserve-gb", help="GPU memory kept free")] = DEFAULT_RESERVE_BYTES
     / GIB,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    write: Annotated[bool, typer.Option("--write", help="write the configuration that fits this box to PATH")] = False,
+    path: Annotated[Path | None, typer.Argument(help="with --write: where (default: the configuration the CLI "
+                                                "would read, else ~/.config/appliance/config.toml)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="with --write: replace an existing file")] = False,
+    bind: Annotated[str, typer.Option("--host", help="with --write: server.host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="with --write: server.port")] = 8080,
+    state_dir: Annotated[str, typer.Option(help="with --write: server.state_dir")] = "~/.local/share/appliance",
+    tls_cert: Annotated[str, typer.Option(help="with --write: server.tls_cert")] = "",
+    tls_key: Annotated[str, typer.Option(help="with --write: server.tls_key")] = "",
+    plain_http: Annotated[bool, typer.Option(help="with --write: server.plain_http")] = False,
+    vllm: Annotated[str, typer.Option(help="with --write: the vllm executable of its environment")] = "",
+    comfyui_dir: Annotated[str, typer.Option(help="with --write: the ComfyUI checkout")] = "",
+    comfyui_python: Annotated[str, typer.Option(help="with --write: ComfyUI's interpreter")] = "",
+    xtts_python: Annotated[str, typer.Option(help="with --write: the XTTS environment's interpreter")] = "",
+    accept: Annotated[list[str] | None, typer.Option(help="with --write: a licence accepted (e.g. CPML)")] = None,
+    engines_root: Annotated[Path | None, typer.Option(help="with --write: where `appliance engine install` put "
+                                                      "the engines (fills --vllm, --comfyui-*, --xtts-python)")] = None,
 ) -> None:
-    """Size this box: profile, models that fit, VRAM/RAM per service, co-residence, monthly cost."""
+    """Size this box: profile, models that fit, VRAM/RAM per service, co-residence, monthly cost.
+    With --write, write the configuration that fits it (the installer's first configuration)."""
     cat = _catalog(catalog, config)
+    if engines_root is not None:
+        found = installed_engines(engines_root.expanduser())
+        vllm = vllm or found.get("vllm", {}).get("executable", "")
+        comfyui_dir = comfyui_dir or found.get("comfyui", {}).get("path", "")
+        comfyui_python = comfyui_python or found.get("comfyui", {}).get("python", "")
+        xtts_python = xtts_python or found.get("xtts", {}).get("python", "")
+    openwebui = found.get("openwebui", {}).get("executable", "") if engines_root is not None else ""
+    where = Installation(host=bind, port=port, state_dir=state_dir, tls_cert=tls_cert, tls_key=tls_key,
+                         plain_http=plain_http, vllm=vllm, comfyui_dir=comfyui_dir, comfyui_python=comfyui_python,
+                         xtts_python=xtts_python, openwebui=openwebui, accepted=tuple(accept or ()))
+    if write:
+        cat = speech_fallback(cat, where)
     if snapshot is not None:
         try:
             gpu, host = load_snapshot(snapshot)
@@ -229,7 +262,29 @@ def plan_command(
     if hourly_price is None:
         hourly_price = _configured_price()
     plan = make_plan(gpu, ram, cores, disk, cat, hourly_price, reserve_bytes=int(reserve_gb * GIB))
+    if write:
+        _write_plan(plan, cat, where, path, force)
+        return
     if as_json:
         typer.echo(json.dumps(asdict(plan), indent=1))
     else:
         typer.echo(render_plan(plan))
+
+
+def _write_plan(plan: Plan, cat: Catalog, where: Installation, path: Path | None, force: bool) -> None:
+    receipt = installed()
+    target = path or (receipt.config if receipt else SEARCH[0].expanduser())
+    text = render_config(plan, cat, where)
+    try:
+        parse_config(tomllib.loads(text), source=str(target))  # never write what the daemon would refuse
+        write_config(target, text, overwrite=force)
+    except ConfigError as exc:
+        typer.echo("error: the written configuration would be invalid:\n" + "\n".join(exc.lines), err=True)
+        raise typer.Exit(1) from None
+    except (FileExistsError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    served = ", ".join(f"{s.service} {s.model_id} ({s.placement})" for s in plan.services)
+    typer.echo(f"wrote {target}: profile {plan.profile}; {served or 'nothing served'}")
+    for service, why in plan.missing:
+        typer.echo(f"{service}: not served on this box ({why})")

@@ -10,15 +10,14 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from . import catalog_cli, store_cli
-from .cli_config import ConfigOpt, obtain_config
+from . import catalog_cli, doctor, service_cli, store_cli
+from .cli_config import ConfigOpt, daemon_target, installed, obtain_config
+from .daemon_client import DaemonError, DaemonUnreachable, request_json
 from .gateway import keys_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -39,6 +38,7 @@ def serve(config: ConfigOpt = None,
           port: Annotated[int | None, typer.Option(help="port (default: server.port)")] = None) -> None:
     """Run the daemon in the foreground."""
     cfg = obtain_config(config)
+    typer.echo(f"configuration: {cfg.source}", err=True)
     from .logsetup import configure as configure_logging
 
     configure_logging(cfg.server.log_level, cfg.server.log_format, sys.stderr)
@@ -71,23 +71,13 @@ def serve(config: ConfigOpt = None,
 
 
 def _api(path: str, method: str = "GET") -> Any:
-    base = os.environ.get("APPLIANCE_URL", "http://127.0.0.1:8080").rstrip("/")
-    req = urllib.request.Request(base + path, method=method)
-    key = os.environ.get("APPLIANCE_API_KEY")
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            msg = json.loads(exc.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            msg = exc.reason
-        typer.echo(f"error: {base}{path}: {exc.code} {msg}", err=True)
+        return request_json(daemon_target(), path, method)
+    except DaemonError as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    except (urllib.error.URLError, OSError) as exc:
-        typer.echo(f"error: cannot reach the daemon at {base} ({exc}); is it running?", err=True)
+    except DaemonUnreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
 
@@ -158,7 +148,8 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="print the raw J
 
     gpu = data["gpu"]
     console = Console()
-    console.print(f"[bold]appliance[/] {data['version']}  profile {data['profile']}  up {data['uptime_s']:.0f}s")
+    console.print(f"[bold]appliance[/] {data['version']}  profile {data['profile']}  up {data['uptime_s']:.0f}s  "
+                  f"config {data.get('config', '-')}", highlight=False)
     console.print(f"GPU ({gpu['kind']}): {gpu.get('name') or '-'}  used {_gb(gpu['used_bytes'])} of "
                   f"{_gb(gpu['total_bytes'])}" + (f"  [yellow]{gpu['note']}[/]" if gpu.get("note") else ""))
     table = Table("engine", "kind", "state", "pid", "port", "restarts", "GPU mem", "models", "last error")
@@ -197,8 +188,17 @@ def logs(engine: Annotated[str | None, typer.Argument(help="an engine (default: 
 
 
 @app.command()
-def engine(name: str, action: Annotated[str, typer.Argument(help="start, stop or restart")]) -> None:
-    """Start, stop or restart an engine through the running daemon."""
+def engine(name: Annotated[str, typer.Argument(help="an engine of the configuration, or `install`")],
+           action: Annotated[str, typer.Argument(help="start, stop or restart (after install: vllm, comfyui, "
+                                                 "xtts or openwebui)")],
+           root: Annotated[Path | None, typer.Option(help="install: the engines' directory")] = None,
+           source: Annotated[Path | None, typer.Option(help="install: the appliance checkout")] = None) -> None:
+    """Start, stop or restart an engine through the running daemon; `engine install NAME` installs one."""
+    if name == "install":
+        from .engine_cli import install_command
+
+        install_command(action, root, source, installed())
+        return
     data = _api(f"/api/engines/{name}/{action}", method="POST")
     typer.echo(f"{data['name']}: {data['state']}")
 
@@ -208,6 +208,8 @@ app.command("pull")(catalog_cli.pull_command)
 app.command("plan")(catalog_cli.plan_command)
 app.add_typer(keys_cli.app, name="keys")
 app.add_typer(store_cli.app, name="store")
+app.add_typer(service_cli.app, name="service")
+app.command("doctor")(doctor.doctor_command)
 
 
 def main() -> None:

@@ -1,8 +1,10 @@
 """Where the command line finds its configuration, shared by every command module.
 
-Owns: the search order (`--config`, else `$APPLIANCE_CONFIG`, else `./config.toml`,
-`~/.config/appliance/config.toml`, `/etc/appliance/config.toml`), the `$APPLIANCE_STATE_DIR`
-override, and turning a `ConfigError` into one `error:` line per problem and exit status 2.
+Owns: the search order (`--config`, else `$APPLIANCE_CONFIG`, else the installed configuration named by
+install.sh's receipt, else `~/.config/appliance/config.toml`, `/etc/appliance/config.toml`,
+`./config.toml`: a checkout's example configuration must not silently replace the one the service runs
+with), the `$APPLIANCE_STATE_DIR` override, and turning a `ConfigError` into one `error:` line per
+problem and exit status 2.
 
 Must not: import a command module (`appliance.cli`, `catalog_cli`, `gateway.keys_cli`): they import
 this one, which is what keeps the command modules free of import cycles.
@@ -17,12 +19,23 @@ from typing import Annotated
 import typer
 
 from .config import Config, ConfigError, load_config
+from .daemon_client import DaemonTarget, find_daemon
+from .install_receipt import Receipt, ReceiptError, load_receipt
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="config file (default: $APPLIANCE_CONFIG, "
-                                                "./config.toml, ~/.config/appliance/config.toml, "
-                                                "/etc/appliance/config.toml)")]
+                                                "the installed one, ~/.config/appliance/config.toml, "
+                                                "/etc/appliance/config.toml, ./config.toml)")]
 
-SEARCH = (Path("config.toml"), Path("~/.config/appliance/config.toml"), Path("/etc/appliance/config.toml"))
+SEARCH = (Path("~/.config/appliance/config.toml"), Path("/etc/appliance/config.toml"), Path("config.toml"))
+
+
+def installed() -> Receipt | None:
+    """The receipt of the installation this command belongs to (None in a checkout)."""
+    try:
+        return load_receipt()
+    except ReceiptError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def find_config_path(explicit: Path | None) -> Path | None:
@@ -32,6 +45,9 @@ def find_config_path(explicit: Path | None) -> Path | None:
     env = os.environ.get("APPLIANCE_CONFIG")
     if env:
         return Path(env)
+    receipt = installed()
+    if receipt is not None:
+        return receipt.config
     for cand in SEARCH:
         if cand.expanduser().is_file():
             return cand.expanduser()
@@ -65,3 +81,12 @@ def obtain_config(explicit: Path | None) -> Config:
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2) from None
     return load_or_exit(path)
+
+
+def daemon_target() -> DaemonTarget:
+    """The running daemon as configured: APPLIANCE_URL, else the resolved configuration's host and port."""
+    try:
+        cfg: Config | None = load_config(resolve_config_path(None), state_dir=os.environ.get("APPLIANCE_STATE_DIR"))
+    except ConfigError:
+        cfg = None  # no configuration here: the default address, unless APPLIANCE_URL says otherwise
+    return find_daemon(os.environ, cfg, installed())

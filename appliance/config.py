@@ -60,6 +60,9 @@ class ServerConfig(_Frozen):
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     catalog_file: str = ""  # a model catalog replacing the bundled one (appliance/data/catalog.toml)
     hourly_price_usd: float = Field(default=0.0, ge=0)  # what an hour of the box costs (plan, usage API, UI)
+    tls_cert: str = ""  # PEM certificate (chain) served over HTTPS; with tls_key
+    tls_key: str = ""  # its PEM private key
+    plain_http: bool = False  # a non-loopback bind without TLS (behind a TLS-terminating proxy) is allowed
 
     _check_port = field_validator("port")(classmethod(lambda cls, v: _port(v)))
 
@@ -73,6 +76,13 @@ class ServerConfig(_Frozen):
         except ValueError as exc:
             raise ValueError(f"must be an IP address or 'localhost', got {v!r}") from exc
         return v
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> ServerConfig:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            missing = "tls_key" if self.tls_cert else "tls_cert"
+            raise ValueError(f"{missing}: required key missing (tls_cert and tls_key go together)")
+        return self
 
 
 class GpuConfig(_Frozen):

@@ -1,7 +1,9 @@
 """Running the daemon: uvicorn serving the app, systemd notification, orderly signals.
 
 uvicorn's own handlers turn SIGTERM/SIGINT into a flag; the lifespan then runs the Appliance's one
-ordered shutdown. READY=1 goes to systemd (NOTIFY_SOCKET) once the port listens.
+ordered shutdown. READY=1 goes to systemd (NOTIFY_SOCKET) once the port listens, then STATUS and
+WATCHDOG from systemd_notify.notify_loop, STOPPING=1 when it stops. A non-loopback bind needs an API
+key and TLS (server.tls_cert/tls_key), or server.plain_http behind a TLS-terminating proxy.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 from types import FrameType
 
 import uvicorn
@@ -19,25 +20,13 @@ from .app import Appliance
 from .config import Config
 from .gateway.app import build_app
 from .gateway.auth import is_loopback
+from .systemd_notify import answers_health, notify_loop, sd_notify
 
 log = logging.getLogger("appliance")
 
 
 class RefusedBind(Exception):
     pass
-
-
-def sd_notify(message: str) -> bool:
-    """Send a datagram to systemd's NOTIFY_SOCKET; a no-op without one."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return False
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(addr)
-        sock.sendall(message.encode())
-    return True
 
 
 class _Server(uvicorn.Server):
@@ -51,13 +40,20 @@ class _Server(uvicorn.Server):
             self.should_exit = True
 
 
-async def _notify_when_listening(server: uvicorn.Server) -> None:
+async def _notify_when_listening(server: uvicorn.Server, appliance: Appliance, self_host: str, tls: bool) -> None:
     while not server.started:
         if server.should_exit:
             return
         await asyncio.sleep(0.05)
     sd_notify("READY=1\nSTATUS=serving")
-    log.info("appliance ready on port %s", server.config.port)
+    log.info("appliance ready on %s://%s:%s", "https" if server.config.ssl_certfile else "http",
+             server.config.host, server.config.port)
+    await notify_loop(lambda: [{"name": e.name, "state": e.state.value} for e in appliance.engines.values()],
+                      lambda: answers_health(self_host, server.config.port, tls), os.environ)
+
+
+def _tls_file(path: str) -> str | None:
+    return os.path.expanduser(path) if path else None
 
 
 async def serve(config: Config, host: str, port: int, has_keys: bool, hub_endpoint: str | None = None,
@@ -67,14 +63,23 @@ async def serve(config: Config, host: str, port: int, has_keys: bool, hub_endpoi
             f"refusing to listen on {host}: no API key exists. Create one first with "
             "`appliance keys create --name admin --admin`, or bind 127.0.0.1."
         )
+    tls = config.server.tls_cert
+    if not is_loopback(host) and not tls and not config.server.plain_http:
+        raise RefusedBind(
+            f"refusing to serve plain HTTP on {host}: keys would cross the network in clear text. Set "
+            "server.tls_cert and server.tls_key, or server.plain_http = true behind a TLS-terminating proxy."
+        )
     appliance = Appliance(config, host=host, port=port, hub_endpoint=hub_endpoint, hub_token=hub_token)
     app = build_app(appliance, usage=appliance.usage)
     uv = uvicorn.Config(app, host=host, port=port, log_level=config.server.log_level, access_log=False,
                         log_config=None,  # uvicorn's lines go through the daemon's handler (logsetup)
                         lifespan="on", loop="none", http="httptools", proxy_headers=False,
-                        timeout_graceful_shutdown=int(config.server.shutdown_grace_s) or None)
+                        timeout_graceful_shutdown=int(config.server.shutdown_grace_s) or None,
+                        ssl_certfile=_tls_file(config.server.tls_cert), ssl_keyfile=_tls_file(config.server.tls_key))
     server = _Server(uv)
-    notifier = asyncio.ensure_future(_notify_when_listening(server))
+    sd_notify("STATUS=starting")
+    self_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    notifier = asyncio.ensure_future(_notify_when_listening(server, appliance, self_host, bool(tls)))
     try:
         await server.serve()
     finally:

@@ -25,6 +25,15 @@ def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     sock.close()
 
 
+def _next(sock: socket.socket, prefix: str, limit: int = 50) -> str:
+    """The first datagram starting with `prefix` (bounded: at most `limit` messages, each within the timeout)."""
+    for _ in range(limit):
+        message = sock.recv(1024).decode()
+        if message.startswith(prefix):
+            return message
+    return ""
+
+
 def test_ready_is_notified_once_listening_and_sigterm_stops_engines(
         tmp_path: Path, notify_socket: tuple[socket.socket, str]) -> None:
     sock, path = notify_socket
@@ -32,7 +41,7 @@ def test_ready_is_notified_once_listening_and_sigterm_stops_engines(
                env={"NOTIFY_SOCKET": path})
     try:
         d.start()
-        message = sock.recv(1024).decode()
+        message = _next(sock, "READY=1")  # STATUS= lines come before and after it (test_systemd_notify.py)
         assert message.startswith("READY=1")
         assert d.get("/health") == {"status": "ok"}  # it was listening when it said so
         ready = d.wait_engine("vllm", lambda e: e["state"] == "ready", 20, "ready")
@@ -40,7 +49,7 @@ def test_ready_is_notified_once_listening_and_sigterm_stops_engines(
         assert d.proc is not None
         d.proc.send_signal(signal.SIGTERM)
         assert d.proc.wait(30) == 0
-        assert "STOPPING=1" in sock.recv(1024).decode()
+        assert "STOPPING=1" in _next(sock, "STOPPING=1")
         assert not any(alive(p) for p in members)
         log = d.log.read_text()
         assert "engine vllm: ready -> stopping" in log and "stopping -> stopped" in log

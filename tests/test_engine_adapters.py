@@ -131,6 +131,15 @@ def test_openwebui_is_wired_to_the_gateway(tmp_path: Path) -> None:
     assert env["IMAGE_GENERATION_ENGINE"] == "openai" and env["IMAGE_GENERATION_MODEL"] == "sd"
     assert env["AUDIO_TTS_OPENAI_API_BASE_URL"] == env["OPENAI_API_BASE_URL"]
     assert env["WEBUI_SECRET_KEY"] == a.environment()["WEBUI_SECRET_KEY"]  # generated once, then kept
+    assert "SSL_CERT_FILE" not in env
+
+
+def test_openwebui_trusts_the_gateways_certificate_on_https(tmp_path: Path) -> None:
+    cfg = parse_config({"server": {"state_dir": str(tmp_path / "s"), "tls_cert": "/e/cert.pem", "tls_key": "/e/k.pem"},
+                        "engines": {"ui": {"kind": "openwebui", "port": 3000}}}, "test")
+    env = OpenWebUIAdapter("ui", EngineContext(cfg, tmp_path / "s", "https://127.0.0.1:8080")).environment()
+    assert env["OPENAI_API_BASE_URL"] == "https://127.0.0.1:8080/v1"
+    assert env["SSL_CERT_FILE"] == env["REQUESTS_CA_BUNDLE"] == "/e/cert.pem"
 
 
 @contextlib.asynccontextmanager

@@ -66,3 +66,18 @@ def test_installers_install_from_the_lock() -> None:
         for line in installs:
             assert re.search(r'-c "?(\$LOCK|\$SRC/requirements(-xtts)?\.lock)', line), \
                 f"{script}: installs without the lock: {line.strip()}"
+
+
+def test_engine_environments_install_through_their_locks() -> None:
+    """`appliance engine install` (appliance/engine_install.py) runs pip only with a constraints file, and every
+    pinned engine names a lock that exists and pins its packages."""
+    source = (ROOT / "appliance" / "engine_install.py").read_text()
+    installs = [ln for ln in source.splitlines() if '"pip", "install"' in ln]
+    assert installs and all('"-c"' in ln for ln in installs), installs
+    pins = tomllib.loads((ROOT / "packaging" / "engines" / "pins.toml").read_text())
+    for name, table in pins.items():
+        lock = ROOT / table["lock"] if table["lock"].startswith("requirements") else \
+            ROOT / "packaging" / "engines" / table["lock"]
+        locked = lock.read_text()
+        for package in table.get("packages", []):
+            assert package in locked.splitlines(), f"{name}: {package} is not in {lock.name}"

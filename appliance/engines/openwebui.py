@@ -50,6 +50,9 @@ class OpenWebUIAdapter(Adapter):
             "AUDIO_TTS_OPENAI_API_BASE_URL": base,
             "AUDIO_TTS_OPENAI_API_KEY": key,
         }
+        cert = self.ctx.config.server.tls_cert
+        if cert:  # the gateway serves HTTPS with this (often self-signed) certificate: Open WebUI trusts it
+            env["SSL_CERT_FILE"] = env["REQUESTS_CA_BUNDLE"] = os.path.expanduser(cert)
         image_models = [m for m, c in self.ctx.config.models.items() if c.modality == "image"]
         speech_models = [m for m, c in self.ctx.config.models.items() if c.modality == "speech"]
         if image_models:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from ..store import StoreError
 from .errors import Forbidden, RateLimited, Unauthorized
-from .keys import ApiKey, KeyStore, secret_hash, split_key
+from .keys import ApiKey, KeyStore, match_imported, secret_hash, split_key
 
 log = logging.getLogger("appliance.gateway")
 RECHECK_S = 1.0
@@ -80,8 +80,11 @@ class KeyCache:
         """(record, "") for a live key, else (None, why) with why in {"invalid", "revoked"}."""
         self.refresh()
         parts = split_key(presented)
-        if parts is None:
-            return None, "invalid"
+        if parts is None:  # not sk-app-...: perhaps an imported token (vast.ai's portal token)
+            imported = match_imported(presented, self._keys)
+            if imported is None:
+                return None, "invalid"
+            return (None, "revoked") if imported.revoked is not None else (imported, "")
         key_id, secret = parts
         entry = self._keys.get(key_id)
         ok = hmac.compare_digest(secret_hash(secret), entry[1] if entry else _DUMMY_HASH)

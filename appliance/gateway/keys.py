@@ -4,7 +4,12 @@ A key reads `sk-app-<id>-<secret>`: the id finds the row without scanning, the s
 compared in constant time (hmac.compare_digest). High-entropy secrets make a plain hash safe here.
 The rows live in the appliance's store (`appliance.store`: the `keys` table); a `keys.db` left by an
 older version is taken over on the first start (`store.import_legacy`).
-It must not log or persist a secret: only its hash leaves `create`.
+It must not log or persist a secret: only its hash leaves `create` and `import_token`.
+
+An imported token (`import_token`) is a secret chosen elsewhere, presented as it is: vast.ai's portal
+(Caddy) checks `Authorization: Bearer <OPEN_BUTTON_TOKEN or WEB_PASSWORD>` itself and forwards the header
+unchanged, so behind it the appliance must accept that same token. Its row id starts with "t" (never a hex
+id) and its hash is of "token:" + the token, so it cannot be confused with a key's secret part.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 from ..store import KeyRow, Store
 
 PREFIX = "sk-app-"
+IMPORTED = "t"  # id prefix of imported tokens (key ids are hex)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,10 @@ def secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def token_hash(token: str) -> str:
+    return hashlib.sha256(("token:" + token).encode()).hexdigest()
+
+
 def _key(row: KeyRow) -> ApiKey:
     return ApiKey(row.id, row.name, row.admin, row.created, row.revoked)
 
@@ -57,6 +67,16 @@ class KeyStore:
         row = KeyRow(key_id, name, admin, secret_hash(secret), time.time(), None)
         self.store.key_insert(row)
         return _key(row), f"{PREFIX}{key_id}-{secret}"
+
+    def import_token(self, name: str, token: str, admin: bool = False) -> ApiKey:
+        """Accept a token chosen elsewhere (vast.ai's portal token) as a key, presented verbatim."""
+        if not name.strip():
+            raise ValueError("name: must not be empty")
+        if len(token) < 16:
+            raise ValueError("token: must be at least 16 characters")
+        row = KeyRow(IMPORTED + secrets.token_hex(4), name, admin, token_hash(token), time.time(), None)
+        self.store.key_insert(row)
+        return _key(row)
 
     def list(self) -> list[ApiKey]:
         return [_key(r) for r in self.store.key_rows()]
@@ -76,13 +96,25 @@ class KeyStore:
         return any(k.revoked is None for k in self.list())
 
     def verify(self, presented: str) -> ApiKey | None:
-        """The key's record if `presented` is a live key, else None (constant-time on the secret)."""
+        """The key's record if `presented` is a live key or imported token, else None (constant time)."""
+        keys = self.snapshot()
         parts = split_key(presented)
         if parts is None:
-            return None
-        entry = self.snapshot().get(parts[0])
+            found = match_imported(presented, keys)
+            return found if found is not None and found.revoked is None else None
+        entry = keys.get(parts[0])
         expected = entry[1] if entry else secret_hash("x" * 32)  # same work for unknown ids
         ok = hmac.compare_digest(secret_hash(parts[1]), expected)
         if entry is None or not ok or entry[0].revoked is not None:
             return None
         return entry[0]
+
+
+def match_imported(presented: str, keys: dict[str, tuple[ApiKey, str]]) -> ApiKey | None:
+    """The imported token `presented` equals, compared in constant time against each imported hash."""
+    wanted = token_hash(presented)
+    found = None
+    for key_id, (key, stored) in keys.items():
+        if key_id.startswith(IMPORTED) and hmac.compare_digest(wanted, stored):
+            found = key
+    return found

@@ -1,4 +1,4 @@
-"""`appliance keys create|list|revoke`: manage API keys in the appliance's store (`store.url`).
+"""`appliance keys create|import|list|revoke`: manage API keys in the appliance's store (`store.url`).
 
 The key is printed once, at creation; only its hash is stored. A running daemon notices new and
 revoked keys within about a second (gateway.auth). The configuration is resolved like every other
@@ -45,6 +45,27 @@ def create(name: Annotated[str, typer.Option("--name", "-n", help="who or what t
     typer.echo(secret)
     typer.echo(f"created key {key.id} ({key.name}{', admin' if key.admin else ''}); store it now: "
                "it cannot be shown again", err=True)
+
+
+@app.command("import")
+def import_token(name: Annotated[str, typer.Option("--name", "-n", help="who or what the token is for")],
+                 from_env: Annotated[str, typer.Option("--from-env", help="the environment variable holding the "
+                                                       "token, e.g. OPEN_BUTTON_TOKEN on vast.ai")],
+                 admin: Annotated[bool, typer.Option("--admin", help="may use the /api control routes")] = False,
+                 config: ConfigOpt = None) -> None:
+    """Accept a token chosen elsewhere as a key (vast.ai's portal forwards its own token unchanged)."""
+    import os
+
+    token = os.environ.get(from_env, "").strip()
+    if not token:
+        typer.echo(f"error: --from-env: {from_env} is not set or empty", err=True)
+        raise typer.Exit(2)
+    try:
+        key = _store(config).import_token(name, token, admin=admin)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"imported the token in ${from_env} as key {key.id} ({key.name}{', admin' if key.admin else ''})")
 
 
 @app.command("list")

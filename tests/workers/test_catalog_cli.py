@@ -123,7 +123,8 @@ def test_plan_on_this_machine(tmp_path: Path) -> None:
     if snapshot.total_bytes == 0:  # no NVIDIA GPU here: the CPU profile
         assert plan["profile"] == "cpu"
         assert {s["service"]: s["model_id"] for s in plan["services"]} == {
-            "text": "qwen2.5-0.5b-instruct", "speech": "piper-en-us-joe-medium", "embedding": "all-minilm-l6-v2",
+            "text": "qwen2.5-0.5b-instruct", "image": "sd-turbo", "speech": "piper-en-us-joe-medium",
+            "embedding": "all-minilm-l6-v2",
         }  # fmt: skip
     else:
         assert plan["profile"].startswith("gpu-") and plan["gpu_total_bytes"] == snapshot.total_bytes

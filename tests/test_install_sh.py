@@ -1,0 +1,106 @@
+"""install.sh's pieces, run from the script itself without a full install: its last line (`main "$@"`) is left
+off so the functions can be called one by one with the variables main would set. The whole install runs in
+test_install_e2e.py; this covers what that run cannot meet here: vast.ai's portal on 8080 and its public
+address, and the flags install.sh refuses."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from daemon_harness import ROOT
+
+from appliance.gateway.keys import KeyStore
+from appliance.store import open_store
+
+
+def functions(tmp: Path) -> Path:
+    lines = (ROOT / "install.sh").read_text().splitlines()
+    assert lines[-1] == 'main "$@"'
+    out = tmp / "functions.sh"
+    out.write_text("\n".join(lines[:-1]) + "\n")
+    venv = tmp / "venv" / "bin"
+    if not venv.exists():
+        venv.mkdir(parents=True)
+        (venv / "python").symlink_to(sys.executable)
+        (venv / "appliance").write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" -m appliance "$@"\n')
+        (venv / "appliance").chmod(0o755)
+    return out
+
+
+def sh(tmp: Path, script: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    prelude = f'. "{functions(tmp)}"; VENV="{tmp / "venv"}"; CONFIG="{tmp / "none.toml"}"; '
+    return subprocess.run(["sh", "-c", prelude + script], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", **(env or {})})
+
+
+def test_vast_portal_on_8080_moves_the_appliance_and_says_why(tmp_path: Path) -> None:
+    holder = socket.socket()
+    try:
+        try:
+            holder.bind(("127.0.0.1", 8080))
+            holder.listen(1)
+        except OSError:
+            pass  # something else holds it: taken either way
+        out = sh(tmp_path, 'VAST=1 WANT_PORT="" WANT_BIND=""; pick_port; echo "PORT=$PORT"')
+    finally:
+        holder.close()
+    assert out.returncode == 0, out.stderr
+    port = int(out.stdout.strip().splitlines()[-1].removeprefix("PORT="))
+    assert port != 8080
+    assert f"port 8080 is taken (on vast.ai the instance portal, Caddy, or Jupyter listens there): using port {port}" \
+        in out.stdout
+
+
+def test_the_printed_url_is_vasts_public_address_and_mapped_port(tmp_path: Path) -> None:
+    out = sh(tmp_path, 'VAST=1 BIND=0.0.0.0 PORT=8081 TLS_CERT="" KEY_NOTE=k KEY_FILE=/e/admin.key FINGERPRINT="" '
+                       'BIN_DIR=/x/bin; closing_note',
+             env={"PUBLIC_IPADDR": "203.0.113.5", "VAST_TCP_PORT_8081": "41234"})
+    assert out.returncode == 0, out.stderr
+    assert "the appliance is up: http://203.0.113.5:41234" in out.stdout
+    assert "Authorization: Bearer $(cat /e/admin.key)" in out.stdout
+    assert "localhost:<external>:8081:/:Appliance" in out.stdout  # how to route it through the portal
+
+
+def test_a_generated_certificate_names_loopback_and_prints_its_fingerprint(tmp_path: Path) -> None:
+    out = sh(tmp_path, f'CONFIG_DIR="{tmp_path / "etc"}" BIND=0.0.0.0 PLAIN_HTTP=0 USER_CERT="" USER_KEY=""; '
+                       'tls_setup; echo "FP=$FINGERPRINT"')
+    assert out.returncode == 0, out.stderr
+    cert = tmp_path / "etc" / "tls" / "cert.pem"
+    text = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", str(cert)], capture_output=True, text=True,
+                          timeout=30).stdout
+    assert "IP Address:127.0.0.1" in text and "DNS:localhost" in text
+    assert oct((tmp_path / "etc" / "tls" / "key.pem").stat().st_mode & 0o777) == "0o600"
+    fp = out.stdout.strip().splitlines()[-1].removeprefix("FP=")
+    assert len(fp.split(":")) == 32
+    again = sh(tmp_path, f'CONFIG_DIR="{tmp_path / "etc"}" BIND=0.0.0.0 PLAIN_HTTP=0 USER_CERT="" USER_KEY=""; '
+                         'tls_setup; echo "FP=$FINGERPRINT"')
+    assert again.stdout.strip().splitlines()[-1] == f"FP={fp}"  # kept while it is far from expiry
+
+
+def test_refused_flags(tmp_path: Path) -> None:
+    script = tmp_path / "install.sh"
+    script.write_text((ROOT / "install.sh").read_text())
+    for args, message in ((["--purge"], "--purge goes with --uninstall"),
+                          (["--port", "80x"], "--port must be a number"), (["--bogus"], "unknown option: --bogus"),
+                          (["--tls-cert", "/c.pem"], "--tls-cert and --tls-key go together")):
+        out = subprocess.run(["sh", str(script), *args], capture_output=True, text=True, timeout=60,
+                             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+        assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
+
+
+def test_on_vast_the_portal_token_is_accepted_beside_the_admin_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[server]\nhost = "0.0.0.0"\nstate_dir = "{tmp_path / "state"}"\n')
+    token = "f00d" * 12
+    out = sh(tmp_path, f'VAST=1 BIND=0.0.0.0 CONFIG="{config}" KEY_FILE="{tmp_path / "admin.key"}"; admin_key',
+             env={"OPEN_BUTTON_TOKEN": token})
+    assert out.returncode == 0, out.stderr
+    assert oct((tmp_path / "admin.key").stat().st_mode & 0o777) == "0o600"
+    opened = open_store("", tmp_path / "state")
+    store = KeyStore(opened)
+    admin, portal = store.verify((tmp_path / "admin.key").read_text().strip()), store.verify(token)
+    opened.close()
+    assert admin is not None and admin.admin and portal is not None and portal.name == "vast-OPEN_BUTTON_TOKEN"
