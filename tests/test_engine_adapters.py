@@ -105,6 +105,18 @@ def test_comfyui_is_launched_inside_its_grant_not_across_the_whole_card(tmp_path
     assert argv[-3:] == ["--enable-dynamic-vram", "--vram-headroom", "1"]
 
 
+def test_comfyui_pins_no_host_memory_when_it_could_pin_past_the_host_budget() -> None:
+    """Regression: ComfyUI pins host RAM up to most of the box's (no flag caps it by size), past the
+    host-RAM budget the scheduler keeps for slept weights; it pins nothing then, and keeps pinning
+    where the budget covers what it may pin."""
+    from appliance.engines.comfyui import memory_flags
+
+    assert "--disable-pinned-memory" in memory_flags(15 * GIB, 24 * GIB, [], 64 * GIB, 32 * GIB)
+    assert "--disable-pinned-memory" not in memory_flags(15 * GIB, 24 * GIB, [], 32 * GIB, 32 * GIB)
+    assert memory_flags(15 * GIB, 24 * GIB, ["--disable-pinned-memory"], 64 * GIB, 32 * GIB).count(
+        "--disable-pinned-memory") == 0  # the operator's own flag is not doubled
+
+
 async def test_the_comfyui_standin_serves_from_the_adapters_command_line(tmp_path: Path) -> None:
     from daemon_harness import comfyui_engine
 

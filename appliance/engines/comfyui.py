@@ -4,8 +4,9 @@
 residency manager verifies the drop against the GPU probe.
 
 ComfyUI shares the card with the engines the scheduler places beside it, so it is launched inside
-its grant (`memory_flags`): dynamic VRAM off, and the card less its models' budget reserved for the
-others. It must not be launched with a flag contracts.md §3.1 does not name.
+its grant (`memory_flags`): dynamic VRAM off, the card less its models' budget reserved for the
+others, and no pinned host memory when what it may pin exceeds the host-RAM budget. It must not be
+launched with a flag contracts.md §3.1 does not name.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
+import psutil
 
 from ..config import ComfyUIEngine
 from ..supervisor.launcher import LaunchSpec
@@ -25,7 +27,12 @@ DYNAMIC_VRAM_FLAGS = ("--disable-dynamic-vram", "--enable-dynamic-vram")
 VRAM_LIMIT_FLAGS = ("--reserve-vram", "--vram-headroom")
 
 
-def memory_flags(budget_bytes: int, gpu_total_bytes: int, extra_args: Sequence[str]) -> list[str]:
+PIN_SHARE = 0.9
+"""ComfyUI pins host memory up to a share of the box's RAM (its `MAX_PINNED_MEMORY`, at most 90 %)."""
+
+
+def memory_flags(budget_bytes: int, gpu_total_bytes: int, extra_args: Sequence[str],
+                 host_ram_bytes: int = 0, host_budget_bytes: int = 0) -> list[str]:
     """The flags that keep ComfyUI inside the `budget_bytes` the scheduler grants it on a card of
     `gpu_total_bytes` (contracts.md §3.1, and its December 2026 update on dynamic VRAM):
 
@@ -36,6 +43,10 @@ def memory_flags(budget_bytes: int, gpu_total_bytes: int, extra_args: Sequence[s
       decimal GB and rounded up: if ComfyUI reads the number as GiB it reserves a little more, never
       less (the contract says "GB" without saying which).
 
+    - `--disable-pinned-memory`: when what ComfyUI may pin (`PIN_SHARE` of `host_ram_bytes`) is more
+      than `host_budget_bytes` (`gpu.host_ram_budget_gb`): no flag caps its pinning by size, so it
+      pins nothing and its offloaded weights stay ordinary pageable memory.
+
     A flag of either kind that the operator gives in `extra_args` is left to the operator. Nothing
     for the VRAM limit when the card's size or the budget is unknown.
     """
@@ -45,6 +56,8 @@ def memory_flags(budget_bytes: int, gpu_total_bytes: int, extra_args: Sequence[s
     reserve = gpu_total_bytes - budget_bytes
     if budget_bytes > 0 and reserve > 0 and not any(a in VRAM_LIMIT_FLAGS for a in extra_args):
         flags += ["--reserve-vram", f"{math.ceil(reserve / 1e7) / 100:.2f}"]
+    if host_ram_bytes * PIN_SHARE > host_budget_bytes and "--disable-pinned-memory" not in extra_args:
+        flags.append("--disable-pinned-memory")
     return flags
 
 
@@ -102,7 +115,9 @@ class ComfyUIAdapter(Adapter):
         paths = self.model_paths_file()
         if paths is not None:
             argv += ["--extra-model-paths-config", str(paths)]
-        argv += memory_flags(self.budget_bytes(), self.ctx.gpu_total_bytes, c.extra_args)
+        host_budget = int(self.ctx.config.gpu.host_ram_budget_gb * GIB)
+        argv += memory_flags(self.budget_bytes(), self.ctx.gpu_total_bytes, c.extra_args,
+                             psutil.virtual_memory().total, host_budget)
         argv += c.extra_args
         return LaunchSpec(self.name, argv, dict(c.env), cwd)
 

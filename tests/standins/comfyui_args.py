@@ -46,7 +46,7 @@ VRAM_MODES = ("--gpu-only", "--highvram", "--lowvram", "--novram", "--cpu")
 SWITCHES = (
     # memory and device
     "--disable-smart-memory", "--disable-dynamic-vram", "--enable-dynamic-vram", "--async-offload",
-    "--disable-async-offload",
+    "--disable-async-offload", "--disable-pinned-memory",
     # caching
     "--cache-classic", "--cache-none",
     # other

@@ -27,7 +27,7 @@ from comfyui_nodes import Models, node_defs, object_info, validate_prompt
 from standin_common import Lifecycle, fake_gpu_total_used, hang_middleware, run
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-COMFYUI_VERSION = "0.3.64"
+COMFYUI_VERSION = "0.38.1"
 
 
 def _error(kind: str, message: str, details: str, status: int = 400) -> web.Response:
