@@ -12,6 +12,7 @@ It must not know routes, models or engines.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from starlette.types import Receive, Scope, Send
@@ -189,9 +190,10 @@ class KeepAlive:
 
     __slots__ = ("_comment", "_ex", "_interval_s", "_task", "_timer")
 
-    def __init__(self, ex: StreamSink, comment: str, interval_s: float) -> None:
+    def __init__(self, ex: StreamSink, comment: str | Callable[[], str], interval_s: float) -> None:
+        """`comment`: the text, or a function giving it anew for each comment (a wait estimate)."""
         self._ex = ex
-        self._comment = f": {comment}\n\n".encode()
+        self._comment = comment
         self._interval_s = interval_s
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -207,7 +209,8 @@ class KeepAlive:
     async def _run(self) -> None:
         await self._ex.start_sse()
         while True:
-            await self._ex.write(self._comment)
+            text = self._comment() if callable(self._comment) else self._comment
+            await self._ex.write(f": {text}\n\n".encode())
             await asyncio.sleep(self._interval_s)
 
     async def stop(self) -> None:

@@ -130,9 +130,10 @@ class OpenAIRoutes:
     # -- models ----------------------------------------------------------------------------------
     def _card(self, mid: str, m: ModelConfig) -> dict[str, Any]:
         engine = self.config.engines[m.engine]
+        wait = self.app.residency.wait_estimate(mid)
         return {"id": mid, "object": "model", "created": int(self.app.started_at), "owned_by": "appliance",
                 "modality": m.modality, "engine": m.engine, "engine_kind": engine.kind,
-                "tier": self.app.residency.tier(mid)}
+                "tier": self.app.residency.tier(mid), "queued": wait.queued, "expected_load_s": round(wait.load_s, 1)}
 
     async def list_models(self, ex: Exchange, call: Call) -> None:
         data = [self._card(mid, m) for mid, m in self.config.models.items()]
@@ -229,7 +230,8 @@ class OpenAIRoutes:
                       resumable: dict[str, Any] | None = None) -> None:
         """Relay a stream; `resumable` (the parsed body) when it may be preempted and resumed."""
         meter = proxy.StreamMeter()
-        keepalive = KeepAlive(ex, f"waiting for model {name} to load", self.keepalive_s)
+        residency = self.app.residency
+        keepalive = KeepAlive(ex, lambda: residency.wait_estimate(name).comment(name), self.keepalive_s)
         stitch = resume.StreamStitch(resumable, call.route) if resumable is not None else None
 
         async def relay(lease: Lease) -> int:

@@ -91,6 +91,7 @@ from .statefile import StateFile
 from .swaps import SwapMeter
 from .timings import TransitionTimes
 from .types import Request, Tier
+from .waiting import WaitEstimate, estimate
 
 if TYPE_CHECKING:
     from ..store.state_doc import StateDoc
@@ -189,6 +190,16 @@ class ResidencyManager:
             return "host" if eng.state is ProcessState.READY else "disk"
         view = self.core.snapshot().models.get(model)
         return view.tier.value if view is not None else "absent"
+
+    def wait_estimate(self, model: str) -> WaitEstimate:
+        """Where `model` is, how many wait for it, and about how long it takes to bring in (measured
+        medians where this box has them)."""
+        profile = self._estimated.get(model)
+        if model in self.cpu_models or profile is None:
+            up = model in self.cpu_models and self.engines[self.model_engine[model]].state is ProcessState.READY
+            return WaitEstimate("host" if up else "disk", 0, 0.0)
+        costs = self.timings.costs(model, profile.costs)
+        return estimate(self.core.snapshot().models.get(model), costs)
 
     def snapshot(self) -> dict[str, object]:
         snap = self.core.snapshot()

@@ -98,9 +98,18 @@ def test_crash_mid_stream_ends_the_stream_with_an_error_event_and_the_next_reque
 def test_streaming_client_gets_keepalive_comments_while_the_model_loads(gateway: Gateway) -> None:
     status, blocks = raw_stream(gateway, chat("slow-a", 3, True))
     assert status == 200
-    assert blocks[0] == b": waiting for model slow-a to load"
+    # Issue 18: the comment says where the model is, the place in line and about how long it takes
+    # (a cold start here: the profile's estimate until this box measured one)
+    assert re.fullmatch(rb": waiting for model slow-a to load: disk, position 1, about \d+ s", blocks[0]), blocks[0]
     data = [b for b in blocks if b.startswith(b"data: ")]
     assert data[-1] == b"data: [DONE]" and len(data) == 1 + 3 + 1  # role, 3 tokens, [DONE]
+
+
+def test_models_list_says_each_models_tier_queue_and_expected_load_time(gateway: Gateway) -> None:
+    cards = {m["id"]: m for m in gateway.request("GET", "/v1/models").json()["data"]}
+    card = cards["slow-b"]
+    assert card["tier"] in ("disk", "absent", "host", "vram") and card["queued"] >= 0
+    assert card["expected_load_s"] >= 0 and (card["tier"] == "vram") == (card["expected_load_s"] == 0)
 
 
 def test_non_streaming_client_simply_waits_for_the_model(gateway: Gateway) -> None:
