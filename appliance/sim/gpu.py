@@ -135,16 +135,22 @@ class Gpu:
 
     def abandon(self, model: str, rid: str, now: float) -> None:
         """Drop a running or engine-queued job without finishing it (its engine is being stopped)."""
-        self.advance(now)
         engine = self.engines[model]
+        self._take(engine, rid, now)
+        self._admit(engine, now)
+        self._recompute_rates()
+
+    def _take(self, engine: Engine, rid: str, now: float) -> Job:
+        """Remove job `rid`, running (its KV cache freed) or queued in the engine, after advancing to `now`."""
+        self.advance(now)
         job = next((j for j in engine.running if j.rid == rid), None)
         if job is not None:
             engine.running.remove(job)
             engine.kv_used -= job.kv_tokens
-        else:
-            engine.waiting.remove(next(j for j in engine.waiting if j.rid == rid))
-        self._admit(engine, now)
-        self._recompute_rates()
+            return job
+        job = next(j for j in engine.waiting if j.rid == rid)
+        engine.waiting.remove(job)
+        return job
 
     def preempt(self, model: str, rid: str, now: float) -> Job:
         """Abort a running or engine-queued stream; returns it rebuilt for resumption.
@@ -152,15 +158,8 @@ class Gpu:
         The resumed stream re-prefills its prompt plus the tokens already sent, which the
         KV offload (LMCache) and prefix cache make `resume_prefill_speedup` times cheaper.
         """
-        self.advance(now)
         engine = self.engines[model]
-        job = next((j for j in engine.running if j.rid == rid), None)
-        if job is not None:
-            engine.running.remove(job)
-            engine.kv_used -= job.kv_tokens
-        else:
-            job = next(j for j in engine.waiting if j.rid == rid)
-            engine.waiting.remove(job)
+        job = self._take(engine, rid, now)
         llm = self.cal.llm
         decode_total = job.output_tokens / llm.decode_tps
         sent = int(max(decode_total - job.decode_left, 0.0) * llm.decode_tps)
