@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -38,10 +39,11 @@ def serve(config: ConfigOpt = None,
           port: Annotated[int | None, typer.Option(help="port (default: server.port)")] = None) -> None:
     """Run the daemon in the foreground."""
     cfg = obtain_config(config)
-    typer.echo(f"configuration: {cfg.source}", err=True)
     from .logsetup import configure as configure_logging
 
     configure_logging(cfg.server.log_level, cfg.server.log_format, sys.stderr)
+    # Through the log, so that a JSON log stays one object per line.
+    logging.getLogger("appliance").info("configuration: %s", cfg.source)
     from .daemon import RefusedBind
     from .daemon import serve as run_daemon
     from .gateway.keys import KeyStore

@@ -3,18 +3,27 @@ compared in constant time, revocable, and never confused with the secret part of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from appliance.gateway.auth import KeyCache
 from appliance.gateway.keys import PREFIX, KeyStore
+from appliance.store import open_store
 
 TOKEN = "c0ffee" * 8
 
 
-def test_an_imported_token_is_a_key_until_revoked(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path / "keys.db")
+@pytest.fixture
+def keys(tmp_path: Path) -> Iterator[KeyStore]:
+    store = open_store("", tmp_path)  # the embedded store under this state directory
+    yield KeyStore(store)
+    store.close()
+
+
+def test_an_imported_token_is_a_key_until_revoked(keys: KeyStore) -> None:
+    store = keys
     key = store.import_token("vast-OPEN_BUTTON_TOKEN", TOKEN, admin=True)
     cache = KeyCache(store)
     found, why = cache.verify(TOKEN)
@@ -25,8 +34,8 @@ def test_an_imported_token_is_a_key_until_revoked(tmp_path: Path) -> None:
     assert cache.verify(TOKEN) == (None, "revoked") and store.verify(TOKEN) is None
 
 
-def test_an_sk_app_secret_alone_is_not_an_imported_token(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path / "keys.db")
+def test_an_sk_app_secret_alone_is_not_an_imported_token(keys: KeyStore) -> None:
+    store = keys
     _, full = store.create("admin")
     secret = full[len(PREFIX):].split("-", 1)[1]
     cache = KeyCache(store)
@@ -34,6 +43,6 @@ def test_an_sk_app_secret_alone_is_not_an_imported_token(tmp_path: Path) -> None
     assert cache.verify(secret) == (None, "invalid") and store.verify(secret) is None
 
 
-def test_short_tokens_are_refused(tmp_path: Path) -> None:
+def test_short_tokens_are_refused(keys: KeyStore) -> None:
     with pytest.raises(ValueError, match="token: must be at least 16 characters"):
-        KeyStore(tmp_path / "keys.db").import_token("x", "short")
+        keys.import_token("x", "short")
