@@ -117,6 +117,13 @@ class Lease:
     preemption: Preemption | None = None  # set when the scheduler may preempt this request
 
 
+def weights_missing(model: str, catalog: str) -> ModelUnavailable:
+    """A model whose weights are not on this box: only a download helps, so say which command."""
+    pull = f"`appliance pull {catalog}`" if catalog else "`appliance pull` (see `appliance models`)"
+    return ModelUnavailable(f"model {model!r} has no weights on this box yet: download them with {pull}",
+                            retry_after=300)
+
+
 class DirectResidency:
     """No scheduling: each lease starts the model's engine if needed and activates it."""
 
@@ -134,6 +141,8 @@ class DirectResidency:
         eng = self.engines.get(self.model_engine.get(model, ""))
         if eng is None:
             raise ModelUnavailable(f"model {model!r} has no enabled engine")
+        if eng.adapter.missing_weights():
+            raise weights_missing(model, eng.adapter.ctx.config.models[model].catalog)
         try:
             await eng.ensure_ready(deadline_s)
             await eng.activate()

@@ -247,3 +247,23 @@ def test_engine_orphaned_by_a_killed_guard_is_killed_by_the_daemon(tmp_path: Pat
     os.kill(guard, signal.SIGKILL)  # the guard dies; its engine and EngineCore would linger
     wait_for(lambda: not any(alive(p) for p in orphans), 10, f"orphans {orphans} killed")
     d.wait_engine("vllm", lambda e: e["state"] == "ready" and e["pid"] != v["pid"], 30, "restarted")
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])  # a CPU model (direct lease) and a GPU-scheduled one
+def test_a_model_whose_weights_were_never_pulled_is_a_503_naming_the_pull_command(
+        tmp_path: Path, daemons: list[Daemon], device: str) -> None:
+    """Regression: the written CPU configuration names models that `appliance pull` has not fetched yet; a
+    chat then started the worker, failed its load deep in transformers and answered "could not be loaded:
+    engine text is ready". Now the 503 says what to do, and no engine is started for nothing."""
+    d = Daemon(tmp_path, {
+        "engines": {"text": {"kind": "worker", "worker": "text", "device": device, "port": free_port(),
+                             "model_path": str(tmp_path / "models" / "never-pulled")}},
+        "models": {"chat": {"engine": "text", "modality": "text", "catalog": "qwen2.5-0.5b-instruct"}},
+    })
+    daemons.append(d)
+    d.start()
+    status, body = d.post("/v1/chat/completions", {"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 503 and body["error"]["code"] == "model_unavailable", body
+    assert "`appliance pull qwen2.5-0.5b-instruct`" in body["error"]["message"]
+    assert str(tmp_path) not in body["error"]["message"]  # no server path in a client's answer
+    assert d.engine("text")["state"] == "stopped"

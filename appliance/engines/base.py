@@ -80,6 +80,11 @@ class Adapter:
     def launch_spec(self) -> LaunchSpec:
         raise NotImplementedError
 
+    def missing_weights(self) -> bool:
+        """True when the engine's weights are known to be absent from this box (so starting it can only
+        fail): a request then gets a 503 naming `appliance pull` instead of a failed load."""
+        return False
+
     async def probe(self, session: aiohttp.ClientSession) -> bool:
         try:
             async with session.get(self.base_url + self.readiness_path,

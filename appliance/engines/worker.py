@@ -52,6 +52,14 @@ class WorkerAdapter(Adapter):
             env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         return LaunchSpec(self.name, argv, env)
 
+    def missing_weights(self) -> bool:
+        """A `model_path` that names a directory or file (absolute, `~` or `./`) which is not there; other
+        values name a model a worker resolves itself (a voice or embedding model inside a package)."""
+        path = self.wcfg.model_path
+        if not path.startswith(("/", "~", "./")):
+            return False
+        return not Path(os.path.expanduser(path)).exists()
+
     def catalog_args(self, model_id: str) -> list[str]:
         """The catalog's flags for this model; licence flags only once the operator accepted it."""
         args: list[str] = []

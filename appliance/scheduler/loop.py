@@ -52,7 +52,15 @@ from ..engines.engine import Engine
 from ..events import Event as BusEvent
 from ..events import EventBus
 from ..gpu import GpuProbe
-from ..residency import CannotFitError, DirectResidency, Lease, ModelUnavailable, Preemption, QueueFullError
+from ..residency import (
+    CannotFitError,
+    DirectResidency,
+    Lease,
+    ModelUnavailable,
+    Preemption,
+    QueueFullError,
+    weights_missing,
+)
 from ..supervisor.process import EngineUnavailable
 from ..supervisor.states import ProcessState, Transition
 from .attribution import attribute_usage
@@ -233,6 +241,8 @@ class ResidencyManager:
         eng = self.engines[self.model_engine[model]]
         if eng.state is ProcessState.FATAL:
             raise self._fatal(model, eng)
+        if eng.adapter.missing_weights():
+            raise weights_missing(model, self.config.models[model].catalog)
         rid = f"r{next(self._ids)}"
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Lease] = loop.create_future()
