@@ -182,6 +182,7 @@ class Appliance:
             "store": {"backend": self.store.backend, "url": self.store.describe(),
                       "migrations": len(self.store.migrations())},
             "jobs": {**self.job_queue.describe(), "box_id": self.box_id},
+            "maintenance": self.maintenance.jobs(),
         }
 
     async def start_engine(self, name: str) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -77,6 +78,12 @@ async def serve(config: Config, host: str, port: int, has_keys: bool, hub_endpoi
                         timeout_graceful_shutdown=int(config.server.shutdown_grace_s) or None,
                         ssl_certfile=_tls_file(config.server.tls_cert), ssl_keyfile=_tls_file(config.server.tls_key))
     server = _Server(uv)
+    if uv.ssl_certfile and uv.ssl_keyfile:
+        uv.load()  # builds the SSL context now, so the renewal below reloads the one that serves
+        from .tls import CertificateKeeper
+
+        keeper = CertificateKeeper(Path(uv.ssl_certfile), Path(str(uv.ssl_keyfile)), uv.ssl)
+        appliance.maintenance.add_daily("tls-renewal", lambda now: keeper.check(now))
     sd_notify("STATUS=starting")
     self_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     notifier = asyncio.ensure_future(_notify_when_listening(server, appliance, self_host, bool(tls)))

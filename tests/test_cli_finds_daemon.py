@@ -42,7 +42,7 @@ def write_receipt(venv: Path, config: Path, state: Path, **extra: str) -> None:
 def generate_cert(where: Path) -> tuple[Path, Path, str]:
     cert, key = where / "cert.pem", where / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-days", "30", "-subj", "/CN=appliance", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-days", "397", "-subj", "/CN=appliance", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
     fp = subprocess.run(["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", str(cert)], check=True,
                         capture_output=True, text=True, timeout=60).stdout.split("=", 1)[1].strip()

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ class Maintenance:
         self.jobs_dir = jobs_dir
         self.image_sweep = image_sweep
         self._scheduler: Any = None
+        self._extra: dict[str, Callable[[float], object]] = {}
 
     # -- the passes
     def rollup(self, now: float) -> int:
@@ -99,6 +101,8 @@ class Maintenance:
         if self.settings.backup_dir:
             sched.add_job(self._off_loop(self.backup), "interval", hours=self.settings.backup_interval_h,
                           id="backup", coalesce=True)
+        for job_id, step in self._extra.items():
+            self._schedule_extra(sched, job_id, step)
         sched.start()
         self._scheduler = sched
 
@@ -111,6 +115,17 @@ class Maintenance:
                 log.warning("store maintenance (%s) failed: %s", step.__name__, exc)
         run.__name__ = step.__name__
         return run
+
+    def add_daily(self, job_id: str, step: Callable[[float], object]) -> None:
+        """Another daily upkeep pass (e.g. the TLS certificate's renewal), run off the event loop like
+        the store's own, first at start; before `start` it waits for it."""
+        self._extra[job_id] = step
+        if self._scheduler is not None:
+            self._schedule_extra(self._scheduler, job_id, step)
+
+    def _schedule_extra(self, sched: Any, job_id: str, step: Callable[[float], object]) -> None:
+        sched.add_job(self._off_loop(step), "interval", hours=24, id=job_id, coalesce=True,
+                      next_run_time=datetime.now(UTC))
 
     def jobs(self) -> list[str]:
         """Ids of the scheduled passes (for /api/status and tests)."""
