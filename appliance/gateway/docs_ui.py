@@ -1,5 +1,6 @@
-"""`/api/docs` offline: the Swagger UI page with its script and stylesheet served from the installed
-`swagger-ui-bundle` package (`/api/docs/assets/...`), never from a CDN, and the OpenAPI schema at
+"""`/api/docs` offline: the Swagger UI page with its script and stylesheet served from the static files
+of the installed `fastapi-offline` package (Swagger UI 5, which reads OpenAPI 3.1 as FastAPI writes
+it; only its files are used) at `/api/docs/assets/...`, never from a CDN, and the OpenAPI schema at
 `/api/openapi.json` completed with the `/v1` routes (gateway.openapi_v1), which the front door serves
 outside FastAPI's routing table.
 
@@ -20,18 +21,17 @@ from fastapi.responses import HTMLResponse, Response
 from .errors import NotFound
 from .openapi_v1 import v1_openapi
 
-ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
+ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")
 TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".png": "image/png"}
 
 
 def bundle_dir() -> Path | None:
     """The installed Swagger UI files, or None when the package is missing (then the docs page says so)."""
     try:
-        root = Path(str(importlib.resources.files("swagger_ui_bundle")))
+        folder = Path(str(importlib.resources.files("fastapi_offline"))) / "static"
     except ModuleNotFoundError:
         return None
-    found = sorted(root.glob("vendor/swagger-ui-*/swagger-ui-bundle.js"))
-    return found[-1].parent if found else None
+    return folder if all((folder / name).is_file() for name in ASSETS) else None
 
 
 def install(app: FastAPI, openapi_url: str = "/api/openapi.json") -> None:
@@ -56,12 +56,12 @@ def install(app: FastAPI, openapi_url: str = "/api/openapi.json") -> None:
     @app.get("/api/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         if not assets:
-            return HTMLResponse("<h1>API reference</h1><p>The swagger-ui-bundle package is not installed; "
+            return HTMLResponse("<h1>API reference</h1><p>The fastapi-offline package is not installed; "
                                 f"the schema is at <a href='{openapi_url}'>{openapi_url}</a>.</p>")
         return get_swagger_ui_html(openapi_url=openapi_url, title=f"{app.title}: API reference",
                                    swagger_js_url="/api/docs/assets/swagger-ui-bundle.js",
                                    swagger_css_url="/api/docs/assets/swagger-ui.css",
-                                   swagger_favicon_url="/api/docs/assets/favicon-32x32.png")
+                                   swagger_favicon_url="/api/docs/assets/favicon.png")
 
     @app.get("/api/docs/assets/{name}", include_in_schema=False)
     async def asset(name: str) -> Response:

@@ -5,7 +5,7 @@ export function h(tag, attrs = {}, ...children) {
     if (v === undefined || v === null || v === false) continue;
     if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else if (k === "class") el.className = v;
-    else if (k === "style") el.setAttribute("style", v);
+    else if (k === "style") el.style.cssText = v;  // CSSOM: allowed by the CSP, a style attribute is not
     else if (v === true) el.setAttribute(k, "");
     else el.setAttribute(k, v);
   }

@@ -56,7 +56,7 @@ function modelsCard(status) {
       + `${bytes(vram.host_used_bytes)} of ${bytes(vram.host_budget_bytes)}`
       + (vram.switching_to ? ` · switching to ${vram.switching_to}` : "")) : null,
     h("div", { class: "table-wrap" }, h("table", {},
-      h("thead", {}, h("tr", {}, ["model", "tier", "footprint", "host RAM", "queue", "oldest wait"].map((c, i) =>
+      h("thead", {}, h("tr", {}, ["model", "tier", "footprint", "host copy", "queue", "oldest wait"].map((c, i) =>
         h("th", { class: i === 3 ? "hide-phone" : "" }, c)))),
       h("tbody", {}, rows))));
 }
