@@ -200,6 +200,7 @@ class ResidencyManager:
     def snapshot(self) -> dict[str, object]:
         snap = self.core.snapshot()
         timings = self.timings.medians()
+        now = self._clock()
         return {
             "vram_used_bytes": snap.vram_used_bytes,
             "vram_budget_bytes": snap.vram_budget_bytes,
@@ -209,7 +210,7 @@ class ResidencyManager:
             "models": {
                 mid: {"tier": v.tier.value, "phase": v.phase, "queued": v.queued, "in_flight": v.in_flight,
                       "pinned": self.core.ledger.slots[mid].profile.pinned,
-                      "oldest_wait_s": None if v.oldest_arrival is None else round(snap.now - v.oldest_arrival, 3),
+                      "oldest_wait_s": None if v.oldest_arrival is None else round(now - v.oldest_arrival, 3),
                       "footprint_bytes": v.footprint_bytes, "measured": self.core.footprints.is_measured(mid),
                       "host_bytes": self._estimated[mid].host_bytes,
                       "prefetched_bytes": v.prefetched_bytes, "preemptions": self.preemptions.get(mid, 0),
@@ -603,3 +604,9 @@ class ResidencyManager:
                 by_engine = {e: snap.used_by(self.engines[e].pids()) for e in models_of}
                 used = attribute_usage(by_engine, models_of, self.core.snapshot().models)
             self._post(GpuSample(self._clock(), snap.total_bytes, snap.free_bytes, used))
+            now = self._clock()
+            queues = {mid: {"queued": v.queued, "in_flight": v.in_flight,
+                            "oldest_wait_s": None if v.oldest_arrival is None else round(now - v.oldest_arrival, 3)}
+                      for mid, v in self.core.snapshot().models.items()}
+            self.bus.publish(BusEvent("gpu.sample", snap.name or snap.kind, {**snap.as_dict(), "models": queues}),
+                             remember=False)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from appliance.events import Event, EventBus
 from appliance.gateway.openai import OpenAIRoutes
 from appliance.gateway.openapi_v1 import v1_openapi
 from appliance.gateway.ui import StaticUi
@@ -174,3 +175,13 @@ def open_daemon(tmp_path: Path) -> Iterator[Gateway]:
 def test_an_open_loopback_daemon_lets_the_ui_in_without_a_key(open_daemon: Gateway) -> None:
     who = open_daemon.request("GET", "/api/whoami", key=None)
     assert who.status == 200 and who.json() == {"open": True, "admin": True, "key_id": None, "name": None}
+
+
+def test_gpu_samples_stream_live_but_stay_out_of_the_replayed_history(gateway: Gateway) -> None:
+    [sample, *_] = _replayed(gateway, "gpu.sample")  # arrives within a sample interval (2 s by default)
+    assert {"total_bytes", "used_bytes", "utilization_pct", "processes"} <= set(sample["data"])
+    assert {"queued", "in_flight", "oldest_wait_s"} <= set(sample["data"]["models"]["qwen-test"])
+    bus = EventBus(history=10)
+    bus.publish(Event("gpu.sample", "gpu", {}), remember=False)
+    bus.publish(Event("engine.state", "vllm", {}))
+    assert [e.kind for e in bus.recent(10)] == ["engine.state"]

@@ -24,11 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import playwright.sync_api as playwright_api  # test.sh installs it (never `playwright install`)
 import pytest
 
 from .conftest import ROOT, Gateway, full_config, launch, wait_until
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="test.sh installs playwright")
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
         "--disable-component-update", "--no-first-run"]

@@ -1,6 +1,8 @@
 // Dashboard: the GPU and who holds its memory, each model's tier and queue, each engine's state,
 // and the last hour's residency timeline (which model held the card when, each swap and its cost),
-// live from /api/events (replayed on connect) with /api/status re-read for the GPU samples.
+// live from /api/events (replayed on connect; `gpu.sample` brings the GPU and the queues every
+// sample interval), with /api/status re-read after each change (and every 2 s for a user key, which
+// may not read the event stream).
 import { events, get } from "../api.js";
 import { bytes, h, secs, state, table, tier, when } from "../dom.js";
 
@@ -135,9 +137,18 @@ export async function render(root, who) {
     try { status = await get("/api/status"); dirty = true; draw(); } catch { /* shown on the next try */ }
     refreshing = false;
   };
-  const timer = setInterval(refresh, 2000);
+  const timer = setInterval(refresh, who.admin ? 15000 : 2000);
   let soon = null;
   const stop = who.admin ? events((kind, ev) => {
+    if (kind === "gpu.sample") {
+      const { models: queues, ...gpu } = ev.data;
+      status.gpu = { ...status.gpu, ...gpu };
+      const res = (status.residency && status.residency.models) || {};
+      for (const [id, q] of Object.entries(queues || {})) if (res[id]) Object.assign(res[id], q);
+      dirty = true;
+      draw();
+      return;
+    }
     evs.push(ev);
     if (evs.length > 2000) evs.splice(0, evs.length - 2000);
     dirty = true;
