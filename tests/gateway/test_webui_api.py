@@ -5,9 +5,7 @@ model's load/release/pin/unpin through the residency manager, swaps with their d
 
 from __future__ import annotations
 
-import http.client
 import inspect
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +13,14 @@ from typing import Any
 
 import pytest
 
+from appliance.downloads import ProgressThrottle
 from appliance.events import Event, EventBus
 from appliance.gateway.openai import OpenAIRoutes
 from appliance.gateway.openapi_v1 import v1_openapi
 from appliance.gateway.ui import StaticUi
 
 from .conftest import Gateway, launch, wait_until, worker_engine
+from .sse import events_until
 
 ADMIN_ROUTES = [("GET", "/api/keys"), ("POST", "/api/keys"), ("POST", "/api/keys/abc/revoke"),
                 ("GET", "/api/models"), ("POST", "/api/models/qwen-test/load"),
@@ -93,26 +93,8 @@ def _tier(gateway: Gateway, model: str) -> str:
 
 
 def _replayed(gateway: Gateway, kind: str) -> list[dict[str, Any]]:
-    """Events of `kind` in /api/events' replay of the recent past, read until one shows (10 s at most)."""
-    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
-    conn.request("GET", "/api/events?history=500", headers={"Authorization": f"Bearer {gateway.keys['admin']}"})
-    resp = conn.getresponse()
-    found: list[dict[str, Any]] = []
-    buf = b""
-    try:
-        while not found:
-            chunk = resp.read1(65536)
-            if not chunk:
-                break
-            buf += chunk
-            *blocks, buf = buf.split(b"\n\n")
-            for block in blocks:
-                data = [line[6:] for line in block.split(b"\n") if line.startswith(b"data: ")]
-                events = [json.loads(d) for d in data]
-                found += [e for e in events if e["kind"] == kind]
-    finally:
-        conn.close()
-    return found
+    """Events of `kind` on /api/events (its replay of the recent past, then live), up to the first one."""
+    return [e for e in events_until(gateway.port, gateway.keys["admin"], kind) if e["kind"] == kind]
 
 
 def test_load_release_pin_unpin_go_through_the_residency_manager(gateway: Gateway) -> None:
@@ -185,3 +167,16 @@ def test_gpu_samples_stream_live_but_stay_out_of_the_replayed_history(gateway: G
     bus.publish(Event("gpu.sample", "gpu", {}), remember=False)
     bus.publish(Event("engine.state", "vllm", {}))
     assert [e.kind for e in bus.recent(10)] == ["engine.state"]
+
+
+def test_download_progress_per_block_no_longer_floods_the_replayed_history() -> None:
+    """A pull published one `download.progress` per 1 MiB block: a 10 GB model pushed the residency
+    timeline out of /api/events' 500-event replay. Now at most one per PROGRESS_EVERY_S."""
+    now = [0.0]
+    throttle = ProgressThrottle(every_s=0.5, clock=lambda: now[0])
+    published = []
+    for block in range(10_000):  # 10 GB in 1 MiB blocks over 100 s
+        now[0] = block * 0.01
+        published.append(throttle.admit("progress"))
+    assert sum(published) == 200 and published[0]
+    assert all(throttle.admit(kind) for kind in ("resolving", "file", "verified", "done", "failed"))
