@@ -180,3 +180,8 @@ def test_download_progress_per_block_no_longer_floods_the_replayed_history() -> 
         published.append(throttle.admit("progress"))
     assert sum(published) == 200 and published[0]
     assert all(throttle.admit(kind) for kind in ("resolving", "file", "verified", "done", "failed"))
+
+
+def test_speech_model_cards_name_their_voices_for_the_voice_picker(gateway: Gateway) -> None:
+    assert gateway.request("GET", "/v1/models/voice").json()["voices"] == ["nova"]
+    assert "voices" not in gateway.request("GET", "/v1/models/minilm").json()
