@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from ..app import Appliance
 from .auth import KeyCache
-from .errors import NotFound
+from .errors import ApiError, NotFound
 from .keys import ApiKey, KeyStore
 
 router = APIRouter()
@@ -62,6 +62,10 @@ async def revoke_key(request: Request, key_id: str) -> dict[str, Any]:
     known = {k.id: k for k in await asyncio.to_thread(store.list)}
     if key_id not in known:
         raise NotFound(f"no key with id {key_id!r}", param="key_id")
+    if any(k.name == key_id and k.id != key_id for k in known.values()):
+        # the store revokes by id or name: this would revoke another key named like this id too
+        raise ApiError(f"another key is named {key_id!r}: revoke with `appliance keys revoke` by name instead",
+                       status=409, code="ambiguous_key", param="key_id")
     await asyncio.to_thread(store.revoke, key_id)
     await _changed(request)
     revoked = next(k for k in await asyncio.to_thread(store.list) if k.id == key_id)

@@ -185,3 +185,12 @@ def test_download_progress_per_block_no_longer_floods_the_replayed_history() -> 
 def test_speech_model_cards_name_their_voices_for_the_voice_picker(gateway: Gateway) -> None:
     assert gateway.request("GET", "/v1/models/voice").json()["voices"] == ["nova"]
     assert "voices" not in gateway.request("GET", "/v1/models/minilm").json()
+
+
+def test_revoking_by_id_never_revokes_another_key_named_like_that_id(gateway: Gateway) -> None:
+    target = gateway.request("POST", "/api/keys", {"name": "target"}, key="admin").json()
+    namesake = gateway.request("POST", "/api/keys", {"name": target["id"]}, key="admin").json()
+    refused = gateway.request("POST", f"/api/keys/{target['id']}/revoke", key="admin")
+    assert refused.status == 409 and refused.json()["error"]["code"] == "ambiguous_key"
+    assert gateway.request("GET", "/v1/models", key=namesake["key"]).status == 200
+    assert gateway.request("GET", "/v1/models", key=target["key"]).status == 200
