@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES="espeak-ng prometheus"  # prometheus: promtool checks packaging/prometheus and the dashboard
+# prometheus: promtool checks packaging/prometheus and the dashboard; chromium: the web UI's browser tests
+# drive Debian's chromium through the `playwright` package of the dev extra (never `playwright install`)
+APT_PACKAGES="espeak-ng prometheus chromium"
 if command -v apt-get >/dev/null 2>&1; then
   missing=""
   for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

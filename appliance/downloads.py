@@ -3,8 +3,10 @@
 Owns the running and finished downloads: one background thread per model (huggingface_hub's
 transfers are blocking), at most one per model at a time. Every `PullEvent` of `appliance.pull`
 becomes a bus event `download.<kind>` (resolving, planned, file, progress, verified, skipped,
-done, failed), published from the event loop. The licence gate runs before anything starts, so a
-refused licence is an immediate error, not a failed download.
+done, failed), published from the event loop; `progress` comes once per block, so at most one every
+`PROGRESS_EVERY_S` is published (a large pull would otherwise fill the bus's replayed history and push
+the residency timeline out of it; the job's bytes stay exact at /api/downloads). The licence gate runs
+before anything starts, so a refused licence is an immediate error, not a failed download.
 
 It must not decide where models live beyond `<state_dir>/models` (the CLI's store), nor read the
 environment (the hub endpoint and token are given by the caller).
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,26 @@ from typing import Any
 from .catalog import Catalog
 from .events import Event, EventBus
 from .pull import PullError, PullEvent, licence_gate, pull_model
+
+PROGRESS_EVERY_S = 0.5
+
+
+class ProgressThrottle:
+    """Says which events to publish: every one but `progress`, and `progress` at most once per interval."""
+
+    def __init__(self, every_s: float = PROGRESS_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self._clock = clock
+        self._last: float | None = None
+
+    def admit(self, kind: str) -> bool:
+        if kind != "progress":
+            return True
+        now = self._clock()
+        if self._last is not None and now - self._last < self.every_s:
+            return False
+        self._last = now
+        return True
 
 
 class DownloadBusy(Exception):
@@ -67,9 +90,12 @@ class Downloads:
             job = Download(model.id)
             self._jobs[model.id] = job
 
+        throttle = ProgressThrottle()
+
         def publish(ev: PullEvent) -> None:
             job.done_bytes, job.total_bytes = ev.done_bytes, ev.total_bytes or job.total_bytes
-            loop.call_soon_threadsafe(self.bus.publish, Event(f"download.{ev.kind}", ev.model, ev.as_dict()))
+            if throttle.admit(ev.kind):
+                loop.call_soon_threadsafe(self.bus.publish, Event(f"download.{ev.kind}", ev.model, ev.as_dict()))
 
         def run() -> None:
             try:

@@ -34,8 +34,11 @@ class EventBus:
         self._history: deque[Event] = deque(maxlen=history)
         self._queue_size = queue_size
 
-    def publish(self, event: Event) -> None:
-        self._history.append(event)
+    def publish(self, event: Event, remember: bool = True) -> None:
+        """`remember=False`: a periodic sample, sent to subscribers but kept out of the replayed history
+        (which would otherwise hold little but samples)."""
+        if remember:
+            self._history.append(event)
         for q in self._subscribers:
             if q.full():
                 q.get_nowait()

@@ -24,13 +24,14 @@ from ..jobs.runner import JobRunner
 from ..jobs.submit import JOB_ROUTES
 from ..metrics import exporter_for
 from ..usage import UsageSink
-from . import admin, usage_api
+from . import admin, docs_ui, keys_api, usage_api
 from .auth import Authenticator, KeyCache, RateLimiter, is_loopback
 from .errors import ApiError, InvalidRequest, NotFound, internal_error
 from .front import Gateway
 from .keys import KeyStore
 from .metrics_api import MetricsEndpoint
 from .openai import OpenAIRoutes
+from .ui import StaticUi
 
 log = logging.getLogger("appliance.gateway")
 
@@ -81,8 +82,9 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
             routes.pools.close()
             await appliance.shutdown()
 
-    app = ApplianceApp(title="AI Appliance", version="0.1.0", lifespan=lifespan, docs_url="/api/docs",
-                  redoc_url=None, openapi_url="/api/openapi.json")
+    app = ApplianceApp(title="AI Appliance", version="0.1.0", lifespan=lifespan, docs_url=None,
+                       redoc_url=None, openapi_url="/api/openapi.json")
+    docs_ui.install(app)
     app.state.appliance = appliance
 
     @app.exception_handler(ApiError)
@@ -105,12 +107,14 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
 
     app.include_router(admin.router)
     app.include_router(usage_api.router)
+    app.include_router(keys_api.router)
 
     server = appliance.config.server
     sink = usage if usage is not None else appliance.usage
     app.state.usage = sink
     auth = Authenticator(KeyCache(KeyStore(appliance.store)), RateLimiter(server.rate_limit_per_minute),
                          open_when_no_keys=is_loopback(appliance.host))
+    app.state.key_cache = auth.keys  # keys_api refreshes it after a change, so the change holds at once
     images = appliance.images
     routes = OpenAIRoutes(appliance, sink, images)
     metrics = appliance.config.metrics
@@ -122,5 +126,5 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
                        owner=appliance.box_id)
     jobs_api = JobsApi(appliance, routes, images, appliance.store, appliance.job_queue, runner)
     app.front = Gateway(app.fastapi, routes=routes, auth=auth, images=images, metrics=endpoint,
-                        metrics_open_on_loopback=metrics.open_on_loopback, jobs=jobs_api)
+                        metrics_open_on_loopback=metrics.open_on_loopback, jobs=jobs_api, ui=StaticUi())
     return app

@@ -4,8 +4,9 @@
 middleware stack per request (FastAPI's layers alone measured about 20 µs of CPU per request, against
 about 30 µs for this whole path; bench/gateway.py measures the end-to-end cost). `/api/*` is
 authenticated here and then handed to FastAPI, signed image URLs are served here, `/metrics` (and
-`/metrics/engines/NAME`) is authenticated here and served by gateway.metrics_api, and everything else
-(`/health`, the docs) goes to FastAPI untouched.
+`/metrics/engines/NAME`) is authenticated here and served by gateway.metrics_api, the web UI's static
+files (`/`, `/ui/*`: public, they hold no secret) are served by gateway.ui, and everything else (`/health`,
+the docs and their offline assets) goes to FastAPI untouched.
 
 Every response carries `X-Request-Id` (the client's own when it sent a plain one, else a new one),
 and the request's id and key id are set in the log context (logsetup) for every line it causes.
@@ -13,6 +14,8 @@ and the request's id and key id are set in the log context (logsetup) for every 
 Authentication is decided here and only here. `/metrics` needs a valid key (any scope), except that
 with `metrics.open_on_loopback` a client connecting from a loopback address needs none (a Prometheus
 on the box); when the API is open (loopback bind, no key yet) it is open like the rest.
+An authenticated `/api` request reaches FastAPI with the caller's key in `scope[KEY_SCOPE]` (None when
+the API is open), so `GET /api/whoami` tells the web UI what the key may do without a second check.
 It must not hold request state between requests, nor implement the routes themselves.
 """
 
@@ -30,12 +33,15 @@ from .images import ROUTE as IMAGE_ROUTE
 from .images import ImageStore
 from .metrics_api import MetricsEndpoint
 from .openai import OpenAIRoutes
+from .ui import StaticUi
 
 if TYPE_CHECKING:
     from ..jobs.api import JobsApi
 
 OPEN_API_PATHS = frozenset({"/api/docs", "/api/docs/oauth2-redirect", "/api/openapi.json"})
-READ_ONLY_API = frozenset({"/api/status"})  # any valid key may read these; the rest of /api needs admin
+OPEN_API_PREFIX = "/api/docs/"  # the docs page's own assets (gateway.docs_ui), public like the page
+READ_ONLY_API = frozenset({"/api/status", "/api/whoami"})  # any valid key may read these; the rest needs admin
+KEY_SCOPE = "appliance.key"
 REQUEST_ID_HEADER = b"x-request-id"
 
 
@@ -50,10 +56,11 @@ def _with_request_id(send: Send, rid: bytes) -> Send:
 class Gateway:
     def __init__(self, app: ASGIApp, *, routes: OpenAIRoutes, auth: Authenticator, images: ImageStore,
                  metrics: MetricsEndpoint | None = None, metrics_open_on_loopback: bool = False,
-                 jobs: JobsApi | None = None) -> None:
+                 jobs: JobsApi | None = None, ui: StaticUi | None = None) -> None:
         """`metrics`: None when `metrics.enabled` is false (then /metrics is a 404 like any unknown path)."""
         self.app = app
         self.jobs = jobs
+        self.ui = ui
         self.routes = routes
         self.auth = auth
         self.images = images
@@ -85,14 +92,20 @@ class Gateway:
         if self.metrics is not None and (path == "/metrics" or path.startswith("/metrics/")):
             await self._metrics(Exchange(scope, receive, send), path)
             return
-        if path.startswith("/api/") and path not in OPEN_API_PATHS:
+        if path.startswith("/api/") and path not in OPEN_API_PATHS and not path.startswith(OPEN_API_PREFIX):
             ex = Exchange(scope, receive, send)
             admin = not (path in READ_ONLY_API and scope["method"] in ("GET", "HEAD"))
             try:
-                self.auth.check(ex.header(b"authorization"), admin=admin)
+                key = self.auth.check(ex.header(b"authorization"), admin=admin)
             except ApiError as err:
                 await ex.fail(err)
                 return
+            if key is not None:
+                KEY_ID.set(key.id)
+            scope[KEY_SCOPE] = key
+        elif self.ui is not None and self.ui.owns(path):
+            await self.ui.serve(Exchange(scope, receive, send), path)
+            return
         elif path.startswith(IMAGE_ROUTE):
             await self._image(Exchange(scope, receive, send), path[len(IMAGE_ROUTE):])
             return

@@ -131,9 +131,12 @@ class OpenAIRoutes:
     def _card(self, mid: str, m: ModelConfig) -> dict[str, Any]:
         engine = self.config.engines[m.engine]
         wait = self.app.residency.wait_estimate(mid)
-        return {"id": mid, "object": "model", "created": int(self.app.started_at), "owned_by": "appliance",
+        card = {"id": mid, "object": "model", "created": int(self.app.started_at), "owned_by": "appliance",
                 "modality": m.modality, "engine": m.engine, "engine_kind": engine.kind,
                 "tier": self.app.residency.tier(mid), "queued": wait.queued, "expected_load_s": round(wait.load_s, 1)}
+        if m.modality == "speech":
+            card["voices"] = sorted(m.voices)
+        return card
 
     async def list_models(self, ex: Exchange, call: Call) -> None:
         data = [self._card(mid, m) for mid, m in self.config.models.items()]

@@ -102,6 +102,8 @@ from appliance.scheduler.events import (
     Event,
     ForceStop,
     GpuSample,
+    OperatorPin,
+    OperatorRelease,
     Preempt,
     Prefetch,
     Prefetched,
@@ -252,6 +254,14 @@ class ResidencyCore:
                 slot = self._slots.get(model)
                 if slot is not None:
                     slot.profile = replace(slot.profile, costs=costs)
+            case OperatorPin(model=model, pinned=pinned):
+                slot = self._slots.get(model)
+                if slot is not None:
+                    slot.profile = replace(slot.profile, pinned=pinned)
+            case OperatorRelease(model=model):
+                slot = self._slots.get(model)
+                if slot is not None and slot.servable and not slot.has_work and not slot.profile.pinned:
+                    self._release(slot)
             case Tick():
                 pass
 

@@ -132,6 +132,23 @@ class Tick:
     now: float
 
 
+@dataclass(frozen=True, slots=True)
+class OperatorPin:
+    """An operator pinned (or unpinned) the model: a pinned model is loaded and never evicted."""
+
+    now: float
+    model: str
+    pinned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorRelease:
+    """An operator asked to release the model from VRAM now (honoured when it is resident, idle, unpinned)."""
+
+    now: float
+    model: str
+
+
 Event = (
     RequestArrived
     | RequestDone
@@ -143,6 +160,8 @@ Event = (
     | ActionFailed
     | GpuSample
     | CostsMeasured
+    | OperatorPin
+    | OperatorRelease
     | Tick
 )
 

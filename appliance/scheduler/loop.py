@@ -9,6 +9,11 @@ probe: the engine's process group must actually drop its memory before `ReleaseD
 that misses `scheduler.release_deadline_s` is reported failed, and the core escalates to Stop
 (SIGTERM, grace, SIGKILL of the group).
 
+Operator controls (the web UI's Models page): `load(model)` takes a lease like any request and lets it
+go (the core decides how the model comes in); `pin` and `release` post `OperatorPin` and
+`OperatorRelease` to the core, which alone decides what they change. A pin lasts until unpinned or
+the daemon restarts (`models.NAME.pinned` in the configuration is the lasting one).
+
 The gateway uses `lease(model)`: it waits in the model's queue and yields the engine's loopback URL
 once dispatched; leaving the block (completion, error, client disconnect) tells the core.
 
@@ -76,6 +81,8 @@ from .events import (
     Event,
     ForceStop,
     GpuSample,
+    OperatorPin,
+    OperatorRelease,
     Preempt,
     Prefetch,
     Prefetched,
@@ -212,6 +219,7 @@ class ResidencyManager:
     def snapshot(self) -> dict[str, object]:
         snap = self.core.snapshot()
         timings = self.timings.medians()
+        now = self._clock()
         return {
             "vram_used_bytes": snap.vram_used_bytes,
             "vram_budget_bytes": snap.vram_budget_bytes,
@@ -220,6 +228,8 @@ class ResidencyManager:
             "switching_to": snap.plan_target,
             "models": {
                 mid: {"tier": v.tier.value, "phase": v.phase, "queued": v.queued, "in_flight": v.in_flight,
+                      "pinned": self.core.ledger.slots[mid].profile.pinned,
+                      "oldest_wait_s": None if v.oldest_arrival is None else round(now - v.oldest_arrival, 3),
                       "footprint_bytes": v.footprint_bytes, "measured": self.core.footprints.is_measured(mid),
                       "host_bytes": self._estimated[mid].host_bytes,
                       "prefetched_bytes": v.prefetched_bytes, "preemptions": self.preemptions.get(mid, 0),
@@ -227,6 +237,35 @@ class ResidencyManager:
                 for mid, v in snap.models.items()
             },
         }
+
+    def _scheduled(self, model: str) -> None:
+        if model not in self.model_engine:
+            raise ModelUnavailable(f"model {model!r} has no enabled engine", retry_after=60)
+        if model in self.cpu_models:
+            raise ModelUnavailable(f"model {model!r} runs on the CPU, outside the GPU's residency: "
+                                   "start or stop its engine instead", retry_after=60)
+
+    async def load(self, model: str) -> str:
+        """Bring `model` into VRAM the way a request does (queued, then dispatched); its new tier."""
+        if model in self.cpu_models:
+            await self.engines[self.model_engine[model]].process.start()
+            return self.tier(model)
+        async with self.lease(model):
+            pass
+        return self.tier(model)
+
+    def pin(self, model: str, pinned: bool) -> None:
+        """Pin (kept in VRAM, loaded if absent) or unpin; CannotFitError when the pinned set would not fit."""
+        self._scheduled(model)
+        if pinned and not self.core.ledger.fits_ever(self.core.ledger.slots[model]):
+            raise CannotFitError(f"model {model!r} does not fit in the VRAM budget beside the pinned models",
+                                 retry_after=60)
+        self._post(OperatorPin(self._clock(), model, pinned))
+
+    def release(self, model: str) -> None:
+        """Ask the core to release `model` from VRAM now; a pinned or busy model stays (unpin it first)."""
+        self._scheduled(model)
+        self._post(OperatorRelease(self._clock(), model))
 
     @contextlib.asynccontextmanager
     async def lease(self, model: str, *, deadline_s: float | None = None,
@@ -435,6 +474,7 @@ class ResidencyManager:
         if not transition:
             return
         self.timings.record(model, transition, seconds)
+        self.bus.publish(BusEvent("residency.swap", model, {"transition": transition, "seconds": round(seconds, 3)}))
         self.timings_file.save(self.timings.as_mapping())
         self._post(CostsMeasured(self._clock(), model, self.timings.costs(model, self._estimated[model].costs)))
 
@@ -585,3 +625,9 @@ class ResidencyManager:
                 by_engine = {e: snap.used_by(self.engines[e].pids()) for e in models_of}
                 used = attribute_usage(by_engine, models_of, self.core.snapshot().models)
             self._post(GpuSample(self._clock(), snap.total_bytes, snap.free_bytes, used))
+            now = self._clock()
+            queues = {mid: {"queued": v.queued, "in_flight": v.in_flight,
+                            "oldest_wait_s": None if v.oldest_arrival is None else round(now - v.oldest_arrival, 3)}
+                      for mid, v in self.core.snapshot().models.items()}
+            self.bus.publish(BusEvent("gpu.sample", snap.name or snap.kind, {**snap.as_dict(), "models": queues}),
+                             remember=False)
