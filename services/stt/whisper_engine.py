@@ -5,8 +5,9 @@ Owns finding the converted model (a directory holding model.bin, or a name under
 offload (CTranslate2 moves the weights to host RAM: `unload_model(to_cpu=True)`) and wake
 (`load_model()`), and decoding with OpenAI's parameters mapped onto faster-whisper's: `language`,
 `prompt` as the initial prompt, `temperature` (a fixed one: no fallback ladder), `translate` as
-Whisper's translate task, word timestamps when asked. Decoding is lazy, segment by segment, so a
-cancel stops it between two segments. Runs on the model thread.
+Whisper's translate task, word timestamps when asked; timestamps past the audio's end are clamped.
+Decoding is lazy, segment by segment, so a cancel stops it between two segments. Runs on the model
+thread.
 """
 
 from __future__ import annotations
@@ -99,9 +100,11 @@ class WhisperEngine:
             word_timestamps=task.words, vad_filter=False, condition_on_previous_text=True,
         )  # fmt: skip
         segments: list[Segment] = []
+        # Whisper may put a timestamp past the end of the audio (its window is 30 s): clamped to the end
+        end = float(info.duration)
         for piece in pieces:  # a generator: each step decodes one more 30 s window
-            words = tuple(Word(w.word, float(w.start), float(w.end)) for w in (piece.words or ()))
-            segment = Segment(len(segments), float(piece.start), float(piece.end), piece.text,
+            words = tuple(Word(w.word, min(float(w.start), end), min(float(w.end), end)) for w in (piece.words or ()))
+            segment = Segment(len(segments), min(float(piece.start), end), min(float(piece.end), end), piece.text,
                               avg_logprob=float(piece.avg_logprob), no_speech_prob=float(piece.no_speech_prob),
                               temperature=float(piece.temperature or 0.0), words=words)  # fmt: skip
             segments.append(segment)
