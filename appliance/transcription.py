@@ -1,19 +1,21 @@
 """Request rules of OpenAI's transcription and translation routes, shared by the gateway and the STT worker.
 
-Owns reading a `multipart/form-data` body (`parse_form`: text fields, repeated fields such as
-`timestamp_granularities[]`, and the one `file` part), and checking it (`check_transcription`): the
-`file` part present and not empty, at most `MAX_UPLOAD_BYTES` (OpenAI's 25 MB), `model` a string,
-`language` an ISO-639-1 code Whisper knows, `prompt` text, `temperature` 0-1, `response_format`
-one of json, text, srt, vtt, verbose_json, `timestamp_granularities` word and/or segment (word only
-with verbose_json, as OpenAI requires), `stream` a boolean (refused with srt, vtt and
-verbose_json, and on translations, which OpenAI does not stream). Each problem is a `FieldError`
-naming the field. Pure functions over bytes, standard library only (the worker imports this module);
-it must not decode audio, do I/O or know engines.
+Owns reading a `multipart/form-data` body and writing one again (`parse_form`, `encode_form`: text
+fields, repeated fields such as `timestamp_granularities[]`, and the one `file` part), and checking it
+(`check_transcription`): the `file` part present and not empty, at most `MAX_UPLOAD_BYTES` (OpenAI's
+25 MB), `model` a string, `language` an ISO-639-1 code Whisper knows, `prompt` text, `temperature`
+0-1, `response_format` one of json, text, srt, vtt, verbose_json, `timestamp_granularities` word
+and/or segment (only with verbose_json, as OpenAI requires), `stream` a boolean (refused with srt, vtt
+and verbose_json, and on translations, which OpenAI does not stream); fields this API does not know
+are refused (`refuse_unknown`). Each problem is a `FieldError` naming the field. Pure functions over
+bytes, standard library only (the worker imports this module); it must not decode audio, do I/O or
+know engines.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -29,7 +31,7 @@ _LANGUAGE_CODES = (
     "sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo yue zh"
 )
 LANGUAGES = frozenset(_LANGUAGE_CODES.split())
-_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+_BOUNDARY = re.compile(r'boundary="?([0-9A-Za-z\'()+_,./:=?-]{1,70})"?', re.IGNORECASE)  # RFC 2046's characters
 _DISPOSITION_PARAM = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"|(\w+)=([^;\s]+)')
 
 
@@ -96,6 +98,29 @@ def parse_form(content_type: str, body: bytes) -> Form:
         else:
             fields.setdefault(name, []).append(content.decode("utf-8", "replace"))
     return Form(fields, files)
+
+
+def encode_form(form: Form, model: str | None = None) -> tuple[bytes, bytes]:
+    """(body, Content-Type) of `form` as multipart/form-data again, `model` set when given (the
+    gateway names the configured model its worker knows)."""
+    boundary = "appliance-" + secrets.token_hex(12)
+    fields = {**form.fields, **({"model": [model]} if model is not None else {})}
+    parts: list[bytes] = []
+    for name, values in fields.items():
+        for value in values:
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{_quoted(name)}"\r\n\r\n'
+                         f"{value}\r\n".encode())  # fmt: skip
+    for name, upload in form.files.items():
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{_quoted(name)}"; '
+                f'filename="{_quoted(upload.filename)}"\r\nContent-Type: '
+                f"{_quoted(upload.content_type) or 'application/octet-stream'}\r\n\r\n")  # fmt: skip
+        parts.append(head.encode() + upload.data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}".encode()
+
+
+def _quoted(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
 
 
 def _headers(block: str) -> dict[str, str]:
