@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--max-upload-mb", type=_positive, default=MAX_UPLOAD_BYTES / 2**20,
                         help="largest upload accepted, in MiB (OpenAI's limit: 25)")
     parser.add_argument("--beam-size", type=int, default=5, help="Whisper's beam width")
+    parser.add_argument("--fallback", choices=("pocketsphinx", "none"), default="pocketsphinx",
+                        help="engine to use when the chosen one cannot load (English only)")
     ns = parser.parse_args()
     options = worker_options("stt", ns)
     configure_logging()
@@ -42,7 +44,7 @@ def main() -> None:
     except ValueError as exc:
         print(f"services.stt: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    backend = SttBackend(engine, options.device)
+    backend = SttBackend(engine, options.device, fallback=ns.fallback == "pocketsphinx")
     max_upload = int(ns.max_upload_mb * 2**20)
     run_worker(options, backend, lambda app, worker: add_routes(app, worker, backend, ns.max_audio_s, max_upload),
                os.environ)  # fmt: skip

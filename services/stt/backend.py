@@ -1,12 +1,17 @@
-"""The STT worker's model: the configured engine (faster-whisper or pocketsphinx) and its residency.
+"""The STT worker's model: the configured engine (faster-whisper or pocketsphinx), or pocketsphinx's
+packaged English model when that engine cannot load (a Whisper not pulled yet), the way espeak-ng
+stands in for a speech model.
 
-Owns choosing the engine from `--model-path` (`transcript.parse_model_spec`), resolving the device
-(pocketsphinx is CPU only; Whisper takes the GPU when there is one) and delegating residency and
-decoding to the engine, counting seconds of audio transcribed. Runs on the model thread. Must not know HTTP.
+Owns choosing the engine from `--model-path` (`transcript.parse_model_spec`), the fallback (logged, and
+reported by /v1/models as `engine` and `fallback_reason`, never silent; `--fallback none` turns it
+off), resolving the device (pocketsphinx is CPU only; Whisper takes the GPU when there is one) and
+delegating residency and decoding to the engine, counting seconds of audio transcribed. Runs on the
+model thread. Must not know HTTP.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +21,8 @@ from services.memory import MemoryUsage
 from services.stt.sphinx_engine import SphinxEngine
 from services.stt.transcript import Segment, SttEngine, Task, Transcript, parse_model_spec
 from services.stt.whisper_engine import WhisperEngine
+
+log = logging.getLogger("services.stt")
 
 
 def build_engine(model_path: str, models_dir: Path | None, beam_size: int = 5) -> SttEngine:
@@ -37,9 +44,12 @@ def _resolve_device(requested: str) -> str:
 
 
 class SttBackend:
-    def __init__(self, engine: SttEngine, device: str) -> None:
+    def __init__(self, engine: SttEngine, device: str, fallback: bool = True) -> None:
+        self._primary = engine
         self.engine = engine
         self._requested = device
+        self._fallback = fallback
+        self.fallback_reason: str | None = None
         self.audio_seconds = 0.0
 
     def prepare(self) -> str:
@@ -50,7 +60,17 @@ class SttBackend:
         return "cpu"
 
     def load(self) -> None:
-        self.engine.load()
+        self.engine, self.fallback_reason = self._primary, None
+        try:
+            self.engine.load()
+        except Exception as exc:
+            if not self._fallback or isinstance(self._primary, SphinxEngine):
+                raise
+            self.fallback_reason = f"{self._primary.name} could not load: {exc}"
+            log.error("%s; transcribing English with pocketsphinx instead", self.fallback_reason)
+            fallback = SphinxEngine("en-us")
+            fallback.load()
+            self.engine = fallback
 
     def offload(self) -> None:
         self.engine.offload()

@@ -71,7 +71,7 @@ def add_routes(app: web.Application, worker: Worker, backend: SttBackend, max_au
 
     async def models(_: web.Request) -> web.Response:
         card = {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "appliance",
-                "engine": backend.engine.name}  # fmt: skip
+                "engine": backend.engine.name, "fallback_reason": backend.fallback_reason}  # fmt: skip
         return web.json_response({"object": "list", "data": [card]})
 
     app.router.add_post("/v1/audio/transcriptions", transcriptions)

@@ -84,9 +84,21 @@ def test_load_offload_wake_unload(whisper: ServedProcess, speech: bytes) -> None
 
 
 def test_missing_model_fails_the_load_with_its_name(log_dir: Path, tmp_path: Path, speech: bytes) -> None:
-    worker = start_worker("stt", "whisper-1", "whisper:not-pulled", log_dir, "--models-dir", str(tmp_path))
+    worker = start_worker("stt", "whisper-1", "whisper:not-pulled", log_dir, "--models-dir", str(tmp_path),
+                          "--fallback", "none")  # fmt: skip
     try:
         resp = post(worker, speech)
         assert resp.status_code == 503 and "not-pulled" in resp.json()["error"]["message"], resp.text
+    finally:
+        worker.stop()
+
+
+def test_whisper_not_pulled_yet_falls_back_to_pocketsphinx(log_dir: Path, tmp_path: Path, speech: bytes) -> None:
+    worker = start_worker("stt", "whisper-1", "whisper:whisper-small", log_dir, "--models-dir", str(tmp_path))
+    try:
+        resp = post(worker, speech)
+        assert resp.status_code == 200 and "hello" in resp.json()["text"].lower(), resp.text
+        card = httpx.get(worker.base_url + "/v1/models", timeout=10).json()["data"][0]
+        assert card["engine"] == "pocketsphinx" and "whisper-small" in card["fallback_reason"]
     finally:
         worker.stop()
