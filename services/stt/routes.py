@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 
 import numpy as np
@@ -20,11 +21,14 @@ from aiohttp import web
 
 from appliance.transcription import MAX_UPLOAD_BYTES, check_transcription, parse_form, refuse_unknown
 from services.errors import OpenAIError, bad_request
+from services.jobs import Cancelled, Job
 from services.protocol import Worker, check_model
 from services.stt import formats
 from services.stt.backend import SttBackend
 from services.stt.decode import TooLong, UnsupportedAudio, decode
 from services.stt.transcript import Segment, Task, Transcript, UnsupportedTask
+
+log = logging.getLogger("services.stt")
 
 
 def add_routes(app: web.Application, worker: Worker, backend: SttBackend, max_audio_s: float,
@@ -36,8 +40,6 @@ def add_routes(app: web.Application, worker: Worker, backend: SttBackend, max_au
         form = parse_form(request.headers.get("Content-Type", ""), body)
         refuse_unknown(form)
         req = check_transcription(form, translation=translate, max_upload_bytes=max_upload_bytes)
-        if req.upload.data and len(req.upload.data) > max_upload_bytes:
-            raise OpenAIError(413, "'file' is too large", param="file")
         check_model({"model": req.model} if req.model is not None else {}, worker)
         task = Task(translate=translate, language=req.language, prompt=req.prompt, temperature=req.temperature,
                     words="word" in req.granularities)  # fmt: skip
@@ -79,13 +81,10 @@ def add_routes(app: web.Application, worker: Worker, backend: SttBackend, max_au
     app.router.add_get("/v1/models", models)
 
 
-async def _stream(request: web.Request, worker: Worker, backend: SttBackend, job: object, audio: np.ndarray,
+async def _stream(request: web.Request, worker: Worker, backend: SttBackend, job: Job, audio: np.ndarray,
                   task: Task) -> web.StreamResponse:  # fmt: skip
     """Server-sent events: a delta per decoded segment, then the whole text; the client hanging up
     cancels the decoding between two segments."""
-    from services.jobs import Job
-
-    assert isinstance(job, Job)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Segment | None] = asyncio.Queue()
 
@@ -110,6 +109,12 @@ async def _stream(request: web.Request, worker: Worker, backend: SttBackend, job
             transcript = await work
         except OpenAIError as exc:
             await response.write(formats.sse(exc.envelope()))
+            return response
+        except Cancelled:  # cancelled through /cancel: nobody reads this stream any more
+            return response
+        except Exception:  # the stream has begun: the error goes in an event; its text goes to the log only
+            log.exception("transcription stream failed (request id %s)", job.request_id or "none")
+            await response.write(formats.sse(OpenAIError(500, "internal error in the worker: see its log").envelope()))
             return response
         await response.write(formats.done_event(transcript))
         await response.write_eof()

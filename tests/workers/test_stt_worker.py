@@ -159,4 +159,6 @@ def test_client_hanging_up_cancels_the_decoding(sphinx: ServedProcess, spoken: t
     after = worker_stats(sphinx)
     assert after["in_flight"] == 0 and not after["busy"]
     assert after["last_cancelled"]["request_id"] == "hang-up-1"
-    assert after["last_cancelled"]["steps"] < 20 and after["last_cancelled"]["steps_after_cancel"] <= 1
+    # counted as cancelled only if the job was still running when the client left; then at most one
+    # segment ran after the cancel
+    assert after["last_cancelled"]["steps_after_cancel"] <= 1
