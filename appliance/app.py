@@ -19,6 +19,7 @@ from typing import Any
 from .catalog import Catalog, load_catalog
 from .config import Config, VllmEngine
 from .downloads import Downloads
+from .engine_keys import EngineKeys
 from .engines.base import EngineContext
 from .engines.engine import Engine, build_adapter, enabled_engines
 from .events import EventBus
@@ -108,7 +109,8 @@ class Appliance:
         catalog = load_catalog(config.server.catalog_file or None)
         total = self.gpu.snapshot().total_bytes
         self.ctx = EngineContext(config, self.state_dir, f"{scheme}://{gateway_host}:{port}", catalog=catalog,
-                                 gpu_total_bytes=total)
+                                 gpu_total_bytes=total,
+                                 engine_key=EngineKeys(self.store, self.state_dir).key_for)  # fmt: skip
         self.engines: dict[str, Engine] = {
             name: Engine(build_adapter(name, self.ctx, vllm_sizing(config, name, total, catalog)), self.launcher,
                          self.bus, self.gpu)

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .config import _describe as describe_error
 
-MODALITIES = ("text", "image", "speech", "embedding", "video")
-ENGINES = ("vllm", "comfyui", "worker:text", "worker:diffusers", "worker:speech", "worker:embed")
+MODALITIES = ("text", "image", "speech", "embedding", "transcription", "video")
+ENGINES = ("vllm", "comfyui", "worker:text", "worker:diffusers", "worker:speech", "worker:embed", "worker:stt")
 DEVICES = ("cuda", "cpu")
 GB = 1_000_000_000
 GIB = 1 << 30

@@ -180,12 +180,12 @@ class ComfyUIEngine(_EngineBase):
 
 
 # A worker's answers are whole (images, audio, non-streamed text): the idle timeout bounds one job.
-WORKER_IDLE_TIMEOUT_S = {"text": 900.0, "embed": 120.0, "speech": 300.0, "diffusers": 1200.0}
+WORKER_IDLE_TIMEOUT_S = {"text": 900.0, "embed": 120.0, "speech": 300.0, "diffusers": 1200.0, "stt": 600.0}
 
 
 class WorkerEngine(_EngineBase):
     kind: Literal["worker"]
-    worker: Literal["text", "embed", "speech", "diffusers"]
+    worker: Literal["text", "embed", "speech", "diffusers", "stt"]
     model_path: str = Field(min_length=1)
     python: str = ""  # interpreter (the XTTS backend runs from its own virtual environment)
     device: str = "auto"
@@ -216,7 +216,7 @@ EngineConfig = Annotated[
 
 class ModelConfig(_Frozen):
     engine: str = Field(min_length=1)
-    modality: Literal["text", "image", "speech", "embedding"]
+    modality: Literal["text", "image", "speech", "embedding", "transcription"]
     catalog: str = ""  # id in the model catalog, for sizes and downloads
     vram_gb: float = Field(default=1.0, gt=0)  # estimate until measured
     host_ram_gb: float = Field(default=0.0, ge=0)  # 0: same as vram_gb

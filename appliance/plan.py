@@ -34,7 +34,7 @@ HOURS_PER_MONTH = 730.0
 DEFAULT_RESERVE_BYTES = int(1.5 * GIB)
 SYSTEM_RAM_BYTES = 4 * GIB  # OS, the daemon, page cache headroom
 ENGINE_PROCESS_RAM = {"vllm": 3 * GIB, "comfyui": 2 * GIB, "worker": 1 * GIB}
-SERVICES = ("text", "image", "speech", "embedding")
+SERVICES = ("text", "image", "speech", "embedding", "transcription")
 PROFILES = ((79, "gpu-80gb"), (47, "gpu-48gb"), (23, "gpu-24gb"), (15, "gpu-16gb"), (11, "gpu-12gb"), (7, "gpu-8gb"))
 
 

@@ -8,6 +8,8 @@ serves:
 - image on ComfyUI (checkpoint in its model folder) or a diffusers worker (small default size on a CPU);
 - speech and embeddings on workers (XTTS only where its own environment exists, else the next speech
   model the box runs: the plan is re-made without it, see `speech_fallback`);
+- speech-to-text on the stt worker: the Whisper the plan picks (found by name once pulled; until then
+  the worker answers with pocketsphinx's packaged English model, its `--fallback`);
 - the server's host, port, data directory and TLS settings, and each engine's interpreter;
 - Open WebUI when its environment is installed (`install.sh --engines ...,openwebui`).
 
@@ -24,8 +26,8 @@ from pathlib import Path
 from appliance.catalog import GIB, Catalog, CatalogModel
 from appliance.plan import Plan, ServiceAllocation
 
-ENGINE_NAMES = {"text": "text", "image": "image", "speech": "tts", "embedding": "embed"}
-WORKER_PORTS = {"text": 8012, "image": 8013, "speech": 8010, "embedding": 8011}
+ENGINE_NAMES = {"text": "text", "image": "image", "speech": "tts", "embedding": "embed", "transcription": "stt"}
+WORKER_PORTS = {"text": 8012, "image": 8013, "speech": 8010, "embedding": 8011, "transcription": 8014}
 CPU_IMAGE_SIZE = "512x512"
 
 

@@ -23,3 +23,8 @@ def tiny_sd3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sd1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_models.build_tiny_sd1(tmp_path_factory.mktemp("tiny-sd1"))
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_models.build_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper"))

@@ -57,7 +57,8 @@ BAD = {
                                 "models.a.engine: unknown engine 'nope' (defined: none)"),
     "bad modality": ('[engines.e]\nkind = "worker"\nworker = "embed"\nmodel_path = "x"\n'
                      '[models.a]\nengine = "e"\nmodality = "video"\n',
-                     "models.a.modality: must be one of 'text', 'image', 'speech' or 'embedding', got 'video'"),
+                     "models.a.modality: must be one of 'text', 'image', 'speech', 'embedding' or 'transcription', "
+                     "got 'video'"),
     "port clash": ('[engines.a]\nkind = "worker"\nworker = "embed"\nmodel_path = "x"\nport = 9000\n'
                    '[engines.b]\nkind = "worker"\nworker = "text"\nmodel_path = "y"\nport = 9000\n',
                    "engines.b.port: 9000 is already used by engines.a"),

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import httpx
 from daemon_harness import ROOT, Daemon, free_port
 
 from appliance.catalog import load_catalog
@@ -85,7 +86,7 @@ def test_on_this_machine_every_modality_answers(tmp_path: Path, tiny_llama_dir: 
     if doc["engines"].get("vllm"):  # a GPU box runs this suite: the CPU allocation is checked elsewhere
         return
     by_modality = {m["modality"]: mid for mid, m in doc["models"].items()}
-    assert set(by_modality) == {"text", "image", "speech", "embedding"}
+    assert set(by_modality) == {"text", "image", "speech", "embedding", "transcription"}
     # the pulled weights, as `appliance pull` lays them out, are the tiny models here
     (state / "models").mkdir(parents=True)
     (state / "models" / by_modality["text"]).symlink_to(tiny_llama_dir)
@@ -110,5 +111,12 @@ def test_on_this_machine_every_modality_answers(tmp_path: Path, tiny_llama_dir: 
         assert status == 200 and body[:4] == b"RIFF"
         status, body = _post(d.url + "/v1/embeddings", {"model": by_modality["embedding"], "input": "hello"})
         assert status == 200 and len(json.loads(body)["data"][0]["embedding"]) == 384
+        # the Whisper the plan chose is not pulled: its worker answers with pocketsphinx's packaged model
+        said = "The quick brown fox jumps over the lazy dog."
+        _, wav = _post(d.url + "/v1/audio/speech", {"model": by_modality["speech"], "input": said, "voice": "alloy",
+                                                     "response_format": "wav"})  # fmt: skip
+        heard = httpx.post(d.url + "/v1/audio/transcriptions", data={"model": by_modality["transcription"]},
+                           files={"file": ("fox.wav", wav)}, timeout=300)  # fmt: skip
+        assert heard.status_code == 200 and "brown fox" in heard.json()["text"], heard.text
     finally:
         d.stop()

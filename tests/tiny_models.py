@@ -135,3 +135,50 @@ def build_tiny_sd1(out: Path) -> Path:
     )  # fmt: skip
     pipe.save_pretrained(out / "pipeline")
     return out / "pipeline"
+
+
+def build_tiny_whisper(out: Path) -> Path:
+    """A random-weight Whisper (one encoder and one decoder layer, width 64) with Whisper's real token
+    layout (50,257 ordinary tokens, then the special, language and timestamp tokens) in a word-level
+    tokenizer built here, converted to CTranslate2 (int8) the way `appliance pull` gets real ones.
+    CTranslate2 takes it for an English-only (.en) model. Returns the CTranslate2 directory."""
+    import torch
+    from ctranslate2.converters import TransformersConverter
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import GenerationConfig, PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
+
+    words = [w for line in CORPUS for w in line.replace(",", "").replace("?", "").split()]
+    vocab: dict[str, int] = {}
+    for word in dict.fromkeys(words):
+        vocab[word] = len(vocab)
+    for i in range(len(vocab), 50257):
+        vocab[f"w{i}"] = i
+    languages = list(_LANGUAGE_CODES)[:99]
+    specials = ["<|endoftext|>", "<|startoftranscript|>", *(f"<|{code}|>" for code in languages), "<|translate|>",
+                "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+    for token in specials:
+        vocab[token] = len(vocab)
+    for k in range(1501):
+        vocab[f"<|{k * 0.02:.2f}|>"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # type: ignore[assignment]
+    tok.add_special_tokens([AddedToken(s, special=True) for s in specials])
+    hf = out / "hf"
+    hf.mkdir(parents=True, exist_ok=True)
+    eot, sot = vocab["<|endoftext|>"], vocab["<|startoftranscript|>"]
+    torch.manual_seed(0)
+    config = WhisperConfig(vocab_size=len(vocab), num_mel_bins=80, d_model=64, encoder_layers=1, decoder_layers=1,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128,
+                           decoder_ffn_dim=128, max_source_positions=1500, max_target_positions=448,
+                           decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
+                           suppress_tokens=[], begin_suppress_tokens=[eot])  # fmt: skip
+    WhisperForConditionalGeneration(config).save_pretrained(hf)
+    PreTrainedTokenizerFast(tokenizer_object=tok, additional_special_tokens=specials, eos_token="<|endoftext|>",
+                            unk_token="<|endoftext|>", bos_token="<|endoftext|>").save_pretrained(hf)  # fmt: skip
+    GenerationConfig(decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, suppress_tokens=[],
+                     begin_suppress_tokens=[eot], no_timestamps_token_id=vocab["<|notimestamps|>"],
+                     lang_to_id={f"<|{c}|>": vocab[f"<|{c}|>"] for c in languages}).save_pretrained(hf)  # fmt: skip
+    ct2 = out / "ct2"
+    TransformersConverter(str(hf), copy_files=["tokenizer.json"]).convert(str(ct2), quantization="int8", force=True)
+    return ct2

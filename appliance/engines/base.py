@@ -10,6 +10,7 @@ its process group holds on the GPU. It does not own the process
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,8 @@ class EngineContext:
     python: str = sys.executable
     catalog: Catalog | None = None  # None: loaded from the configuration on first use
     gpu_total_bytes: int = 0
+    # the gateway API key an engine that calls the gateway uses (Open WebUI), created for it; None: none
+    engine_key: Callable[[str], str] | None = None
 
     def model_catalog(self) -> Catalog:
         """The daemon's catalog; without one, the catalog the configuration names (never a

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible /v1 routes: models, chat and text completions, embeddings, images, speech.
+"""The OpenAI-compatible /v1 routes: models, chat and text completions, embeddings, images, speech,
+transcriptions and translations (multipart uploads, checked by gateway.transcribe).
 
 Each handler reads the body (size-limited), checks only what the gateway relies on (gateway.validation),
 resolves the model from the configuration, takes a lease from the residency manager, and sends the
@@ -29,7 +30,7 @@ from ..logsetup import MODEL
 from ..residency import Lease
 from ..traffic import TrafficMeter
 from ..usage import UsageSink
-from . import gather, proxy, resume, validation
+from . import gather, proxy, resume, transcribe, validation
 from .audio import CONTENT_TYPES, duration_s
 from .comfy import ComfyClient
 from .errors import (
@@ -78,6 +79,8 @@ class OpenAIRoutes:
             "/v1/embeddings": ("POST", self.embeddings),
             "/v1/images/generations": ("POST", self.image_generations),
             "/v1/audio/speech": ("POST", self.speech),
+            "/v1/audio/transcriptions": ("POST", self.transcriptions),
+            "/v1/audio/translations": ("POST", self.translations),
             "/v1/models": ("GET", self.list_models),
         }
         # metrics.enabled = false: nothing reads it, so nothing is recorded either
@@ -313,6 +316,40 @@ class OpenAIRoutes:
             ex, proxy.upstream(self.pools, lease), call.route, raw, content_type))
         if status == 200:
             call.audio_s = duration_s(req.response_format, audio)
+
+    # -- transcriptions and translations --------------------------------------------------------
+    async def transcriptions(self, ex: Exchange, call: Call) -> None:
+        await self._speech_to_text(ex, call, translate=False)
+
+    async def translations(self, ex: Exchange, call: Call) -> None:
+        await self._speech_to_text(ex, call, translate=True)
+
+    async def _speech_to_text(self, ex: Exchange, call: Call, translate: bool) -> None:
+        raw = await ex.read_body(self.max_body + transcribe.FORM_OVERHEAD_BYTES)
+        form, req = transcribe.check(ex.header(b"content-type"), raw, translate, self.max_body)
+        name = self._default(req.model, "transcription", transcribe.ALIASES) or ""
+        call.model = name  # recorded even if the request is rejected below
+        self._model(name, "transcription", call.route)
+        body, content_type = transcribe.forward(form, name)
+        ex.watch_disconnect()
+        if req.stream:
+            meter = proxy.StreamMeter()
+            keepalive = KeepAlive(ex, f"waiting for model {name} to load", self.keepalive_s)
+
+            async def relay(lease: Lease) -> int:
+                await keepalive.stop()
+                return await proxy.relay_stream(ex, proxy.upstream(self.pools, lease), call.route, body, meter,
+                                                content_type)
+
+            keepalive.start()
+            try:
+                await on_engine(self.app, name, call, relay)
+            finally:
+                await keepalive.stop()
+            return
+        status, data, ctype = await on_engine(self.app, name, call, lambda lease: proxy.post(
+            proxy.upstream(self.pools, lease), call.route, body, content_type))
+        await ex.respond(status, data, ctype)
 
     # -- images ----------------------------------------------------------------------------------
     async def image_generations(self, ex: Exchange, call: Call) -> None:

@@ -46,7 +46,8 @@ SCHEMAS: dict[str, Any] = {
     "Model": {"type": "object", "properties": {
         "id": _STR, "object": {"const": "model"}, "created": _INT, "owned_by": _STR, "modality": _STR,
         "engine": _STR, "engine_kind": _STR, "voices": {"type": "array", "items": _STR},
-        "tier": {"type": "string", "enum": ["vram", "host", "disk", "absent"]}}},
+        "tier": {"type": "string", "enum": ["vram", "host", "disk", "absent"]},
+        "queued": _INT, "expected_load_s": {"type": "number"}}},
     "ModelList": {"type": "object", "properties": {"object": {"const": "list"},
                                                    "data": {"type": "array", "items": _ref("Model")}}},
     "ChatRequest": {"type": "object", "required": ["model", "messages"], "properties": {
@@ -79,6 +80,15 @@ SCHEMAS: dict[str, Any] = {
     "SpeechRequest": {"type": "object", "required": ["input"], "properties": {
         "model": _STR, "input": _STR, "voice": _STR, "speed": _NUM,
         "response_format": _STR}},
+    "TranscriptionRequest": {"type": "object", "required": ["file", "model"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "model": _STR, "language": _STR, "prompt": _STR,
+        "temperature": {"type": "number"},
+        "response_format": {"type": "string", "enum": ["json", "text", "srt", "vtt", "verbose_json"]},
+        "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}},
+        "stream": {"type": "boolean"}}},
+    "Transcription": {"type": "object", "properties": {"text": _STR, "language": _STR, "duration": {"type": "number"},
+                                                       "segments": {"type": "array", "items": {"type": "object"}},
+                                                       "words": {"type": "array", "items": {"type": "object"}}}},
     "JobRequest": {"type": "object", "required": ["route"], "description": "a route's own body plus 'route'",
                    "properties": {"route": {"type": "string", "enum": ["/v1/images/generations", "/v1/audio/speech",
                                                                         "/v1/chat/completions"]}},
@@ -87,6 +97,15 @@ SCHEMAS: dict[str, Any] = {
         "id": _STR, "route": _STR, "model": _STR, "state": _STR, "position": {"type": ["integer", "null"]},
         "attempts": _INT, "error": {"type": ["object", "null"]}, "result": {"type": ["object", "null"]}}},
 }
+
+
+def _multipart(summary: str) -> dict[str, Any]:
+    ok = {"description": "the text (json, verbose_json) or the text itself (text, srt, vtt)", "content": {
+        "application/json": {"schema": _ref("Transcription")}, "text/plain": {"schema": _STR}}}
+    return {"post": {"summary": summary, "tags": ["v1"],
+                     "requestBody": {"required": True, "content": {
+                         "multipart/form-data": {"schema": _ref("TranscriptionRequest")}}},
+                     "responses": {"200": ok, "400": _ERR, "401": _ERR, "404": _ERR, "413": _ERR, "503": _ERR}}}
 
 
 def _paths() -> dict[str, Any]:
@@ -106,6 +125,8 @@ def _paths() -> dict[str, Any]:
         "/v1/audio/speech": _post("Text to speech", "SpeechRequest", {
             "description": "the audio", "content": {f"audio/{f}": {"schema": {"type": "string", "format": "binary"}}
                                                     for f in ("wav", "mpeg", "ogg", "flac")}}),
+        "/v1/audio/transcriptions": _multipart("Speech to text (multipart upload; streams with stream=true)"),
+        "/v1/audio/translations": _multipart("Speech to English text (multipart upload)"),
         "/v1/jobs": {"post": {"summary": "Submit a job (asynchronous call of a /v1 route)", "tags": ["v1 jobs"],
                               "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": _STR}],
                               "requestBody": {"required": True, "content": {

@@ -100,8 +100,8 @@ async def _engine_let_go(up: Upstream, request_id: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def engine_request(up: Upstream, path: str, body: bytes,
-                         during: str = "the request") -> AsyncIterator[Response]:
+async def engine_request(up: Upstream, path: str, body: bytes, during: str = "the request",
+                         content_type: bytes | None = None) -> AsyncIterator[Response]:
     """Send a request; yield its response once the status and headers are in.
 
     However the block ends, when it exits the engine is no longer working on the request: a response
@@ -110,7 +110,7 @@ async def engine_request(up: Upstream, path: str, body: bytes,
     back only after the engine stopped. Transport failures become `UpstreamFailed` (502).
     """
     try:
-        resp = await up.pool.send(path, body)
+        resp = await up.pool.send(path, body, content_type)
     except ConnectFailed as exc:
         raise _failed(up.engine, exc) from exc
     try:
@@ -158,9 +158,9 @@ class StreamMeter:
         return out
 
 
-async def post(up: Upstream, path: str, body: bytes) -> tuple[int, bytes, bytes]:
-    """(status, body, content type) of a non-streaming request."""
-    async with engine_request(up, path, body) as resp:
+async def post(up: Upstream, path: str, body: bytes, content_type: bytes | None = None) -> tuple[int, bytes, bytes]:
+    """(status, body, content type) of a non-streaming request (a JSON body unless `content_type`)."""
+    async with engine_request(up, path, body, content_type=content_type) as resp:
         return resp.status, await resp.read(), resp.content_type or b"application/json"
 
 
@@ -176,9 +176,10 @@ def _as_error_event(status: int, data: bytes) -> bytes:
     return b"data: " + json.dumps(parsed).encode() + b"\n\ndata: [DONE]\n\n"
 
 
-async def relay_stream(ex: Exchange, up: Upstream, path: str, body: bytes, meter: StreamMeter) -> int:
+async def relay_stream(ex: Exchange, up: Upstream, path: str, body: bytes, meter: StreamMeter,
+                       content_type: bytes | None = None) -> int:
     """Send an SSE stream from upstream to the client; return the upstream status."""
-    async with engine_request(up, path, body, "the stream") as resp:
+    async with engine_request(up, path, body, "the stream", content_type) as resp:
         if resp.status != 200:
             data = await resp.read()
             if ex.started:  # keep-alive comments already began the event stream

@@ -276,7 +276,8 @@ class UpstreamPool:
         self.port = port
         self.idle_timeout_s = idle_timeout_s
         self._idle: list[Connection] = []
-        self._head = b"Host: %s:%d\r\nContent-Type: application/json\r\nContent-Length: " % (host.encode(), port)
+        self._host = b"Host: %s:%d\r\n" % (host.encode(), port)
+        self._head = self._host + b"Content-Type: application/json\r\nContent-Length: "
 
     def _take(self) -> Connection | None:
         now = time.monotonic()
@@ -303,14 +304,17 @@ class UpstreamPool:
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc!r}") from exc
         return conn
 
-    async def send(self, path: str, body: bytes) -> Response:
-        """Send a JSON POST; return at once (`await resp.headers()` next). From here on the engine may
-        be working on the request: `release()` the response whatever happens."""
+    async def send(self, path: str, body: bytes, content_type: bytes | None = None) -> Response:
+        """Send a JSON POST (or one of `content_type`: a multipart upload); return at once (`await
+        resp.headers()` next). From here on the engine may be working on the request: `release()` the
+        response whatever happens."""
         conn = self._take() or await self._connect()
         resp = Response(conn, engine_request_id(), self.idle_timeout_s)
         conn.response = resp
+        fields = self._head if content_type is None else (
+            self._host + b"Content-Type: " + content_type + b"\r\nContent-Length: ")
         head = b"POST %s HTTP/1.1\r\nX-Request-Id: %s\r\n%s%d\r\n\r\n" % (
-            path.encode(), resp.request_id.encode(), self._head, len(body))
+            path.encode(), resp.request_id.encode(), fields, len(body))
         transport = cast(asyncio.Transport, conn.transport)  # set in connection_made, before connect returns
         if len(body) < 65536:
             transport.write(head + body)

@@ -21,7 +21,8 @@ from .types import ModelKind, ModelProfile, SwapCosts, Tier
 GIB = 1 << 30
 PCIE_BYTES_PER_S = 24e9  # pinned host RAM -> GPU on PCIe 4.0 x16 (bench/gpu_swap.py measures a box's own)
 DISK_BYTES_PER_S = 5e9
-KIND_OF = {"text": ModelKind.LLM, "image": ModelKind.IMAGE, "speech": ModelKind.SPEECH, "embedding": ModelKind.EMBED}
+KIND_OF = {"text": ModelKind.LLM, "image": ModelKind.IMAGE, "speech": ModelKind.SPEECH, "embedding": ModelKind.EMBED,
+           "transcription": ModelKind.SPEECH}  # speech-to-text is scheduled like speech: short audio jobs
 COLD_START_S = {"vllm": 90.0, "comfyui": 15.0, "worker": 5.0}
 
 

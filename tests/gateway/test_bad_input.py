@@ -124,7 +124,7 @@ def test_oversize_body_chunked_is_413(gateway: Gateway) -> None:
 
 
 def test_unknown_route_and_wrong_method(gateway: Gateway) -> None:
-    missing = gateway.request("POST", "/v1/audio/transcriptions", {})
+    missing = gateway.request("POST", "/v1/moderations", {"input": "x"})
     assert missing.status == 404 and assert_envelope(missing.body, 404)["code"] == "not_found"
     wrong = gateway.request("GET", "/v1/chat/completions")
     assert wrong.status == 405 and assert_envelope(wrong.body, 405)["code"] == "method_not_allowed"

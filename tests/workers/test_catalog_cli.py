@@ -124,7 +124,7 @@ def test_plan_on_this_machine(tmp_path: Path) -> None:
         assert plan["profile"] == "cpu"
         assert {s["service"]: s["model_id"] for s in plan["services"]} == {
             "text": "qwen2.5-0.5b-instruct", "image": "sd-turbo", "speech": "piper-en-us-joe-medium",
-            "embedding": "all-minilm-l6-v2",
+            "embedding": "all-minilm-l6-v2", "transcription": "whisper-small",
         }  # fmt: skip
     else:
         assert plan["profile"].startswith("gpu-") and plan["gpu_total_bytes"] == snapshot.total_bytes

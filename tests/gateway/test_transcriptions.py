@@ -1,0 +1,179 @@
+"""/v1/audio/transcriptions and /v1/audio/translations through a real daemon, with the official openai
+client: a voice round trip (Piper speech from /v1/audio/speech transcribed by pocketsphinx with a word
+error rate under 30%, in every response format, streamed and not), the tiny Whisper the tests build
+behind a second model, bad input answered with the gateway's envelope and nothing left running, and a
+client that hangs up stopping the decoding in the worker before the lease is given back."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from stt_audio import SENTENCES, encode, wer
+
+from .conftest import Gateway, launch, wait_until, worker_engine
+
+SAID = " ".join(SENTENCES[:3])
+
+
+@pytest.fixture(scope="module")
+def box(module_tmp: Path, tiny_whisper_dir: Path) -> Iterator[tuple[Gateway, dict[str, Any]]]:
+    engines = {
+        "tts": worker_engine("speech", "piper:en_US-joe-medium"),
+        "stt": worker_engine("stt", "pocketsphinx:en-us"),
+        "whisper": worker_engine("stt", str(tiny_whisper_dir), extra_args=["--beam-size", "1"]),
+    }
+    doc = {"server": {"keepalive_interval_s": 0.2},
+           "engines": engines,
+           "models": {"voice": {"engine": "tts", "modality": "speech", "vram_gb": 0.1},
+                      "sphinx": {"engine": "stt", "modality": "transcription", "vram_gb": 0.1},
+                      "whisper-tiny": {"engine": "whisper", "modality": "transcription", "vram_gb": 0.1}}}
+    gw = launch(module_tmp, doc, keys={"user": False, "admin": True})
+    try:
+        yield gw, engines
+    finally:
+        gw.stop()
+
+
+@pytest.fixture(scope="module")
+def spoken(box: tuple[Gateway, dict[str, Any]]) -> bytes:
+    gw, _ = box
+    audio = gw.client(timeout=120).audio.speech.create(model="tts-1", voice="alloy", input=SAID,
+                                                       response_format="wav")  # fmt: skip
+    return audio.content
+
+
+def test_voice_round_trip_in_every_format(box: tuple[Gateway, dict[str, Any]], spoken: bytes) -> None:
+    gw, _ = box
+    client = gw.client(timeout=120)
+    result = client.audio.transcriptions.create(model="whisper-1", file=("speech.wav", spoken))
+    assert wer(SAID, result.text) < 0.3, result.text
+    text = client.audio.transcriptions.create(model="sphinx", file=("s.wav", spoken), response_format="text")
+    assert wer(SAID, str(text)) < 0.3
+    srt = client.audio.transcriptions.create(model="sphinx", file=("s.wav", spoken), response_format="srt")
+    assert str(srt).startswith("1\n00:00:") and " --> " in str(srt)
+    vtt = client.audio.transcriptions.create(model="sphinx", file=("s.wav", spoken), response_format="vtt")
+    assert str(vtt).startswith("WEBVTT")
+    verbose = client.audio.transcriptions.create(model="sphinx", file=("s.wav", spoken),
+                                                 response_format="verbose_json",
+                                                 timestamp_granularities=["word", "segment"])  # fmt: skip
+    assert verbose.language == "english" and verbose.duration > 5
+    assert verbose.words and verbose.segments and wer(SAID, verbose.text) < 0.3
+    assert wer(SAID, " ".join(w.word for w in verbose.words)) < 0.3
+    for fmt in ("mp3", "flac", "ogg", "m4a", "webm"):
+        samples, rate = _read_wav(spoken)
+        again = client.audio.transcriptions.create(model="sphinx", file=(f"s.{fmt}", encode(samples, rate, fmt)))
+        assert wer(SAID, again.text) < 0.3, (fmt, again.text)
+    assert gw.idle()
+
+
+def test_streamed_transcription(box: tuple[Gateway, dict[str, Any]], spoken: bytes) -> None:
+    gw, _ = box
+    stream = gw.client(timeout=120).audio.transcriptions.create(model="sphinx", file=("s.wav", spoken), stream=True)
+    events = list(stream)
+    deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
+    done = [e for e in events if e.type == "transcript.text.done"]
+    assert deltas and len(done) == 1 and events[-1] is done[0]
+    assert "".join(deltas).strip() == done[0].text and wer(SAID, done[0].text) < 0.3
+
+
+def test_tiny_whisper_behind_the_gateway(box: tuple[Gateway, dict[str, Any]], spoken: bytes) -> None:
+    gw, _ = box
+    client = gw.client(timeout=120)
+    result = client.audio.transcriptions.create(model="whisper-tiny", file=("s.wav", spoken), language="en",
+                                                prompt="three sentences", temperature=0.2)  # fmt: skip
+    assert isinstance(result.text, str)
+    events = list(client.audio.transcriptions.create(model="whisper-tiny", file=("s.wav", spoken), stream=True))
+    assert events[-1].type == "transcript.text.done"
+    # translations: the route and the client's call work; both models refuse, saying why (pocketsphinx
+    # only transcribes English, and the tiny Whisper is an English-only model)
+    for model in ("whisper-tiny", "sphinx"):
+        # this openai release marks audio.translations deprecated (OpenAI's own models moved on); it still calls it
+        with pytest.raises(openai.BadRequestError) as err, pytest.warns(DeprecationWarning):
+            client.audio.translations.create(model=model, file=("s.wav", spoken))
+        assert err.value.body["param"] == "model" and "translat" in err.value.body["message"]  # type: ignore[index]
+
+
+def _read_wav(data: bytes) -> tuple[np.ndarray, int]:
+    import io
+
+    import soundfile as sf
+
+    samples, rate = sf.read(io.BytesIO(data), dtype="float32")
+    return samples, int(rate)
+
+
+@pytest.mark.parametrize(("case", "filename", "data", "fields", "status", "param"), [
+    ("text file", "notes.txt", b"not audio\n" * 100, {}, 400, "file"),
+    ("empty file", "a.wav", b"", {}, 400, "file"),
+    ("unsupported codec", "a.webm", b"\x1aE\xdf\xa3" + bytes(range(256)) * 20, {}, 400, "file"),
+    ("unknown language", "a.wav", None, {"language": "klingon"}, 400, "language"),
+    ("unknown model", "a.wav", None, {"model": "nope"}, 404, "model"),
+    ("speech model", "a.wav", None, {"model": "voice"}, 400, "model"),
+    ("bad response_format", "a.wav", None, {"response_format": "docx"}, 400, "response_format"),
+])  # fmt: skip
+def test_bad_input_is_a_clear_4xx(box: tuple[Gateway, dict[str, Any]], spoken: bytes, case: str, filename: str,
+                                  data: bytes | None, fields: dict[str, str], status: int, param: str) -> None:
+    gw, _ = box
+    resp = httpx.post(gw.url + "/v1/audio/transcriptions", headers={"Authorization": f"Bearer {gw.keys['user']}"},
+                      data={"model": "sphinx", **fields}, files={"file": (filename, spoken if data is None else data)},
+                      timeout=60)  # fmt: skip
+    assert resp.status_code == status, (case, resp.text)
+    assert resp.json()["error"]["param"] == param, (case, resp.text)
+    assert gw.idle()
+
+
+def test_missing_file_and_oversized_upload(box: tuple[Gateway, dict[str, Any]]) -> None:
+    gw, _ = box
+    auth = {"Authorization": f"Bearer {gw.keys['user']}"}
+    resp = httpx.post(gw.url + "/v1/audio/transcriptions", headers=auth, data={"model": "sphinx"},
+                      files={"audio": ("a.wav", b"RIFF")}, timeout=60)  # fmt: skip
+    assert resp.status_code == 400 and resp.json()["error"]["param"] in ("file", "audio"), resp.text
+    resp = httpx.post(gw.url + "/v1/audio/transcriptions", headers=auth, data={"model": "sphinx"}, timeout=60)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "file", resp.text
+    big = np.random.default_rng(0).integers(0, 255, 30 * 1024 * 1024, dtype=np.uint8).tobytes()
+    resp = httpx.post(gw.url + "/v1/audio/transcriptions", headers=auth, data={"model": "sphinx"},
+                      files={"file": ("big.wav", big)}, timeout=60)  # fmt: skip
+    assert resp.status_code == 413, resp.text
+    assert gw.idle()
+
+
+def test_hanging_up_stops_the_decoding(box: tuple[Gateway, dict[str, Any]], spoken: bytes) -> None:
+    gw, engines = box
+    worker = f"http://127.0.0.1:{engines['stt']['port']}"
+    samples, rate = _read_wav(spoken)
+    long = np.concatenate([samples] * 12)[: 110 * rate]
+    audio = encode(long, rate, "flac")
+    boundary = "hangup"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nsphinx\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="long.flac"\r\n\r\n').encode()
+    body += audio + f"\r\n--{boundary}--\r\n".encode()
+
+    def stats() -> dict[str, Any]:
+        result: dict[str, Any] = httpx.get(worker + "/stats", timeout=10).json()
+        return result
+
+    gw.client(timeout=120).audio.transcriptions.create(model="sphinx", file=("s.wav", spoken))  # the worker is up
+    before = stats()
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    head = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {gw.keys['user']}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n")
+    try:
+        sock.sendall(head.encode() + body)
+        wait_until(lambda: stats()["steps"] > before["steps"], 60, "the worker decoding")
+    finally:
+        sock.close()
+    wait_until(lambda: stats()["jobs_cancelled"] > before["jobs_cancelled"], 60, "the worker cancelling the job")
+    after = stats()
+    assert after["in_flight"] == 0 and not after["busy"]
+    assert after["last_cancelled"]["steps_after_cancel"] <= 1
+    wait_until(gw.idle, 30, "the lease given back")
+    recent = gw.usage()["recent"]
+    assert any(r["model"] == "sphinx" and r["error"] == "client_disconnected" for r in recent), json.dumps(recent)[:800]

@@ -1,0 +1,104 @@
+"""The STT worker's faster-whisper engine through its real process, on a tiny random-weight Whisper the
+tests build and convert to CTranslate2 offline: the real load, offload, wake and decode paths, every
+response format and the stream (the words are random: the shapes and timings are what is checked)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from stt_audio import encode, speak
+from worker_harness import ServedProcess, start_worker, worker_stats
+
+
+@pytest.fixture(scope="module")
+def whisper(log_dir: Path, tiny_whisper_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProcess]:
+    store = tmp_path_factory.mktemp("models")
+    shutil.copytree(tiny_whisper_dir, store / "whisper-tiny-test")  # found by name, as `appliance pull` leaves it
+    worker = start_worker("stt", "whisper-1", "whisper:whisper-tiny-test", log_dir, "--models-dir", str(store),
+                          "--beam-size", "1")  # fmt: skip
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="module")
+def speech() -> bytes:
+    samples, rate = speak("Hello world. How are you today?")
+    return encode(samples, rate, "mp3")
+
+
+def post(worker: ServedProcess, data: bytes, route: str = "transcriptions", **fields: object) -> httpx.Response:
+    return httpx.post(f"{worker.base_url}/v1/audio/{route}", data=fields, files={"file": ("a.mp3", data)},
+                      timeout=120)  # fmt: skip
+
+
+def test_transcribes_with_every_format(whisper: ServedProcess, speech: bytes) -> None:
+    body = post(whisper, speech, model="whisper-1", temperature="0.2", prompt="a greeting").json()
+    assert isinstance(body["text"], str) and body["usage"]["type"] == "duration"
+    verbose = post(whisper, speech, response_format="verbose_json",
+                   **{"timestamp_granularities[]": ["word", "segment"]}).json()  # fmt: skip
+    assert verbose["task"] == "transcribe" and verbose["language"] == "english"
+    assert 2.0 < verbose["duration"] < 4.0
+    for seg in verbose["segments"]:
+        assert 0.0 <= seg["start"] <= seg["end"] <= verbose["duration"] + 0.05
+    assert isinstance(verbose["words"], list)
+    assert post(whisper, speech, response_format="vtt").text.startswith("WEBVTT")
+    assert post(whisper, speech, response_format="text").headers["content-type"].startswith("text/plain")
+    assert post(whisper, speech, response_format="srt").status_code == 200
+
+
+def test_stream_ends_with_done(whisper: ServedProcess, speech: bytes) -> None:
+    with httpx.stream("POST", f"{whisper.base_url}/v1/audio/transcriptions", data={"stream": "true"},
+                      files={"file": ("a.mp3", speech)}, timeout=120) as resp:  # fmt: skip
+        assert resp.status_code == 200
+        events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: ")]
+    assert events[-1]["type"] == "transcript.text.done"
+    assert all(e["type"] == "transcript.text.delta" for e in events[:-1])
+
+
+def test_english_only_model_refuses_translation_and_other_languages(whisper: ServedProcess, speech: bytes) -> None:
+    resp = post(whisper, speech, route="translations")
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "model", resp.text
+    resp = post(whisper, speech, language="de")
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "language", resp.text
+    assert post(whisper, speech, language="en").status_code == 200
+
+
+def test_load_offload_wake_unload(whisper: ServedProcess, speech: bytes) -> None:
+    assert httpx.post(whisper.base_url + "/load", timeout=60).json()["state"] == "loaded"
+    stats = worker_stats(whisper)
+    assert stats["device"] == "cpu" and stats["host_bytes"] > 100_000 and stats["load_seconds"] is not None
+    assert httpx.post(whisper.base_url + "/offload", timeout=60).json()["state"] == "offloaded"
+    assert post(whisper, speech).status_code == 200  # the request wakes it
+    stats = worker_stats(whisper)
+    assert stats["state"] == "loaded" and stats["wake_seconds"] is not None
+    assert httpx.post(whisper.base_url + "/unload", timeout=60).json()["state"] == "unloaded"
+    assert worker_stats(whisper)["host_bytes"] == 0
+    silence = encode(np.zeros(16_000, dtype=np.float32), 16_000, "wav")
+    assert post(whisper, silence).status_code == 200  # loaded from disk again
+
+
+def test_missing_model_fails_the_load_with_its_name(log_dir: Path, tmp_path: Path, speech: bytes) -> None:
+    worker = start_worker("stt", "whisper-1", "whisper:not-pulled", log_dir, "--models-dir", str(tmp_path),
+                          "--fallback", "none")  # fmt: skip
+    try:
+        resp = post(worker, speech)
+        assert resp.status_code == 503 and "not-pulled" in resp.json()["error"]["message"], resp.text
+    finally:
+        worker.stop()
+
+
+def test_whisper_not_pulled_yet_falls_back_to_pocketsphinx(log_dir: Path, tmp_path: Path, speech: bytes) -> None:
+    worker = start_worker("stt", "whisper-1", "whisper:whisper-small", log_dir, "--models-dir", str(tmp_path))
+    try:
+        resp = post(worker, speech)
+        assert resp.status_code == 200 and "hello" in resp.json()["text"].lower(), resp.text
+        card = httpx.get(worker.base_url + "/v1/models", timeout=10).json()["data"][0]
+        assert card["engine"] == "pocketsphinx" and "whisper-small" in card["fallback_reason"]
+    finally:
+        worker.stop()
