@@ -144,6 +144,15 @@ class RetrievalApi:
             if method != "POST":
                 raise MethodNotAllowed(f"{STORES}/{{id}}/search accepts POST, not {method}")
             return await self._search(ex, key, row)
+        if sub == ["reindex"]:
+            if method != "POST":
+                raise MethodNotAllowed(f"{STORES}/{{id}}/reindex accepts POST, not {method}")
+            body = await self._body(ex)
+            _only(body, {"model"})
+            model = body.get("model")
+            if not isinstance(model, str) or not model:
+                raise _bad("model", "is required: the embedding model to rebuild the store with")
+            return await self._send_store(ex, await self.service.reindex(key, row, model))
         if sub[0] == "files":
             return await self._store_files(ex, key, method, row, sub[1:])
         if sub[0] == "file_batches":

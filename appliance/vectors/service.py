@@ -206,6 +206,29 @@ class Retrieval:
         await asyncio.to_thread(db.drop, row["id"])
         await asyncio.to_thread(self.store.vstore_delete, row["id"])
 
+    async def reindex(self, key: ApiKey | None, row: dict[str, Any], model: str) -> dict[str, Any]:
+        """Rebuild the store with `model` (the configured embedding model): its chunks are dropped, the store
+        takes the model and its files go back to in_progress, each embedded again from its kept bytes."""
+        configured = embedding_model(self.config)
+        if model != configured:
+            raise RetrievalError(400, f"model: {model!r} is not vectors.embedding_model ({configured!r}); a store "
+                                      "is searched with the configured model, so it is rebuilt with it",
+                                 param="model", code="model_not_supported")
+        attached = await self.attachments(row["id"])
+        for a in attached:
+            await self._cancel_indexing(row["id"], a["file_id"])
+        db = await self.backend()
+        await asyncio.to_thread(db.drop, row["id"])
+        fields = {"embedding_model": model, "dimension": None}
+        await asyncio.to_thread(self.store.vstore_update, row["id"], fields)
+        for a in attached:
+            await asyncio.to_thread(self.store.attach_update, row["id"], a["file_id"], {
+                "status": "in_progress", "last_error": None, "usage_bytes": 0, "chunks": 0})
+            self._schedule(row["id"], a["file_id"], key)
+        log.warning("vector store %s: rebuilding %d file(s) with embedding model %r (was %r)", row["id"],
+                    len(attached), model, row["embedding_model"])
+        return {**row, **fields}
+
     # -- attaching
     async def attach(self, key: ApiKey | None, row: dict[str, Any], file_ids: list[str], attributes: dict[str, Any],
                      strategy: chunking.Strategy, batch: bool, param: str) -> str | None:

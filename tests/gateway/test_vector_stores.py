@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from typing import Any
 import openai
 import pytest
 
-from .conftest import Gateway, launch, wait_until, worker_engine
+from .conftest import ROOT, Gateway, launch, wait_until, worker_engine
 
 # Ten documents, one topic each; each question paraphrases a fact that only its document holds.
 CORPUS: dict[str, tuple[str, str]] = {
@@ -255,6 +258,43 @@ def test_search_before_indexing_completes_is_a_409(box: Gateway) -> None:
         assert _error(resp)["code"] == "vector_store_not_ready" and "poll" in _error(resp)["message"]
     poll_completed(client, vs.id)
     assert box.request("POST", f"/v1/vector_stores/{vs.id}/search", {"query": "rivers"}).status == 200
+
+
+def _cli(box: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "APPLIANCE_URL": box.url, "APPLIANCE_API_KEY": box.keys["user"], "PYTHONPATH": str(ROOT),
+           "APPLIANCE_CONFIG": str(box.tmp / "config.toml")}
+    return subprocess.run([sys.executable, "-m", "appliance", "vectors", *args], capture_output=True, text=True,
+                          timeout=180, env=env, cwd=ROOT)
+
+
+def test_cli_adds_a_directory_lists_and_searches(box: Gateway, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "whales.txt").write_text(CORPUS["whales.txt"][0])
+    (docs / "sub" / "bikes.html").write_text(CORPUS["bikes.html"][0])
+    (docs / "image.png").write_bytes(b"\x89PNG")
+    added = _cli(box, "add", "cli-docs", str(docs), "--create")
+    assert added.returncode == 0, added.stderr
+    assert "2 indexed, 0 failed, 1 skipped" in added.stdout
+    listed = _cli(box, "list")
+    assert listed.returncode == 0 and "cli-docs" in listed.stdout, listed.stderr
+    found = _cli(box, "search", "cli-docs", "What does the biggest creature in the ocean eat?", "-n", "1")
+    assert found.returncode == 0 and "whales.txt" in found.stdout and "krill" in found.stdout, found.stderr
+    missing = _cli(box, "search", "no-such-store", "x")
+    assert missing.returncode == 1 and "no vector store named 'no-such-store'" in missing.stderr
+
+
+def test_reindex_rebuilds_a_store_from_its_kept_files(box: Gateway) -> None:
+    client = box.client()
+    f = client.files.create(file=("chess.txt", io.BytesIO(CORPUS["chess.txt"][0].encode())), purpose="assistants")
+    vs = client.vector_stores.create(name="rebuild", file_ids=[f.id])
+    poll_completed(client, vs.id)
+    wrong = box.request("POST", f"/v1/vector_stores/{vs.id}/reindex", {"model": "other"})
+    assert wrong.status == 400 and _error(wrong)["param"] == "model"
+    done = _cli(box, "reindex", vs.id, "--model", "minilm")
+    assert done.returncode == 0 and "1 file(s) re-embedded with minilm, 0 failed" in done.stdout, done.stderr
+    hits = client.vector_stores.search(vector_store_id=vs.id, query=CORPUS["chess.txt"][1]).data
+    assert hits and hits[0].file_id == f.id
 
 
 def test_restart_loses_nothing_and_another_embedding_model_is_refused(box: Gateway, corpus: dict[str, Any]) -> None:
