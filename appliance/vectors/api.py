@@ -169,6 +169,8 @@ class RetrievalApi:
         file_ids = body.get("file_ids", [])
         if not isinstance(file_ids, list):
             raise _bad("file_ids", "must be an array of file ids")
+        if len(set(map(str, file_ids))) != len(file_ids):
+            raise _bad("file_ids", "lists a file more than once")
         strategy = _strategy(body.get("chunking_strategy"))
         row = await self.service.create_store(key, name, _metadata(body.get("metadata")), file_ids, strategy)
         await self._send_store(ex, row)

@@ -46,8 +46,8 @@ class VectorBackend(Protocol):
         """Create the collection on first use (cosine metric), then insert."""
         ...
 
-    def search(self, collection: str, vector: list[float], k: int, file_ids: list[str]) -> list[Hit]:
-        """The `k` nearest chunks among those of `file_ids`, best first."""
+    def search(self, collection: str, vector: list[float], k: int, file_ids: list[str] | None) -> list[Hit]:
+        """The `k` nearest chunks among those of `file_ids` (None: the whole collection), best first."""
         ...
 
     def delete_file(self, collection: str, file_id: str) -> None: ...

@@ -17,6 +17,9 @@ from chromadb.config import Settings
 
 from .backend import Chunk, Hit
 
+# Cosine distance; search_ef above Chroma's default keeps recall@10 >= 0.95 at 100k chunks (bench/vectors.py)
+HNSW = {"hnsw:space": "cosine", "hnsw:construction_ef": 200, "hnsw:search_ef": 200, "hnsw:M": 32}
+
 
 class ChromaBackend:
     name = "chroma"
@@ -27,13 +30,17 @@ class ChromaBackend:
         self.client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False,
                                                                                   allow_reset=False))
         self.lock = threading.Lock()
+        self.collections: dict[str, Any] = {}
 
     def describe(self) -> str:
         return f"chroma:{self.path}"
 
     def _collection(self, name: str) -> Any:
-        return self.client.get_or_create_collection(name, metadata={"hnsw:space": "cosine"},
-                                                    embedding_function=None)
+        col = self.collections.get(name)
+        if col is None:
+            col = self.client.get_or_create_collection(name, metadata=HNSW, embedding_function=None)
+            self.collections[name] = col
+        return col
 
     def add(self, collection: str, dimension: int, chunks: list[Chunk]) -> None:
         if not chunks:
@@ -46,11 +53,13 @@ class ChromaBackend:
                 col.add(ids=[c.id for c in part], embeddings=[c.vector for c in part],
                         documents=[c.text for c in part], metadatas=[{"file_id": c.file_id} for c in part])
 
-    def search(self, collection: str, vector: list[float], k: int, file_ids: list[str]) -> list[Hit]:
-        if not file_ids:
+    def search(self, collection: str, vector: list[float], k: int, file_ids: list[str] | None) -> list[Hit]:
+        if file_ids is not None and not file_ids:
             return []
         col = self._collection(collection)
-        where: dict[str, Any] = {"file_id": file_ids[0]} if len(file_ids) == 1 else {"file_id": {"$in": file_ids}}
+        where: dict[str, Any] | None = None
+        if file_ids is not None:
+            where = {"file_id": file_ids[0]} if len(file_ids) == 1 else {"file_id": {"$in": file_ids}}
         res = col.query(query_embeddings=[vector], n_results=k, where=where,
                         include=["documents", "metadatas", "distances"])
         ids, docs, metas, dists = res["ids"][0], res["documents"], res["metadatas"], res["distances"]
@@ -69,6 +78,7 @@ class ChromaBackend:
         with self.lock:
             if any(c.name == collection for c in self.client.list_collections()):
                 self.client.delete_collection(collection)
+            self.collections.pop(collection, None)
 
     def close(self) -> None:
         """Chroma's client writes as it goes; nothing to flush."""

@@ -381,7 +381,9 @@ class Retrieval:
             return []
         vectors = await self.embedder.embed(row["embedding_model"], queries, key)
         db = await self.backend()
-        ids = [a["file_id"] for a in done]
+        # Only completed files have chunks (a failed or detached file leaves none, and an in-progress one
+        # blocks the search above): without a filter the whole collection is searched, unrestricted.
+        ids = None if flt is None else [a["file_id"] for a in done]
         best: dict[str, Hit] = {}
         for v in vectors:
             for hit in await asyncio.to_thread(db.search, row["id"], v, k, ids):
