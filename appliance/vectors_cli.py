@@ -20,9 +20,6 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from .cli_config import daemon_target
 from .daemon_client import DaemonError, DaemonTarget, DaemonUnreachable
@@ -81,6 +78,9 @@ def _multipart(path: Path, purpose: str) -> tuple[bytes, str]:
 
 def _wait(target: DaemonTarget, store_id: str, path: str, total: int, what: str) -> dict[str, Any]:
     """Poll `path` (a batch or the store) with a progress bar until nothing is in progress."""
+    from rich.console import Console  # imported here: every CLI command, `serve` included, loads this module
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True)) as bar:
         task = bar.add_task(what, total=total)
@@ -101,6 +101,9 @@ def list_stores() -> None:
         stores = _call(target, "GET", "/v1/vector_stores?limit=100&order=asc")["data"]
     except (DaemonError, DaemonUnreachable) as exc:
         raise _fail(exc) from None
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table("id", "name", "status", "files", "failed", "bytes", "model")
     for s in stores:
         c = s["file_counts"]

@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from email.message import Message
-from email.parser import BytesParser
-from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -402,16 +399,22 @@ def _header_safe(name: str) -> str:
 
 def _form(ctype: str, raw: bytes) -> dict[str, str | tuple[str, bytes]]:
     """The fields of a multipart/form-data body: text fields as str, file parts as (filename, bytes)."""
-    msg: Message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + ctype.encode("latin-1") + b"\r\n\r\n"
-                                                       + raw)
+    from email.message import Message
+    from email.parser import BytesParser  # the standard library's MIME parser, loaded at the first upload
+    from email.policy import HTTP
+
+    msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + ctype.encode("latin-1") + b"\r\n\r\n" + raw)
     if not msg.is_multipart():
         raise _bad("file", "the multipart body cannot be read (boundary missing or malformed)")
     out: dict[str, str | tuple[str, bytes]] = {}
-    for part in msg.iter_parts():  # type: ignore[attr-defined]
+    for part in msg.get_payload():
+        if not isinstance(part, Message):
+            continue
         name = part.get_param("name", header="content-disposition")
         if not isinstance(name, str):
             continue
-        payload = part.get_payload(decode=True) or b""
+        decoded = part.get_payload(decode=True)
+        payload = decoded if isinstance(decoded, bytes) else b""
         filename = part.get_filename()
         if filename is not None:
             out[name] = (str(filename).replace("\\", "/").rsplit("/", 1)[-1] or "upload", payload)
