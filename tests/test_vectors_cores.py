@@ -54,7 +54,7 @@ def test_unsupported_and_empty_files_are_refused() -> None:
         parsing.extract("tool.exe", b"MZ")
     assert unsupported.value.code == "unsupported_file" and ".pdf" in str(unsupported.value)
     with pytest.raises(parsing.Empty):
-        parsing.extract("blank.md", b" \n ")
+        parsing.extract("blank.markdown", b" \n ")
     with pytest.raises(parsing.ParseError, match="UTF-8"):
         parsing.extract("latin.txt", b"caf\xe9")
 

@@ -21,7 +21,7 @@ from .conftest import ROOT, Gateway, launch, wait_until, worker_engine
 
 # Ten documents, one topic each; each question paraphrases a fact that only its document holds.
 CORPUS: dict[str, tuple[str, str]] = {
-    "bread.md": ("# Baking sourdough\nA sourdough loaf rises because wild yeast and lactic bacteria in the starter "
+    "bread.markdown": ("# Baking sourdough\nA sourdough loaf rises because wild yeast and lactic bacteria in the starter "
                  "ferment the flour. Feed the starter with equal weights of flour and water the night before, and "
                  "bake the loaf in a covered cast-iron pot at a high temperature for a crackling crust.",
                  "How do I get a crispy crust on my homemade fermented bread?"),
@@ -36,7 +36,7 @@ CORPUS: dict[str, tuple[str, str]] = {
     "tax.txt": ("Income tax returns must be filed by the deadline each year. Keep receipts for deductible expenses "
                 "such as charitable donations and work equipment; late filing incurs a penalty and interest.",
                 "When do I have to submit my yearly earnings declaration to the revenue office?"),
-    "sleep.md": ("Adults need seven to nine hours of sleep a night. Avoid caffeine in the afternoon, keep the "
+    "sleep.markdown": ("Adults need seven to nine hours of sleep a night. Avoid caffeine in the afternoon, keep the "
                  "bedroom dark and cool, and go to bed at the same time every day to fall asleep faster.",
                  "Tips for getting enough rest at night and nodding off quicker?"),
     "python.txt": ("In the Python programming language a list comprehension builds a new list from an iterable "
@@ -45,7 +45,7 @@ CORPUS: dict[str, tuple[str, str]] = {
     "whales.txt": ("Blue whales are the largest animals that ever lived, reaching thirty metres in length. They "
                    "feed almost entirely on krill, filtering tonnes of the tiny crustaceans through baleen plates.",
                    "What does the biggest creature in the ocean eat?"),
-    "garden.md": ("Tomato plants need full sun, deep watering at the roots and a stake or cage for support. Pinch "
+    "garden.markdown": ("Tomato plants need full sun, deep watering at the roots and a stake or cage for support. Pinch "
                   "off the side shoots so the plant puts its energy into fruit.",
                   "How do I grow tomatoes in my vegetable patch?"),
     "coffee.txt": ("To brew espresso, force hot water at about nine bars of pressure through finely ground, "
@@ -55,9 +55,9 @@ CORPUS: dict[str, tuple[str, str]] = {
                   "side of the king; it is allowed only if neither piece has moved and the king is not in check.",
                   "What are the rules for the special king and rook move in the board game?"),
 }
-TOPIC = {"bread.md": "food", "garden.md": "food", "coffee.txt": "food", "volcano.txt": "science",
+TOPIC = {"bread.markdown": "food", "garden.markdown": "food", "coffee.txt": "food", "volcano.txt": "science",
          "whales.txt": "science", "python.txt": "tech", "bikes.html": "tech", "tax.txt": "life",
-         "sleep.md": "life", "chess.txt": "games"}
+         "sleep.markdown": "life", "chess.txt": "games"}
 YEAR = {name: 2015 + i for i, name in enumerate(CORPUS)}
 
 
@@ -124,11 +124,11 @@ def test_the_right_document_ranks_in_the_top_3_for_nine_in_ten_paraphrases(box: 
 def test_attribute_filters_comparison_and_compound(box: Gateway, corpus: dict[str, Any]) -> None:
     client = box.client()
     names = {fid: name for name, fid in corpus["files"].items()}
-    q = CORPUS["bread.md"][1]
+    q = CORPUS["bread.markdown"][1]
     food = client.vector_stores.search(vector_store_id=corpus["store"], query=q, max_num_results=10,
                                        filters={"type": "eq", "key": "topic", "value": "food"})
-    assert {names[r.file_id] for r in food.data} <= {"bread.md", "garden.md", "coffee.txt"}
-    assert names[food.data[0].file_id] == "bread.md" and food.data[0].attributes["topic"] == "food"
+    assert {names[r.file_id] for r in food.data} <= {"bread.markdown", "garden.markdown", "coffee.txt"}
+    assert names[food.data[0].file_id] == "bread.markdown" and food.data[0].attributes["topic"] == "food"
     compound = client.vector_stores.search(
         vector_store_id=corpus["store"], query=q, max_num_results=10,
         filters={"type": "and", "filters": [{"type": "ne", "key": "topic", "value": "food"},
@@ -238,7 +238,7 @@ def test_bad_input_is_a_clear_4xx_and_writes_nothing(box: Gateway, corpus: dict[
 
 def test_whitespace_file_fails_with_last_error_and_leaves_no_chunks(box: Gateway) -> None:
     client = box.client()
-    blank = client.files.create(file=("blank.md", io.BytesIO(b"   \n\n  ")), purpose="assistants")
+    blank = client.files.create(file=("blank.markdown", io.BytesIO(b"   \n\n  ")), purpose="assistants")
     vs = client.vector_stores.create(name="blank", file_ids=[blank.id])
     done = wait_until(lambda: (f := client.vector_stores.files.retrieve(vector_store_id=vs.id, file_id=blank.id))
                       .status != "in_progress" and f, 60, "the blank file to finish")
