@@ -21,9 +21,9 @@ from .conftest import ROOT, Gateway, launch, wait_until, worker_engine
 
 # Ten documents, one topic each; each question paraphrases a fact that only its document holds.
 CORPUS: dict[str, tuple[str, str]] = {
-    "bread.markdown": ("# Baking sourdough\nA sourdough loaf rises because wild yeast and lactic bacteria in the starter "
-                 "ferment the flour. Feed the starter with equal weights of flour and water the night before, and "
-                 "bake the loaf in a covered cast-iron pot at a high temperature for a crackling crust.",
+    "bread.markdown": ("# Baking sourdough\nA sourdough loaf rises because wild yeast and lactic bacteria in the "
+                 "starter ferment the flour. Feed the starter with equal weights of flour and water the night "
+                 "before, and bake the loaf in a covered cast-iron pot at a high temperature for a crackling crust.",
                  "How do I get a crispy crust on my homemade fermented bread?"),
     "volcano.txt": ("Volcanoes erupt when molten rock called magma, lighter than the solid rock around it, rises "
                     "through cracks in the crust. Gas dissolved in the magma expands as pressure drops and can blow "
@@ -45,8 +45,8 @@ CORPUS: dict[str, tuple[str, str]] = {
     "whales.txt": ("Blue whales are the largest animals that ever lived, reaching thirty metres in length. They "
                    "feed almost entirely on krill, filtering tonnes of the tiny crustaceans through baleen plates.",
                    "What does the biggest creature in the ocean eat?"),
-    "garden.markdown": ("Tomato plants need full sun, deep watering at the roots and a stake or cage for support. Pinch "
-                  "off the side shoots so the plant puts its energy into fruit.",
+    "garden.markdown": ("Tomato plants need full sun, deep watering at the roots and a stake or cage for support. "
+                  "Pinch off the side shoots so the plant puts its energy into fruit.",
                   "How do I grow tomatoes in my vegetable patch?"),
     "coffee.txt": ("To brew espresso, force hot water at about nine bars of pressure through finely ground, "
                    "tightly tamped coffee for twenty-five to thirty seconds.",
