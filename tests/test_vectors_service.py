@@ -69,3 +69,19 @@ def test_a_store_built_with_another_model_is_refused_until_reindexed(tmp_path: P
         asyncio.run(service.reindex(None, row, "minilm"))
     assert (wrong.value.status, wrong.value.param) == (400, "model")
     service.store.close()
+
+
+def test_a_milvus_without_uri_is_one_line_at_start_and_a_503_on_the_routes(tmp_path: Path) -> None:
+    from appliance.vectors import backend
+
+    config = parse_config({"server": {"state_dir": str(tmp_path)}, "vectors": {"backend": "milvus"}})
+    assert backend.check(config) == ("vectors.uri: the milvus backend needs a server URI (http://host:19530) "
+                                     "or a milvus-lite file path")
+    assert backend.selected(parse_config({"server": {"state_dir": str(tmp_path)}})) == (
+        "chroma", str(tmp_path / "data" / "chroma"))
+    store = open_store("", tmp_path)
+    service = Retrieval(config, store, NoEmbedder(), tmp_path / "files")  # type: ignore[arg-type]
+    with pytest.raises(RetrievalError) as err:
+        asyncio.run(service.backend())
+    assert (err.value.status, err.value.code) == (503, "vectors_unavailable") and "vectors.uri" in str(err.value)
+    store.close()
