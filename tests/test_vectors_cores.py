@@ -43,7 +43,7 @@ def test_html_text_skips_scripts_and_styles() -> None:
 
 
 def test_pdf_text_is_extracted_with_pypdf() -> None:
-    pdf = _tiny_pdf("Lighthouses guide ships")
+    pdf = tiny_pdf("Lighthouses guide ships")
     assert "Lighthouses guide ships" in parsing.extract("doc.pdf", pdf)
     with pytest.raises(parsing.ParseError):
         parsing.extract("broken.pdf", b"%PDF-1.4 not really")
@@ -105,7 +105,7 @@ def test_pages_follow_cursors() -> None:
     assert newest["first_id"] == "i4"
 
 
-def _tiny_pdf(text: str) -> bytes:
+def tiny_pdf(text: str) -> bytes:
     """A one-page PDF showing `text` in Helvetica, written by hand (offsets computed)."""
     stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
     objs = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",

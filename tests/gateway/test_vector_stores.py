@@ -16,6 +16,7 @@ from typing import Any
 
 import openai
 import pytest
+from test_vectors_cores import tiny_pdf
 
 from .conftest import ROOT, Gateway, launch, wait_until, worker_engine
 
@@ -273,13 +274,16 @@ def test_cli_adds_a_directory_lists_and_searches(box: Gateway, tmp_path: Path) -
     (docs / "whales.txt").write_text(CORPUS["whales.txt"][0])
     (docs / "sub" / "bikes.html").write_text(CORPUS["bikes.html"][0])
     (docs / "image.png").write_bytes(b"\x89PNG")
+    (docs / "lighthouse.pdf").write_bytes(tiny_pdf("Lighthouses guide ships past the rocks at night"))
     added = _cli(box, "add", "cli-docs", str(docs), "--create")
     assert added.returncode == 0, added.stderr
-    assert "2 indexed, 0 failed, 1 skipped" in added.stdout
+    assert "3 indexed, 0 failed, 1 skipped" in added.stdout
     listed = _cli(box, "list")
     assert listed.returncode == 0 and "cli-docs" in listed.stdout, listed.stderr
     found = _cli(box, "search", "cli-docs", "What does the biggest creature in the ocean eat?", "-n", "1")
     assert found.returncode == 0 and "whales.txt" in found.stdout and "krill" in found.stdout, found.stderr
+    pdf = _cli(box, "search", "cli-docs", "What warns sailors about dangerous rocks in the dark?", "-n", "1")
+    assert pdf.returncode == 0 and "lighthouse.pdf" in pdf.stdout, pdf.stdout + pdf.stderr
     missing = _cli(box, "search", "no-such-store", "x")
     assert missing.returncode == 1 and "no vector store named 'no-such-store'" in missing.stderr
 
