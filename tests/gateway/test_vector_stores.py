@@ -122,6 +122,18 @@ def test_the_right_document_ranks_in_the_top_3_for_nine_in_ten_paraphrases(box: 
     assert first >= 0.8 * len(CORPUS), (box.backend, first)  # type: ignore[attr-defined]
 
 
+def test_indexing_and_queries_go_through_the_gateways_embeddings_route(box: Gateway, corpus: dict[str, Any]) -> None:
+    """Metered like any request, under the caller's key (it waited for the model's residency lease there)."""
+    box.client().vector_stores.search(vector_store_id=corpus["store"], query="espresso")
+
+    def embedded() -> list[dict[str, Any]]:
+        recent = box.usage()["recent"]
+        return [r for r in recent if r["route"] == "/v1/embeddings" and r["model"] == "minilm"]
+    rows = wait_until(lambda: len(embedded()) >= len(CORPUS) + 1 and embedded(), 10, "embeddings in the usage")
+    assert {r["status"] for r in rows} == {200} and len({r["key_id"] for r in rows}) == 1
+    assert rows[0]["key_id"] is not None and sum(r["tokens_in"] or 0 for r in rows) > 0
+
+
 def test_attribute_filters_comparison_and_compound(box: Gateway, corpus: dict[str, Any]) -> None:
     client = box.client()
     names = {fid: name for name, fid in corpus["files"].items()}
