@@ -184,7 +184,7 @@ daemon_env() {
   # per box (the CPU build without a GPU, the CUDA build with one), by the index pip uses there.
   LOCK="$SRC/requirements.lock"
   "$VENV/bin/python" -m pip install -q -c "$LOCK" pip >"$LOG" 2>&1 || { tail -30 "$LOG"; die "pip install failed"; }
-  "$VENV/bin/python" -m pip install -c "$LOCK" -e "$SRC[workers]" supervisor --config-settings editable_mode=compat \
+  "$VENV/bin/python" -m pip install -c "$LOCK" -e "$SRC[workers,vectors]" supervisor --config-settings editable_mode=compat \
     >>"$LOG" 2>&1 || { tail -30 "$LOG"; die "pip install failed"; }
   mkdir -p "$BIN_DIR"
   ln -sf "$VENV/bin/appliance" "$BIN_DIR/appliance"

@@ -28,7 +28,7 @@ fi
 LOCK=requirements.lock
 echo "== installing test dependencies from $LOCK (log: .venv/pip.log)"
 .venv/bin/python -m pip install -q -c "$LOCK" pip >.venv/pip.log 2>&1 || { tail -40 .venv/pip.log; exit 1; }
-.venv/bin/python -m pip install -c "$LOCK" -e '.[dev,workers,full]' --config-settings editable_mode=compat \
+.venv/bin/python -m pip install -c "$LOCK" -e '.[dev,workers,vectors,full]' --config-settings editable_mode=compat \
   >>.venv/pip.log 2>&1 || { tail -40 .venv/pip.log; exit 1; }
 
 echo "== ruff"

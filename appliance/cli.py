@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from . import catalog_cli, doctor, service_cli, store_cli
+from . import catalog_cli, doctor, service_cli, store_cli, vectors_cli
 from .cli_config import ConfigOpt, daemon_target, installed, obtain_config
 from .daemon_client import DaemonError, DaemonUnreachable, request_json
 from .gateway import keys_cli
@@ -211,6 +211,7 @@ app.command("plan")(catalog_cli.plan_command)
 app.add_typer(keys_cli.app, name="keys")
 app.add_typer(store_cli.app, name="store")
 app.add_typer(service_cli.app, name="service")
+app.add_typer(vectors_cli.app, name="vectors")
 app.command("doctor")(doctor.doctor_command)
 
 

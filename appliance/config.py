@@ -272,6 +272,14 @@ class JobsConfig(_Frozen):
     poll_s: float = Field(default=1.0, gt=0)  # how often an idle worker looks for jobs another box queued
 
 
+class VectorsConfig(_Frozen):
+    backend: Literal["", "chroma", "milvus"] = ""  # "" = by profile: chroma (ultra-minimal), milvus (full)
+    uri: str = ""  # chroma: a directory ("" = <state_dir>/data/chroma); milvus: http://host:19530 or a .db file
+    embedding_model: str = ""  # "" = the first configured embedding model
+    max_file_bytes: int = Field(default=32 * 1024 * 1024, gt=0)  # largest upload to /v1/files
+    embed_batch: int = Field(default=64, ge=1, le=2048)  # chunks per embeddings call while indexing
+
+
 class LicenceConfig(_Frozen):
     accepted: list[str] = Field(default_factory=list)  # e.g. ["CPML"] for XTTS v2
 
@@ -287,6 +295,7 @@ class Config(_Frozen):
     licences: LicenceConfig = LicenceConfig()
     store: StoreConfig = StoreConfig()
     jobs: JobsConfig = JobsConfig()
+    vectors: VectorsConfig = VectorsConfig()
     source: str = "<defaults>"  # the file this came from (not a TOML key)
 
     @model_validator(mode="after")
@@ -316,6 +325,9 @@ class Config(_Frozen):
                 problems.append("store.url: profile \"full\" needs a postgresql:// URL (the shared database)")
             if self.jobs.backend != "kafka":
                 problems.append("jobs.backend: profile \"full\" needs \"kafka\" (with jobs.brokers)")
+        em = self.vectors.embedding_model
+        if em and (em not in self.models or self.models[em].modality != "embedding"):
+            problems.append(f"vectors.embedding_model: {em!r} is not a configured embedding model")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-EXTRAS="workers,dev,full"
+EXTRAS="workers,vectors,dev,full"
 MODE="keep"
 UPGRADE_PACKAGES=()
 while [ $# -gt 0 ]; do

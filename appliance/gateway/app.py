@@ -24,6 +24,9 @@ from ..jobs.runner import JobRunner
 from ..jobs.submit import JOB_ROUTES
 from ..metrics import exporter_for
 from ..usage import UsageSink
+from ..vectors.api import RetrievalApi
+from ..vectors.embedder import GatewayEmbedder
+from ..vectors.service import Retrieval
 from . import admin, docs_ui, keys_api, usage_api
 from .auth import Authenticator, KeyCache, RateLimiter, is_loopback
 from .errors import ApiError, InvalidRequest, NotFound, internal_error
@@ -71,6 +74,7 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await appliance.startup()
         await runner.start(job_models(appliance))
+        await retrieval.start()
         # Everything loaded so far lives as long as the process: keep it out of the collector's full
         # passes (about 20 ms each over these objects), which would otherwise land on some request.
         gc.collect()
@@ -79,6 +83,7 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
             yield
         finally:
             await runner.close()  # first: a job cut off now stays running, re-queued at the next start
+            await retrieval.close()  # an attachment cut off stays in_progress, indexed again at the next start
             routes.pools.close()
             await appliance.shutdown()
 
@@ -125,6 +130,9 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
                        max_attempts=jobs.max_attempts, workers_per_model=jobs.workers_per_model,
                        owner=appliance.box_id)
     jobs_api = JobsApi(appliance, routes, images, appliance.store, appliance.job_queue, runner)
+    retrieval = Retrieval(appliance.config, appliance.store, GatewayEmbedder(routes),
+                          files_dir=appliance.state_dir / "data" / "files")
     app.front = Gateway(app.fastapi, routes=routes, auth=auth, images=images, metrics=endpoint,
-                        metrics_open_on_loopback=metrics.open_on_loopback, jobs=jobs_api, ui=StaticUi())
+                        metrics_open_on_loopback=metrics.open_on_loopback, jobs=jobs_api, ui=StaticUi(),
+                        retrieval=RetrievalApi(retrieval, server.max_body_bytes))
     return app

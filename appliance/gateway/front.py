@@ -37,6 +37,9 @@ from .ui import StaticUi
 
 if TYPE_CHECKING:
     from ..jobs.api import JobsApi
+    from ..vectors.api import RetrievalApi
+
+RETRIEVAL_PREFIXES = ("/v1/files", "/v1/vector_stores")
 
 OPEN_API_PATHS = frozenset({"/api/docs", "/api/docs/oauth2-redirect", "/api/openapi.json"})
 OPEN_API_PREFIX = "/api/docs/"  # the docs page's own assets (gateway.docs_ui), public like the page
@@ -56,11 +59,13 @@ def _with_request_id(send: Send, rid: bytes) -> Send:
 class Gateway:
     def __init__(self, app: ASGIApp, *, routes: OpenAIRoutes, auth: Authenticator, images: ImageStore,
                  metrics: MetricsEndpoint | None = None, metrics_open_on_loopback: bool = False,
-                 jobs: JobsApi | None = None, ui: StaticUi | None = None) -> None:
+                 jobs: JobsApi | None = None, ui: StaticUi | None = None,
+                 retrieval: RetrievalApi | None = None) -> None:
         """`metrics`: None when `metrics.enabled` is false (then /metrics is a 404 like any unknown path)."""
         self.app = app
         self.jobs = jobs
         self.ui = ui
+        self.retrieval = retrieval
         self.routes = routes
         self.auth = auth
         self.images = images
@@ -86,6 +91,9 @@ class Gateway:
                 KEY_ID.set(key.id)
             if self.jobs is not None and (path == "/v1/jobs" or path.startswith("/v1/jobs/")):
                 await self.jobs.handle(ex, key)
+                return
+            if self.retrieval is not None and path.startswith(RETRIEVAL_PREFIXES):
+                await self.retrieval.handle(ex, key)
                 return
             await self.routes.handle(ex, key)
             return

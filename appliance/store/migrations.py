@@ -68,6 +68,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         "tokens_out INTEGER NOT NULL, images INTEGER NOT NULL, audio_s {float} NOT NULL, gpu_s {float} NOT NULL, "
         "PRIMARY KEY (day, model, key_id))",
     )),
+    Migration("0006_files", (
+        "CREATE TABLE files (id TEXT PRIMARY KEY, key_id TEXT NOT NULL, filename TEXT NOT NULL, "
+        "purpose TEXT NOT NULL, bytes INTEGER NOT NULL, created {float} NOT NULL)",
+    )),
+    Migration("0007_vector_stores", (
+        "CREATE TABLE vector_stores (id TEXT PRIMARY KEY, key_id TEXT NOT NULL, name TEXT, metadata TEXT NOT NULL, "
+        "embedding_model TEXT NOT NULL, dimension INTEGER, created {float} NOT NULL, last_active {float} NOT NULL)",
+        "CREATE TABLE vector_store_files (vector_store_id TEXT NOT NULL, file_id TEXT NOT NULL, "
+        "batch_id TEXT, status TEXT NOT NULL, last_error TEXT, attributes TEXT NOT NULL, chunking TEXT NOT NULL, "
+        "usage_bytes INTEGER NOT NULL, chunks INTEGER NOT NULL, created {float} NOT NULL, "
+        "PRIMARY KEY (vector_store_id, file_id))",
+        "CREATE INDEX vector_store_files_file ON vector_store_files (file_id)",
+        "CREATE TABLE vector_store_batches (id TEXT PRIMARY KEY, vector_store_id TEXT NOT NULL, "
+        "created {float} NOT NULL)",
+    )),
 )
 
 

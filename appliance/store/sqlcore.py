@@ -18,6 +18,7 @@ from ..usage import UsageRecord
 from . import migrations
 from .migrations import MIGRATIONS, Dialect, Migration, Tx
 from .protocol import Job, JobState, KeyRow, NewJob
+from .retrieval import RetrievalSql
 
 T = TypeVar("T")
 
@@ -29,7 +30,8 @@ _SUMS = ("count(*) AS requests, sum(CASE WHEN error IS NULL THEN 0 ELSE 1 END) A
          "coalesce(sum(tokens_in), 0) AS tokens_in, coalesce(sum(tokens_out), 0) AS tokens_out, "
          "coalesce(sum(images), 0) AS images, coalesce(sum(audio_s), 0) AS audio_s, "
          "coalesce(sum(gpu_s), 0) AS gpu_s")
-TABLES = ("keys", "usage", "usage_daily", "state", "jobs")
+TABLES = ("keys", "usage", "usage_daily", "state", "jobs", "files", "vector_stores", "vector_store_files",
+          "vector_store_batches")
 
 
 def day_of(ts: float) -> str:
@@ -54,7 +56,7 @@ def _filters(since: float | None, until: float | None, key_id: str | None,
     return " AND ".join(where), params
 
 
-class SqlStore:
+class SqlStore(RetrievalSql):
     backend: str = ""
     dialect: Dialect = "sqlite"
     skip_locked = ""  # PostgreSQL: "FOR UPDATE SKIP LOCKED" in the claim's subquery

@@ -1,5 +1,6 @@
-"""The default profile never loads the external backends' clients (psycopg, aiokafka): they are
-imported only when `store.url` or `jobs.backend` selects them."""
+"""The default profile never loads the external backends' clients (psycopg, aiokafka) nor a vector
+database (chromadb, pymilvus) or pypdf at start: they are imported only when `store.url` or
+`jobs.backend` selects them, or a vector route first needs them."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ app = Appliance(parse_config({"server": {"state_dir": tempfile.mkdtemp()}, "gpu"
                 host="127.0.0.1", port=1)
 build_app(app)
 app.store.close()
-print(sorted(m for m in sys.modules if m.split(".")[0] in ("psycopg", "psycopg_pool", "aiokafka")))
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("psycopg", "psycopg_pool", "aiokafka", "chromadb",
+                                                 "pymilvus", "milvus_lite", "pypdf")))
 """
 
 
-def test_default_daemon_imports_neither_psycopg_nor_aiokafka() -> None:
+def test_default_daemon_imports_no_external_client_nor_a_vector_database() -> None:
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, cwd=ROOT,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
