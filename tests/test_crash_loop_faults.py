@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -191,6 +192,7 @@ class _FakeEngine:
     name = "text"
     base_url = "http://127.0.0.1:1"
     process = _FakeProcess()
+    adapter = SimpleNamespace(missing_weights=lambda: False)  # the weights are there: the failure is the engine
 
     def __init__(self, failure: Exception, on: str) -> None:
         self.failure, self.on = failure, on

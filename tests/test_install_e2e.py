@@ -127,8 +127,18 @@ def test_curl_pipe_sh_install_upgrade_uninstall(tmp_path: Path) -> None:
         st = subprocess.run([appliance, "status"], capture_output=True, text=True, env={**env, "COLUMNS": "300"},
                             timeout=60)
         assert st.returncode == 0 and f"config {config}" in st.stdout.replace("\n", " "), st
-        svc = subprocess.run([appliance, "service", "status"], capture_output=True, text=True, env=env, timeout=60)
-        assert svc.returncode == 0 and "RUNNING" in svc.stdout, svc
+        # supervisord reports STARTING until the program has run `startsecs`, whatever /health says: poll
+        svc: list[subprocess.CompletedProcess[str]] = []
+
+        def running() -> bool:
+            svc[:] = [subprocess.run([appliance, "service", "status"], capture_output=True, text=True, env=env,
+                                     timeout=60)]
+            return svc[0].returncode == 0 and "RUNNING" in svc[0].stdout
+
+        deadline = time.monotonic() + 60
+        while not running() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert svc[0].returncode == 0 and "RUNNING" in svc[0].stdout, svc[0]
 
         # the systemd unit, rendered with the installed paths, verifies
         unit = tmp_path / "appliance.service"

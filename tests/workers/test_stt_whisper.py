@@ -4,6 +4,7 @@ response format and the stream (the words are random: the shapes and timings are
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import soundfile as sf
 from stt_audio import encode, speak
 from worker_harness import ServedProcess, start_worker, worker_stats
 
@@ -43,7 +45,8 @@ def test_transcribes_with_every_format(whisper: ServedProcess, speech: bytes) ->
     verbose = post(whisper, speech, response_format="verbose_json",
                    **{"timestamp_granularities[]": ["word", "segment"]}).json()  # fmt: skip
     assert verbose["task"] == "transcribe" and verbose["language"] == "english"
-    assert 2.0 < verbose["duration"] < 4.0
+    # the audio's own length (Piper's timing varies from run to run), not the segments' guesses
+    assert abs(verbose["duration"] - sf.info(io.BytesIO(speech)).duration) < 0.1, verbose["duration"]
     for seg in verbose["segments"]:
         assert 0.0 <= seg["start"] <= seg["end"] <= verbose["duration"] + 0.05
     assert isinstance(verbose["words"], list)
