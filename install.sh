@@ -209,6 +209,7 @@ import socket, sys
 host, port = sys.argv[1], int(sys.argv[2])
 family = socket.AF_INET6 if ":" in host else socket.AF_INET
 s = socket.socket(family)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the daemon binds: a TIME_WAIT is no listener
 try:
     s.bind((host, port))
 except OSError:

@@ -50,12 +50,17 @@ def http_server(directory: Path) -> Iterator[int]:
 
 @contextlib.contextmanager
 def port_8080_taken() -> Iterator[None]:
-    """Hold 127.0.0.1:8080 (as vast.ai's portal holds 8080); if something else already holds it, it is taken."""
+    """Hold 127.0.0.1:8080 (as vast.ai's portal holds 8080). SO_REUSEADDR, as servers bind, so that a recent
+    connection's TIME_WAIT does not make the bind fail; if it still fails, a real listener must hold it."""
     sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        with contextlib.suppress(OSError):
+        try:
             sock.bind(("127.0.0.1", 8080))
             sock.listen(1)
+        except OSError:
+            with socket.create_connection(("127.0.0.1", 8080), timeout=5):
+                pass  # someone else listens there: taken all the same
         yield
     finally:
         sock.close()
@@ -82,6 +87,18 @@ def curl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["curl", "-fsS", "--max-time", "10", *args], capture_output=True, text=True, timeout=30)
 
 
+@contextlib.contextmanager
+def _uninstalled_at_the_end(prefix: Path, env: dict[str, str]) -> Iterator[None]:
+    """A failed assertion must not leave the installed supervisord and daemon running (they hold ports)."""
+    try:
+        yield
+    finally:
+        conf = prefix / "data" / "run" / "supervisord.conf"
+        ctl = prefix / "lib" / "venv" / "bin" / "supervisorctl"
+        if conf.exists() and ctl.exists():
+            subprocess.run([str(ctl), "-c", str(conf), "shutdown"], capture_output=True, env=env, timeout=120)
+
+
 @pytest.mark.timeout(2400)
 def test_curl_pipe_sh_install_upgrade_uninstall(tmp_path: Path) -> None:
     served, home, prefix = tmp_path / "www", tmp_path / "home", tmp_path / "inst"
@@ -89,7 +106,7 @@ def test_curl_pipe_sh_install_upgrade_uninstall(tmp_path: Path) -> None:
     home.mkdir()
     project_tarball(served)
     env = clean_env(home)
-    with http_server(served) as http_port, port_8080_taken():
+    with http_server(served) as http_port, port_8080_taken(), _uninstalled_at_the_end(prefix, env):
         base = f"http://127.0.0.1:{http_port}"
         install = (f"curl -fsSL {base}/install.sh | sh -s -- --prefix {prefix} --source {base}/appliance.tar.gz "
                    "--bind 0.0.0.0 --no-engines -y")

@@ -139,11 +139,11 @@ def test_residency_round_trip(sphinx: ServedProcess, spoken: tuple[np.ndarray, i
 def test_client_hanging_up_cancels_the_decoding(sphinx: ServedProcess, spoken: tuple[np.ndarray, int]) -> None:
     samples, rate = spoken
     gap = np.zeros(rate // 2, dtype=np.float32)
-    # Ten minutes of speech (twenty 30 s utterances, a step each): long enough that the job is still decoding
-    # when the client leaves after the first step, however fast this machine is; at half the sample rate to
-    # stay under the upload limit (the recognizer resamples it)
-    reps = int(600 * rate / (len(samples) + len(gap))) + 1
-    long = np.concatenate([np.concatenate([samples, gap])] * reps)[: 600 * rate]
+    # Four minutes of speech (eight 30 s utterances, a step each): the job is still decoding when the client
+    # leaves after the first step (115 s sometimes finished first on an idle machine; ten minutes starved the
+    # worker's /stats on a loaded one); at half the sample rate to keep the upload small
+    reps = int(240 * rate / (len(samples) + len(gap))) + 1
+    long = np.concatenate([np.concatenate([samples, gap])] * reps)[: 240 * rate]
     data = encode(long[::2], rate // 2, "wav")
     boundary = "b0undary"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"long.wav\"\r\n"
@@ -155,7 +155,7 @@ def test_client_hanging_up_cancels_the_decoding(sphinx: ServedProcess, spoken: t
             f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n")
     try:
         sock.sendall(head.encode() + body)
-        wait_until(lambda: worker_stats(sphinx)["steps"] - before["steps"] >= 1, 60, "the first utterance decoded")
+        wait_until(lambda: worker_stats(sphinx)["steps"] - before["steps"] >= 1, 120, "the first utterance decoded")
         assert worker_stats(sphinx)["in_flight"] == 1  # still at work on the rest when the client leaves
     finally:
         sock.close()

@@ -109,7 +109,7 @@ def start_worker(
 
 
 def worker_stats(worker: ServedProcess) -> dict[str, Any]:
-    stats: dict[str, Any] = httpx.get(worker.base_url + "/stats", timeout=10).json()
+    stats: dict[str, Any] = httpx.get(worker.base_url + "/stats", timeout=30).json()  # a busy CPU box is slow
     return stats
 
 
