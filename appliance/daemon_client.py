@@ -75,8 +75,12 @@ def find_daemon(env: Mapping[str, str], config: Config | None, receipt: Receipt 
     return DaemonTarget(base, key or None, cafile)
 
 
-def request_json(target: DaemonTarget, path: str, method: str = "GET", timeout_s: float = 30.0) -> Any:
-    req = urllib.request.Request(target.base + path, method=method)
+def request_json(target: DaemonTarget, path: str, method: str = "GET", timeout_s: float = 30.0, *,
+                 data: bytes | None = None, ctype: str = "application/json") -> Any:
+    """One call to the daemon; its JSON answer, or DaemonError (with the error's message) / DaemonUnreachable."""
+    req = urllib.request.Request(target.base + path, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", ctype)
     if target.key:
         req.add_header("Authorization", f"Bearer {target.key}")
     try:

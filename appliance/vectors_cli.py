@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
-import ssl
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -22,7 +19,7 @@ from urllib.parse import quote
 import typer
 
 from .cli_config import daemon_target
-from .daemon_client import DaemonError, DaemonTarget, DaemonUnreachable
+from .daemon_client import DaemonError, DaemonTarget, DaemonUnreachable, request_json
 from .vectors.parsing import supported
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -33,22 +30,7 @@ POLL_S = 0.5
 def _call(target: DaemonTarget, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
           ctype: str = "application/json", timeout_s: float = 120.0) -> Any:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(target.base + path, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", ctype)
-    if target.key:
-        req.add_header("Authorization", f"Bearer {target.key}")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s, context=target.ssl_context()) as resp:
-            return json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            msg = json.loads(exc.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            msg = exc.reason
-        raise DaemonError(target.base + path, exc.code, str(msg)) from None
-    except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
-        raise DaemonUnreachable(f"cannot reach the daemon at {target.base} ({exc}); is it running?") from None
+    return request_json(target, path, method, timeout_s, data=data, ctype=ctype)
 
 
 def _fail(exc: Exception) -> typer.Exit:

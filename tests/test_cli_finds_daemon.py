@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from daemon_harness import ROOT, free_port, wait_for
 
 SITE = site.getsitepackages()[0]
@@ -101,7 +100,6 @@ def test_serve_in_a_checkout_reads_the_installed_configuration_not_the_checkouts
     assert out.returncode == 0 and out.stdout.startswith(f"{installed}: ok"), out
 
 
-@pytest.mark.skipif(not Path("/usr/bin/openssl").exists(), reason="openssl is part of this machine kind")
 def test_https_with_a_generated_certificate_and_the_installed_key(tmp_path: Path) -> None:
     venv = make_venv(tmp_path)
     port, state = free_port(), tmp_path / "state"

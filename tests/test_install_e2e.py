@@ -152,10 +152,7 @@ def test_curl_pipe_sh_install_upgrade_uninstall(tmp_path: Path) -> None:
                                      timeout=60)]
             return svc[0].returncode == 0 and "RUNNING" in svc[0].stdout
 
-        deadline = time.monotonic() + 60
-        while not running() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert svc[0].returncode == 0 and "RUNNING" in svc[0].stdout, svc[0]
+        wait_for(running, 60, "supervisord to report the daemon RUNNING", interval=0.5)
 
         # the systemd unit, rendered with the installed paths, verifies
         unit = tmp_path / "appliance.service"

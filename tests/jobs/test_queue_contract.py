@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from standins.launch import async_wait_until
+
 from appliance.store import JobState, NewJob
 from appliance.store.sqlcore import SqlStore
 
@@ -62,10 +64,7 @@ async def test_two_boxes_never_take_the_same_job(queues: QueueFactory) -> None:
 
     tasks = [asyncio.ensure_future(drain(b)) for b in boxes]
     try:
-        for _ in range(int(TAKE_TIMEOUT_S * 20)):
-            if len(taken) >= 10:
-                break
-            await asyncio.sleep(0.05)
+        await async_wait_until(lambda: len(taken) >= 10 or None, TAKE_TIMEOUT_S, message="ten jobs taken")
     finally:
         for t in tasks:
             t.cancel()

@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from standins.launch import async_wait_until
 
 from appliance.config import ConfigError, parse_config
 from appliance.gateway.keys import KeyStore
@@ -70,10 +71,10 @@ async def test_usage_sink_never_writes_on_record_and_flushes_batches(store: SqlS
         async def written() -> int:
             return len(await asyncio.to_thread(store.usage_recent, since=None, until=None, key_id=None,
                                                model=None, limit=10))
-        for _ in range(500):
-            if await written() == 3:
-                break
-            await asyncio.sleep(0.01)
+        async def three_written() -> bool | None:
+            return await written() == 3 or None
+
+        await async_wait_until(three_written, 5, message="the batch written")
         assert await written() == 3
         sink.record(UsageRecord("/v1/embeddings", "mini", "k", 500, error="engine_error"))
         assert await sink.flush() == 1

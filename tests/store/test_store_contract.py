@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from daemon_harness import wait_for
+
 from appliance.store import JobState, KeyRow, NewJob
 from appliance.store.sqlcore import SqlStore, day_of
 from appliance.usage import UsageRecord
@@ -56,9 +58,7 @@ def test_state_documents(store: SqlStore) -> None:
     store.state_put("footprints", {"qwen": 456})
     assert store.state_get("footprints") == {"qwen": 456}
     store.state_put_nowait("transitions", {"qwen": {"load": [1.0]}})
-    deadline = time.monotonic() + 10
-    while store.state_get("transitions") is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: store.state_get("transitions") is not None, 10, "the queued state write")
     assert store.state_get("transitions") == {"qwen": {"load": [1.0]}}
 
 
