@@ -280,6 +280,31 @@ class VectorsConfig(_Frozen):
     embed_batch: int = Field(default=64, ge=1, le=2048)  # chunks per embeddings call while indexing
 
 
+class FleetConfig(_Frozen):
+    """This box as one of several behind `appliance router` (docs/fleet.md)."""
+
+    enabled: bool = False  # register in the shared store, heartbeat, take only the router's traffic
+    advertise_url: str = ""  # the URL the router reaches this box at; "" = computed by `appliance fleet join`
+    router_url: str = ""  # the router this box joined (set by `appliance fleet join`)
+    token_file: str = ""  # the router's shared token (mode 0600); "" = <state_dir>/fleet.token
+    heartbeat_s: float = Field(default=5.0, gt=0)  # how often the box writes its row in the registry
+    expire_s: float = Field(default=15.0, gt=0)  # a row not refreshed this long is a dead box
+
+
+class RouterConfig(_Frozen):
+    """`appliance router`: HAProxy in front of the fleet, fed from the registry (docs/fleet.md)."""
+
+    host: str = "0.0.0.0"  # HAProxy's public bind
+    port: Port = 8443  # HAProxy's public port (TLS when tls_pem is set)
+    api_port: Port = 8090  # the router's own API and fleet page (loopback; proxied by HAProxy under /api/fleet)
+    haproxy_bin: str = "haproxy"
+    tls_pem: str = ""  # certificate + key in one PEM file for HAProxy; "" = plain HTTP (behind another TLS proxy)
+    sync_s: float = Field(default=0.5, gt=0)  # how often the registry is read
+    check_interval_ms: int = Field(default=1000, ge=100)  # HAProxy health checks of the boxes
+    bufsize: int = Field(default=131072, ge=16384)  # HAProxy tune.bufsize: the largest body routed by its model
+    join_token_file: str = ""  # the token `appliance fleet join` must present; "" = <state_dir>/join.token
+
+
 class LicenceConfig(_Frozen):
     accepted: list[str] = Field(default_factory=list)  # e.g. ["CPML"] for XTTS v2
 
@@ -296,6 +321,8 @@ class Config(_Frozen):
     store: StoreConfig = StoreConfig()
     jobs: JobsConfig = JobsConfig()
     vectors: VectorsConfig = VectorsConfig()
+    fleet: FleetConfig = FleetConfig()
+    router: RouterConfig = RouterConfig()
     source: str = "<defaults>"  # the file this came from (not a TOML key)
 
     @model_validator(mode="after")
