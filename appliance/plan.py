@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance.catalog import GIB, Catalog, CatalogModel
+from appliance.defaults import VRAM_RESERVE_GB
 from appliance.gpu import GpuProcess, GpuSnapshot
 
 HOURS_PER_MONTH = 730.0
-DEFAULT_RESERVE_BYTES = int(1.5 * GIB)
+DEFAULT_RESERVE_BYTES = int(VRAM_RESERVE_GB * GIB)  # the same reserve as gpu.reserve_gb's default
 SYSTEM_RAM_BYTES = 4 * GIB  # OS, the daemon, page cache headroom
 ENGINE_PROCESS_RAM = {"vllm": 3 * GIB, "comfyui": 2 * GIB, "worker": 1 * GIB}
 SERVICES = ("text", "image", "speech", "embedding", "transcription")
