@@ -38,6 +38,8 @@ from .ui import StaticUi
 
 log = logging.getLogger("appliance.gateway")
 
+ANSWERED = "_appliance_answered"  # set on an exception unexpected_error logged and answered
+
 
 class ApplianceApp(FastAPI):
     """FastAPI with the gateway's front door ahead of everything else."""
@@ -48,16 +50,24 @@ class ApplianceApp(FastAPI):
         if self.front is not None:
             await self.front(scope, receive, send)
         else:
-            await super().__call__(scope, receive, send)
+            await self.fastapi(scope, receive, send)
 
     async def fastapi(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """FastAPI's own handling (its middleware stack and routers): the front door's fallback."""
-        await super().__call__(scope, receive, send)
+        """FastAPI's own handling (its middleware stack and routers): the front door's fallback.
+        Starlette re-raises an exception after its handler answered it (for the server to log);
+        `unexpected_error` already logged it with its traceback and request id, so it stops here."""
+        try:
+            await super().__call__(scope, receive, send)
+        except Exception as exc:
+            if not getattr(exc, ANSWERED, False):
+                raise
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     """Any exception a FastAPI route did not map: "internal error" and a request id (see errors.py)."""
-    return internal_error(log, f"{request.method} {request.url.path}").response()
+    answer = internal_error(log, f"{request.method} {request.url.path}").response()
+    setattr(exc, ANSWERED, True)
+    return answer
 
 
 def job_models(appliance: Appliance) -> list[str]:
