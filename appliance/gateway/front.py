@@ -97,6 +97,7 @@ class Gateway:
                 key = self.auth.check(ex.header(b"authorization"), admin=False, routed=True,
                                       fleet_token=ex.header(b"x-fleet-token"))
                 ROUTE_POLICY.set(parse_policy(ex.header(b"x-route-policy"), ex.header(b"x-route-retry-status")))
+                await self.auth.admit_routed(key)
             except ApiError as err:
                 await ex.fail(err)
                 return
