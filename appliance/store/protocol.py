@@ -192,6 +192,12 @@ class Store(Protocol):
         runs were made), atomically: of several boxes calling this at once, exactly one gets each job."""
         ...
 
+    # -- fleet-wide rate limits (fixed windows every box sharing the store counts into)
+    def count_request(self, key_id: str, window_start: int) -> int:
+        """Count one request of `key_id` in the window beginning at `window_start` (epoch seconds);
+        the window's count so far, this request included. A key's older windows are dropped."""
+        ...
+
     # -- fleet registry (heartbeat ages by the database's clock, so boxes' clocks need not agree)
     def put_box(self, box: BoxRecord) -> None:
         """Insert or update the box's row; heartbeat_at is now, joined_at is kept from the first put."""

@@ -31,7 +31,8 @@ _SUMS = ("count(*) AS requests, sum(CASE WHEN error IS NULL THEN 0 ELSE 1 END) A
          "coalesce(sum(tokens_in), 0) AS tokens_in, coalesce(sum(tokens_out), 0) AS tokens_out, "
          "coalesce(sum(images), 0) AS images, coalesce(sum(audio_s), 0) AS audio_s, "
          "coalesce(sum(gpu_s), 0) AS gpu_s")
-# What dump/load copy: not `boxes`, the fleet registry's heartbeats, which are live state, not data.
+# What dump/load copy: not `boxes`, the fleet registry's heartbeats, nor `request_windows`, the
+# rate limits' current counts: live state, not data.
 TABLES = ("keys", "usage", "usage_daily", "state", "jobs", "files", "vector_stores", "vector_store_files",
           "vector_store_batches")
 
@@ -357,6 +358,17 @@ class SqlStore(RetrievalSql):
             (JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value, before)))
 
     # -- fleet registry
+    def count_request(self, key_id: str, window_start: int) -> int:
+        def bump(tx: Tx) -> int:
+            rows = tx.query("INSERT INTO request_windows (key_id, window_start, requests) VALUES (?, ?, 1) "
+                            "ON CONFLICT (key_id, window_start) DO UPDATE SET requests = request_windows.requests + 1 "
+                            "RETURNING requests", (key_id, window_start))
+            n = int(rows[0]["requests"])
+            if n == 1:  # a new window: the key's older ones are spent (one delete per key and window)
+                tx.execute("DELETE FROM request_windows WHERE key_id = ? AND window_start < ?", (key_id, window_start))
+            return n
+        return self._write(bump)
+
     def put_box(self, box: BoxRecord) -> None:
         residency = json.dumps(box.residency, sort_keys=True)
         self._write(lambda tx: tx.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from daemon_harness import wait_for
 
@@ -218,3 +219,16 @@ def test_concurrent_orphan_requeues_hand_each_job_back_once(store: SqlStore) -> 
     for t in threads:
         t.join(30)
     assert sorted(got) == sorted(f"q{i}" for i in range(20))
+
+
+def test_request_windows_count_per_key_and_window(store: SqlStore) -> None:
+    assert [store.count_request("k1", 600) for _ in range(3)] == [1, 2, 3]
+    assert store.count_request("k2", 600) == 1  # another key: its own count
+    assert store.count_request("k1", 660) == 1  # the next window starts again
+    assert store.count_request("k1", 660) == 2
+
+
+def test_concurrent_request_counts_lose_nothing(store: SqlStore) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        counts = list(pool.map(lambda _: store.count_request("busy", 1200), range(40)))
+    assert sorted(counts) == list(range(1, 41))
