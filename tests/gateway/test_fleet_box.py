@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from appliance.gateway.errors import InvalidRequest
+from appliance.gateway.routing import RoutePolicy, apply_model_header, parse_policy
+
 from .conftest import Gateway, Http, free_port, launch, vllm_engine, wait_until
 
 GIB = 1 << 30
@@ -39,6 +42,31 @@ def chat(model: str | None, **extra: Any) -> dict[str, Any]:
 def error(resp: Http) -> dict[str, Any]:
     err: dict[str, Any] = resp.json()["error"]
     return err
+
+
+def test_routing_headers_parse_strictly() -> None:
+    assert parse_policy(None, None) is None
+    assert parse_policy(b"resident-only", None) == RoutePolicy(409)
+    assert parse_policy(b" Resident-Only ", b"503") == RoutePolicy(503)
+    for policy, status, param in ((b"any", None, "X-Route-Policy"), (b"resident-only", b"500", "X-Route-Retry-Status"),
+                                  (None, b"soon", "X-Route-Retry-Status")):
+        with pytest.raises(InvalidRequest) as err:
+            parse_policy(policy, status)
+        assert err.value.param == param
+
+
+def test_x_model_fills_or_must_match_the_body() -> None:
+    body: dict[str, Any] = {"messages": []}
+    assert apply_model_header(body, b"alpha") is True and body["model"] == "alpha"  # the body is written again
+    same = {"model": "alpha"}
+    assert apply_model_header(same, b"alpha") is False
+    assert apply_model_header({"model": None}, b"alpha") is True
+    untouched = {"model": "beta"}
+    assert apply_model_header(untouched, None) is False and untouched == {"model": "beta"}
+    for bad, param in (({"model": "beta"}, "model"), ({}, "X-Model")):
+        with pytest.raises(InvalidRequest) as err:
+            apply_model_header(bad, b"alpha" if param == "model" else b" ")
+        assert err.value.param == param
 
 
 @pytest.fixture(scope="module")
