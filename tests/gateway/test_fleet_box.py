@@ -161,11 +161,14 @@ def test_drain_refuses_new_work_and_loses_nothing_in_flight(tmp_path: Path) -> N
                 streamed.extend(c.delta.content or "" for c in part.choices)
             streamed.append("[end]")
 
+        submitted = gw.request("POST", "/v1/jobs", {"route": "/v1/chat/completions", **chat("alpha")})
+        assert submitted.status == 202, submitted.body
         threads = [threading.Thread(target=plain), threading.Thread(target=stream)]
         for t in threads:
             t.start()
-        wait_until(lambda: gw.request("GET", "/api/drain", key="admin").json()["in_flight"]["requests"] == 2,
-                   20, "both requests in flight")
+        busy = {"requests": 2, "jobs": 1}
+        wait_until(lambda: gw.request("GET", "/api/drain", key="admin").json()["in_flight"] == busy, 20,
+                   "both requests and the job in flight")
         assert gw.request("POST", "/api/drain", key="user").status == 403
         started = gw.request("POST", "/api/drain", key="admin")
         assert started.status == 200 and started.json()["state"] == "draining"
@@ -180,6 +183,9 @@ def test_drain_refuses_new_work_and_loses_nothing_in_flight(tmp_path: Path) -> N
             t.join(60)
         assert results["plain"].status == 200 and results["plain"].json()["choices"][0]["message"]["content"]
         assert streamed[-1] == "[end]" and "".join(streamed[:-1])
+        job_id = submitted.json()["id"]
+        wait_until(lambda: gw.request("GET", f"/v1/jobs/{job_id}").json()["status"] == "succeeded", 30,
+                   "the job that was running to finish")
         progress = gw.request("GET", "/api/drain", key="admin").json()
         assert progress["drained"] is True and progress["in_flight"] == {"requests": 0, "jobs": 0}
         again = gw.request("POST", "/api/drain", key="admin")  # idempotent
