@@ -145,7 +145,7 @@ def test_x_model_names_the_model_and_must_match_the_body(box: Gateway) -> None:
 
 
 def test_drain_refuses_new_work_and_loses_nothing_in_flight(tmp_path: Path) -> None:
-    gw = launch(tmp_path, two_engines(VLLM_STANDIN_TTFT_S="1.5"), keys={"user": False, "admin": True})
+    gw = launch(tmp_path, two_engines(VLLM_STANDIN_TTFT_S="3"), keys={"user": False, "admin": True})
     try:
         assert gw.request("POST", "/v1/chat/completions", chat("alpha")).status == 200  # loaded: slow answers now
         results: dict[str, Http] = {}
