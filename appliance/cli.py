@@ -19,6 +19,7 @@ import typer
 from . import catalog_cli, doctor, service_cli, store_cli, vectors_cli
 from .cli_config import ConfigOpt, daemon_target, installed, obtain_config
 from .daemon_client import DaemonError, DaemonUnreachable, request_json
+from .fleet import cli as fleet_cli
 from .gateway import keys_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -46,6 +47,7 @@ def serve(config: ConfigOpt = None,
     logging.getLogger("appliance").info("configuration: %s", cfg.source)
     from .daemon import RefusedBind
     from .daemon import serve as run_daemon
+    from .fleet.token import TokenError
     from .gateway.keys import KeyStore
     from .jobs import JobsError
     from .store import StoreError
@@ -65,7 +67,7 @@ def serve(config: ConfigOpt = None,
     try:
         asyncio.run(run_daemon(cfg, bind_host, bind_port, has_keys, os.environ.get("HF_ENDPOINT"),
                                os.environ.get("HF_TOKEN")))
-    except (RefusedBind, StoreError, JobsError) as exc:
+    except (RefusedBind, StoreError, JobsError, TokenError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
@@ -212,6 +214,7 @@ app.add_typer(keys_cli.app, name="keys")
 app.add_typer(store_cli.app, name="store")
 app.add_typer(service_cli.app, name="service")
 app.add_typer(vectors_cli.app, name="vectors")
+app.add_typer(fleet_cli.app, name="fleet")
 app.command("doctor")(doctor.doctor_command)
 
 

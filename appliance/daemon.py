@@ -32,9 +32,15 @@ class RefusedBind(Exception):
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises the signal after its graceful shutdown (the process then dies of SIGTERM);
-    the daemon's shutdown is complete at that point, so it exits 0 instead."""
+    the daemon's shutdown is complete at that point, so it exits 0 instead. The signal also makes the
+    Appliance's readiness "stopping" at once, while uvicorn lets the open requests finish."""
+
+    def __init__(self, config: uvicorn.Config, appliance: Appliance) -> None:
+        super().__init__(config)
+        self.appliance = appliance
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.appliance.stopping()
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         else:
@@ -70,6 +76,9 @@ async def serve(config: Config, host: str, port: int, has_keys: bool, hub_endpoi
             f"refusing to serve plain HTTP on {host}: keys would cross the network in clear text. Set "
             "server.tls_cert and server.tls_key, or server.plain_http = true behind a TLS-terminating proxy."
         )
+    if config.fleet.enabled and not config.fleet.advertise_url and host in ("0.0.0.0", "::"):
+        raise RefusedBind(f"fleet.advertise_url: required in {config.source} when the daemon binds {host} (the URL "
+                          "the router reaches this box at; `appliance fleet join` writes it)")
     appliance = Appliance(config, host=host, port=port, hub_endpoint=hub_endpoint, hub_token=hub_token)
     app = build_app(appliance, usage=appliance.usage)
     uv = uvicorn.Config(app, host=host, port=port, log_level=config.server.log_level, access_log=False,
@@ -77,7 +86,7 @@ async def serve(config: Config, host: str, port: int, has_keys: bool, hub_endpoi
                         lifespan="on", loop="none", http="httptools", proxy_headers=False,
                         timeout_graceful_shutdown=int(config.server.shutdown_grace_s) or None,
                         ssl_certfile=_tls_file(config.server.tls_cert), ssl_keyfile=_tls_file(config.server.tls_key))
-    server = _Server(uv)
+    server = _Server(uv, appliance)
     if uv.ssl_certfile and uv.ssl_keyfile:
         uv.load()  # builds the SSL context now, so the renewal below reloads the one that serves
         from .tls import CertificateKeeper

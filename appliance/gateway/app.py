@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..app import Appliance
+from ..fleet.drain import Drain
 from ..jobs.api import JobsApi
 from ..jobs.runner import JobRunner
 from ..jobs.submit import JOB_ROUTES
@@ -27,8 +28,8 @@ from ..usage import UsageSink
 from ..vectors.api import RetrievalApi
 from ..vectors.embedder import GatewayEmbedder
 from ..vectors.service import Retrieval
-from . import admin, docs_ui, keys_api, usage_api
-from .auth import Authenticator, KeyCache, RateLimiter, is_loopback
+from . import admin, docs_ui, fleet_api, keys_api, usage_api
+from .auth import Authenticator, KeyCache, RateLimiter, SharedRateLimiter, is_loopback
 from .errors import ApiError, InvalidRequest, NotFound, internal_error
 from .front import Gateway
 from .keys import KeyStore
@@ -84,7 +85,10 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await appliance.startup()
         await runner.start(job_models(appliance))
+        if appliance.heartbeat is not None:  # the queue runs: dead boxes' jobs can be re-announced on it
+            appliance.heartbeat.sweep_with(appliance.job_queue.announce)
         await retrieval.start()
+        appliance.mark_serving()
         # Everything loaded so far lives as long as the process: keep it out of the collector's full
         # passes (about 20 ms each over these objects), which would otherwise land on some request.
         gc.collect()
@@ -92,7 +96,9 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await runner.close()  # first: a job cut off now stays running, re-queued at the next start
+            if appliance.heartbeat is not None:
+                await appliance.heartbeat.stop_sweeping()  # before the queue closes
+            await runner.close()  # a job cut off now stays running, re-queued at the next start (or by a live box)
             await retrieval.close()  # an attachment cut off stays in_progress, indexed again at the next start
             routes.pools.close()
             await appliance.shutdown()
@@ -121,14 +127,19 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
         return ApiError(str(exc.detail), status=exc.status_code).response()
 
     app.include_router(admin.router)
+    app.include_router(fleet_api.router)
     app.include_router(usage_api.router)
     app.include_router(keys_api.router)
 
     server = appliance.config.server
     sink = usage if usage is not None else appliance.usage
     app.state.usage = sink
-    auth = Authenticator(KeyCache(KeyStore(appliance.store)), RateLimiter(server.rate_limit_per_minute),
-                         open_when_no_keys=is_loopback(appliance.host))
+    limiter = RateLimiter(server.rate_limit_per_minute)
+    shared = None
+    if server.rate_limit_per_minute > 0 and appliance.store.backend == "postgresql":  # shared by the fleet
+        shared = SharedRateLimiter(server.rate_limit_per_minute, appliance.store.count_request, limiter)
+    auth = Authenticator(KeyCache(KeyStore(appliance.store)), limiter, open_when_no_keys=is_loopback(appliance.host),
+                         router_token=appliance.fleet_token, shared=shared)
     app.state.key_cache = auth.keys  # keys_api refreshes it after a change, so the change holds at once
     images = appliance.images
     routes = OpenAIRoutes(appliance, sink, images)
@@ -142,7 +153,9 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
     jobs_api = JobsApi(appliance, routes, images, appliance.store, appliance.job_queue, runner)
     retrieval = Retrieval(appliance.config, appliance.store, GatewayEmbedder(routes),
                           files_dir=appliance.state_dir / "data" / "files")
-    app.front = Gateway(app.fastapi, routes=routes, auth=auth, images=images, metrics=endpoint,
-                        metrics_open_on_loopback=metrics.open_on_loopback, jobs=jobs_api, ui=StaticUi(),
-                        retrieval=RetrievalApi(retrieval, server.max_body_bytes))
+    front = Gateway(app.fastapi, routes=routes, auth=auth, images=images, metrics=endpoint,
+                    metrics_open_on_loopback=metrics.open_on_loopback, jobs=jobs_api, ui=StaticUi(),
+                    retrieval=RetrievalApi(retrieval, server.max_body_bytes))
+    app.front = front
+    app.state.drain = Drain(appliance, runner, lambda: front.in_flight)
     return app

@@ -15,10 +15,10 @@ import sqlite3
 from pathlib import Path
 
 from .migrations import SchemaTooNew
-from .protocol import Job, JobState, KeyRow, NewJob, Store, StoreError
+from .protocol import BoxRecord, Job, JobState, KeyRow, NewJob, Store, StoreError
 from .sqlcore import SqlStore
 
-__all__ = ["Job", "JobState", "KeyRow", "NewJob", "Store", "StoreError", "default_url", "open_store"]
+__all__ = ["BoxRecord", "Job", "JobState", "KeyRow", "NewJob", "Store", "StoreError", "default_url", "open_store"]
 
 log = logging.getLogger("appliance.store")
 LEGACY_STATE = {"footprints": "footprints.json", "transitions": "transitions.json"}

@@ -83,6 +83,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE TABLE vector_store_batches (id TEXT PRIMARY KEY, vector_store_id TEXT NOT NULL, "
         "created {float} NOT NULL)",
     )),
+    Migration("0008_boxes", (
+        "CREATE TABLE boxes (box_id TEXT PRIMARY KEY, url TEXT NOT NULL, version TEXT NOT NULL, "
+        "api_version INTEGER NOT NULL, state TEXT NOT NULL, residency TEXT NOT NULL, "
+        "heartbeat_at {float} NOT NULL, joined_at {float} NOT NULL)",
+        "CREATE INDEX jobs_owner ON jobs (state, owner)",
+    )),
+    Migration("0009_request_windows", (
+        "CREATE TABLE request_windows (key_id TEXT NOT NULL, window_start BIGINT NOT NULL, "
+        "requests INTEGER NOT NULL, PRIMARY KEY (key_id, window_start))",
+    )),
 )
 
 

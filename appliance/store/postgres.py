@@ -56,6 +56,7 @@ class PostgresStore(SqlStore):
     backend = "postgresql"
     dialect = "postgresql"
     skip_locked = "FOR UPDATE SKIP LOCKED"
+    now_sql = "(extract(epoch from now())::double precision)"  # the transaction's start: one value per write
 
     def __init__(self, url: str, *, pool_size: int = 4, connect_timeout_s: float = 5.0) -> None:
         self.url = url

@@ -1,6 +1,6 @@
 """What the appliance keeps, as one protocol (`Store`) that every backend implements.
 
-Owns the record shapes that cross the protocol (`KeyRow`, `Job`, `JobState`) and the errors
+Owns the record shapes that cross the protocol (`KeyRow`, `Job`, `JobState`, `BoxRecord`) and the errors
 (`StoreError`: a backend that cannot be reached or used). Methods are synchronous and thread-safe; the
 daemon calls the slow ones off the event loop (`asyncio.to_thread`), the CLI calls them directly.
 It must not know SQL, files or connections: those belong to the backends.
@@ -73,6 +73,20 @@ class NewJob:
     body_hash: str
     body: str
     base_url: str
+
+
+@dataclass(frozen=True)
+class BoxRecord:
+    """One box of a fleet as the registry holds it (docs/fleet.md)."""
+
+    box_id: str
+    url: str  # where the router reaches the box
+    version: str  # the appliance's version
+    api_version: int  # appliance.fleet.API_VERSION of the box
+    state: str  # "starting" | "ready" | "draining" | "leaving" (the box's readiness)
+    residency: dict[str, Any]  # appliance.fleet.summary.residency_summary()
+    heartbeat_at: float = 0.0  # epoch s by the database's clock (set by put_box)
+    joined_at: float = 0.0  # epoch s by the database's clock, of the first put_box
 
 
 class Store(Protocol):
@@ -172,6 +186,29 @@ class Store(Protocol):
         """Delete finished jobs older than `before`."""
         ...
 
+    def jobs_requeue_orphans(self, expire_s: float, max_attempts: int) -> list[Job]:
+        """Running jobs whose owner has no registry row younger than `expire_s` (by the database's clock)
+        and that started at least `expire_s` ago: back to queued (failed for good once `max_attempts`
+        runs were made), atomically: of several boxes calling this at once, exactly one gets each job."""
+        ...
+
+    # -- fleet-wide rate limits (fixed windows every box sharing the store counts into)
+    def count_request(self, key_id: str, window_start: int) -> int:
+        """Count one request of `key_id` in the window beginning at `window_start` (epoch seconds);
+        the window's count so far, this request included. A key's older windows are dropped."""
+        ...
+
+    # -- fleet registry (heartbeat ages by the database's clock, so boxes' clocks need not agree)
+    def put_box(self, box: BoxRecord) -> None:
+        """Insert or update the box's row; heartbeat_at is now, joined_at is kept from the first put."""
+        ...
+
+    def boxes(self, live_within_s: float | None = None) -> list[BoxRecord]:
+        """Every box (ordered by id), or only those whose last heartbeat is younger than `live_within_s`."""
+        ...
+
+    def remove_box(self, box_id: str) -> bool: ...
+
     # -- retrieval (rows are dicts of the columns in store.retrieval; JSON columns stay text)
     def file_insert(self, row: dict[str, Any]) -> None: ...
 
@@ -208,7 +245,7 @@ class Store(Protocol):
 
     # -- copy and backup
     def dump(self) -> Iterator[tuple[str, list[str], list[tuple[Any, ...]]]]:
-        """(table, columns, rows) for every table the migrations made."""
+        """(table, columns, rows) for every table the migrations made, but the fleet registry (live heartbeats)."""
         ...
 
     def load(self, table: str, columns: list[str], rows: Sequence[tuple[Any, ...]]) -> None:

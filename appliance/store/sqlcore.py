@@ -1,7 +1,8 @@
 """The SQL both backends share: every `Store` method written once over a transaction (`Tx`).
 
 A backend subclasses `SqlStore` and supplies how a transaction is run (`_write`, `_write_nowait`,
-`_read`), its dialect, and how a queue claim locks a row. Writes are explicit transactions; the
+`_read`), its dialect, its clock (`now_sql`: the fleet registry's heartbeat ages are measured by the
+database, never by a box) and how a queue claim locks a row. Writes are explicit transactions; the
 queue claim is one atomic UPDATE ... RETURNING, so two claimers never get the same job.
 It must not open connections or threads itself.
 """
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 from ..usage import UsageRecord
 from . import migrations
 from .migrations import MIGRATIONS, Dialect, Migration, Tx
-from .protocol import Job, JobState, KeyRow, NewJob
+from .protocol import BoxRecord, Job, JobState, KeyRow, NewJob
 from .retrieval import RetrievalSql
 
 T = TypeVar("T")
@@ -30,6 +31,8 @@ _SUMS = ("count(*) AS requests, sum(CASE WHEN error IS NULL THEN 0 ELSE 1 END) A
          "coalesce(sum(tokens_in), 0) AS tokens_in, coalesce(sum(tokens_out), 0) AS tokens_out, "
          "coalesce(sum(images), 0) AS images, coalesce(sum(audio_s), 0) AS audio_s, "
          "coalesce(sum(gpu_s), 0) AS gpu_s")
+# What dump/load copy: not `boxes`, the fleet registry's heartbeats, nor `request_windows`, the
+# rate limits' current counts: live state, not data.
 TABLES = ("keys", "usage", "usage_daily", "state", "jobs", "files", "vector_stores", "vector_store_files",
           "vector_store_batches")
 
@@ -46,6 +49,16 @@ def _job(r: dict[str, Any]) -> Job:
                finished=r["finished"])
 
 
+_BOX_COLS = "box_id, url, version, api_version, state, residency, heartbeat_at, joined_at"
+
+
+def _box(r: dict[str, Any]) -> BoxRecord:
+    residency = json.loads(r["residency"])
+    return BoxRecord(box_id=r["box_id"], url=r["url"], version=r["version"], api_version=int(r["api_version"]),
+                     state=r["state"], residency=residency if isinstance(residency, dict) else {},
+                     heartbeat_at=float(r["heartbeat_at"]), joined_at=float(r["joined_at"]))
+
+
 def _filters(since: float | None, until: float | None, key_id: str | None,
              model: str | None) -> tuple[str, list[Any]]:
     where, params = ["1=1"], []
@@ -60,6 +73,7 @@ class SqlStore(RetrievalSql):
     backend: str = ""
     dialect: Dialect = "sqlite"
     skip_locked = ""  # PostgreSQL: "FOR UPDATE SKIP LOCKED" in the claim's subquery
+    now_sql = "((julianday('now') - 2440587.5) * 86400.0)"  # the database's clock, epoch seconds
 
     # -- supplied by the backend
     def _write(self, fn: Callable[[Tx], T]) -> T:
@@ -316,6 +330,19 @@ class SqlStore(RetrievalSql):
             (JobState.QUEUED.value, "interrupted: the daemon stopped while it ran", JobState.RUNNING.value, owner)))
         return [_job(r) for r in rows]
 
+    def jobs_requeue_orphans(self, expire_s: float, max_attempts: int) -> list[Job]:
+        # One UPDATE: on PostgreSQL a second box's concurrent UPDATE waits for the row and re-checks
+        # `state = running` after the first commits, so it skips the job; SQLite has one writer.
+        now = time.time()
+        rows = self._write(lambda tx: tx.query(
+            "UPDATE jobs SET state = CASE WHEN attempts < ? THEN ? ELSE ? END, "
+            "finished = CASE WHEN attempts < ? THEN NULL ELSE ? END, error = ? "
+            f"WHERE state = ? AND started < {self.now_sql} - ? AND (owner IS NULL OR owner NOT IN "
+            f"(SELECT box_id FROM boxes WHERE heartbeat_at > {self.now_sql} - ?)) RETURNING {_JOB_COLS}",
+            (max_attempts, JobState.QUEUED.value, JobState.FAILED.value, max_attempts, now,
+             "interrupted: the box running it stopped heartbeating", JobState.RUNNING.value, expire_s, expire_s)))
+        return sorted((_job(r) for r in rows), key=lambda j: j.seq)
+
     def jobs_queued(self, models: Iterable[str]) -> list[Job]:
         names = list(models)
         if not names:
@@ -329,6 +356,39 @@ class SqlStore(RetrievalSql):
         return self._write(lambda tx: tx.execute(
             "DELETE FROM jobs WHERE state IN (?, ?, ?) AND finished < ?",
             (JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value, before)))
+
+    # -- fleet registry
+    def count_request(self, key_id: str, window_start: int) -> int:
+        def bump(tx: Tx) -> int:
+            rows = tx.query("INSERT INTO request_windows (key_id, window_start, requests) VALUES (?, ?, 1) "
+                            "ON CONFLICT (key_id, window_start) DO UPDATE SET requests = request_windows.requests + 1 "
+                            "RETURNING requests", (key_id, window_start))
+            n = int(rows[0]["requests"])
+            if n == 1:  # a new window: the key's older ones are spent (one delete per key and window)
+                tx.execute("DELETE FROM request_windows WHERE key_id = ? AND window_start < ?", (key_id, window_start))
+            return n
+        return self._write(bump)
+
+    def put_box(self, box: BoxRecord) -> None:
+        residency = json.dumps(box.residency, sort_keys=True)
+        self._write(lambda tx: tx.execute(
+            f"INSERT INTO boxes ({_BOX_COLS}) VALUES (?, ?, ?, ?, ?, ?, {self.now_sql}, {self.now_sql}) "
+            "ON CONFLICT (box_id) DO UPDATE SET url = excluded.url, version = excluded.version, "
+            "api_version = excluded.api_version, state = excluded.state, residency = excluded.residency, "
+            "heartbeat_at = excluded.heartbeat_at",
+            (box.box_id, box.url, box.version, box.api_version, box.state, residency)))
+
+    def boxes(self, live_within_s: float | None = None) -> list[BoxRecord]:
+        params: tuple[float, ...] = ()
+        if live_within_s is None:
+            sql = f"SELECT {_BOX_COLS} FROM boxes ORDER BY box_id"
+        else:
+            sql = f"SELECT {_BOX_COLS} FROM boxes WHERE heartbeat_at > {self.now_sql} - ? ORDER BY box_id"
+            params = (live_within_s,)
+        return [_box(r) for r in self._read(lambda tx: tx.query(sql, params))]
+
+    def remove_box(self, box_id: str) -> bool:
+        return self._write(lambda tx: tx.execute("DELETE FROM boxes WHERE box_id = ?", (box_id,))) == 1
 
     # -- copy
     def dump(self) -> Iterator[tuple[str, list[str], list[tuple[Any, ...]]]]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from daemon_harness import wait_for
 
-from appliance.store import JobState, KeyRow, NewJob
+from appliance.store import BoxRecord, JobState, KeyRow, NewJob
 from appliance.store.sqlcore import SqlStore, day_of
 from appliance.usage import UsageRecord
 
@@ -135,3 +136,99 @@ async def test_event_loop_entry_points_match_the_sync_ones(store: SqlStore) -> N
     assert claimed is not None and claimed.state is JobState.RUNNING and claimed.owner == "box"
     assert await store.ajob_claim("box", job_id="a1") is None  # already running
     assert await store.ajob_claim("box", models=[]) is None
+
+
+def _box(box_id: str, state: str = "ready", url: str = "http://127.0.0.1:1") -> BoxRecord:
+    return BoxRecord(box_id, url, "1.2.3", 1, state, {"generation": 1, "models": {"qwen": {"tier": "gpu"}}})
+
+
+def _age_heartbeat(store: SqlStore, box_id: str, by_s: float) -> None:
+    """Move the box's last heartbeat `by_s` into the past (as if it had stopped beating then)."""
+    store._write(lambda tx: tx.execute("UPDATE boxes SET heartbeat_at = heartbeat_at - ? WHERE box_id = ?",
+                                       (by_s, box_id)))
+
+
+def test_box_registry_upsert_keeps_joined_at_and_expires_by_heartbeat(store: SqlStore) -> None:
+    assert store.boxes() == []
+    store.put_box(_box("b1", state="starting"))
+    first = store.boxes()[0]
+    assert (first.box_id, first.state, first.api_version, first.residency["models"]) == (
+        "b1", "starting", 1, {"qwen": {"tier": "gpu"}})
+    assert abs(first.heartbeat_at - time.time()) < 60 and first.joined_at == first.heartbeat_at
+    _age_heartbeat(store, "b1", 5.0)
+    store.put_box(_box("b1", state="ready", url="http://10.0.0.1:9"))
+    again = store.boxes()[0]
+    assert (again.state, again.url) == ("ready", "http://10.0.0.1:9")
+    assert again.joined_at == first.joined_at and again.heartbeat_at > first.heartbeat_at - 5.0
+    store.put_box(_box("b2"))
+    assert [b.box_id for b in store.boxes(live_within_s=30)] == ["b1", "b2"]
+    _age_heartbeat(store, "b1", 100.0)
+    assert [b.box_id for b in store.boxes(live_within_s=30)] == ["b2"]  # b1 stopped beating
+    assert [b.box_id for b in store.boxes()] == ["b1", "b2"]  # still there until removed
+    assert store.remove_box("b1") and not store.remove_box("b1")
+    assert [b.box_id for b in store.boxes()] == ["b2"]
+    assert "boxes" not in {t for t, _, _ in store.dump()}  # live state, not copied
+
+
+def test_dead_boxes_running_jobs_go_back_to_the_queue_once(store: SqlStore) -> None:
+    for i in range(3):
+        store.job_create(_job(f"o{i}"))
+    store.put_box(_box("alive"))
+    store.put_box(_box("dead"))
+    on_dead = store.job_claim("dead", models=["tts"])
+    on_alive = store.job_claim("alive", models=["tts"])
+    on_gone = store.job_claim("gone", models=["tts"])  # a box whose row was removed
+    assert on_dead is not None and on_alive is not None and on_gone is not None
+    assert store.jobs_requeue_orphans(expire_s=30, max_attempts=3) == []  # every job started just now: grace
+    store._write(lambda tx: tx.execute("UPDATE jobs SET started = started - 100"))
+    assert [j.id for j in store.jobs_requeue_orphans(expire_s=30, max_attempts=3)] == [on_gone.id]  # no row at all
+    _age_heartbeat(store, "dead", 100.0)
+    back = store.jobs_requeue_orphans(expire_s=30, max_attempts=3)
+    assert [j.id for j in back] == [on_dead.id] and back[0].state is JobState.QUEUED
+    assert back[0].error is not None and "stopped heartbeating" in back[0].error
+    assert store.jobs_requeue_orphans(expire_s=30, max_attempts=3) == []  # once
+    assert store.job_get(on_alive.id).state is JobState.RUNNING  # type: ignore[union-attr]
+    assert not store.job_finish(on_dead, "{}")  # the dead box's late report is refused
+    rerun = store.job_claim("alive", job_id=on_dead.id)
+    assert rerun is not None and rerun.attempts == on_dead.attempts + 1
+    _age_heartbeat(store, "alive", 100.0)  # a job that outlived max_attempts boxes fails for good
+    store._write(lambda tx: tx.execute("UPDATE jobs SET started = started - 100"))
+    last = store.jobs_requeue_orphans(expire_s=30, max_attempts=2)
+    assert sorted((j.id, j.state) for j in last) == sorted([(on_alive.id, JobState.QUEUED),
+                                                            (rerun.id, JobState.FAILED)])
+    assert store.job_get(rerun.id).finished is not None  # type: ignore[union-attr]
+
+
+def test_concurrent_orphan_requeues_hand_each_job_back_once(store: SqlStore) -> None:
+    for i in range(20):
+        store.job_create(_job(f"q{i}"))
+        assert store.job_claim("dead", models=["tts"]) is not None
+    store._write(lambda tx: tx.execute("UPDATE jobs SET started = started - 100"))
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def sweeper() -> None:
+        for _ in range(5):
+            found = store.jobs_requeue_orphans(expire_s=10, max_attempts=3)
+            with lock:
+                got.extend(j.id for j in found)
+
+    threads = [threading.Thread(target=sweeper) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(got) == sorted(f"q{i}" for i in range(20))
+
+
+def test_request_windows_count_per_key_and_window(store: SqlStore) -> None:
+    assert [store.count_request("k1", 600) for _ in range(3)] == [1, 2, 3]
+    assert store.count_request("k2", 600) == 1  # another key: its own count
+    assert store.count_request("k1", 660) == 1  # the next window starts again
+    assert store.count_request("k1", 660) == 2
+
+
+def test_concurrent_request_counts_lose_nothing(store: SqlStore) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        counts = list(pool.map(lambda _: store.count_request("busy", 1200), range(40)))
+    assert sorted(counts) == list(range(1, 41))
