@@ -230,7 +230,8 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="print the row a
         typer.echo(f"box {me}: {row.state}, {'live' if me in live else 'expired'} (last heartbeat "
                    f"{_when(row.heartbeat_at)}, fleet.expire_s = {cfg.fleet.expire_s:g} s; joined "
                    f"{_when(row.joined_at)})")
-        typer.echo(f"  url {row.url}  version {row.version} (API {row.api_version})  registry {where}")
+        typer.echo(f"  url {row.url}  version {row.version} (API {row.api_version})  router "
+                   f"{cfg.fleet.router_url or '-'}  registry {where}")
         models = row.residency.get("models", {})
         if isinstance(models, dict) and models:
             typer.echo("  models: " + ", ".join(f"{mid} ({m.get('tier', '?') if isinstance(m, dict) else '?'})"
