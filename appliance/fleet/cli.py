@@ -52,6 +52,13 @@ def _config_at(explicit: Path | None) -> tuple[Path, Config]:
     return path, load_or_exit(path)
 
 
+def _box_id(cfg: Config) -> str:
+    try:
+        return box_id(cfg, cfg.state_path())
+    except OSError as exc:
+        _fail(f"server.state_dir: cannot keep the box's id in {cfg.state_path()} ({exc.strerror or exc})", 2)
+
+
 def _local_address(router: str) -> str | None:
     """The address this host uses toward the router (a UDP socket's choice: no packet is sent)."""
     host = urlsplit(router).hostname
@@ -117,7 +124,7 @@ def join(router: Annotated[str, typer.Argument(help="the router's URL, e.g. http
         _fail(f"URL: must be the router's http(s):// URL, got {router!r}", 2)
     router = router.rstrip("/")
     path, cfg = _config_at(config)
-    me = box_id(cfg, cfg.state_path())
+    me = _box_id(cfg)
     try:
         url = advertise_url(scheme="https" if cfg.server.tls_cert else "http", host=cfg.server.host,
                             port=cfg.server.port, env=os.environ, local_address=_local_address(router),
@@ -195,7 +202,7 @@ def leave(timeout: Annotated[float, typer.Option("--timeout", min=0, help="secon
           config: ConfigOpt = None) -> None:
     """Leave the fleet: drain the daemon, wait for its work in flight, deregister, turn fleet.enabled off."""
     path, cfg = _config_at(config)
-    me = box_id(cfg, cfg.state_path())
+    me = _box_id(cfg)
     _drain(cfg, timeout)
     _write(path, _prepare(path, leave_changes())[0])
     typer.echo(f"wrote {path}: fleet.enabled = false")
@@ -219,7 +226,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="print the row a
            config: ConfigOpt = None) -> None:
     """This box's row as the registry sees it (exit status 1 when it has none or it expired)."""
     path, cfg = _config_at(config)
-    me = box_id(cfg, cfg.state_path())
+    me = _box_id(cfg)
     from ..store_cli import open_configured
 
     store = open_configured(cfg)
