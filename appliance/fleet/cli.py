@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 
 import typer
 
-from ..cli_config import ConfigOpt, daemon_target, installed, load_or_exit, resolve_config_path
+from ..cli_config import ConfigOpt, installed, load_or_exit, resolve_config_path
 from ..config import Config, ConfigError, parse_config
-from ..daemon_client import DaemonError, DaemonUnreachable, request_json
+from ..daemon_client import DaemonError, DaemonUnreachable, find_daemon, request_json
 from . import API_VERSION
 from .advertise import AdvertiseError, advertise_url
 from .identity import box_id
@@ -52,6 +52,13 @@ def _config_at(explicit: Path | None) -> tuple[Path, Config]:
     return path, load_or_exit(path)
 
 
+def _box_id(cfg: Config) -> str:
+    try:
+        return box_id(cfg, cfg.state_path())
+    except OSError as exc:
+        _fail(f"server.state_dir: cannot keep the box's id in {cfg.state_path()} ({exc.strerror or exc})", 2)
+
+
 def _local_address(router: str) -> str | None:
     """The address this host uses toward the router (a UDP socket's choice: no packet is sent)."""
     host = urlsplit(router).hostname
@@ -66,18 +73,25 @@ def _local_address(router: str) -> str | None:
         return None
 
 
-def _rewrite(path: Path, changes: dict[str, dict[str, Any]]) -> Config:
-    """Apply `changes` to the configuration file, atomically, only if the result is a valid configuration."""
-    text = path.read_text(encoding="utf-8")
+def _prepare(path: Path, changes: dict[str, dict[str, Any]]) -> tuple[str, Config]:
+    """The configuration file's text with `changes`, and what it loads as; exits 2 (nothing written) if invalid."""
     try:
-        new_text = edit_config(text, changes)
+        new_text = edit_config(path.read_text(encoding="utf-8"), changes)
         new = parse_config(tomllib.loads(new_text), source=str(path), state_dir=os.environ.get("APPLIANCE_STATE_DIR"))
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror or exc}", 2)
     except JoinError as exc:
         _fail(f"{path}: {exc}", 2)
     except ConfigError as exc:
         _fail(f"the configuration would not be valid, nothing was written: {'; '.join(exc.lines)}", 2)
-    write_atomically(path, new_text)
-    return new
+    return new_text, new
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        write_atomically(path, text)
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc.strerror or exc}", 2)
 
 
 def _restart(no_restart: bool, why: str) -> None:
@@ -110,7 +124,7 @@ def join(router: Annotated[str, typer.Argument(help="the router's URL, e.g. http
         _fail(f"URL: must be the router's http(s):// URL, got {router!r}", 2)
     router = router.rstrip("/")
     path, cfg = _config_at(config)
-    me = box_id(cfg, cfg.state_path())
+    me = _box_id(cfg)
     try:
         url = advertise_url(scheme="https" if cfg.server.tls_cert else "http", host=cfg.server.host,
                             port=cfg.server.port, env=os.environ, local_address=_local_address(router),
@@ -123,9 +137,13 @@ def join(router: Annotated[str, typer.Argument(help="the router's URL, e.g. http
                                                            "api_version": API_VERSION}, cafile=cafile))
     except JoinError as exc:
         _fail(str(exc), 1)
-    joined = _rewrite(path, join_changes(answer, url, router))
+    text, joined = _prepare(path, join_changes(answer, url, router))
     tokens = token_path(joined)
-    write_token(tokens, answer.fleet_token)
+    try:  # the token first: a configuration with fleet.enabled and no token file would not start
+        write_token(tokens, answer.fleet_token)
+    except OSError as exc:
+        _fail(f"fleet.token_file: cannot write {tokens}: {exc.strerror or exc}", 2)
+    _write(path, text)
     typer.echo(f"wrote {path}: store.url, [jobs] ({answer.jobs['backend']}), [fleet] enabled, advertise_url = {url}, "
                f"router_url = {joined.fleet.router_url}")
     typer.echo(f"wrote the fleet token to {tokens} (mode 0600)")
@@ -148,8 +166,8 @@ def join(router: Annotated[str, typer.Argument(help="the router's URL, e.g. http
     _restart(no_restart, "to serve as a fleet box")
 
 
-def _drain(timeout_s: float) -> None:
-    target = daemon_target()
+def _drain(cfg: Config, timeout_s: float) -> None:
+    target = find_daemon(os.environ, cfg, installed())  # APPLIANCE_URL, else this configuration's address
     try:
         progress = request_json(target, "/api/drain", "POST", timeout_s=30)
     except DaemonUnreachable:
@@ -184,19 +202,19 @@ def leave(timeout: Annotated[float, typer.Option("--timeout", min=0, help="secon
           config: ConfigOpt = None) -> None:
     """Leave the fleet: drain the daemon, wait for its work in flight, deregister, turn fleet.enabled off."""
     path, cfg = _config_at(config)
-    me = box_id(cfg, cfg.state_path())
-    _drain(timeout)
-    _rewrite(path, leave_changes())
+    me = _box_id(cfg)
+    _drain(cfg, timeout)
+    _write(path, _prepare(path, leave_changes())[0])
     typer.echo(f"wrote {path}: fleet.enabled = false")
     _restart(no_restart, "to serve on its own again")
     from ..store_cli import open_configured
 
     store = open_configured(cfg)
     try:
-        removed = store.remove_box(me)
+        store.remove_box(me)  # gone already when the restart stopped the daemon cleanly
     finally:
         store.close()
-    typer.echo(f"box {me} {'removed from' if removed else 'was not in'} the registry of {store.describe()}")
+    typer.echo(f"box {me} is out of the registry of {store.describe()}")
 
 
 def _when(ts: float) -> str:
@@ -208,7 +226,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="print the row a
            config: ConfigOpt = None) -> None:
     """This box's row as the registry sees it (exit status 1 when it has none or it expired)."""
     path, cfg = _config_at(config)
-    me = box_id(cfg, cfg.state_path())
+    me = _box_id(cfg)
     from ..store_cli import open_configured
 
     store = open_configured(cfg)
@@ -230,7 +248,8 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="print the row a
         typer.echo(f"box {me}: {row.state}, {'live' if me in live else 'expired'} (last heartbeat "
                    f"{_when(row.heartbeat_at)}, fleet.expire_s = {cfg.fleet.expire_s:g} s; joined "
                    f"{_when(row.joined_at)})")
-        typer.echo(f"  url {row.url}  version {row.version} (API {row.api_version})  registry {where}")
+        typer.echo(f"  url {row.url}  version {row.version} (API {row.api_version})  router "
+                   f"{cfg.fleet.router_url or '-'}  registry {where}")
         models = row.residency.get("models", {})
         if isinstance(models, dict) and models:
             typer.echo("  models: " + ", ".join(f"{mid} ({m.get('tier', '?') if isinstance(m, dict) else '?'})"

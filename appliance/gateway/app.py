@@ -98,7 +98,7 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
         finally:
             if appliance.heartbeat is not None:
                 await appliance.heartbeat.stop_sweeping()  # before the queue closes
-            await runner.close()  # a job cut off now stays running, re-queued at the next start (or by a live box)
+            await runner.close()  # a job cut off now goes back to the queue, announced for another box
             await retrieval.close()  # an attachment cut off stays in_progress, indexed again at the next start
             routes.pools.close()
             await appliance.shutdown()

@@ -187,9 +187,10 @@ class Store(Protocol):
         ...
 
     def jobs_requeue_orphans(self, expire_s: float, max_attempts: int) -> list[Job]:
-        """Running jobs whose owner has no registry row younger than `expire_s` (by the database's clock)
-        and that started at least `expire_s` ago: back to queued (failed for good once `max_attempts`
-        runs were made), atomically: of several boxes calling this at once, exactly one gets each job."""
+        """Running jobs whose owner's registry row is older than `expire_s` (by the database's clock): back
+        to queued (failed for good once `max_attempts` runs were made), atomically: of several boxes
+        calling this at once, exactly one gets each job. A box with no row (not a fleet box, or one that
+        left) is not a dead box: its jobs are its own (`jobs_requeue` at its start, or at its stop)."""
         ...
 
     # -- fleet-wide rate limits (fixed windows every box sharing the store counts into)

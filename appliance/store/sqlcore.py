@@ -337,10 +337,10 @@ class SqlStore(RetrievalSql):
         rows = self._write(lambda tx: tx.query(
             "UPDATE jobs SET state = CASE WHEN attempts < ? THEN ? ELSE ? END, "
             "finished = CASE WHEN attempts < ? THEN NULL ELSE ? END, error = ? "
-            f"WHERE state = ? AND started < {self.now_sql} - ? AND (owner IS NULL OR owner NOT IN "
-            f"(SELECT box_id FROM boxes WHERE heartbeat_at > {self.now_sql} - ?)) RETURNING {_JOB_COLS}",
+            f"WHERE state = ? AND owner IN (SELECT box_id FROM boxes WHERE heartbeat_at <= {self.now_sql} - ?) "
+            f"RETURNING {_JOB_COLS}",
             (max_attempts, JobState.QUEUED.value, JobState.FAILED.value, max_attempts, now,
-             "interrupted: the box running it stopped heartbeating", JobState.RUNNING.value, expire_s, expire_s)))
+             "interrupted: the box running it stopped heartbeating", JobState.RUNNING.value, expire_s)))
         return sorted((_job(r) for r in rows), key=lambda j: j.seq)
 
     def jobs_queued(self, models: Iterable[str]) -> list[Job]:
