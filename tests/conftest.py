@@ -28,3 +28,8 @@ def tiny_sd1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_models.build_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper"))
+
+
+@pytest.fixture(scope="session")
+def tiny_multilingual_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_models.build_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper-multi"), multilingual=True)

@@ -137,11 +137,14 @@ def build_tiny_sd1(out: Path) -> Path:
     return out / "pipeline"
 
 
-def build_tiny_whisper(out: Path) -> Path:
+def build_tiny_whisper(out: Path, multilingual: bool = False) -> Path:
     """A random-weight Whisper (one encoder and one decoder layer, width 64) with Whisper's real token
-    layout (50,257 ordinary tokens, then the special, language and timestamp tokens) in a word-level
-    tokenizer built here, converted to CTranslate2 (int8) the way `appliance pull` gets real ones.
-    CTranslate2 takes it for an English-only (.en) model. Returns the CTranslate2 directory."""
+    layout (50,257 ordinary tokens, then the special, language and timestamp tokens: 51,865) in a
+    word-level tokenizer built here, converted to CTranslate2 (int8) the way `appliance pull` gets real
+    ones. CTranslate2 4.8 takes it for an English-only (.en) model unless the multilingual tokenizer's
+    empty ordinary token is there too (`multilingual`: the last ordinary id, 50256, is the empty string,
+    as in the converted multilingual vocabularies; seen by trying: that token and not the vocabulary's
+    size is what flips `is_multilingual`). Returns the CTranslate2 directory."""
     import torch
     from ctranslate2.converters import TransformersConverter
     from faster_whisper.tokenizer import _LANGUAGE_CODES
@@ -154,6 +157,9 @@ def build_tiny_whisper(out: Path) -> Path:
         vocab[word] = len(vocab)
     for i in range(len(vocab), 50257):
         vocab[f"w{i}"] = i
+    if multilingual:
+        del vocab["w50256"]
+        vocab[""] = 50256
     languages = list(_LANGUAGE_CODES)[:99]
     specials = ["<|endoftext|>", "<|startoftranscript|>", *(f"<|{code}|>" for code in languages), "<|translate|>",
                 "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]

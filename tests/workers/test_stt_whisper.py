@@ -9,6 +9,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -103,5 +104,71 @@ def test_whisper_not_pulled_yet_falls_back_to_pocketsphinx(log_dir: Path, tmp_pa
         assert resp.status_code == 200 and "hello" in resp.json()["text"].lower(), resp.text
         card = httpx.get(worker.base_url + "/v1/models", timeout=10).json()["data"][0]
         assert card["engine"] == "pocketsphinx" and "whisper-small" in card["fallback_reason"]
+    finally:
+        worker.stop()
+
+
+class _GenerateSpy:
+    """The CTranslate2 Whisper model with each `generate` call's prompt ids kept (the decoder's task tokens)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.prompts: list[list[int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def generate(self, features: Any, prompts: list[list[int]], *args: Any, **kwargs: Any) -> Any:
+        self.prompts.extend(prompts)
+        return self.inner.generate(features, prompts, *args, **kwargs)
+
+
+def test_multilingual_whisper_runs_the_translate_task(tiny_multilingual_whisper_dir: Path) -> None:
+    """The translate path end to end on a multilingual (random-weight) Whisper: the engine loads it as
+    multilingual, accepts a translation of declared German speech, and the decoder is prompted with
+    Whisper's <|de|> and <|translate|> tokens; the transcript has the shape of one (its words are noise)."""
+    from services.stt.transcript import Task
+    from services.stt.whisper_engine import WhisperEngine
+
+    engine = WhisperEngine(str(tiny_multilingual_whisper_dir), None, beam_size=1)
+    engine.load()
+    try:
+        assert engine.multilingual
+        engine.check(Task(translate=True, language="de"))  # a multilingual model refuses nothing here
+        spy = _GenerateSpy(engine._model.model)
+        engine._model.model = spy
+        samples, rate = speak("Guten Morgen, wie geht es dir?")
+        from services.speech.audio import resample
+
+        audio = resample(samples, rate, 16_000).astype(np.float32)
+        seen: list[object] = []
+        transcript = engine.transcribe(audio, Task(translate=True, language="de"), seen.append)
+        tokenizer = engine._model.hf_tokenizer
+        assert spy.prompts, "the decoder never ran"
+        for prompt in spy.prompts:
+            tokens = [tokenizer.id_to_token(i) for i in prompt]
+            assert "<|translate|>" in tokens and "<|de|>" in tokens and "<|transcribe|>" not in tokens, tokens
+        assert transcript.language == "english" and abs(transcript.duration - len(audio) / 16_000) < 0.01
+        assert len(seen) == len(transcript.segments) and isinstance(transcript.text, str)
+        spy.prompts.clear()
+        engine.transcribe(audio, Task(language="de"), lambda _: None)  # and the transcribe task, for contrast
+        assert all("<|transcribe|>" in [tokenizer.id_to_token(i) for i in p] for p in spy.prompts)
+    finally:
+        engine.unload()
+
+
+def test_multilingual_whisper_translates_through_the_worker(log_dir: Path, tiny_multilingual_whisper_dir: Path,
+                                                            speech: bytes) -> None:
+    worker = start_worker("stt", "whisper-1", f"whisper:{tiny_multilingual_whisper_dir}", log_dir,
+                          "--beam-size", "1")  # fmt: skip
+    try:
+        verbose = post(worker, speech, route="translations", response_format="verbose_json", language="de").json()
+        assert verbose["task"] == "translate" and verbose["language"] == "english", verbose
+        assert isinstance(verbose["segments"], list) and verbose["duration"] > 1
+        with httpx.stream("POST", f"{worker.base_url}/v1/audio/translations", data={"stream": "true"},
+                          files={"file": ("a.mp3", speech)}, timeout=120) as resp:  # fmt: skip
+            assert resp.status_code == 200 and float(resp.headers["x-audio-seconds"]) > 1
+            events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: ")]
+        assert events[-1]["type"] == "transcript.text.done"
     finally:
         worker.stop()
