@@ -18,6 +18,8 @@ import openai
 import pytest
 from stt_audio import SENTENCES, encode, wer
 
+from appliance.store import open_store
+
 from .conftest import Gateway, launch, wait_until, worker_engine
 
 SAID = " ".join(SENTENCES[:3])
@@ -113,7 +115,7 @@ def test_translations_of_english_speech_offline(box: tuple[Gateway, dict[str, An
     assert verbose.task == "translate" and verbose.language == "english" and wer(SAID, verbose.text) < 0.3
     # OpenAI's client streams only transcriptions: a translation stream is asked for with extra_body and
     # read as it arrives with with_streaming_response
-    with client.audio.translations.with_streaming_response.create(
+    with pytest.warns(DeprecationWarning), client.audio.translations.with_streaming_response.create(
             model="sphinx", file=("s.wav", spoken), extra_body={"stream": True}) as resp:  # fmt: skip
         assert resp.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: ")]
@@ -221,3 +223,85 @@ def test_hanging_up_stops_the_decoding(box: tuple[Gateway, dict[str, Any]], spok
     wait_until(gw.idle, 30, "the lease given back")
     recent = gw.usage()["recent"]
     assert any(r["model"] == "sphinx" and r["error"] == "client_disconnected" for r in recent), json.dumps(recent)[:800]
+
+
+def _job_rows(gw: Gateway) -> list[dict[str, Any]]:
+    store = open_store("", gw.state)
+    try:
+        return [dict(zip(cols, row, strict=True)) for table, cols, rows in store.dump() if table == "jobs"
+                for row in rows]  # fmt: skip
+    finally:
+        store.close()
+
+
+def _post_job(gw: Gateway, fields: dict[str, Any], upload: bytes | None, key: str = "user",
+              headers: dict[str, str] | None = None) -> httpx.Response:  # fmt: skip
+    files = {"file": ("speech.wav", upload)} if upload is not None else {"audio": ("a.wav", b"RIFF")}
+    return httpx.post(gw.url + "/v1/jobs", headers={"Authorization": f"Bearer {gw.keys[key]}", **(headers or {})},
+                      data=fields, files=files, timeout=60)  # fmt: skip
+
+
+def _finished(gw: Gateway, job_id: str) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        view: dict[str, Any] = gw.request("GET", f"/v1/jobs/{job_id}").json()
+        return view if view["status"] in ("succeeded", "failed", "cancelled") else None
+
+    result: dict[str, Any] = wait_until(done, 120, f"job {job_id} to finish")
+    return result
+
+
+def test_transcription_and_translation_jobs(box: tuple[Gateway, dict[str, Any]], spoken: bytes) -> None:
+    """A multipart upload to /v1/jobs queues a transcription (or translation) with real pocketsphinx:
+    the audio waits in the job's directory, not in the store's row, and goes once the job has finished;
+    the result is the synchronous route's answer, and the usage records its audio seconds."""
+    gw, _ = box
+    jobs_dir = gw.state / "data" / "jobs"
+    resp = _post_job(gw, {"route": "/v1/audio/transcriptions", "model": "whisper-1",
+                          "response_format": "verbose_json"}, spoken, headers={"Idempotency-Key": "t-1"})  # fmt: skip
+    assert resp.status_code == 202, resp.text
+    job = resp.json()
+    assert job["route"] == "/v1/audio/transcriptions" and job["model"] == "sphinx"
+    row = next(r for r in _job_rows(gw) if r["id"] == job["id"])
+    body = json.loads(row["body"])
+    assert len(row["body"]) < 2000 and body["file"]["bytes"] == len(spoken), row["body"][:300]
+    assert body["fields"]["model"] == ["sphinx"] and "route" not in body["fields"]
+    again = _post_job(gw, {"route": "/v1/audio/transcriptions", "model": "whisper-1",
+                           "response_format": "verbose_json"}, spoken, headers={"Idempotency-Key": "t-1"})  # fmt: skip
+    assert again.status_code == 200 and again.json()["id"] == job["id"], again.text
+    done = _finished(gw, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["result"]["task"] == "transcribe" and wer(SAID, done["result"]["text"]) < 0.3
+    assert not (jobs_dir / job["id"]).exists()  # the audio is gone once the job has finished
+    assert [p.name for p in jobs_dir.iterdir() if p.is_dir()] == [], "an upload left behind"
+    srt = _finished(gw, _post_job(gw, {"route": "/v1/audio/translations", "model": "sphinx",
+                                       "response_format": "srt"}, spoken).json()["id"])  # fmt: skip
+    assert srt["status"] == "succeeded" and srt["result"].startswith("1\n00:00:"), srt
+    seconds = len(_read_wav(spoken)[0]) / _read_wav(spoken)[1]
+
+    def job_records() -> list[dict[str, Any]]:
+        return [r for r in gw.usage()["recent"] if r["model"] == "sphinx" and r["status"] == 200
+                and r["route"] == "/v1/audio/translations"]  # fmt: skip
+
+    records = wait_until(job_records, 30, "the translation job's usage record")
+    assert abs(records[-1]["audio_s"] - seconds) < 0.1, records[-1]
+
+
+@pytest.mark.parametrize(("fields", "upload", "status", "param"), [
+    ({"model": "sphinx"}, b"audio", 400, "route"),
+    ({"route": "/v1/audio/speech", "model": "sphinx"}, b"audio", 400, "route"),
+    ({"route": "/v1/audio/transcriptions", "model": "sphinx"}, None, 400, "audio"),
+    ({"route": "/v1/audio/transcriptions", "model": "sphinx"}, b"", 400, "file"),
+    ({"route": "/v1/audio/transcriptions", "model": "sphinx", "stream": "true"}, b"audio", 400, "stream"),
+    ({"route": "/v1/audio/transcriptions", "model": "voice"}, b"audio", 400, "model"),
+    ({"route": "/v1/audio/transcriptions", "model": "nope"}, b"audio", 404, "model"),
+    ({"route": "/v1/audio/transcriptions", "model": "sphinx", "diarize": "true"}, b"audio", 400, "diarize"),
+])  # fmt: skip
+def test_bad_transcription_jobs_write_nothing(box: tuple[Gateway, dict[str, Any]], fields: dict[str, str],
+                                              upload: bytes | None, status: int, param: str) -> None:
+    gw, _ = box
+    before = len(_job_rows(gw))
+    resp = _post_job(gw, fields, upload)
+    assert resp.status_code == status and resp.json()["error"]["param"] == param, resp.text
+    assert len(_job_rows(gw)) == before
+    jobs_dir = gw.state / "data" / "jobs"
+    assert not jobs_dir.exists() or [p for p in jobs_dir.iterdir() if p.is_dir()] == []
