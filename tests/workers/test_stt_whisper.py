@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,5 +171,33 @@ def test_multilingual_whisper_translates_through_the_worker(log_dir: Path, tiny_
             assert resp.status_code == 200 and float(resp.headers["x-audio-seconds"]) > 1
             events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: ")]
         assert events[-1]["type"] == "transcript.text.done"
+    finally:
+        worker.stop()
+
+
+GERMAN = "Guten Morgen. Ich möchte heute eine Tasse Kaffee trinken. Das Wetter ist sehr schön."
+
+
+def test_real_multilingual_whisper_translates_german_speech_into_english(log_dir: Path,
+                                                                         whisper_base_dir: Path) -> None:
+    """A real non-English-to-English translation: German spoken by espeak-ng, translated by the real
+    Whisper base the dev extra ships (in packages, nothing downloaded), next to its German transcript."""
+    german = subprocess.run(["espeak-ng", "-v", "de", "-s", "140", "--stdout", GERMAN], capture_output=True,
+                            check=True, timeout=60).stdout  # fmt: skip
+    worker = start_worker("stt", "whisper-1", f"whisper:{whisper_base_dir}", log_dir, "--beam-size", "5")
+    try:
+        def ask(route: str) -> dict[str, Any]:
+            resp = httpx.post(f"{worker.base_url}/v1/audio/{route}", data={"response_format": "verbose_json"},
+                              files={"file": ("german.wav", german)}, timeout=300)  # fmt: skip
+            assert resp.status_code == 200, resp.text
+            body: dict[str, Any] = resp.json()
+            return body
+
+        heard = ask("transcriptions")
+        assert heard["language"] == "german" and "kaffee" in heard["text"].lower(), heard["text"]
+        english = ask("translations")
+        text = english["text"].lower()
+        assert english["task"] == "translate" and english["language"] == "english"
+        assert "good morning" in text and "coffee" in text and "kaffee" not in text, english["text"]
     finally:
         worker.stop()
