@@ -143,8 +143,9 @@ def build_tiny_whisper(out: Path, multilingual: bool = False) -> Path:
     word-level tokenizer built here, converted to CTranslate2 (int8) the way `appliance pull` gets real
     ones. CTranslate2 4.8 takes it for an English-only (.en) model unless the multilingual tokenizer's
     empty ordinary token is there too (`multilingual`: the last ordinary id, 50256, is the empty string,
-    as in the converted multilingual vocabularies; seen by trying: that token and not the vocabulary's
-    size is what flips `is_multilingual`). Returns the CTranslate2 directory."""
+    as in the real multilingual vocabularies: the packaged Whisper base's vocabulary.txt has an empty line
+    there; seen by trying: that token, not the vocabulary's size, flips `is_multilingual`). Returns the
+    CTranslate2 directory."""
     import torch
     from ctranslate2.converters import TransformersConverter
     from faster_whisper.tokenizer import _LANGUAGE_CODES
