@@ -94,11 +94,16 @@ def test_tiny_whisper_behind_the_gateway(box: tuple[Gateway, dict[str, Any]], sp
     assert isinstance(result.text, str)
     events = list(client.audio.transcriptions.create(model="whisper-tiny", file=("s.wav", spoken), stream=True))
     assert events[-1].type == "transcript.text.done"
-    # an English-only Whisper (the tiny one is, to CTranslate2) refuses translations, saying why
-    # (this openai release marks audio.translations deprecated: OpenAI's own models moved on; it still calls it)
+    # an English-only Whisper (the tiny one is, to CTranslate2) translates English speech into its transcript
+    # and refuses a declared other language (this openai release marks audio.translations deprecated:
+    # OpenAI's own models moved on; it still calls it)
+    with pytest.warns(DeprecationWarning):
+        verbose = client.audio.translations.create(model="whisper-tiny", file=("s.wav", spoken),
+                                                   response_format="verbose_json")  # fmt: skip
+    assert verbose.task == "translate" and verbose.language == "english"
     with pytest.raises(openai.BadRequestError) as err, pytest.warns(DeprecationWarning):
-        client.audio.translations.create(model="whisper-tiny", file=("s.wav", spoken))
-    assert err.value.body["param"] == "model" and "translat" in err.value.body["message"]  # type: ignore[index]
+        client.audio.translations.create(model="whisper-tiny", file=("s.wav", spoken), extra_body={"language": "de"})
+    assert err.value.body["param"] == "language" and "English" in err.value.body["message"]  # type: ignore[index]
 
 
 def test_translations_of_english_speech_offline(box: tuple[Gateway, dict[str, Any]], spoken: bytes) -> None:

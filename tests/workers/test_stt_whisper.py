@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from stt_audio import encode, speak
+from stt_audio import encode, speak, wer
 from worker_harness import ServedProcess, start_worker, worker_stats
 
 
@@ -66,11 +66,13 @@ def test_stream_ends_with_done(whisper: ServedProcess, speech: bytes) -> None:
     assert all(e["type"] == "transcript.text.delta" for e in events[:-1])
 
 
-def test_english_only_model_refuses_translation_and_other_languages(whisper: ServedProcess, speech: bytes) -> None:
-    resp = post(whisper, speech, route="translations")
-    assert resp.status_code == 400 and resp.json()["error"]["param"] == "model", resp.text
-    resp = post(whisper, speech, language="de")
-    assert resp.status_code == 400 and resp.json()["error"]["param"] == "language", resp.text
+def test_english_only_model_translates_english_and_refuses_other_languages(whisper: ServedProcess,
+                                                                          speech: bytes) -> None:
+    resp = post(whisper, speech, route="translations", response_format="verbose_json")
+    assert resp.status_code == 200 and resp.json()["task"] == "translate", resp.text  # English speech: its transcript
+    for route in ("transcriptions", "translations"):
+        resp = post(whisper, speech, route=route, language="de")
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "language", resp.text
     assert post(whisper, speech, language="en").status_code == 200
 
 
@@ -102,7 +104,8 @@ def test_whisper_not_pulled_yet_falls_back_to_pocketsphinx(log_dir: Path, tmp_pa
     worker = start_worker("stt", "whisper-1", "whisper:whisper-small", log_dir, "--models-dir", str(tmp_path))
     try:
         resp = post(worker, speech)
-        assert resp.status_code == 200 and "hello" in resp.json()["text"].lower(), resp.text
+        # Piper's timing varies from run to run, and pocketsphinx once heard "oh world are you today"
+        assert resp.status_code == 200 and wer("Hello world. How are you today?", resp.json()["text"]) < 0.5, resp.text
         card = httpx.get(worker.base_url + "/v1/models", timeout=10).json()["data"][0]
         assert card["engine"] == "pocketsphinx" and "whisper-small" in card["fallback_reason"]
     finally:
