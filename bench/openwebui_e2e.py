@@ -164,7 +164,9 @@ def main() -> int:
             check(resp.status_code == 200, f"{resp.status_code} {resp.text[:300]}")
             ids = sorted(m["id"] for m in resp.json()["data"])
             check("tiny-chat" in ids, f"the appliance's models are not listed: {ids}")
-            return {"models": ids}
+            default = web.get("/api/config").json().get("default_models")
+            check(default == "tiny-chat", f"Open WebUI's default model is {default!r}, not the box's text model")
+            return {"models": ids, "default_models": default}
 
         run.step("list models", models)
 
