@@ -272,6 +272,7 @@ def main() -> int:
             return {"stt_engine": audio["stt"]["ENGINE"], "stt_model": audio["stt"].get("MODEL"),
                     "tts_engine": audio["tts"]["ENGINE"], "embedding_engine": retrieval["RAG_EMBEDDING_ENGINE"],
                     "embedding_model": retrieval["RAG_EMBEDDING_MODEL"], "processes": len(pids),
+                    "gpu_probe": gpu.get("kind"), "gpu_processes": sorted(holders),
                     "log_chars_checked": len(text)}  # fmt: skip
 
         run.step("open-webui loaded no model of its own", no_local_models)
