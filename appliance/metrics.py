@@ -253,7 +253,9 @@ class TrafficCollector(Collector):
         tokens = CounterMetricFamily("appliance_tokens", "tokens read (in) and generated (out)",
                                      labels=["model", "direction"])
         images = CounterMetricFamily("appliance_images", "images generated", labels=["model"])
-        audio = CounterMetricFamily("appliance_audio_seconds", "seconds of speech synthesised", labels=["model"])
+        audio = CounterMetricFamily("appliance_audio_seconds",
+                                    "seconds of audio synthesised (speech) or transcribed (speech to text)",
+                                    labels=["model"])
         gpu = CounterMetricFamily("appliance_gpu_seconds", "seconds requests held their model's GPU lease",
                                   labels=["model"])
         cost = CounterMetricFamily("appliance_cost_usd", "GPU-seconds priced at metrics.hourly_price_usd",

@@ -6,10 +6,11 @@ fields, repeated fields such as `timestamp_granularities[]`, and the one `file` 
 25 MB), `model` a string, `language` an ISO-639-1 code Whisper knows, `prompt` text, `temperature`
 0-1, `response_format` one of json, text, srt, vtt, verbose_json, `timestamp_granularities` word
 and/or segment (only with verbose_json, as OpenAI requires), `stream` a boolean (refused with srt, vtt
-and verbose_json, and on translations, which OpenAI does not stream); fields this API does not know
-are refused (`refuse_unknown`). Each problem is a `FieldError` naming the field. Pure functions over
-bytes, standard library only (the worker imports this module); it must not decode audio, do I/O or
-know engines.
+and verbose_json); fields this API does not know are refused (`refuse_unknown`). On a translation,
+`language` (not one of OpenAI's fields there) declares the language spoken, which the engine may
+refuse, and `stream` is taken too (OpenAI streams only transcriptions). Each problem is a
+`FieldError` naming the field. Pure functions over bytes, standard library only (the worker imports
+this module); it must not decode audio, do I/O or know engines.
 """
 
 from __future__ import annotations
@@ -163,9 +164,6 @@ def check_transcription(form: Form, *, translation: bool = False,
         raise FieldError("file", f"'file' is {len(upload.data)} bytes; at most {max_upload_bytes} are accepted",
                          code="file_too_large")  # fmt: skip
     language = form.get("language")
-    if translation and language is not None:
-        raise FieldError("language", "'language' is not a parameter of translations (the audio's language "
-                         "is detected; the text is always English)")  # fmt: skip
     if language is not None:
         language = language.strip().lower()
         if language not in LANGUAGES:
@@ -192,8 +190,6 @@ def check_transcription(form: Form, *, translation: bool = False,
     if granularities and fmt != "verbose_json":
         raise FieldError("timestamp_granularities", "'timestamp_granularities' needs response_format verbose_json")
     stream = _bool(form, "stream")
-    if stream and translation:
-        raise FieldError("stream", "'stream' is not supported on translations")
     if stream and fmt not in ("json", "text"):
         raise FieldError("stream", f"'stream' needs response_format json or text; got {fmt}")
     return TranscriptionRequest(upload, form.get("model"), language, form.get("prompt"), temperature, fmt,

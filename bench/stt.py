@@ -6,12 +6,13 @@ Speech: five sentences spoken by the packaged Piper voice (~15 s). Real-time fac
 per second of audio, lower is faster) of `python -m services.stt` on the CPU for the tiny random-weight
 Whisper the tests build (converted to CTranslate2 here, offline: its output is random, so it measures
 the pipeline with a model of whisper-tiny's token budget but far smaller layers, not a real model's
-speed), for pocketsphinx's packaged English model, and for a real CTranslate2 Whisper directory when
-`--model` names one. Then the same transcription sent straight to the pocketsphinx worker and through
-`appliance serve` in alternation (a short clip, 4 x N pairs): the gateway's added milliseconds (the
-median of the pairs' differences). Ends with one
-JSON line holding `stt_rtf_cpu` (the tiny Whisper), `stt_rtf_cpu_pocketsphinx`, `stt_rtf_cpu_model`
-(or null) and `gateway_added_ms`. Bounded in count and time; loopback only.
+speed), for pocketsphinx's packaged English model, and for a real CTranslate2 Whisper: the directory
+`--model` names, else the Whisper base the dev extra ships in packages (joined here) when installed.
+Then the same transcription sent straight to the pocketsphinx worker and through `appliance serve` in
+alternation (a short clip, 4 x N pairs): the gateway's added milliseconds (the median of the pairs'
+differences). Ends with one JSON line holding `stt_rtf_cpu` (the tiny Whisper),
+`stt_rtf_cpu_pocketsphinx`, `stt_rtf_cpu_model` and `model` (the real Whisper measured, or null)
+and `gateway_added_ms`. Bounded in count and time; loopback only.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "workers")]
 
 from daemon_harness import Daemon  # noqa: E402
 from stt_audio import SENTENCES, encode, speak  # noqa: E402
-from tiny_models import build_tiny_whisper  # noqa: E402
+from tiny_models import build_tiny_whisper, packaged_whisper_base  # noqa: E402
 from worker_harness import ServedProcess, free_port, start_worker  # noqa: E402
 
 
@@ -59,13 +60,22 @@ def main() -> None:
     seconds = len(samples) / rate
     audio = encode(samples, rate, "wav")
     print(f"speech: {seconds:.1f} s", file=sys.stderr)
-    result: dict[str, object] = {"audio_s": round(seconds, 2), "stt_rtf_cpu_model": None}
+    result: dict[str, object] = {"audio_s": round(seconds, 2), "stt_rtf_cpu_model": None, "model": None}
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         tiny = build_tiny_whisper(logs / "tiny-whisper")
         targets = [("stt_rtf_cpu", str(tiny)), ("stt_rtf_cpu_pocketsphinx", "pocketsphinx:en-us")]
-        if args.model is not None:
-            targets.append(("stt_rtf_cpu_model", str(args.model)))
+        model = args.model
+        if model is None:  # the real multilingual Whisper base the dev extra ships, when installed
+            try:
+                model = packaged_whisper_base(logs / "whisper-base")
+                result["model"] = "whisper-base (packaged)"
+            except ImportError:
+                model = None
+        else:
+            result["model"] = str(model)
+        if model is not None:
+            targets.append(("stt_rtf_cpu_model", str(model)))
         for name, path in targets:
             worker = start_worker("stt", "m", path, logs, "--beam-size", "5")
             try:

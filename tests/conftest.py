@@ -1,5 +1,6 @@
-"""Session fixtures shared by every test directory: the tiny models, built once; the backing
-services (PostgreSQL, a Kafka-protocol broker) started on first use."""
+"""Session fixtures shared by every test directory: the tiny models, built once; a real multilingual
+Whisper joined from its packages; the backing services (PostgreSQL, a Kafka-protocol broker) started
+on first use."""
 
 from __future__ import annotations
 
@@ -28,3 +29,13 @@ def tiny_sd1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_models.build_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper"))
+
+
+@pytest.fixture(scope="session")
+def tiny_multilingual_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_models.build_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper-multi"), multilingual=True)
+
+
+@pytest.fixture(scope="session")
+def whisper_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_models.packaged_whisper_base(tmp_path_factory.mktemp("whisper-base"))

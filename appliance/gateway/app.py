@@ -22,7 +22,7 @@ from ..app import Appliance
 from ..fleet.drain import Drain
 from ..jobs.api import JobsApi
 from ..jobs.runner import JobRunner
-from ..jobs.submit import JOB_ROUTES
+from ..jobs.submit import JOB_MODALITIES
 from ..metrics import exporter_for
 from ..usage import UsageSink
 from ..vectors.api import RetrievalApi
@@ -73,9 +73,8 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 
 def job_models(appliance: Appliance) -> list[str]:
     """The models this box runs jobs for: those of a job route's modality whose engine is enabled here."""
-    modalities = {modality for modality, _, _ in JOB_ROUTES.values()}
     return [mid for mid, m in appliance.config.models.items()
-            if m.modality in modalities and m.engine in appliance.engines]
+            if m.modality in JOB_MODALITIES and m.engine in appliance.engines]
 
 
 def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:

@@ -354,9 +354,12 @@ class OpenAIRoutes:
                 await on_engine(self.app, name, call, relay)
             finally:
                 await keepalive.stop()
+                call.audio_s = meter.audio_s or 0.0
             return
-        status, data, ctype = await on_engine(self.app, name, call, lambda lease: proxy.post(
+        status, data, ctype, audio_s = await on_engine(self.app, name, call, lambda lease: proxy.post_metered(
             proxy.upstream(self.pools, lease), call.route, body, content_type))
+        if status == 200:
+            call.audio_s = audio_s or 0.0  # the worker's length of the audio it decoded (X-Audio-Seconds)
         await ex.respond(status, data, ctype)
 
     # -- images ----------------------------------------------------------------------------------

@@ -93,6 +93,12 @@ SCHEMAS: dict[str, Any] = {
                    "properties": {"route": {"type": "string", "enum": ["/v1/images/generations", "/v1/audio/speech",
                                                                         "/v1/chat/completions"]}},
                    "additionalProperties": True},
+    "TranscriptionJobRequest": {"type": "object", "required": ["route", "file"],
+                                "description": "a transcription's or translation's own form plus 'route'",
+                                "properties": {"route": {"type": "string", "enum": ["/v1/audio/transcriptions",
+                                                                                    "/v1/audio/translations"]},
+                                               "file": {"type": "string", "format": "binary"}},
+                                "additionalProperties": True},
     "Job": {"type": "object", "properties": {
         "id": _STR, "route": _STR, "model": _STR, "state": _STR, "position": {"type": ["integer", "null"]},
         "attempts": _INT, "error": {"type": ["object", "null"]}, "result": {"type": ["object", "null"]}}},
@@ -135,7 +141,8 @@ def _paths() -> dict[str, Any]:
         "/v1/jobs": {"post": {"summary": "Submit a job (asynchronous call of a /v1 route)", "tags": ["v1 jobs"],
                               "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": _STR}],
                               "requestBody": {"required": True, "content": {
-                                  "application/json": {"schema": _ref("JobRequest")}}},
+                                  "application/json": {"schema": _ref("JobRequest")},
+                                  "multipart/form-data": {"schema": _ref("TranscriptionJobRequest")}}},
                               "responses": {"202": _json("Job", "queued"), "200": _json("Job", "seen before"),
                                             "400": _ERR, "409": _ERR}}},
         "/v1/jobs/{job_id}": {

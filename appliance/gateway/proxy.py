@@ -128,13 +128,14 @@ async def engine_request(up: Upstream, path: str, body: bytes, during: str = "th
 class StreamMeter:
     """Cuts an SSE byte stream at event boundaries, counts content events, finds the engine's usage."""
 
-    __slots__ = ("chunks", "first_at", "pending", "usage")
+    __slots__ = ("audio_s", "chunks", "first_at", "pending", "usage")
 
     def __init__(self) -> None:
         self.pending = b""
         self.chunks = 0  # content-bearing events: an estimate of completion tokens
         self.usage: tuple[int | None, int | None] | None = None
         self.first_at: float | None = None  # perf_counter() when the first content event was cut
+        self.audio_s: float | None = None  # the engine's X-Audio-Seconds (a transcription stream)
 
     def feed(self, data: bytes) -> bytes:
         """The complete events in `pending + data`; keeps the incomplete tail."""
@@ -160,8 +161,15 @@ class StreamMeter:
 
 async def post(up: Upstream, path: str, body: bytes, content_type: bytes | None = None) -> tuple[int, bytes, bytes]:
     """(status, body, content type) of a non-streaming request (a JSON body unless `content_type`)."""
+    status, data, ctype, _ = await post_metered(up, path, body, content_type)
+    return status, data, ctype
+
+
+async def post_metered(up: Upstream, path: str, body: bytes,
+                       content_type: bytes | None = None) -> tuple[int, bytes, bytes, float | None]:
+    """`post`, and the engine's `X-Audio-Seconds` (a transcription's audio length) when it sent one."""
     async with engine_request(up, path, body, content_type=content_type) as resp:
-        return resp.status, await resp.read(), resp.content_type or b"application/json"
+        return resp.status, await resp.read(), resp.content_type or b"application/json", resp.audio_s
 
 
 def _as_error_event(status: int, data: bytes) -> bytes:
@@ -187,6 +195,7 @@ async def relay_stream(ex: Exchange, up: Upstream, path: str, body: bytes, meter
             else:
                 await ex.respond(resp.status, data, resp.content_type or b"application/json")
             return resp.status
+        meter.audio_s = resp.audio_s
         await ex.start_sse()
         async for chunk in resp.chunks():
             out = meter.feed(chunk)

@@ -17,15 +17,27 @@ ALIASES = ("whisper", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
 FORM_OVERHEAD_BYTES = 64 * 1024  # the form's other fields and part headers, beyond the upload itself
 
 
-def check(content_type: bytes | None, raw: bytes, translate: bool, max_body: int) -> tuple[Form, TranscriptionRequest]:
-    """The parsed form and its checked request; `InvalidRequest` names the field at fault."""
+def parse(content_type: bytes | None, raw: bytes) -> Form:
+    """The multipart form; `InvalidRequest` on `file` when the body is not one."""
     try:
-        form = parse_form((content_type or b"").decode("latin-1"), raw)
-        _refuse_unknown(form)
-        return form, check_transcription(form, translation=translate,
-                                         max_upload_bytes=min(MAX_UPLOAD_BYTES, max_body))  # fmt: skip
+        return parse_form((content_type or b"").decode("latin-1"), raw)
     except FieldError as exc:
         raise InvalidRequest(exc.message, param=exc.field, code=exc.code) from None
+
+
+def check_form(form: Form, translate: bool, max_body: int) -> TranscriptionRequest:
+    """The checked request of a parsed form; `InvalidRequest` names the field at fault."""
+    try:
+        _refuse_unknown(form)
+        return check_transcription(form, translation=translate, max_upload_bytes=min(MAX_UPLOAD_BYTES, max_body))
+    except FieldError as exc:
+        raise InvalidRequest(exc.message, param=exc.field, code=exc.code) from None
+
+
+def check(content_type: bytes | None, raw: bytes, translate: bool, max_body: int) -> tuple[Form, TranscriptionRequest]:
+    """The parsed form and its checked request; `InvalidRequest` names the field at fault."""
+    form = parse(content_type, raw)
+    return form, check_form(form, translate, max_body)
 
 
 def forward(form: Form, model: str) -> tuple[bytes, bytes]:

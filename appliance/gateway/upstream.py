@@ -16,7 +16,7 @@ included: a whole answer's first byte comes when it is complete) raises `IdleTim
 connection closed. A response not read to its end closes its connection (that is how an engine learns
 its client went away), so always `release()` it; `complete` says whether the engine finished the
 request. Every request carries an `X-Request-Id` (`Response.request_id`) by which the engine can be
-asked to cancel it.
+asked to cancel it. The STT worker's `X-Audio-Seconds` header is kept (`Response.audio_s`) for metering.
 """
 
 from __future__ import annotations
@@ -50,6 +50,14 @@ class ResponseBroken(UpstreamError):
     """The connection failed or closed before the response was complete."""
 
 
+def _seconds(value: bytes) -> float | None:
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0.0 <= seconds < 1e7 else None
+
+
 def engine_request_id() -> str:
     """The id one engine call carries (`X-Request-Id`; a worker's `/cancel` names it): the client request's
     own id with a suffix, so the engine's log lines lead back to it (a resumed stream makes several calls
@@ -65,7 +73,8 @@ class IdleTimeout(UpstreamError):
 
 class Response:
     __slots__ = ("_buffered", "_chunked", "_chunks", "_conn", "_done", "_error", "_headers_done", "_idle_s", "_keep",
-                 "_streaming", "_waiter", "aborted", "content_length", "content_type", "request_id", "status")
+                 "_streaming", "_waiter", "aborted", "audio_s", "content_length", "content_type", "request_id",
+                 "status")
 
     def __init__(self, conn: Connection, request_id: str = "", idle_s: float | None = None) -> None:
         self._conn = conn
@@ -74,6 +83,7 @@ class Response:
         self.status = 0
         self.content_type = b""
         self.content_length: int | None = None
+        self.audio_s: float | None = None  # X-Audio-Seconds: the STT worker's length of the audio it decoded
         self._chunked = False
         self._keep = True
         self._chunks: deque[bytes] = deque()
@@ -235,6 +245,8 @@ class Connection(asyncio.Protocol):
             resp.content_length = int(value)
         elif lower == b"transfer-encoding":
             resp._chunked = b"chunked" in value.lower()
+        elif lower == b"x-audio-seconds":
+            resp.audio_s = _seconds(value)
 
     def on_headers_complete(self) -> None:
         resp = self.response

@@ -5,9 +5,12 @@ On /v1 because a job is an API call made with an ordinary key (gateway.front aut
 submitted it and to admin keys, and is 404 to anyone else.
 - `POST /v1/jobs`: the synchronous route's body plus `"route"`; 202 with the job at once, or 200 with
   the existing job when the `Idempotency-Key` was seen before with the same body (409 with another).
+  A transcription or translation job is the route's multipart form plus a `route` field; its audio is
+  kept in the job's directory (jobs.uploads) until the job has finished.
 - `GET /v1/jobs/{id}`: state, position in its model's queue, attempts, last error, and when succeeded
-  the result: the route's answer (image URLs signed afresh for `server.image_url_ttl_s`), or for
-  speech `{"url": ".../v1/jobs/{id}/content", "content_type", "bytes"}`.
+  the result: the route's answer (image URLs signed afresh for `server.image_url_ttl_s`; a
+  transcription's text, srt or vtt as a string), or for speech
+  `{"url": ".../v1/jobs/{id}/content", "content_type", "bytes"}`.
 - `DELETE /v1/jobs/{id}`: cancels a queued or running job (409 once finished).
 - `GET /v1/jobs/{id}/content`: the audio file of a finished speech job.
 It must not run jobs (runner) nor check the route bodies itself (submit).
@@ -22,13 +25,14 @@ from typing import Any
 
 from ..app import Appliance
 from ..fleet.drain import DRAIN_RETRY_AFTER_S
+from ..gateway import transcribe
 from ..gateway.errors import ApiError, MethodNotAllowed, NotFound
 from ..gateway.exchange import Exchange
 from ..gateway.images import ImageStore
 from ..gateway.keys import ApiKey
 from ..gateway.openai import OpenAIRoutes
 from ..store import Job, JobState, Store
-from . import submit
+from . import submit, uploads
 from .queue import JobQueue
 from .runner import JobRunner
 
@@ -78,11 +82,28 @@ class JobsApi:
     async def _submit(self, ex: Exchange, key: ApiKey | None) -> None:
         if not self.appliance.accepting:
             raise ApiError(self.appliance.refusal(), status=503, retry_after=DRAIN_RETRY_AFTER_S)
-        raw = await ex.read_body(self.appliance.config.server.max_body_bytes)
-        request = submit.check(raw, ex.header(b"idempotency-key"), self.appliance.config, self.routes,
-                               set(self.appliance.engines), model_header=ex.header(b"x-model"))
+        config = self.appliance.config
+        content_type = ex.header(b"content-type") or b""
+        model_header = ex.header(b"x-model")
+        if content_type.lower().startswith(b"multipart/form-data"):
+            raw = await ex.read_body(config.server.max_body_bytes + transcribe.FORM_OVERHEAD_BYTES)
+            request = submit.check_upload(content_type, raw, ex.header(b"idempotency-key"), config, self.routes,
+                                          set(self.appliance.engines), model_header=model_header)  # fmt: skip
+        else:
+            raw = await ex.read_body(config.server.max_body_bytes)
+            request = submit.check(raw, ex.header(b"idempotency-key"), config, self.routes,
+                                   set(self.appliance.engines), model_header=model_header)  # fmt: skip
         new = request.new_job(key.id if key is not None else "-", OpenAIRoutes.base_url(ex))
-        job, created = await self.store.ajob_create(new)
+        if request.upload is not None:  # on disk before the row exists: a queued job always has its audio
+            await asyncio.to_thread(uploads.save, self.runner.jobs_dir, new.id, request.upload.data)
+        try:
+            job, created = await self.store.ajob_create(new)
+        except BaseException:
+            if request.upload is not None:
+                await asyncio.to_thread(uploads.remove, self.runner.jobs_dir, new.id)
+            raise
+        if request.upload is not None and not created:  # an idempotent replay: the first job has its own
+            await asyncio.to_thread(uploads.remove, self.runner.jobs_dir, new.id)
         if not created and job.body_hash != new.body_hash:
             raise JobConflict(f"Idempotency-Key {request.idempotency_key!r} was used for a different request "
                               f"(job {job.id})", param="Idempotency-Key", code="idempotency_key_reused")
@@ -110,6 +131,7 @@ class JobsApi:
         if now.state is not JobState.CANCELLED:
             raise JobConflict(f"job {job.id} already {now.state.value}", code="job_finished")
         self.runner.cancel_local(job.id)
+        await asyncio.to_thread(uploads.remove, self.runner.jobs_dir, job.id)
         await ex.respond(200, await self._view(now, ex))
 
     async def _content(self, ex: Exchange, job: Job) -> None:
@@ -138,6 +160,8 @@ class JobsApi:
         return json.dumps(view).encode()
 
     def _result(self, job: Job, result: dict[str, Any], base: str) -> Any:
+        if "text" in result:  # a transcription in text, srt or vtt
+            return result["text"]
         if "file" in result:
             return {"url": f"{base}{PREFIX}/{job.id}/content", "content_type": result["content_type"],
                     "bytes": result["bytes"]}

@@ -2,7 +2,10 @@
 gateway's own handler for its route (so it waits for the same residency lease, appears in the
 scheduler's queue and is metered like any request), and settles the attempt in the store.
 
-An answer of 200 is the result (JSON kept as is; audio written to `<state>/data/jobs/<id>.<ext>`).
+An answer of 200 is the result (JSON kept as is; a transcription's text, srt or vtt kept as text; audio
+written to `<state>/data/jobs/<id>.<ext>`). A transcription job's request is its multipart form again,
+rebuilt from the row and the audio kept in the job's directory (jobs.uploads), which goes once the job
+has finished.
 A 5xx, a 429 or a dropped response (an engine crash, a model that could not load) is retried until
 `jobs.max_attempts`, keeping the error; another 4xx fails the job at once. A settle names the attempt
 it ran, so a stale attempt (re-queued after a restart, cancelled meanwhile) reports nothing.
@@ -29,6 +32,7 @@ from ..gateway.exchange import Exchange
 from ..gateway.keys import ApiKey
 from ..gateway.openai import OpenAIRoutes
 from ..store import Job, Store
+from . import uploads
 from .queue import JobQueue
 
 log = logging.getLogger("appliance.jobs")
@@ -57,11 +61,11 @@ class _Captured:
         return self.headers.get(b"content-type", b"application/json").decode("latin-1").split(";")[0].strip()
 
 
-def _scope(job: Job, body: bytes) -> dict[str, Any]:
+def _scope(job: Job, body: bytes, content_type: bytes = b"application/json") -> dict[str, Any]:
     base = urlsplit(job.base_url)
     return {"type": "http", "method": "POST", "path": job.route, "raw_path": job.route.encode(),
             "query_string": b"", "scheme": base.scheme or "http", "server": None, "client": None,
-            "headers": [(b"host", (base.netloc or "127.0.0.1").encode()), (b"content-type", b"application/json"),
+            "headers": [(b"host", (base.netloc or "127.0.0.1").encode()), (b"content-type", content_type),
                         (b"content-length", b"%d" % len(body))]}
 
 
@@ -121,7 +125,14 @@ class JobRunner:
         await self.queue.stop_taking()
 
     async def _run(self, job: Job) -> None:
-        body = job.body.encode()
+        body, content_type = job.body.encode(), b"application/json"
+        if job.route in uploads.ROUTES:
+            try:
+                body, content_type = await asyncio.to_thread(uploads.form_body, self.jobs_dir, job.id, job.body)
+            except uploads.UploadMissing as exc:
+                if await asyncio.to_thread(self.store.job_fail, job, str(exc), False):
+                    log.warning("job %s failed: %s", job.id, exc)
+                return
         sent = False
 
         async def receive() -> dict[str, Any]:
@@ -133,7 +144,7 @@ class JobRunner:
             raise AssertionError("unreachable")
 
         captured = _Captured()
-        ex = Exchange(_scope(job, body), receive, captured.send)
+        ex = Exchange(_scope(job, body, content_type), receive, captured.send)
         key = ApiKey(job.key_id, "", False, 0.0, None) if job.key_id != "-" else None
         task = asyncio.current_task()
         assert task is not None
@@ -159,6 +170,8 @@ class JobRunner:
             result = await asyncio.to_thread(self._result, job, captured)
             if not await asyncio.to_thread(self.store.job_finish, job, result):
                 log.info("job %s: finished after it was cancelled or re-queued; result dropped", job.id)
+            else:
+                await asyncio.to_thread(uploads.remove, self.jobs_dir, job.id)
             return
         if error is None:
             error = f"{status}: {_message(captured.body)}"
@@ -168,11 +181,15 @@ class JobRunner:
                         "; retrying" if retry else "")
             if retry:
                 await self.queue.announce(job)
+            else:
+                await asyncio.to_thread(uploads.remove, self.jobs_dir, job.id)
 
     def _result(self, job: Job, captured: _Captured) -> str:
         ctype = captured.content_type
         if ctype == "application/json":
             return json.dumps({"status": 200, "content_type": ctype, "body": json.loads(captured.body)})
+        if ctype.startswith("text/"):  # a transcription as text, srt or vtt
+            return json.dumps({"status": 200, "content_type": ctype, "text": captured.body.decode("utf-8", "replace")})
         name = f"{job.id}.{AUDIO_EXT.get(ctype, 'bin')}"
         path = self.jobs_dir / name
         tmp = path.with_suffix(".partial")

@@ -1,5 +1,7 @@
 """A job request checked before it is queued: the route, the body the synchronous route takes, the
-model (it must exist, match the route and have an enabled engine), and the Idempotency-Key.
+model (it must exist, match the route and have an enabled engine), and the Idempotency-Key. A
+transcription or translation job is a multipart upload (`check_upload`: the synchronous route's form
+plus a `route` field); its audio travels beside the row (`JobRequest.upload`), never in it.
 
 Everything a job could fail on for its input is refused here with a 4xx naming the field, so a
 queued job only fails for reasons of the engines.
@@ -16,10 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
-from ..gateway import routing, validation
+from ..gateway import routing, transcribe, validation
 from ..gateway.errors import ApiError, InvalidRequest
 from ..gateway.openai import IMAGE_ALIASES, SPEECH_ALIASES, OpenAIRoutes
 from ..store import NewJob
+from ..transcription import Form, Upload
+from . import uploads
 
 # route -> (modality, OpenAI's default model names, the synchronous route's own check)
 JOB_ROUTES: dict[str, tuple[str, tuple[str, ...], Callable[[dict[str, Any]], object]]] = {
@@ -27,6 +31,7 @@ JOB_ROUTES: dict[str, tuple[str, tuple[str, ...], Callable[[dict[str, Any]], obj
     "/v1/audio/speech": ("speech", SPEECH_ALIASES, validation.check_speech),
     "/v1/chat/completions": ("text", (), validation.check_chat),
 }
+JOB_MODALITIES = frozenset({*(modality for modality, _, _ in JOB_ROUTES.values()), "transcription"})  # uploads too
 MAX_IDEMPOTENCY_KEY = 255
 
 
@@ -44,6 +49,7 @@ class JobRequest:
     model: str
     body: dict[str, Any]
     idempotency_key: str | None
+    upload: Upload | None = None  # a transcription's audio: written beside the row (jobs.uploads)
 
     @property
     def body_hash(self) -> str:
@@ -71,14 +77,41 @@ def check(raw: bytes, idempotency_key: bytes | None, config: Config, routes: Ope
     route_check(body)
     if body.get("stream"):
         raise InvalidRequest("'stream' must be false for a job: its answer is kept whole", param="stream")
+    _check_engine(config, name, enabled_engines)
+    return JobRequest(route, name, body, _idempotency_key(idempotency_key))
+
+
+def check_upload(content_type: bytes | None, raw: bytes, idempotency_key: bytes | None, config: Config,
+                 routes: OpenAIRoutes, enabled_engines: set[str], model_header: bytes | None = None) -> JobRequest:
+    """The job a multipart POST /v1/jobs asks for: a transcription or translation (the synchronous
+    route's form plus `route`), or an ApiError (400, 404, 422) naming the field. `model_header`: the
+    request's X-Model, as for `check`."""
+    parsed = transcribe.parse(content_type, raw)
+    route = parsed.get("route")
+    if route not in uploads.ROUTES:
+        raise InvalidRequest(f"a multipart job's 'route' must be one of {', '.join(uploads.ROUTES)}, got {route!r}",
+                             param="route")  # fmt: skip
+    form = Form({k: v for k, v in parsed.fields.items() if k != "route"}, parsed.files)
+    req = transcribe.check_form(form, route.endswith("translations"), config.server.max_body_bytes)
+    if req.stream:
+        raise InvalidRequest("'stream' must be false for a job: its answer is kept whole", param="stream")
+    name = routes.model_for(routing.model_from(req.model, model_header), "transcription", route, transcribe.ALIASES)
+    _check_engine(config, name, enabled_engines)
+    body = {"fields": {**form.fields, "model": [name]}, "file": uploads.describe(req.upload)}
+    return JobRequest(route, name, body, _idempotency_key(idempotency_key), req.upload)
+
+
+def _check_engine(config: Config, name: str, enabled_engines: set[str]) -> None:
     engine = config.models[name].engine
     if engine not in enabled_engines:
         raise ModelCannotRun(f"model {name!r} cannot run on this appliance: its engine {engine!r} is disabled",
                              param="model", code="model_cannot_run")
-    key: str | None = None
-    if idempotency_key is not None:
-        key = idempotency_key.decode("latin-1").strip()
-        if not key or len(key) > MAX_IDEMPOTENCY_KEY:
-            raise InvalidRequest(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters",
-                                 param="Idempotency-Key")
-    return JobRequest(route, name, body, key)
+
+
+def _idempotency_key(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    key = raw.decode("latin-1").strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidRequest(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters", param="Idempotency-Key")
+    return key

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -28,14 +29,20 @@ RETENTION_EVERY_S = 3600.0
 
 
 def sweep_files(directory: Path, older_than: float) -> int:
-    """Delete plain files in `directory` last modified before `older_than`."""
+    """Delete plain files in `directory` last modified before `older_than`, and folders (a job's
+    upload left by a crash) made before then."""
     removed = 0
     if not directory.is_dir():
         return 0
     for path in directory.iterdir():
         with contextlib.suppress(OSError):
-            if path.is_file() and path.stat().st_mtime < older_than:
+            if path.stat().st_mtime >= older_than:
+                continue
+            if path.is_file():
                 path.unlink()
+                removed += 1
+            elif path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
                 removed += 1
     return removed
 

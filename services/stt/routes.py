@@ -6,7 +6,8 @@ over `--max-audio-s` is a 400 on `file`), asking the engine whether it can do th
 translation it cannot do is a 400, never ignored), and answering in the requested format, or as
 server-sent `transcript.text.delta` events, one per decoded segment, then `transcript.text.done`.
 Decoding runs on the model thread, segment by segment, and stops between two segments when the client
-goes away (`Worker.run_job`).
+goes away (`Worker.run_job`). Every answer of 200 carries `X-Audio-Seconds`, the decoded audio's length,
+which the gateway meters (usage and metrics) whatever the response format.
 """
 
 from __future__ import annotations
@@ -26,9 +27,14 @@ from services.protocol import Worker, check_model
 from services.stt import formats
 from services.stt.backend import SttBackend
 from services.stt.decode import TooLong, UnsupportedAudio, decode
-from services.stt.transcript import Segment, Task, Transcript, UnsupportedTask
+from services.stt.transcript import SAMPLE_RATE, Segment, Task, Transcript, UnsupportedTask
 
 log = logging.getLogger("services.stt")
+AUDIO_SECONDS_HEADER = "X-Audio-Seconds"  # the gateway reads it (appliance.gateway.upstream) for usage
+
+
+def _audio_seconds(audio: np.ndarray) -> str:
+    return f"{len(audio) / SAMPLE_RATE:.3f}"
 
 
 def add_routes(app: web.Application, worker: Worker, backend: SttBackend, max_audio_s: float,
@@ -63,7 +69,8 @@ def add_routes(app: web.Application, worker: Worker, backend: SttBackend, max_au
 
             transcript = await worker.run_job(job, backend.transcribe, audio, task, on_segment)
         data, content_type = formats.render(transcript, req.response_format, task_name, req.granularities)
-        return web.Response(body=data, headers={"Content-Type": f"{content_type}; charset=utf-8"})
+        return web.Response(body=data, headers={"Content-Type": f"{content_type}; charset=utf-8",
+                                                AUDIO_SECONDS_HEADER: _audio_seconds(audio)})  # fmt: skip
 
     async def transcriptions(request: web.Request) -> web.StreamResponse:
         return await handle(request, translate=False)
@@ -96,7 +103,8 @@ async def _stream(request: web.Request, worker: Worker, backend: SttBackend, job
         worker.run_job(job, backend.transcribe, audio, task, on_segment))
     work.add_done_callback(lambda _: queue.put_nowait(None))
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
-                                           "Cache-Control": "no-cache"})  # fmt: skip
+                                           "Cache-Control": "no-cache",
+                                           AUDIO_SECONDS_HEADER: _audio_seconds(audio)})  # fmt: skip
     try:
         await response.prepare(request)
         first = True

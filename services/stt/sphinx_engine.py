@@ -3,9 +3,10 @@ dictionary its Python package ships (nothing to download), the way espeak-ng sta
 
 Owns loading the decoder, decoding 16 kHz audio at most 30 s at a time (cut at the quietest point),
 segments cut at the pauses it hears (a stream gets one delta per segment; a cancel stops it at the
-next segment), and word timings from its segmentation (frames of 10 ms). It does not translate and
-refuses any language but English; `prompt` and `temperature` do not apply to it and are refused when
-set. Runs on the model thread.
+next segment), and word timings from its segmentation (frames of 10 ms). It hears English only, so a
+translation (into English, by OpenAI's definition) of English speech is its transcript, as Whisper's
+translate task gives for English audio; a `language` other than English is refused on both routes.
+`prompt` and `temperature` do not apply to it and are refused when set. Runs on the model thread.
 """
 
 from __future__ import annotations
@@ -71,12 +72,11 @@ class SphinxEngine:
         return MemoryUsage(host_bytes=self._bytes)
 
     def check(self, task: Task) -> None:
-        if task.translate:
-            raise UnsupportedTask("model", "pocketsphinx transcribes English only and cannot translate: "
-                                  "use a Whisper model for translations")  # fmt: skip
         if task.language not in (None, "en"):
-            raise UnsupportedTask("language", f"this pocketsphinx model recognizes English (en) only; "
-                                  f"got {task.language!r}: use a Whisper model")  # fmt: skip
+            what = "translates English speech only (its translation into English is the transcript)" \
+                if task.translate else "recognizes English (en) only"
+            raise UnsupportedTask("language", f"this pocketsphinx model {what}; 'language' is {task.language!r}: "
+                                  "use a multilingual Whisper model for other languages")  # fmt: skip
         if task.prompt:
             raise UnsupportedTask("prompt", "'prompt' is not supported by pocketsphinx (use a Whisper model)")
         if task.temperature:

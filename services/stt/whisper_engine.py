@@ -5,7 +5,9 @@ Owns finding the converted model (a directory holding model.bin, or a name under
 offload (CTranslate2 moves the weights to host RAM: `unload_model(to_cpu=True)`) and wake
 (`load_model()`), and decoding with OpenAI's parameters mapped onto faster-whisper's: `language`,
 `prompt` as the initial prompt, `temperature` (a fixed one: no fallback ladder), `translate` as
-Whisper's translate task, word timestamps when asked; timestamps past the audio's end are clamped.
+Whisper's translate task, word timestamps when asked; timestamps past the audio's end are clamped. An
+English-only model (`*.en`) has no translate task: a translation of English speech is its transcript
+(what a multilingual Whisper gives for English), and any language but English is refused.
 Decoding is lazy, segment by segment, so a cancel stops it between two segments. Runs on the model
 thread.
 """
@@ -88,14 +90,16 @@ class WhisperEngine:
         return MemoryUsage(gpu_bytes=self._bytes) if self._on_gpu else MemoryUsage(host_bytes=self._bytes)
 
     def check(self, task: Task) -> None:
-        if not self.multilingual and (task.translate or task.language not in (None, "en")):
-            raise UnsupportedTask("language" if task.language else "model",
-                                  "this Whisper model is English-only (a .en model): it neither translates nor "
-                                  "transcribes other languages")  # fmt: skip
+        if not self.multilingual and task.language not in (None, "en"):
+            what = "translates English speech only (its translation is the transcript)" if task.translate \
+                else "transcribes English only"
+            raise UnsupportedTask("language", f"this Whisper model is English-only (a .en model): it {what}; "
+                                  f"'language' is {task.language!r}: use a multilingual Whisper model")  # fmt: skip
 
     def transcribe(self, audio: np.ndarray, task: Task, on_segment: Callable[[Segment], None]) -> Transcript:
         pieces, info = self._model.transcribe(
-            audio.astype(np.float32), language=task.language, task="translate" if task.translate else "transcribe",
+            audio.astype(np.float32), language=task.language,
+            task="translate" if task.translate and self.multilingual else "transcribe",  # .en: English in, English out
             beam_size=self._beam_size, temperature=task.temperature, initial_prompt=task.prompt or None,
             word_timestamps=task.words, vad_filter=False, condition_on_previous_text=True,
         )  # fmt: skip

@@ -18,6 +18,8 @@ import openai
 import pytest
 from stt_audio import SENTENCES, encode, wer
 
+from appliance.store import open_store
+
 from .conftest import Gateway, launch, wait_until, worker_engine
 
 SAID = " ".join(SENTENCES[:3])
@@ -92,13 +94,62 @@ def test_tiny_whisper_behind_the_gateway(box: tuple[Gateway, dict[str, Any]], sp
     assert isinstance(result.text, str)
     events = list(client.audio.transcriptions.create(model="whisper-tiny", file=("s.wav", spoken), stream=True))
     assert events[-1].type == "transcript.text.done"
-    # translations: the route and the client's call work; both models refuse, saying why (pocketsphinx
-    # only transcribes English, and the tiny Whisper is an English-only model)
-    for model in ("whisper-tiny", "sphinx"):
-        # this openai release marks audio.translations deprecated (OpenAI's own models moved on); it still calls it
-        with pytest.raises(openai.BadRequestError) as err, pytest.warns(DeprecationWarning):
-            client.audio.translations.create(model=model, file=("s.wav", spoken))
-        assert err.value.body["param"] == "model" and "translat" in err.value.body["message"]  # type: ignore[index]
+    # an English-only Whisper (the tiny one is, to CTranslate2) translates English speech into its transcript
+    # and refuses a declared other language (this openai release marks audio.translations deprecated:
+    # OpenAI's own models moved on; it still calls it)
+    with pytest.warns(DeprecationWarning):
+        verbose = client.audio.translations.create(model="whisper-tiny", file=("s.wav", spoken),
+                                                   response_format="verbose_json")  # fmt: skip
+    assert verbose.task == "translate" and verbose.language == "english"
+    with pytest.raises(openai.BadRequestError) as err, pytest.warns(DeprecationWarning):
+        client.audio.translations.create(model="whisper-tiny", file=("s.wav", spoken), extra_body={"language": "de"})
+    assert err.value.body["param"] == "language" and "English" in err.value.body["message"]  # type: ignore[index]
+
+
+def test_translations_of_english_speech_offline(box: tuple[Gateway, dict[str, Any]], spoken: bytes) -> None:
+    """pocketsphinx serves translations of English speech (into English: the transcript, as Whisper
+    gives), streamed and not, through the official client; a declared non-English language is a 400."""
+    gw, _ = box
+    client = gw.client(timeout=120)
+    with pytest.warns(DeprecationWarning):
+        result = client.audio.translations.create(model="sphinx", file=("s.wav", spoken))
+    assert wer(SAID, result.text) < 0.3, result.text
+    with pytest.warns(DeprecationWarning):
+        verbose = client.audio.translations.create(model="whisper-1", file=("s.wav", spoken),
+                                                   response_format="verbose_json")  # fmt: skip
+    assert verbose.task == "translate" and verbose.language == "english" and wer(SAID, verbose.text) < 0.3
+    # OpenAI's client streams only transcriptions: a translation stream is asked for with extra_body and
+    # read as it arrives with with_streaming_response
+    with pytest.warns(DeprecationWarning), client.audio.translations.with_streaming_response.create(
+            model="sphinx", file=("s.wav", spoken), extra_body={"stream": True}) as resp:  # fmt: skip
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: ")]
+    deltas = [e["delta"] for e in events if e["type"] == "transcript.text.delta"]
+    assert deltas and events[-1]["type"] == "transcript.text.done"
+    assert "".join(deltas).strip() == events[-1]["text"] and wer(SAID, events[-1]["text"]) < 0.3
+    with pytest.raises(openai.BadRequestError) as err, pytest.warns(DeprecationWarning):
+        client.audio.translations.create(model="sphinx", file=("s.wav", spoken), extra_body={"language": "fr"})
+    assert err.value.body["param"] == "language" and "English" in err.value.body["message"]  # type: ignore[index]
+    assert gw.idle()
+
+
+def test_transcription_usage_records_audio_seconds(box: tuple[Gateway, dict[str, Any]], spoken: bytes) -> None:
+    gw, _ = box
+    seconds = len(_read_wav(spoken)[0]) / _read_wav(spoken)[1]
+    client = gw.client(timeout=120)
+    client.audio.transcriptions.create(model="sphinx", file=("s.wav", spoken), response_format="srt")
+    list(client.audio.transcriptions.create(model="sphinx", file=("s.wav", spoken), stream=True))
+
+    def recorded() -> list[dict[str, Any]]:
+        return [r for r in gw.usage()["recent"] if r["model"] == "sphinx" and r["status"] == 200
+                and r["route"] == "/v1/audio/transcriptions"]  # fmt: skip
+
+    wait_until(lambda: len(recorded()) >= 2, 30, "the usage records")
+    for rec in recorded()[-2:]:
+        assert abs(rec["audio_s"] - seconds) < 0.1, rec
+    metrics = httpx.get(gw.url + "/metrics", headers={"Authorization": f"Bearer {gw.keys['admin']}"}, timeout=30).text
+    line = next(m for m in metrics.splitlines() if m.startswith('appliance_audio_seconds_total{model="sphinx"}'))
+    assert float(line.split()[-1]) >= 2 * seconds - 0.2, line
 
 
 def _read_wav(data: bytes) -> tuple[np.ndarray, int]:
@@ -177,3 +228,85 @@ def test_hanging_up_stops_the_decoding(box: tuple[Gateway, dict[str, Any]], spok
     wait_until(gw.idle, 30, "the lease given back")
     recent = gw.usage()["recent"]
     assert any(r["model"] == "sphinx" and r["error"] == "client_disconnected" for r in recent), json.dumps(recent)[:800]
+
+
+def _job_rows(gw: Gateway) -> list[dict[str, Any]]:
+    store = open_store("", gw.state)
+    try:
+        return [dict(zip(cols, row, strict=True)) for table, cols, rows in store.dump() if table == "jobs"
+                for row in rows]  # fmt: skip
+    finally:
+        store.close()
+
+
+def _post_job(gw: Gateway, fields: dict[str, Any], upload: bytes | None, key: str = "user",
+              headers: dict[str, str] | None = None) -> httpx.Response:  # fmt: skip
+    files = {"file": ("speech.wav", upload)} if upload is not None else {"audio": ("a.wav", b"RIFF")}
+    return httpx.post(gw.url + "/v1/jobs", headers={"Authorization": f"Bearer {gw.keys[key]}", **(headers or {})},
+                      data=fields, files=files, timeout=60)  # fmt: skip
+
+
+def _finished(gw: Gateway, job_id: str) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        view: dict[str, Any] = gw.request("GET", f"/v1/jobs/{job_id}").json()
+        return view if view["status"] in ("succeeded", "failed", "cancelled") else None
+
+    result: dict[str, Any] = wait_until(done, 120, f"job {job_id} to finish")
+    return result
+
+
+def test_transcription_and_translation_jobs(box: tuple[Gateway, dict[str, Any]], spoken: bytes) -> None:
+    """A multipart upload to /v1/jobs queues a transcription (or translation) with real pocketsphinx:
+    the audio waits in the job's directory, not in the store's row, and goes once the job has finished;
+    the result is the synchronous route's answer, and the usage records its audio seconds."""
+    gw, _ = box
+    jobs_dir = gw.state / "data" / "jobs"
+    resp = _post_job(gw, {"route": "/v1/audio/transcriptions", "model": "whisper-1",
+                          "response_format": "verbose_json"}, spoken, headers={"Idempotency-Key": "t-1"})  # fmt: skip
+    assert resp.status_code == 202, resp.text
+    job = resp.json()
+    assert job["route"] == "/v1/audio/transcriptions" and job["model"] == "sphinx"
+    row = next(r for r in _job_rows(gw) if r["id"] == job["id"])
+    body = json.loads(row["body"])
+    assert len(row["body"]) < 2000 and body["file"]["bytes"] == len(spoken), row["body"][:300]
+    assert body["fields"]["model"] == ["sphinx"] and "route" not in body["fields"]
+    again = _post_job(gw, {"route": "/v1/audio/transcriptions", "model": "whisper-1",
+                           "response_format": "verbose_json"}, spoken, headers={"Idempotency-Key": "t-1"})  # fmt: skip
+    assert again.status_code == 200 and again.json()["id"] == job["id"], again.text
+    done = _finished(gw, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["result"]["task"] == "transcribe" and wer(SAID, done["result"]["text"]) < 0.3
+    assert not (jobs_dir / job["id"]).exists()  # the audio is gone once the job has finished
+    assert [p.name for p in jobs_dir.iterdir() if p.is_dir()] == [], "an upload left behind"
+    srt = _finished(gw, _post_job(gw, {"route": "/v1/audio/translations", "model": "sphinx",
+                                       "response_format": "srt"}, spoken).json()["id"])  # fmt: skip
+    assert srt["status"] == "succeeded" and srt["result"].startswith("1\n00:00:"), srt
+    seconds = len(_read_wav(spoken)[0]) / _read_wav(spoken)[1]
+
+    def job_records() -> list[dict[str, Any]]:
+        return [r for r in gw.usage()["recent"] if r["model"] == "sphinx" and r["status"] == 200
+                and r["route"] == "/v1/audio/translations"]  # fmt: skip
+
+    records = wait_until(job_records, 30, "the translation job's usage record")
+    assert abs(records[-1]["audio_s"] - seconds) < 0.1, records[-1]
+
+
+@pytest.mark.parametrize(("fields", "upload", "status", "param"), [
+    ({"model": "sphinx"}, b"audio", 400, "route"),
+    ({"route": "/v1/audio/speech", "model": "sphinx"}, b"audio", 400, "route"),
+    ({"route": "/v1/audio/transcriptions", "model": "sphinx"}, None, 400, "audio"),
+    ({"route": "/v1/audio/transcriptions", "model": "sphinx"}, b"", 400, "file"),
+    ({"route": "/v1/audio/transcriptions", "model": "sphinx", "stream": "true"}, b"audio", 400, "stream"),
+    ({"route": "/v1/audio/transcriptions", "model": "voice"}, b"audio", 400, "model"),
+    ({"route": "/v1/audio/transcriptions", "model": "nope"}, b"audio", 404, "model"),
+    ({"route": "/v1/audio/transcriptions", "model": "sphinx", "diarize": "true"}, b"audio", 400, "diarize"),
+])  # fmt: skip
+def test_bad_transcription_jobs_write_nothing(box: tuple[Gateway, dict[str, Any]], fields: dict[str, str],
+                                              upload: bytes | None, status: int, param: str) -> None:
+    gw, _ = box
+    before = len(_job_rows(gw))
+    resp = _post_job(gw, fields, upload)
+    assert resp.status_code == status and resp.json()["error"]["param"] == param, resp.text
+    assert len(_job_rows(gw)) == before
+    jobs_dir = gw.state / "data" / "jobs"
+    assert not jobs_dir.exists() or [p for p in jobs_dir.iterdir() if p.is_dir()] == []

@@ -27,6 +27,10 @@ def test_retention_keeps_rolled_up_totals_and_deletes_by_age(store: SqlStore, tm
     os.utime(old_file, (now - 200 * 3600, now - 200 * 3600))
     (jobs_dir / "new.mp3").write_bytes(b"y")
     os.utime(jobs_dir / "new.mp3", (now + 190 * 3600, now + 190 * 3600))  # young at the time of the pass
+    for name, at in (("job_old", now - 200 * 3600), ("job_new", now + 190 * 3600)):  # a job's upload folder
+        (jobs_dir / name).mkdir()
+        (jobs_dir / name / "upload").write_bytes(b"audio")
+        os.utime(jobs_dir / name, (at, at))
     store.job_create(NewJob("j-old", "/v1/audio/speech", "tts", "-", None, "h", "{}", "http://x"))
     job = store.job_claim("box", models=["tts"])
     assert job is not None and store.job_finish(job, "{}")
@@ -38,6 +42,7 @@ def test_retention_keeps_rolled_up_totals_and_deletes_by_age(store: SqlStore, tm
     m.daily(now + 200 * 3600)  # rollup, then retention, at a time when the job is old enough
     assert store.job_get("j-old") is None
     assert not old_file.exists() and (jobs_dir / "new.mp3").exists()
+    assert not (jobs_dir / "job_old").exists() and (jobs_dir / "job_new" / "upload").exists()  # a crash's leftover
     assert len(store.usage_recent(since=None, until=None, key_id=None, model=None, limit=10)) == 1
     total = sum(d["tokens_in"] for d in store.usage_days(since=None, until=None, key_id=None, model=None))
     assert total == 12  # the pruned day lives on in its rollup

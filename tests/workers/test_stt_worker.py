@@ -104,16 +104,18 @@ def test_bad_input_is_a_4xx_naming_the_field(sphinx: ServedProcess, spoken: tupl
     assert worker_stats(sphinx)["in_flight"] == 0
 
 
-def test_missing_file_part_and_translation_are_refused(sphinx: ServedProcess) -> None:
+def test_missing_file_part_and_a_non_english_translation_are_refused(sphinx: ServedProcess) -> None:
     resp = httpx.post(f"{sphinx.base_url}/v1/audio/transcriptions", data={"model": "sphinx"},
                       files={"other": ("x.wav", b"RIFF")}, timeout=30)  # fmt: skip
     assert resp.status_code == 400 and resp.json()["error"]["param"] in ("file", "other")
     resp = httpx.post(f"{sphinx.base_url}/v1/audio/transcriptions", data={"model": "sphinx"}, timeout=30)
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "file"
     spoken = np.zeros(16_000, dtype=np.float32)
-    resp = post(sphinx, encode(spoken, 16_000, "wav"), route="translations")
-    assert resp.status_code == 400 and resp.json()["error"]["param"] == "model"
-    assert "translate" in resp.json()["error"]["message"]
+    resp = post(sphinx, encode(spoken, 16_000, "wav"), route="translations", language="de")
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "language", resp.text
+    assert "English" in resp.json()["error"]["message"]
+    resp = post(sphinx, encode(spoken, 16_000, "wav"), route="translations", language="en")
+    assert resp.status_code == 200 and float(resp.headers["x-audio-seconds"]) == 1.0, resp.text
 
 
 def test_audio_over_the_duration_limit_is_refused(sphinx: ServedProcess) -> None:
