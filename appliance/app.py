@@ -6,6 +6,11 @@ engines, residency manager, the usage writer, maintenance, then the autostart en
 background: the API answers while they load). Shutdown (one ordered function): stop admitting work,
 let streams drain up to a deadline, stop every engine in stages, close the probe, write the last
 usage records, close the store.
+
+Readiness (`Appliance.readiness`, owned here and changed only through `mark_serving`, `drain` and
+`shutdown`): "starting" until the daemon serves, "ready", "draining" after `drain()` (an operator's
+`POST /api/drain`: no new /v1 work or jobs, in-flight work finishes), "stopping" once shutdown began.
+`accepting` (new /v1 work and jobs admitted) is true while starting or ready.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from .store.usage_sink import StoreUsageSink
 from .supervisor.launcher import Launcher, OsLauncher, PidFile
 
 log = logging.getLogger("appliance")
+READINESS = ("starting", "ready", "draining", "stopping")
 VLLM_OVERHEAD_BYTES = 1 << 30  # CUDA context, graphs and the activation peak vLLM profiles at start
 
 
@@ -129,8 +135,31 @@ class Appliance:
         self.job_queue = build_queue(config, self.store, self.box_id)  # JobsError: one line, nothing started
         self.maintenance = Maintenance(self.store, config.store, jobs_dir=data_dir / "jobs",
                                        image_sweep=lambda: self.images.sweep(force=True))
-        self.accepting = True
+        self._readiness = "starting"
         self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def readiness(self) -> str:
+        """"starting" | "ready" | "draining" | "stopping" (see the module docstring)."""
+        return self._readiness
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new /v1 work and jobs are admitted (not while draining or stopping)."""
+        return self._readiness in ("starting", "ready")
+
+    def mark_serving(self) -> None:
+        """The daemon serves (its start-up finished): "starting" becomes "ready"; a drain stays."""
+        if self._readiness == "starting":
+            self._readiness = "ready"
+
+    def drain(self) -> bool:
+        """Stop admitting new work (readiness "draining"); False when already draining or stopping."""
+        if self._readiness in ("draining", "stopping"):
+            return False
+        self._readiness = "draining"
+        log.info("draining: new /v1 work and jobs are refused; in-flight work finishes")
+        return True
 
     def gpu_note(self) -> str:
         if isinstance(self.gpu, DeclaredProbe):
@@ -153,7 +182,7 @@ class Appliance:
                 task.add_done_callback(self._background.discard)
 
     async def shutdown(self) -> None:
-        self.accepting = False
+        self._readiness = "stopping"
         self.maintenance.stop()
         await self.residency.close()
         await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)

@@ -290,6 +290,13 @@ class FleetConfig(_Frozen):
     heartbeat_s: float = Field(default=5.0, gt=0)  # how often the box writes its row in the registry
     expire_s: float = Field(default=15.0, gt=0)  # a row not refreshed this long is a dead box
 
+    @field_validator("advertise_url", "router_url")
+    @classmethod
+    def _check_http_url(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {v!r}")
+        return v.rstrip("/")
+
 
 class RouterConfig(_Frozen):
     """`appliance router`: HAProxy in front of the fleet, fed from the registry (docs/fleet.md)."""
@@ -352,6 +359,16 @@ class Config(_Frozen):
                 problems.append("store.url: profile \"full\" needs a postgresql:// URL (the shared database)")
             if self.jobs.backend != "kafka":
                 problems.append("jobs.backend: profile \"full\" needs \"kafka\" (with jobs.brokers)")
+        if self.fleet.enabled:
+            if not self.store.url.startswith(("postgresql://", "postgres://")):
+                problems.append("fleet.enabled: needs store.url = \"postgresql://...\" (the registry, keys and jobs "
+                                "the boxes share, as `appliance fleet join` writes it)")
+            if not self.fleet.advertise_url and self.server.host in ("0.0.0.0", "::"):
+                problems.append("fleet.advertise_url: required when server.host is a wildcard address (the URL the "
+                                "router reaches this box at, as `appliance fleet join` writes it)")
+        if self.fleet.expire_s <= self.fleet.heartbeat_s:
+            problems.append(f"fleet.expire_s: {self.fleet.expire_s:g} s must be longer than fleet.heartbeat_s "
+                            f"({self.fleet.heartbeat_s:g} s): live boxes would expire between heartbeats")
         em = self.vectors.embedding_model
         if em and (em not in self.models or self.models[em].modality != "embedding"):
             problems.append(f"vectors.embedding_model: {em!r} is not a configured embedding model")

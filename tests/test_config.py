@@ -104,3 +104,21 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
     path.write_text("[server]\nport = 0\n")
     proc = run_cli("check-config", env={**os.environ, "APPLIANCE_CONFIG": str(path)})
     assert proc.returncode == 2 and "server.port: must be 1-65535, got 0" in proc.stderr
+
+
+def test_fleet_settings_are_cross_checked_naming_key_and_file() -> None:
+    pg = {"url": "postgresql://appliance@db.example/appliance"}
+    with pytest.raises(ConfigError) as err:
+        parse_config({"fleet": {"enabled": True}}, source="box.toml")
+    assert err.value.lines == ["box.toml: fleet.enabled: needs store.url = \"postgresql://...\" (the registry, keys "
+                               "and jobs the boxes share, as `appliance fleet join` writes it)"]
+    with pytest.raises(ConfigError, match=r"box.toml: fleet.advertise_url: required when server.host is a wildcard"):
+        parse_config({"fleet": {"enabled": True}, "store": pg, "server": {"host": "0.0.0.0", "plain_http": True}},
+                     source="box.toml")
+    with pytest.raises(ConfigError, match=r"box.toml: fleet.expire_s: 5 s must be longer than fleet.heartbeat_s"):
+        parse_config({"fleet": {"heartbeat_s": 5, "expire_s": 5}}, source="box.toml")
+    with pytest.raises(ConfigError, match=r"box.toml: fleet.router_url: .*must be an http:// or https:// URL"):
+        parse_config({"fleet": {"router_url": "router:8443"}}, source="box.toml")
+    cfg = parse_config({"fleet": {"enabled": True, "advertise_url": "http://203.0.113.7:41234/"}, "store": pg,
+                        "server": {"host": "0.0.0.0", "plain_http": True}})
+    assert cfg.fleet.advertise_url == "http://203.0.113.7:41234"

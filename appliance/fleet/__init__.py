@@ -1,13 +1,12 @@
-"""This box as one of several behind `appliance router` (docs/fleet.md).
+"""Several appliance boxes as one fleet behind `appliance router` (docs/fleet.md).
 
-Owns the box API's version (`API_VERSION`: bumped on an incompatible change to the endpoints the
-router relies on: /health/*, /v1/residency, /api/drain, the X-Route-* and X-Model headers) and the
-fleet's pieces on the box side: the box's identity (`identity`), its heartbeat into the registry
-(`heartbeat`), re-queueing dead boxes' jobs (`orphans`), joining and leaving (`join`, `cli`), and the
-residency summary (`summary`).
-It must not route requests: that is `appliance router`'s.
+Owns: the box side of the fleet and `API_VERSION`, the box API's version (the endpoints and headers
+the router relies on: /health/*, /v1/residency, /api/drain, X-Route-*, X-Model), bumped on an
+incompatible change to them, so a router can keep routing to boxes of an older but compatible version
+during a rolling upgrade. Pieces: the box's identity (`identity`), its registry heartbeat and the
+dead boxes' job sweep (`heartbeat`), the residency summary the router routes by (`summary`), the
+router's token (`token`), the advertised URL (`advertise`), joining and leaving (`join`, `cli`).
+It must not import anything heavy at module level: the daemon imports it at start.
 """
-
-from __future__ import annotations
 
 API_VERSION = 1

@@ -75,6 +75,7 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
         await appliance.startup()
         await runner.start(job_models(appliance))
         await retrieval.start()
+        appliance.mark_serving()
         # Everything loaded so far lives as long as the process: keep it out of the collector's full
         # passes (about 20 ms each over these objects), which would otherwise land on some request.
         gc.collect()

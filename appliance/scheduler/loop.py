@@ -24,6 +24,10 @@ most `ABORT_WAIT_S`) until every aborted stream of the model is closed before re
 and the holder's `preemption.resume()` waits for the core to dispatch the request again (it is
 queued first, with resume=True).
 
+`generation` counts residency changes (a model's tier or transition phase, a CPU model's engine
+coming up or going down): a reader comparing two values knows whether anything moved between them
+(the fleet's residency summary, appliance.fleet.summary).
+
 Engine lifecycle: the supervisor reports every process transition of a scheduled engine to
 `_on_transition` synchronously, as a typed `Transition` (never over the EventBus, which may drop
 events and is telemetry only); `lifecycle.react` says what it means (a lost process -> EngineExited,
@@ -179,12 +183,17 @@ class ResidencyManager:
         self._aborting: dict[str, list[Preemption]] = {}  # model -> preempted streams not yet awaited
         self.preemptions: dict[str, int] = {}  # model -> streams preempted since start
         self._models_of: dict[str, list[str]] = {}  # scheduled engine -> its models
+        self.generation = 0  # bumped on every residency change (see the module docstring)
+        self._residency_sig: tuple[tuple[Tier, object], ...] = ()
         for mid, eng_name in self.model_engine.items():
             if mid not in self.cpu_models:
                 self._models_of.setdefault(eng_name, []).append(mid)
         for eng_name in self._models_of:
             engines[eng_name].process.set_autorestart(False)  # restarts are ours: see the docstring
             engines[eng_name].process.on_transition(self._on_transition)
+        for eng_name in {self.model_engine[mid] for mid in self.cpu_models}:
+            engines[eng_name].process.on_transition(self._on_cpu_transition)
+        self._note_residency()
 
     # -- public -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -205,6 +214,28 @@ class ResidencyManager:
             return "host" if eng.state is ProcessState.READY else "disk"
         view = self.core.snapshot().models.get(model)
         return view.tier.value if view is not None else "absent"
+
+    def resident(self, model: str) -> bool:
+        """Whether a request for `model` is served without bringing anything in or out: a GPU model
+        resident in VRAM and steady (not loading, not being evicted), a CPU model whose engine is up."""
+        if model in self.cpu_models:
+            return self.engines[self.model_engine[model]].state is ProcessState.READY
+        slot = self.core.ledger.slots.get(model)
+        return slot is not None and slot.servable
+
+    def loadable(self, model: str) -> bool:
+        """Whether `model` could be brought in now: an enabled engine that is not FATAL, weights on
+        this box, and (a GPU model) a footprint that fits the VRAM budget beside the pinned models."""
+        eng_name = self.model_engine.get(model)
+        if eng_name is None:
+            return False
+        eng = self.engines[eng_name]
+        if eng.state is ProcessState.FATAL or eng.adapter.missing_weights():
+            return False
+        if model in self.cpu_models:
+            return True
+        slot = self.core.ledger.slots.get(model)
+        return slot is not None and slot.tier is not Tier.ABSENT and self.core.ledger.fits_ever(slot)
 
     def wait_estimate(self, model: str) -> WaitEstimate:
         """Where `model` is, how many wait for it, and about how long it takes to bring in (measured
@@ -358,6 +389,7 @@ class ResidencyManager:
                 continue
             for action in actions:
                 self._execute(action)
+            self._note_residency()
             if self.core.footprints.take_dirty():
                 self.footprint_file.save(self.core.measured_footprints())
 
@@ -568,6 +600,18 @@ class ResidencyManager:
             self.swaps.end(swap)
         self._stopping.discard(eng.name)  # already stopped: no STOPPED transition came to consume it
         self._post(ReleaseDone(self._clock(), model, 0))
+
+    def _note_residency(self) -> None:
+        """Bump `generation` when a scheduled model's tier or phase changed (after each core step)."""
+        sig = tuple((s.tier, s.phase) for s in self.core.ledger.slots.values())
+        if sig != self._residency_sig:
+            self._residency_sig = sig
+            self.generation += 1
+
+    def _on_cpu_transition(self, t: Transition) -> None:
+        """A CPU model's tier is its engine being up: a change of READY-ness is a residency change."""
+        if (t.old is ProcessState.READY) != (t.new is ProcessState.READY):
+            self.generation += 1
 
     # -- engine lifecycle (the supervisor's typed, lossless reports) -------------------------------
     def _on_transition(self, t: Transition) -> None:

@@ -186,10 +186,10 @@ class Store(Protocol):
         """Delete finished jobs older than `before`."""
         ...
 
-    def jobs_requeue_orphans(self, expire_s: float) -> list[Job]:
+    def jobs_requeue_orphans(self, expire_s: float, max_attempts: int) -> list[Job]:
         """Running jobs whose owner has no registry row younger than `expire_s` (by the database's clock)
-        and that started at least `expire_s` ago, back to queued, atomically: of several boxes calling
-        this at once, exactly one gets each job back."""
+        and that started at least `expire_s` ago: back to queued (failed for good once `max_attempts`
+        runs were made), atomically: of several boxes calling this at once, exactly one gets each job."""
         ...
 
     # -- fleet registry (heartbeat ages by the database's clock, so boxes' clocks need not agree)

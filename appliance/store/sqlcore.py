@@ -329,15 +329,17 @@ class SqlStore(RetrievalSql):
             (JobState.QUEUED.value, "interrupted: the daemon stopped while it ran", JobState.RUNNING.value, owner)))
         return [_job(r) for r in rows]
 
-    def jobs_requeue_orphans(self, expire_s: float) -> list[Job]:
+    def jobs_requeue_orphans(self, expire_s: float, max_attempts: int) -> list[Job]:
         # One UPDATE: on PostgreSQL a second box's concurrent UPDATE waits for the row and re-checks
         # `state = running` after the first commits, so it skips the job; SQLite has one writer.
+        now = time.time()
         rows = self._write(lambda tx: tx.query(
-            f"UPDATE jobs SET state = ?, error = ? WHERE state = ? AND started < {self.now_sql} - ? "
-            f"AND (owner IS NULL OR owner NOT IN (SELECT box_id FROM boxes WHERE heartbeat_at > {self.now_sql} - ?)) "
-            f"RETURNING {_JOB_COLS}",
-            (JobState.QUEUED.value, "interrupted: the box running it stopped heartbeating", JobState.RUNNING.value,
-             expire_s, expire_s)))
+            "UPDATE jobs SET state = CASE WHEN attempts < ? THEN ? ELSE ? END, "
+            "finished = CASE WHEN attempts < ? THEN NULL ELSE ? END, error = ? "
+            f"WHERE state = ? AND started < {self.now_sql} - ? AND (owner IS NULL OR owner NOT IN "
+            f"(SELECT box_id FROM boxes WHERE heartbeat_at > {self.now_sql} - ?)) RETURNING {_JOB_COLS}",
+            (max_attempts, JobState.QUEUED.value, JobState.FAILED.value, max_attempts, now,
+             "interrupted: the box running it stopped heartbeating", JobState.RUNNING.value, expire_s, expire_s)))
         return sorted((_job(r) for r in rows), key=lambda j: j.seq)
 
     def jobs_queued(self, models: Iterable[str]) -> list[Job]:

@@ -178,18 +178,24 @@ def test_dead_boxes_running_jobs_go_back_to_the_queue_once(store: SqlStore) -> N
     on_alive = store.job_claim("alive", models=["tts"])
     on_gone = store.job_claim("gone", models=["tts"])  # a box whose row was removed
     assert on_dead is not None and on_alive is not None and on_gone is not None
-    assert store.jobs_requeue_orphans(expire_s=30) == []  # every job started just now: grace
+    assert store.jobs_requeue_orphans(expire_s=30, max_attempts=3) == []  # every job started just now: grace
     store._write(lambda tx: tx.execute("UPDATE jobs SET started = started - 100"))
-    assert [j.id for j in store.jobs_requeue_orphans(expire_s=30)] == [on_gone.id]  # no row at all
+    assert [j.id for j in store.jobs_requeue_orphans(expire_s=30, max_attempts=3)] == [on_gone.id]  # no row at all
     _age_heartbeat(store, "dead", 100.0)
-    back = store.jobs_requeue_orphans(expire_s=30)
+    back = store.jobs_requeue_orphans(expire_s=30, max_attempts=3)
     assert [j.id for j in back] == [on_dead.id] and back[0].state is JobState.QUEUED
     assert back[0].error is not None and "stopped heartbeating" in back[0].error
-    assert store.jobs_requeue_orphans(expire_s=30) == []  # once
+    assert store.jobs_requeue_orphans(expire_s=30, max_attempts=3) == []  # once
     assert store.job_get(on_alive.id).state is JobState.RUNNING  # type: ignore[union-attr]
     assert not store.job_finish(on_dead, "{}")  # the dead box's late report is refused
     rerun = store.job_claim("alive", job_id=on_dead.id)
     assert rerun is not None and rerun.attempts == on_dead.attempts + 1
+    _age_heartbeat(store, "alive", 100.0)  # a job that outlived max_attempts boxes fails for good
+    store._write(lambda tx: tx.execute("UPDATE jobs SET started = started - 100"))
+    last = store.jobs_requeue_orphans(expire_s=30, max_attempts=2)
+    assert sorted((j.id, j.state) for j in last) == sorted([(on_alive.id, JobState.QUEUED),
+                                                            (rerun.id, JobState.FAILED)])
+    assert store.job_get(rerun.id).finished is not None  # type: ignore[union-attr]
 
 
 def test_concurrent_orphan_requeues_hand_each_job_back_once(store: SqlStore) -> None:
@@ -202,7 +208,7 @@ def test_concurrent_orphan_requeues_hand_each_job_back_once(store: SqlStore) -> 
 
     def sweeper() -> None:
         for _ in range(5):
-            found = store.jobs_requeue_orphans(expire_s=10)
+            found = store.jobs_requeue_orphans(expire_s=10, max_attempts=3)
             with lock:
                 got.extend(j.id for j in found)
 
