@@ -129,8 +129,10 @@ def members_of(model: str, ready: list[BoxView]) -> tuple[frozenset[str], bool]:
     return frozenset(), False
 
 
-def plan_routes(boxes: Iterable[BoxView], previous: RoutePlan) -> RoutePlan:
-    """The plan for these registry rows, keeping `previous`'s slot and backend assignments."""
+def plan_routes(boxes: Iterable[BoxView], previous: RoutePlan, down: frozenset[str] = frozenset()) -> RoutePlan:
+    """The plan for these registry rows, keeping `previous`'s slot and backend assignments. Boxes in
+    `down` (HAProxy's health check fails them) keep their slot, still checked, but serve no model:
+    a model only they could load goes to the next box with the most free VRAM before their row expires."""
     by_id = {b.box_id: b for b in boxes}
     prev_ids = tuple(s.box_id if s else None for s in previous.slots)
     slot_ids = _assign(prev_ids, by_id)
@@ -138,7 +140,8 @@ def plan_routes(boxes: Iterable[BoxView], previous: RoutePlan) -> RoutePlan:
         None if bid is None else BoxSlot(bid, by_id[bid].address, by_id[bid].port, by_id[bid].tls,
                                          admin_state(by_id[bid].state))
         for bid in slot_ids)
-    ready = sorted((b for b in by_id.values() if b.state == "ready"), key=lambda b: b.box_id)
+    ready = sorted((b for b in by_id.values() if b.state == "ready" and b.box_id not in down),
+                   key=lambda b: b.box_id)
     models = {m for b in by_id.values() for m in b.models}
     members: dict[str, frozenset[str]] = {}
     resident: set[str] = set()

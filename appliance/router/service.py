@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from ..config import Config
 from ..store import BoxRecord, Store
 from .commands import transition
-from .haproxy_config import Paths, map_text, render
+from .haproxy_config import Paths, map_text, render, server_name
 from .plan import BoxView, RoutePlan, plan_doc, plan_from_doc, plan_routes, without_box
 from .process import HaproxyError, HaproxyProcess
 from .runtime import RuntimeApi, RuntimeApiError
@@ -176,12 +176,21 @@ class RouterService:
             self.records = records
             live = {r.box_id for r in records}
             self.draining &= live
-            plan = plan_routes(await self.views(records), self.plan)
+            plan = plan_routes(await self.views(records), self.plan, await self.down_boxes())
             for box_id in sorted(self.draining):
                 plan = without_box(plan, box_id)
         else:
             plan = self.plan
         await self.apply(plan)
+
+    async def down_boxes(self) -> frozenset[str]:
+        """Boxes whose slot HAProxy's health check marks DOWN now (none when it cannot be asked)."""
+        try:
+            status = await self.api.server_status()
+        except RuntimeApiError:
+            return frozenset()
+        return frozenset(s.box_id for i, s in enumerate(self.plan.slots)
+                         if s is not None and status.get(("boxes", server_name(i)), "").startswith("DOWN"))
 
     async def apply(self, plan: RoutePlan) -> None:
         changed = plan != self.plan

@@ -82,3 +82,10 @@ def test_the_plan_survives_its_json_round_trip() -> None:
     assert plan_from_doc(plan_doc(plan)) == plan
     with pytest.raises(ValueError, match="not a routing plan"):
         plan_from_doc({"slots": 3})
+
+
+def test_a_box_haproxy_finds_down_serves_nothing_before_its_row_expires() -> None:
+    boxes = [box("a", {"m": "disk"}, free_gb=50), box("b", {"m": "disk"}, free_gb=10)]
+    plan = plan_routes(boxes, RoutePlan(), down=frozenset({"a"}))
+    assert plan.members["m"] == {"b"} and plan.fallback == "b"
+    assert plan.slots[plan.slot_of("a") or 0] is not None  # still checked, to come back

@@ -1,0 +1,165 @@
+"""`appliance router` with real HAProxy and a real PostgreSQL registry, in front of boxes that answer
+the box API (tests/fleet/fake_boxes.py): routing by model, residency changes through the runtime API,
+large bodies, failover, drain, and a restart while the database is unreachable."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backing_services import pg_schema_url
+from standins.launch import wait_until
+
+from appliance.gateway.keys import KeyStore
+from appliance.store import open_store
+from appliance.store.sqlcore import SqlStore
+from fleet.fake_boxes import FakeBox
+from fleet.router_harness import Router
+
+MAP_DEADLINE_S = 2.0  # issue #20: a residency change reaches HAProxy's map within 2 s
+
+
+def chat(router: Router, model: str | None, *, header_model: str | None = None, pad: int = 0,
+         headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    doc: dict[str, Any] = {"messages": [{"role": "user", "content": "x" * pad}]}
+    if model is not None:
+        doc["model"] = model  # last: HAProxy must read the whole body to find it
+    hdrs = {"Content-Type": "application/json", "Authorization": "Bearer sk-app-client", **(headers or {})}
+    if header_model:
+        hdrs["X-Model"] = header_model
+    req = urllib.request.Request(router.url + "/v1/chat/completions", data=json.dumps(doc).encode(), headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+@pytest.fixture
+def registry(pg_database: str) -> Iterator[tuple[str, SqlStore]]:
+    url = pg_schema_url(pg_database)
+    store = open_store(url, None)
+    yield url, store
+    store.close()
+
+
+@pytest.fixture
+def boxes() -> Iterator[dict[str, FakeBox]]:
+    made = {"a": FakeBox("a", {"llama"}, free_gb=4), "b": FakeBox("b", {"sd"}, free_gb=20),
+            "c": FakeBox("c", set(), free_gb=8)}
+    yield made
+    for b in made.values():
+        b.close()
+
+
+@pytest.fixture
+def router(tmp_path: Path, registry: tuple[str, SqlStore]) -> Iterator[Router]:
+    r = Router(tmp_path, registry[0], expire_s=600).start()
+    yield r
+    r.stop()
+
+
+def box_of(router: Router, model: str) -> str | None:
+    status, doc = chat(router, model)
+    return str(doc["box"]) if status == 200 else None
+
+
+def routed_to(router: Router, model: str, box: FakeBox) -> bool:
+    return box_of(router, model) == box.name
+
+
+def test_the_router_routes_by_model_and_follows_the_registry(router: Router, registry: tuple[str, SqlStore],
+                                                             boxes: dict[str, FakeBox]) -> None:
+    _, store = registry
+    a, b, c = boxes["a"], boxes["b"], boxes["c"]
+    store.put_box(a.record({"llama": "vram", "whisper": "disk"}))
+    store.put_box(b.record({"sd": "vram", "whisper": "disk"}))
+    store.put_box(c.record({"whisper": "disk"}))
+    wait_until(lambda: len(router.haproxy_map()) == 3, deadline_s=10, message="the first map")
+
+    for _ in range(4):
+        assert chat(router, "llama") == (200, {"box": "a", "model": "llama"})
+        assert chat(router, "sd")[1]["box"] == "b"
+    # A model no box holds: the box with the most free VRAM (b: 20 GB), never a random one.
+    assert {chat(router, "whisper")[1]["box"] for _ in range(4)} == {"b"}
+    # The X-Model header routes without the body's model; a 64 KB body with "model" last routes too.
+    assert chat(router, None, header_model="sd")[1]["box"] == "b"
+    status, doc = chat(router, "llama", pad=64 * 1024)
+    assert (status, doc["box"]) == (200, "a") and a.seen[-1]["size"] > 64 * 1024
+    # HAProxy sets the fleet token (replacing a client's), marks held models resident-only and passes
+    # the client's key through.
+    chat(router, "llama", headers={"X-Fleet-Token": "forged"})
+    last = a.seen[-1]
+    assert last["token"] == router.fleet_token and last["auth"] == "Bearer sk-app-client"
+    assert last["policy"] == "resident-only"
+    assert {s["policy"] for s in b.seen if s["model"] == "whisper"} == {None}  # may load
+
+    # A residency change reaches HAProxy within 2 s, through the runtime API (no reload).
+    worker_pid = router.haproxy("show info")
+    a.resident.discard("llama")
+    c.resident.add("llama")
+    store.put_box(a.record({"whisper": "disk"}))
+    store.put_box(c.record({"llama": "vram", "whisper": "disk"}))
+    moved_at = time.monotonic()
+    wait_until(lambda: routed_to(router, "llama", c), deadline_s=MAP_DEADLINE_S, message="llama moved to c")
+    print(f"residency change reached HAProxy in {time.monotonic() - moved_at:.2f} s")
+    assert [line for line in router.haproxy("show info").splitlines() if line.startswith("Pid:")] == \
+        [line for line in worker_pid.splitlines() if line.startswith("Pid:")]
+
+    # A box evicting between the map and the request answers 503 (resident-only): HAProxy retries the
+    # next holder, the client sees one 200.
+    a.resident.add("llama")
+    store.put_box(a.record({"llama": "vram"}))
+    wait_until(lambda: any(s["policy"] and s["model"] == "llama" for s in a.seen[-1:]) or
+               (chat(router, "llama")[1]["box"] == "a"), deadline_s=5, message="a holds llama again")
+    a.resident.discard("llama")  # a evicted it, the registry does not know yet
+    assert all(chat(router, "llama")[1]["box"] == "c" for _ in range(6))
+
+
+def test_failover_drain_and_a_restart_without_the_database(tmp_path: Path, router: Router,
+                                                           registry: tuple[str, SqlStore],
+                                                           boxes: dict[str, FakeBox]) -> None:
+    _, store = registry
+    a, b, c = boxes["a"], boxes["b"], boxes["c"]
+    for box in (a, b, c):
+        box.resident = {"llama"}
+        store.put_box(box.record())
+    wait_until(lambda: {box_of(router, "llama") for _ in range(9)} == {"a", "b", "c"}, deadline_s=10,
+               message="llama on all three boxes")
+
+    # A box that dies (connections refused): no request is lost, the others take its traffic.
+    a.close()
+    results = [chat(router, "llama") for _ in range(20)]
+    assert all(status == 200 and doc["box"] in ("b", "c") for status, doc in results), results
+    wait_until(lambda: router.server_states().get("boxes/b1") == "DOWN" or
+               "DOWN" in router.server_states().values(), deadline_s=10, message="the health check marks it down")
+
+    # Drain through the router with an admin key: the box is asked with the router's own admin key,
+    # and new work goes elsewhere at once.
+    _, admin = KeyStore(store).create("ops", admin=True)
+    _, user = KeyStore(store).create("user")
+    assert router.api("/api/fleet/boxes/b/drain", user, "POST")[0] == 403
+    status, doc = router.api("/api/fleet/boxes/b/drain", admin, "POST")
+    assert (status, doc["box_status"]) == (200, 200), doc
+    assert KeyStore(store).verify(b.drained_with[0].removeprefix("Bearer ")).admin  # type: ignore[union-attr]
+    assert all(chat(router, "llama")[1]["box"] == "c" for _ in range(10))
+    status, fleet = router.api("/api/fleet", admin)
+    assert status == 200 and fleet["routes"]["llama"] == ["c"]  # a: down (health check), b: drained
+    assert {bx["box_id"]: bx["drained_by_router"] for bx in fleet["boxes"]}["b"] is True
+    assert fleet["haproxy"]["map"]["llama"].startswith("m") and fleet["registry"]["readable"]
+
+    # A router restarted while PostgreSQL is unreachable routes from its last map.
+    router.stop()
+    router.write_config("postgresql://appliance@127.0.0.1:1/nowhere?connect_timeout=1", [], 0.2, 300, 600)
+    router.start()
+    assert all(chat(router, "llama")[1]["box"] == "c" for _ in range(5))
+    time.sleep(0.5)  # several failed registry reads: the map stays
+    assert all(chat(router, "llama")[1]["box"] == "c" for _ in range(5))
+    assert router.api("/api/fleet", admin)[0] == 503  # keys live in the unreachable database
+    assert "registry unreadable, routing from the last map" in router.log.read_text()
