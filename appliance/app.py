@@ -1,7 +1,8 @@
 """Composition root: build every long-lived object from a Config, and the startup/shutdown order.
 
-Startup: state directories, the store (opened and migrated: a store that cannot be used stops the
-start with one line), reap engine groups a previous daemon left behind (pid file), GPU probe,
+Startup: state directories, the fleet router's token (fleet.enabled; a missing token file stops the
+start with one line), the store (opened and migrated: a store that cannot be used stops the start
+with one line), reap engine groups a previous daemon left behind (pid file), GPU probe,
 engines, residency manager, the usage writer, maintenance, then the autostart engines (in the
 background: the API answers while they load). Shutdown (one ordered function): stop admitting work,
 let streams drain up to a deadline, stop every engine in stages, close the probe, write the last
@@ -28,6 +29,7 @@ from .engine_keys import EngineKeys
 from .engines.base import EngineContext
 from .engines.engine import Engine, build_adapter, enabled_engines
 from .events import EventBus
+from .fleet.token import read_token
 from .gateway.images import ImageStore
 from .gpu import GIB_BYTES, DeclaredProbe, FakeGpuProbe, GpuProbe, NvmlProbe, detect_probe
 from .jobs import box_id, build_queue
@@ -105,6 +107,8 @@ class Appliance:
         for sub in ("run", "logs", "engines", "data"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         self.started_at = time.time()
+        # The fleet router's token (fleet.enabled): read once, here; TokenError stops the start with one line.
+        self.fleet_token = read_token(config) if config.fleet.enabled else ""
         self.store = open_store(config.store.url, self.state_dir)  # StoreError: one line, nothing started
         self.bus = EventBus()
         self.gpu = probe or make_probe(config)
@@ -152,6 +156,12 @@ class Appliance:
         """The daemon serves (its start-up finished): "starting" becomes "ready"; a drain stays."""
         if self._readiness == "starting":
             self._readiness = "ready"
+
+    def refusal(self) -> str:
+        """Why new work is refused while not `accepting` (the 503's message)."""
+        if self._readiness == "draining":
+            return "this box is draining (POST /api/drain): it takes no new work; send it to another box"
+        return "the appliance is shutting down"
 
     def drain(self) -> bool:
         """Stop admitting new work (readiness "draining"); False when already draining or stopping."""

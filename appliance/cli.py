@@ -47,6 +47,7 @@ def serve(config: ConfigOpt = None,
     logging.getLogger("appliance").info("configuration: %s", cfg.source)
     from .daemon import RefusedBind
     from .daemon import serve as run_daemon
+    from .fleet.token import TokenError
     from .gateway.keys import KeyStore
     from .jobs import JobsError
     from .store import StoreError
@@ -66,7 +67,7 @@ def serve(config: ConfigOpt = None,
     try:
         asyncio.run(run_daemon(cfg, bind_host, bind_port, has_keys, os.environ.get("HF_ENDPOINT"),
                                os.environ.get("HF_TOKEN")))
-    except (RefusedBind, StoreError, JobsError) as exc:
+    except (RefusedBind, StoreError, JobsError, TokenError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:

@@ -4,7 +4,8 @@
 and its engine ready, yields where to send the request (`lease.endpoint`, a loopback base URL), and
 gives the slot back when the block exits (completion, error or client disconnect: cancellation).
 Failures to obtain a lease are these exceptions, which the gateway maps to HTTP errors:
-`QueueFullError` (429), `CannotFitError` (503), `ModelUnavailable` (503), each with a Retry-After.
+`QueueFullError` (429), `CannotFitError` (503), `ModelUnavailable` (503), `NotResident` (409, a
+`resident_only` lease for a model not resident), each with a Retry-After.
 
 A lease taken with `preemptible=True` for a model the scheduler may preempt carries a `Preemption`:
 the scheduler can take the GPU back mid-stream. The holder registers how to abort its engine
@@ -48,6 +49,11 @@ class CannotFitError(LeaseError):
 
 class ModelUnavailable(LeaseError):
     """The engine is fatal, stopped, or not ready before the deadline (503)."""
+
+
+class NotResident(LeaseError):
+    """A resident-only lease for a model that is not resident: refused before anything was loaded
+    or evicted for it (409, or the status the fleet router asked for)."""
 
 
 class Preempted(Exception):
@@ -133,8 +139,9 @@ class DirectResidency:
 
     @contextlib.asynccontextmanager
     async def lease(self, model: str, *, deadline_s: float | None = None,
-                    preemptible: bool = False) -> AsyncIterator[Lease]:
-        """`preemptible` is accepted for the common interface; nothing here is ever preempted."""
+                    preemptible: bool = False, resident_only: bool = False) -> AsyncIterator[Lease]:
+        """`preemptible` is accepted for the common interface; nothing here is ever preempted.
+        `resident_only`: refuse (NotResident) unless the engine is up already."""
         from .engines.base import ControlError
         from .supervisor.process import EngineUnavailable
 
@@ -143,6 +150,9 @@ class DirectResidency:
             raise ModelUnavailable(f"model {model!r} has no enabled engine")
         if eng.adapter.missing_weights():
             raise weights_missing(model, eng.adapter.ctx.config.models[model].catalog)
+        if resident_only and eng.state.value != "ready":
+            raise NotResident(f"model {model!r} is not loaded on this box (X-Route-Policy: resident-only)",
+                              retry_after=5.0)
         try:
             await eng.ensure_ready(deadline_s)
             await eng.activate()

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.responses import Response
 
 from ..logsetup import REQUEST_ID
-from ..residency import CannotFitError, LeaseError, ModelUnavailable, QueueFullError
+from ..residency import CannotFitError, LeaseError, ModelUnavailable, NotResident, QueueFullError
 
 
 class ApiError(Exception):
@@ -181,12 +181,23 @@ class CannotFit(Unavailable):
     code = "cannot_fit"
 
 
+class ModelNotResident(ApiError):
+    """A resident-only request (a fleet router's `X-Route-Policy`) for a model not resident here:
+    409 by default, or the `X-Route-Retry-Status` the router chose (503)."""
+
+    status = 409
+    type = "server_error"
+    code = "model_not_resident"
+
+
 def from_lease_error(exc: LeaseError) -> ApiError:
     """Map a residency failure to its HTTP error, keeping the scheduler's Retry-After."""
     if isinstance(exc, QueueFullError):
         return QueueFull(str(exc), retry_after=exc.retry_after)
     if isinstance(exc, CannotFitError):
         return CannotFit(str(exc), retry_after=exc.retry_after)
+    if isinstance(exc, NotResident):
+        return ModelNotResident(str(exc), retry_after=exc.retry_after)
     if isinstance(exc, ModelUnavailable):
         return Unavailable(str(exc), retry_after=exc.retry_after)
     return Unavailable(str(exc), retry_after=exc.retry_after)

@@ -5,6 +5,9 @@
 (gateway.errors.from_lease_error). If the engine refuses the connection, it died after the lease
 was granted and before the supervisor noticed: nothing reached it, so the lease is given back and a
 new one taken (the scheduler now waits for the restart), with a short backoff, until the deadline.
+A request a fleet router sent with `X-Route-Policy: resident-only` (gateway.routing) takes a
+resident-only lease: refused at once (409 `model_not_resident`, or the status the router asked
+for) when the model is not resident, before anything is loaded or evicted for it.
 `Call` collects what the request cost for the usage record.
 It must not decide residency, nor retry anything the engine may have started.
 """
@@ -20,9 +23,10 @@ from typing import TypeVar
 
 from ..app import Appliance
 from ..logsetup import ENGINE
-from ..residency import Lease, LeaseError
+from ..residency import Lease, LeaseError, NotResident
 from ..usage import UsageRecord
-from .errors import EngineUnreachable, from_lease_error
+from .errors import EngineUnreachable, ModelNotResident, from_lease_error
+from .routing import ROUTE_POLICY
 
 T = TypeVar("T")
 RETRY_FIRST_S = 0.05
@@ -56,10 +60,13 @@ class Call:
 class Leased:
     """`async with` a model's lease: maps lease failures to HTTP errors, adds up wait and hold times."""
 
-    __slots__ = ("_call", "_cm", "_held_from")
+    __slots__ = ("_call", "_cm", "_held_from", "_retry_status")
 
     def __init__(self, app: Appliance, model: str, call: Call, preemptible: bool = False) -> None:
-        self._cm = app.residency.lease(model, deadline_s=app.config.server.load_deadline_s, preemptible=preemptible)
+        policy = ROUTE_POLICY.get()
+        self._retry_status = policy.retry_status if policy is not None else 0
+        self._cm = app.residency.lease(model, deadline_s=app.config.server.load_deadline_s, preemptible=preemptible,
+                                       resident_only=policy is not None)
         self._call = call
         self._held_from = 0.0
 
@@ -67,6 +74,8 @@ class Leased:
         t0 = time.perf_counter()
         try:
             lease = await self._cm.__aenter__()
+        except NotResident as exc:
+            raise ModelNotResident(str(exc), status=self._retry_status or 409, retry_after=exc.retry_after) from exc
         except LeaseError as exc:
             raise from_lease_error(exc) from exc
         finally:

@@ -127,7 +127,7 @@ class OpenAIRoutes:
         if method != route[0] and not (method == "HEAD" and route[0] == "GET"):
             raise MethodNotAllowed(f"{path} accepts {route[0]}, not {method}")
         if not self.app.accepting:
-            raise Unavailable("the appliance is shutting down", retry_after=10)
+            raise Unavailable(self.app.refusal(), retry_after=10)
         await route[1](ex, call)
 
     # -- models ----------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ class JobsApi:
 
     async def _submit(self, ex: Exchange, key: ApiKey | None) -> None:
         if not self.appliance.accepting:
-            raise ApiError("the appliance is shutting down", status=503, retry_after=10)
+            raise ApiError(self.appliance.refusal(), status=503, retry_after=10)
         raw = await ex.read_body(self.appliance.config.server.max_body_bytes)
         request = submit.check(raw, ex.header(b"idempotency-key"), self.appliance.config, self.routes,
                                set(self.appliance.engines))

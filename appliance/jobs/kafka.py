@@ -6,7 +6,9 @@ store (atomically, so a redelivered message or a second box cannot run it twice)
 the message's offset. A box that dies after the claim leaves the job running under its name, and
 re-queues and re-announces it at its next start (`JobRunner.start`); every job still queued for its
 models is announced again at start too (a duplicate message is skipped by the claim). Topics are
-created at start.
+created at start. `stop_taking()` (a drain) stops the consumer, which leaves the group: the
+partitions go to the other boxes, and the messages read here but not claimed (their offsets not
+committed) are delivered to them. The producer stays, for retries of the jobs still running here.
 Imported only when `jobs.backend = "kafka"` (aiokafka stays out of the default daemon).
 It must not run jobs or decide retries: the runner does.
 """
@@ -49,6 +51,7 @@ class KafkaQueue:
         self._inbox: dict[str, asyncio.Queue[ConsumerRecord[bytes, bytes]]] = {}
         self._model_of: dict[str, str] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._stopped = False
 
     async def start(self, models: Iterable[str]) -> None:
         names = list(models)
@@ -103,28 +106,44 @@ class KafkaQueue:
     async def take(self, model: str) -> Job:
         inbox = self._inbox[model]
         while True:
+            if self._stopped:
+                await asyncio.Future()  # drained: nothing more is claimed here; the runner's close cancels this
             msg = await inbox.get()
+            if self._stopped:
+                continue  # not committed: the group delivers it to another box
             job_id = (msg.value or b"").decode("utf-8", "replace")
             job = await self.store.ajob_claim(self.owner, job_id=job_id)
             # Claimed (or not queued any more: done, cancelled, taken by another box): the message is spent.
-            assert self._consumer is not None
-            await self._consumer.commit({TopicPartition(msg.topic, msg.partition): msg.offset + 1})
+            # A drain that stopped the consumer meanwhile leaves it uncommitted: redelivered, the claim skips it.
+            if self._consumer is not None:
+                with contextlib.suppress(KafkaError):
+                    await self._consumer.commit({TopicPartition(msg.topic, msg.partition): msg.offset + 1})
             if job is not None:
                 return job
+
+    async def stop_taking(self) -> None:
+        self._stopped = True
+        await self._stop_consumer()
+        for inbox in self._inbox.values():
+            while not inbox.empty():
+                inbox.get_nowait()
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "brokers": self.brokers, "group": self.group,
                 "topics": sorted(self._model_of)}
 
-    async def close(self) -> None:
+    async def _stop_consumer(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
             self._reader = None
         if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()  # leaves the group: its partitions are reassigned to the other boxes
+
+    async def close(self) -> None:
+        await self._stop_consumer()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None

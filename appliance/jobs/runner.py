@@ -6,6 +6,8 @@ An answer of 200 is the result (JSON kept as is; audio written to `<state>/data/
 A 5xx, a 429 or a dropped response (an engine crash, a model that could not load) is retried until
 `jobs.max_attempts`, keeping the error; another 4xx fails the job at once. A settle names the attempt
 it ran, so a stale attempt (re-queued after a restart, cancelled meanwhile) reports nothing.
+`stop_taking()` (a drain) makes the queue claim nothing more; the attempts running finish and
+settle (`running` counts them).
 It must not choose which box runs a job (the queue's claim does) nor touch residency itself.
 """
 
@@ -104,6 +106,15 @@ class JobRunner:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
                 raise
+
+    @property
+    def running(self) -> int:
+        """Attempts running on this box now."""
+        return len(self._running)
+
+    async def stop_taking(self) -> None:
+        """Take no more jobs (a drain); what runs finishes, what is queued is left to the other boxes."""
+        await self.queue.stop_taking()
 
     async def _run(self, job: Job) -> None:
         body = job.body.encode()

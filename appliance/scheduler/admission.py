@@ -1,4 +1,5 @@
-"""Admission of arriving requests: queue limits, 429 versus 503, and Retry-After estimates.
+"""Admission of arriving requests: queue limits, 429 versus 503, a resident-only request for a
+model that is not resident (409), and Retry-After estimates.
 
 Owns: the rules that answer a request at once instead of queueing it, and the
 Retry-After arithmetic (what is queued ahead of it, divided by the model's concurrency,
@@ -33,6 +34,8 @@ def admit(
     """None to queue the request, else the rejection to answer it with."""
     if slot is None:
         return reject(request, 404, MAX_RETRY_S, "unknown model")
+    if request.resident_only and not slot.servable:
+        return reject(request, 409, queue_eta_s(slot), "model not resident")
     if slot.tier is Tier.ABSENT:
         return reject(request, 503, NOT_DOWNLOADED_RETRY_S, "model not downloaded")
     if not fits_ever:

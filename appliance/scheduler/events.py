@@ -238,7 +238,8 @@ class Dispatch:
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    """Answer the request with an error: 429 queue full, 503 cannot fit or engine failing."""
+    """Answer the request with an error: 429 queue full, 503 cannot fit or engine failing, 409 a
+    resident-only request for a model that is not resident."""
 
     model: str
     request_id: str

@@ -66,6 +66,7 @@ from ..residency import (
     DirectResidency,
     Lease,
     ModelUnavailable,
+    NotResident,
     Preemption,
     QueueFullError,
     weights_missing,
@@ -300,12 +301,14 @@ class ResidencyManager:
 
     @contextlib.asynccontextmanager
     async def lease(self, model: str, *, deadline_s: float | None = None,
-                    preemptible: bool = False) -> AsyncIterator[Lease]:
-        """`preemptible`: the caller can abort and resume this request (see the module docstring)."""
+                    preemptible: bool = False, resident_only: bool = False) -> AsyncIterator[Lease]:
+        """`preemptible`: the caller can abort and resume this request (see the module docstring).
+        `resident_only`: served only if the model is resident and steady, else NotResident at once;
+        the core decides it when the request arrives, so nothing is loaded or evicted for it."""
         if model not in self.model_engine:
             raise ModelUnavailable(f"model {model!r} has no enabled engine", retry_after=60)
         if model in self.cpu_models:
-            async with self._direct.lease(model, deadline_s=deadline_s) as lease:
+            async with self._direct.lease(model, deadline_s=deadline_s, resident_only=resident_only) as lease:
                 yield lease
             return
         eng = self.engines[self.model_engine[model]]
@@ -323,7 +326,8 @@ class ResidencyManager:
             waiter.preemption = Preemption(lambda: self._redispatch(waiter, model, timeout))
         self._waiters[rid] = waiter
         start = self._clock()
-        self._post(RequestArrived(start, Request(rid, model, start, preemptible=preemptible)))
+        self._post(RequestArrived(start, Request(rid, model, start, preemptible=preemptible,
+                                                 resident_only=resident_only)))
         dispatched = False
         try:
             try:
@@ -410,6 +414,9 @@ class ResidencyManager:
             exc: Exception
             if action.status == 429:
                 exc = QueueFullError(f"model {action.model!r}: {action.reason}", action.retry_after_s)
+            elif action.status == 409:
+                exc = NotResident(f"model {action.model!r} is not resident on this box's GPU "
+                                  "(X-Route-Policy: resident-only)", action.retry_after_s)
             elif action.reason.startswith("cannot fit"):
                 exc = CannotFitError(self._cannot_fit_message(action.model, action.reason), action.retry_after_s)
             else:

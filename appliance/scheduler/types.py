@@ -120,9 +120,13 @@ class Request:
     preemptible: the caller can abort this request and resume it (a chat or completion the
     gateway can continue, streamed or not); only then, and only when the model is preemptible and
     preemption is on, may it be preempted.
+    resident_only: the request is served only by a model already resident and steady (a fleet
+    router's `X-Route-Policy: resident-only`); otherwise it is answered at once (409), before
+    anything is loaded or evicted for it.
     """
 
     id: str
     model: str
     arrival: float
     preemptible: bool = True
+    resident_only: bool = False

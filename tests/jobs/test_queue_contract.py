@@ -97,3 +97,23 @@ async def test_jobs_queued_before_the_start_are_taken_oldest_first(queues: Queue
     await queue.start(["tts"])
     taken = [await asyncio.wait_for(queue.take("tts"), TAKE_TIMEOUT_S) for _ in range(2)]
     assert [j.id for j in taken] == ["early", "later"]
+
+
+async def test_a_drained_box_claims_nothing_and_its_jobs_go_to_another_box(queues: QueueFactory) -> None:
+    drained, other = queues("box-a"), queues("box-b")
+    for box in (drained, other):
+        await box.start(["tts"])
+    await drained.stop_taking()
+    for i in range(3):
+        _new(queues.store, f"d{i}")  # type: ignore[arg-type]
+        job = queues.store.job_get(f"d{i}")
+        assert job is not None
+        await drained.announce(job)  # announcing (a retry of a job that ran here) still works
+    taken = [await asyncio.wait_for(other.take("tts"), TAKE_TIMEOUT_S) for _ in range(3)]
+    assert sorted(j.id for j in taken) == ["d0", "d1", "d2"]
+    assert all(j.owner == "box-b" for j in taken)
+    late = asyncio.ensure_future(drained.take("tts"))
+    await asyncio.sleep(0.3)  # a bounded look: the drained box is still waiting, holding nothing
+    assert not late.done()
+    late.cancel()
+    await asyncio.gather(late, return_exceptions=True)
