@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..app import Appliance
+from ..fleet.drain import Drain
 from ..jobs.api import JobsApi
 from ..jobs.runner import JobRunner
 from ..jobs.submit import JOB_ROUTES
@@ -27,7 +28,7 @@ from ..usage import UsageSink
 from ..vectors.api import RetrievalApi
 from ..vectors.embedder import GatewayEmbedder
 from ..vectors.service import Retrieval
-from . import admin, docs_ui, keys_api, usage_api
+from . import admin, docs_ui, fleet_api, keys_api, usage_api
 from .auth import Authenticator, KeyCache, RateLimiter, is_loopback
 from .errors import ApiError, InvalidRequest, NotFound, internal_error
 from .front import Gateway
@@ -112,6 +113,7 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
         return ApiError(str(exc.detail), status=exc.status_code).response()
 
     app.include_router(admin.router)
+    app.include_router(fleet_api.router)
     app.include_router(usage_api.router)
     app.include_router(keys_api.router)
 
@@ -119,7 +121,7 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
     sink = usage if usage is not None else appliance.usage
     app.state.usage = sink
     auth = Authenticator(KeyCache(KeyStore(appliance.store)), RateLimiter(server.rate_limit_per_minute),
-                         open_when_no_keys=is_loopback(appliance.host))
+                         open_when_no_keys=is_loopback(appliance.host), router_token=appliance.fleet_token)
     app.state.key_cache = auth.keys  # keys_api refreshes it after a change, so the change holds at once
     images = appliance.images
     routes = OpenAIRoutes(appliance, sink, images)
@@ -133,7 +135,9 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
     jobs_api = JobsApi(appliance, routes, images, appliance.store, appliance.job_queue, runner)
     retrieval = Retrieval(appliance.config, appliance.store, GatewayEmbedder(routes),
                           files_dir=appliance.state_dir / "data" / "files")
-    app.front = Gateway(app.fastapi, routes=routes, auth=auth, images=images, metrics=endpoint,
-                        metrics_open_on_loopback=metrics.open_on_loopback, jobs=jobs_api, ui=StaticUi(),
-                        retrieval=RetrievalApi(retrieval, server.max_body_bytes))
+    front = Gateway(app.fastapi, routes=routes, auth=auth, images=images, metrics=endpoint,
+                    metrics_open_on_loopback=metrics.open_on_loopback, jobs=jobs_api, ui=StaticUi(),
+                    retrieval=RetrievalApi(retrieval, server.max_body_bytes))
+    app.front = front
+    app.state.drain = Drain(appliance, runner, lambda: front.in_flight)
     return app

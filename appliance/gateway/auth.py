@@ -8,6 +8,9 @@ Policy (what the README documents):
 - Once any key exists, every `/v1` and `/api` request needs `Authorization: Bearer <key>`; `/api`
   routes need an admin key, except `GET /api/status`, which any key may read.
 - On a non-loopback bind the API is never open, even if every key was revoked after the start.
+- A box of a fleet (`fleet.enabled`) takes `/v1` only through its router: the request must carry
+  `X-Fleet-Token` equal to the token in `fleet.token_file` (compared in constant time), and then
+  the client's own key is checked as usual; an admin key passes without the token; 403 otherwise.
 
 Keys are verified without touching the store per request: `KeyCache` holds id -> (record, hash) and
 reloads when the key table's fingerprint changes (asked at most once a second, so `appliance keys
@@ -118,16 +121,25 @@ class RateLimiter:
 
 
 class Authenticator:
-    def __init__(self, keys: KeyCache, limiter: RateLimiter, *, open_when_no_keys: bool) -> None:
+    def __init__(self, keys: KeyCache, limiter: RateLimiter, *, open_when_no_keys: bool,
+                 router_token: str = "") -> None:
+        """`router_token`: the fleet router's token (fleet.enabled), "" when this box is not in a fleet."""
         self.keys = keys
         self.limiter = limiter
         self.open_when_no_keys = open_when_no_keys
+        self._router_token = router_token.encode()
 
-    def check(self, authorization: bytes | None, *, admin: bool) -> ApiKey | None:
-        """The caller's key (None when the API is open); raise 401/403/429 as ApiError."""
+    def check(self, authorization: bytes | None, *, admin: bool, routed: bool = False,
+              fleet_token: bytes | None = None) -> ApiKey | None:
+        """The caller's key (None when the API is open); raise 401/403/429 as ApiError.
+
+        `routed`: a route a fleet box takes only through its router (`/v1`): `fleet_token` (the
+        request's X-Fleet-Token) must be the router's, unless the key is an admin key."""
         self.keys.refresh()
         if self.open_when_no_keys and not self.keys.any_active:
             # Open mode: whatever the client sends (the SDKs insist on some key) is not looked at.
+            if routed:
+                self._check_router(fleet_token, None)
             self.limiter.admit("-")
             return None
         if authorization is None:
@@ -141,5 +153,17 @@ class Authenticator:
             raise Unauthorized("this API key has been revoked" if why == "revoked" else "invalid API key")
         if admin and not key.admin:
             raise Forbidden(f"key {key.name!r} is not an admin key; this route needs one")
+        if routed:
+            self._check_router(fleet_token, key)
         self.limiter.admit(key.id)
         return key
+
+    def _check_router(self, presented: bytes | None, key: ApiKey | None) -> None:
+        if not self._router_token:
+            return
+        ok = hmac.compare_digest(presented.strip() if presented is not None else b"", self._router_token)
+        if ok or (key is not None and key.admin):
+            return
+        raise Forbidden("this box is part of a fleet and takes /v1 requests only through its router "
+                        "(X-Fleet-Token missing or wrong): send them to the router's address",
+                        code="fleet_router_required")

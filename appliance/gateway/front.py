@@ -14,6 +14,11 @@ and the request's id and key id are set in the log context (logsetup) for every 
 Authentication is decided here and only here. `/metrics` needs a valid key (any scope), except that
 with `metrics.open_on_loopback` a client connecting from a loopback address needs none (a Prometheus
 on the box); when the API is open (loopback bind, no key yet) it is open like the rest.
+A fleet box (`fleet.enabled`) takes `/v1` only with the router's `X-Fleet-Token` or an admin key
+(gateway.auth). The router's hints (`X-Route-Policy`, `X-Route-Retry-Status`: gateway.routing) are
+parsed here, once, and a bad value is refused with 400 naming the header. `GET /v1/residency` (any
+valid key) is this box's residency summary (appliance.fleet.summary). The /v1 requests in progress
+are counted (`in_flight`), for a drain's progress (appliance.fleet.drain).
 An authenticated `/api` request reaches FastAPI with the caller's key in `scope[KEY_SCOPE]` (None when
 the API is open), so `GET /api/whoami` tells the web UI what the key may do without a second check.
 It must not hold request state between requests, nor implement the routes themselves.
@@ -21,18 +26,22 @@ It must not hold request state between requests, nor implement the routes themse
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..fleet.drain import DRAIN_RETRY_AFTER_S
+from ..fleet.summary import residency_summary
 from ..logsetup import KEY_ID, REQUEST_ID, request_id
 from .auth import Authenticator, is_loopback
-from .errors import ApiError, MethodNotAllowed
+from .errors import ApiError, MethodNotAllowed, Unavailable
 from .exchange import Exchange
 from .images import ROUTE as IMAGE_ROUTE
 from .images import ImageStore
 from .metrics_api import MetricsEndpoint
 from .openai import OpenAIRoutes
+from .routing import ROUTE_POLICY, parse_policy
 from .ui import StaticUi
 
 if TYPE_CHECKING:
@@ -40,6 +49,7 @@ if TYPE_CHECKING:
     from ..vectors.api import RetrievalApi
 
 RETRIEVAL_PREFIXES = ("/v1/files", "/v1/vector_stores")
+RESIDENCY_PATH = "/v1/residency"
 
 OPEN_API_PATHS = frozenset({"/api/docs", "/api/docs/oauth2-redirect", "/api/openapi.json"})
 OPEN_API_PREFIX = "/api/docs/"  # the docs page's own assets (gateway.docs_ui), public like the page
@@ -71,6 +81,7 @@ class Gateway:
         self.images = images
         self.metrics = metrics
         self.metrics_open_on_loopback = metrics_open_on_loopback
+        self.in_flight = 0  # /v1 requests being served (not counting /v1/residency)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,19 +94,30 @@ class Gateway:
         if path.startswith("/v1/"):
             ex = Exchange(scope, receive, send)
             try:
-                key = self.auth.check(ex.header(b"authorization"), admin=False)
+                key = self.auth.check(ex.header(b"authorization"), admin=False, routed=True,
+                                      fleet_token=ex.header(b"x-fleet-token"))
+                ROUTE_POLICY.set(parse_policy(ex.header(b"x-route-policy"), ex.header(b"x-route-retry-status")))
             except ApiError as err:
                 await ex.fail(err)
                 return
             if key is not None:
                 KEY_ID.set(key.id)
-            if self.jobs is not None and (path == "/v1/jobs" or path.startswith("/v1/jobs/")):
-                await self.jobs.handle(ex, key)
+            if path == RESIDENCY_PATH:
+                await self._residency(ex)
                 return
-            if self.retrieval is not None and path.startswith(RETRIEVAL_PREFIXES):
-                await self.retrieval.handle(ex, key)
+            if ex.scope["method"] == "POST" and not self.routes.app.accepting:  # draining or stopping
+                await ex.fail(Unavailable(self.routes.app.refusal(), retry_after=DRAIN_RETRY_AFTER_S))
                 return
-            await self.routes.handle(ex, key)
+            self.in_flight += 1
+            try:
+                if self.jobs is not None and (path == "/v1/jobs" or path.startswith("/v1/jobs/")):
+                    await self.jobs.handle(ex, key)
+                elif self.retrieval is not None and path.startswith(RETRIEVAL_PREFIXES):
+                    await self.retrieval.handle(ex, key)
+                else:
+                    await self.routes.handle(ex, key)
+            finally:
+                self.in_flight -= 1
             return
         if self.metrics is not None and (path == "/metrics" or path.startswith("/metrics/")):
             await self._metrics(Exchange(scope, receive, send), path)
@@ -118,6 +140,12 @@ class Gateway:
             await self._image(Exchange(scope, receive, send), path[len(IMAGE_ROUTE):])
             return
         await self.app(scope, receive, send)
+
+    async def _residency(self, ex: Exchange) -> None:
+        if ex.scope["method"] not in ("GET", "HEAD"):
+            await ex.fail(MethodNotAllowed(f"{RESIDENCY_PATH} is read with GET"))
+            return
+        await ex.respond(200, json.dumps(residency_summary(self.routes.app)).encode())
 
     async def _metrics(self, ex: Exchange, path: str) -> None:
         assert self.metrics is not None

@@ -26,11 +26,12 @@ from typing import Any
 from ..app import Appliance
 from ..config import ModelConfig
 from ..engines.vllm import VllmAdapter
+from ..fleet.drain import DRAIN_RETRY_AFTER_S
 from ..logsetup import MODEL
 from ..residency import Lease
 from ..traffic import TrafficMeter
 from ..usage import UsageSink
-from . import gather, proxy, resume, transcribe, validation
+from . import gather, proxy, resume, routing, transcribe, validation
 from .audio import CONTENT_TYPES, duration_s
 from .comfy import ComfyClient
 from .errors import (
@@ -127,7 +128,7 @@ class OpenAIRoutes:
         if method != route[0] and not (method == "HEAD" and route[0] == "GET"):
             raise MethodNotAllowed(f"{path} accepts {route[0]}, not {method}")
         if not self.app.accepting:
-            raise Unavailable(self.app.refusal(), retry_after=10)
+            raise Unavailable(self.app.refusal(), retry_after=DRAIN_RETRY_AFTER_S)
         await route[1](ex, call)
 
     # -- models ----------------------------------------------------------------------------------
@@ -204,6 +205,8 @@ class OpenAIRoutes:
                         check: Callable[[dict[str, Any]], validation.Generation]) -> None:
         raw = await ex.read_body(self.max_body)
         body = validation.parse_body(raw)
+        if routing.apply_model_header(body, ex.header(b"x-model")):
+            raw = json.dumps(body).encode()
         name = validation.model_name(body) or ""
         call.model = name  # recorded even if the request is rejected below
         m = self._model(name, "text", call.route)
@@ -287,6 +290,8 @@ class OpenAIRoutes:
     async def embeddings(self, ex: Exchange, call: Call) -> None:
         raw = await ex.read_body(self.max_body)
         body = validation.parse_body(raw)
+        if routing.apply_model_header(body, ex.header(b"x-model")):
+            raw = json.dumps(body).encode()
         name = validation.model_name(body) or ""
         call.model = name  # recorded even if the request is rejected below
         self._model(name, "embedding", call.route)
@@ -303,6 +308,8 @@ class OpenAIRoutes:
     async def speech(self, ex: Exchange, call: Call) -> None:
         raw = await ex.read_body(self.max_body)
         body = validation.parse_body(raw)
+        if routing.apply_model_header(body, ex.header(b"x-model")):
+            raw = json.dumps(body).encode()
         name = self._default(validation.model_name(body), "speech", SPEECH_ALIASES) or ""
         call.model = name  # recorded even if the request is rejected below
         self._model(name, "speech", call.route)
@@ -327,7 +334,8 @@ class OpenAIRoutes:
     async def _speech_to_text(self, ex: Exchange, call: Call, translate: bool) -> None:
         raw = await ex.read_body(self.max_body + transcribe.FORM_OVERHEAD_BYTES)
         form, req = transcribe.check(ex.header(b"content-type"), raw, translate, self.max_body)
-        name = self._default(req.model, "transcription", transcribe.ALIASES) or ""
+        name = self._default(routing.model_from(req.model, ex.header(b"x-model")), "transcription",
+                             transcribe.ALIASES) or ""
         call.model = name  # recorded even if the request is rejected below
         self._model(name, "transcription", call.route)
         body, content_type = transcribe.forward(form, name)
@@ -355,6 +363,7 @@ class OpenAIRoutes:
     async def image_generations(self, ex: Exchange, call: Call) -> None:
         raw = await ex.read_body(self.max_body)
         body = validation.parse_body(raw)
+        routing.apply_model_header(body, ex.header(b"x-model"))  # the body is written again for its engine
         name = self._default(validation.model_name(body, required=False), "image", IMAGE_ALIASES)
         if name is None:
             raise ModelNotFound("no image model is configured", param="model")

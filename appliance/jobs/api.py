@@ -21,6 +21,7 @@ import logging
 from typing import Any
 
 from ..app import Appliance
+from ..fleet.drain import DRAIN_RETRY_AFTER_S
 from ..gateway.errors import ApiError, MethodNotAllowed, NotFound
 from ..gateway.exchange import Exchange
 from ..gateway.images import ImageStore
@@ -76,10 +77,10 @@ class JobsApi:
 
     async def _submit(self, ex: Exchange, key: ApiKey | None) -> None:
         if not self.appliance.accepting:
-            raise ApiError(self.appliance.refusal(), status=503, retry_after=10)
+            raise ApiError(self.appliance.refusal(), status=503, retry_after=DRAIN_RETRY_AFTER_S)
         raw = await ex.read_body(self.appliance.config.server.max_body_bytes)
         request = submit.check(raw, ex.header(b"idempotency-key"), self.appliance.config, self.routes,
-                               set(self.appliance.engines))
+                               set(self.appliance.engines), model_header=ex.header(b"x-model"))
         new = request.new_job(key.id if key is not None else "-", OpenAIRoutes.base_url(ex))
         job, created = await self.store.ajob_create(new)
         if not created and job.body_hash != new.body_hash:

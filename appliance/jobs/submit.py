@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
-from ..gateway import validation
+from ..gateway import routing, validation
 from ..gateway.errors import ApiError, InvalidRequest
 from ..gateway.openai import IMAGE_ALIASES, SPEECH_ALIASES, OpenAIRoutes
 from ..store import NewJob
@@ -56,9 +56,11 @@ class JobRequest:
 
 
 def check(raw: bytes, idempotency_key: bytes | None, config: Config, routes: OpenAIRoutes,
-          enabled_engines: set[str]) -> JobRequest:
-    """The job a POST /v1/jobs body asks for, or an ApiError (400, 404, 422) naming the field."""
+          enabled_engines: set[str], model_header: bytes | None = None) -> JobRequest:
+    """The job a POST /v1/jobs body asks for, or an ApiError (400, 404, 422) naming the field.
+    `model_header`: the request's X-Model (gateway.routing), the job's model when sent."""
     body = validation.parse_body(raw)
+    routing.apply_model_header(body, model_header)
     route = body.pop("route", None)
     if not isinstance(route, str) or route not in JOB_ROUTES:
         raise InvalidRequest(f"'route' must be one of {', '.join(JOB_ROUTES)}, got {route!r}", param="route")
