@@ -18,7 +18,7 @@ the registry (stable across syncs); when either runs out the plan grows and the 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 RESIDENT_TIERS = frozenset({"vram"})  # appliance.scheduler.types.Tier.VRAM
@@ -129,18 +129,22 @@ def members_of(model: str, ready: list[BoxView]) -> tuple[frozenset[str], bool]:
     return frozenset(), False
 
 
-def plan_routes(boxes: Iterable[BoxView], previous: RoutePlan, down: frozenset[str] = frozenset()) -> RoutePlan:
+def plan_routes(boxes: Iterable[BoxView], previous: RoutePlan, down: frozenset[str] = frozenset(),
+                drained: frozenset[str] = frozenset()) -> RoutePlan:
     """The plan for these registry rows, keeping `previous`'s slot and backend assignments. Boxes in
     `down` (HAProxy's health check fails them) keep their slot, still checked, but serve no model:
-    a model only they could load goes to the next box with the most free VRAM before their row expires."""
+    a model only they could load goes to the next box with the most free VRAM before their row expires.
+    Boxes in `drained` (drained through the router, before their row says so) are in "drain" and
+    serve no model either."""
     by_id = {b.box_id: b for b in boxes}
     prev_ids = tuple(s.box_id if s else None for s in previous.slots)
     slot_ids = _assign(prev_ids, by_id)
     slots = tuple(
         None if bid is None else BoxSlot(bid, by_id[bid].address, by_id[bid].port, by_id[bid].tls,
-                                         admin_state(by_id[bid].state))
+                                         admin_state("draining" if bid in drained and by_id[bid].state == "ready"
+                                                     else by_id[bid].state))
         for bid in slot_ids)
-    ready = sorted((b for b in by_id.values() if b.state == "ready" and b.box_id not in down),
+    ready = sorted((b for b in by_id.values() if b.state == "ready" and b.box_id not in down | drained),
                    key=lambda b: b.box_id)
     models = {m for b in by_id.values() for m in b.models}
     members: dict[str, frozenset[str]] = {}
@@ -154,13 +158,6 @@ def plan_routes(boxes: Iterable[BoxView], previous: RoutePlan, down: frozenset[s
     backends = tuple(_assign(previous.model_backends, members))
     fallback = min(ready, key=lambda b: (-b.free_vram_bytes, b.box_id)).box_id if ready else None
     return RoutePlan(slots, backends, members, frozenset(resident), fallback)
-
-
-def without_box(plan: RoutePlan, box_id: str) -> RoutePlan:
-    """`plan` with one box taken out of every model's members (a drain asked through the router)."""
-    members = {m: ids - {box_id} for m, ids in plan.members.items()}
-    slots = tuple(replace(s, admin="drain") if s is not None and s.box_id == box_id else s for s in plan.slots)
-    return replace(plan, slots=slots, members={m: ids for m, ids in members.items() if ids})
 
 
 def plan_doc(plan: RoutePlan) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from ..config import Config
 from ..store import BoxRecord, Store
 from .commands import transition
 from .haproxy_config import Paths, map_text, render, server_name
-from .plan import BoxView, RoutePlan, plan_doc, plan_from_doc, plan_routes, without_box
+from .plan import BoxView, RoutePlan, plan_doc, plan_from_doc, plan_routes
 from .process import HaproxyError, HaproxyProcess
 from .runtime import RuntimeApi, RuntimeApiError
 
@@ -86,6 +86,7 @@ class RouterService:
         self.running_shape: tuple[int, int, tuple[bool, ...]] | None = None  # of the config HAProxy runs
         self.haproxy_starts = 0  # HAProxy's starts seen; a restart by its watcher resets its state
         self.records: list[BoxRecord] = []
+        self.views_now: list[BoxView] = []  # the records as planned (addresses resolved)
         self.registry_error: str | None = None
         self.registry_read_at: float | None = None
         self.draining: set[str] = set()  # boxes drained through the router, out of every model
@@ -176,9 +177,8 @@ class RouterService:
             self.records = records
             live = {r.box_id for r in records}
             self.draining &= live
-            plan = plan_routes(await self.views(records), self.plan, await self.down_boxes())
-            for box_id in sorted(self.draining):
-                plan = without_box(plan, box_id)
+            self.views_now = await self.views(records)
+            plan = plan_routes(self.views_now, self.plan, await self.down_boxes(), frozenset(self.draining))
         else:
             plan = self.plan
         await self.apply(plan)
@@ -232,7 +232,7 @@ class RouterService:
     async def drain(self, box_id: str) -> None:
         """Take the box out of every model now (before its health check fails)."""
         self.draining.add(box_id)
-        await self.apply(without_box(self.plan, box_id))
+        await self.apply(plan_routes(self.views_now, self.plan, await self.down_boxes(), frozenset(self.draining)))
 
     async def haproxy_view(self) -> dict[str, Any]:
         """What HAProxy's map and servers say now (for /api/fleet)."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from appliance.router.plan import BoxView, RoutePlan, plan_doc, plan_from_doc, plan_routes, without_box
+from appliance.router.plan import BoxView, RoutePlan, plan_doc, plan_from_doc, plan_routes
 
 GB = 1 << 30
 
@@ -70,11 +70,12 @@ def test_more_boxes_than_slots_grows_the_shape() -> None:
     assert plan.members["m"] == {b.box_id for b in many}
 
 
-def test_a_drained_box_leaves_every_model_but_keeps_its_slot() -> None:
-    plan = without_box(plan_routes([box("a", {"m": "vram", "n": "vram"}), box("b", {"m": "vram"})], RoutePlan()), "a")
-    assert plan.members == {"m": frozenset({"b"})}
-    assert plan.slots[plan.slot_of("a") or 0] is not None
-    assert plan.map_entries() == {"m": f"m{(plan.backend_of('m') or 0) + 1}"}
+def test_a_drained_box_leaves_every_model_but_keeps_its_slot_in_drain() -> None:
+    boxes = [box("a", {"m": "vram", "n": "disk"}, free_gb=90), box("b", {"m": "vram", "n": "disk"})]
+    plan = plan_routes(boxes, RoutePlan(), drained=frozenset({"a"}))
+    assert plan.members == {"m": frozenset({"b"}), "n": frozenset({"b"})}
+    assert plan.slots[plan.slot_of("a") or 0].admin == "drain"  # type: ignore[union-attr]
+    assert plan.fallback == "b"
 
 
 def test_the_plan_survives_its_json_round_trip() -> None:
