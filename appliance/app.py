@@ -2,11 +2,12 @@
 
 Startup: state directories, the fleet router's token (fleet.enabled; a missing token file stops the
 start with one line), the store (opened and migrated: a store that cannot be used stops the start
-with one line), reap engine groups a previous daemon left behind (pid file), GPU probe,
-engines, residency manager, the usage writer, maintenance, then the autostart engines (in the
-background: the API answers while they load). Shutdown (one ordered function): stop admitting work,
-let streams drain up to a deadline, stop every engine in stages, close the probe, write the last
-usage records, close the store.
+with one line), the box's id (fleet.identity), reap engine groups a previous daemon left behind (pid
+file), GPU probe, engines, residency manager, the fleet heartbeat (fleet.enabled), the usage writer,
+maintenance, then the autostart engines (in the background: the API answers while they load).
+Shutdown (one ordered function): stop admitting work, remove this box's registry row, let streams
+drain up to a deadline, stop every engine in stages, close the probe, write the last usage records,
+close the store.
 
 Readiness (`Appliance.readiness`, owned here and changed only through `mark_serving`, `drain` and
 `shutdown`): "starting" until the daemon serves, "ready", "draining" after `drain()` (an operator's
@@ -29,10 +30,12 @@ from .engine_keys import EngineKeys
 from .engines.base import EngineContext
 from .engines.engine import Engine, build_adapter, enabled_engines
 from .events import EventBus
+from .fleet.heartbeat import Heartbeat
+from .fleet.identity import box_identity, legacy_box_id
 from .fleet.token import read_token
 from .gateway.images import ImageStore
 from .gpu import GIB_BYTES, DeclaredProbe, FakeGpuProbe, GpuProbe, NvmlProbe, detect_probe
-from .jobs import box_id, build_queue
+from .jobs import build_queue
 from .scheduler.loop import ResidencyManager
 from .scheduler.profiles import weights_bytes
 from .scheduler.sizing import size_vllm
@@ -135,8 +138,20 @@ class Appliance:
         data_dir = self.state_dir / "data"
         self.images = ImageStore(data_dir / "images", data_dir / "image_url.key", config.server.image_url_ttl_s,
                                  keep_s=config.store.image_retention_h * 3600)
-        self.box_id = box_id(config, port)
+        self.box_id, made = box_identity(config, self.state_dir)  # the jobs' owner and the fleet's box id
+        if made:  # an older appliance ran its jobs as hostname:port: take back what it left running
+            for job in self.store.jobs_requeue(legacy_box_id(port)):
+                log.warning("job %s (%s): re-queued, it was running under this box's former name", job.id, job.model)
         self.job_queue = build_queue(config, self.store, self.box_id)  # JobsError: one line, nothing started
+        self.heartbeat: Heartbeat | None = None
+        if config.fleet.enabled:
+            from .fleet.summary import residency_summary
+
+            self.heartbeat = Heartbeat(
+                self.store, box_id=self.box_id, url=config.fleet.advertise_url or f"{scheme}://{gateway_host}:{port}",
+                version=__import__("appliance").__version__, interval_s=config.fleet.heartbeat_s,
+                expire_s=config.fleet.expire_s, summary=lambda: residency_summary(self),
+                readiness=lambda: self.readiness, max_attempts=config.jobs.max_attempts)
         self.maintenance = Maintenance(self.store, config.store, jobs_dir=data_dir / "jobs",
                                        image_sweep=lambda: self.images.sweep(force=True))
         self._readiness = "starting"
@@ -183,6 +198,8 @@ class Appliance:
         if note:
             log.warning("GPU: %s", note)
         self.residency.start()
+        if self.heartbeat is not None:
+            self.heartbeat.start()  # registered as "starting" (the router holds traffic until "ready")
         self.usage.start()
         self.maintenance.start()
         for name, eng in self.engines.items():
@@ -193,6 +210,8 @@ class Appliance:
 
     async def shutdown(self) -> None:
         self._readiness = "stopping"
+        if self.heartbeat is not None:
+            await self.heartbeat.close()  # the row goes: the router drops this box at once
         self.maintenance.stop()
         await self.residency.close()
         await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)

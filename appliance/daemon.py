@@ -70,6 +70,9 @@ async def serve(config: Config, host: str, port: int, has_keys: bool, hub_endpoi
             f"refusing to serve plain HTTP on {host}: keys would cross the network in clear text. Set "
             "server.tls_cert and server.tls_key, or server.plain_http = true behind a TLS-terminating proxy."
         )
+    if config.fleet.enabled and not config.fleet.advertise_url and host in ("0.0.0.0", "::"):
+        raise RefusedBind(f"fleet.advertise_url: required in {config.source} when the daemon binds {host} (the URL "
+                          "the router reaches this box at; `appliance fleet join` writes it)")
     appliance = Appliance(config, host=host, port=port, hub_endpoint=hub_endpoint, hub_token=hub_token)
     app = build_app(appliance, usage=appliance.usage)
     uv = uvicorn.Config(app, host=host, port=port, log_level=config.server.log_level, access_log=False,

@@ -1,10 +1,12 @@
 """The box's life in the fleet registry: its heartbeat, and re-queueing the jobs of boxes that died.
 
 `Heartbeat` puts this box's row (`Store.put_box`: id, advertised URL, version, API version, state from
-the readiness getter, residency from the summary callable) every `fleet.heartbeat_s`, and removes it at
-a clean stop. After each written beat it sweeps for orphaned jobs (`Store.jobs_requeue_orphans`: running
-under a box with no row younger than `fleet.expire_s`) and announces the ones it re-queued on the job
-queue, so one live box takes over each dead box's job, which then runs once (the queue's claim).
+the readiness getter, residency from the summary callable) every `fleet.heartbeat_s` from `start()`,
+and removes it at a clean stop (`close()`). Between `sweep_with(announce)` (once the job queue runs) and
+`stop_sweeping()` (before it closes), after each written beat it sweeps for orphaned jobs
+(`Store.jobs_requeue_orphans`: running under a box with no row younger than `fleet.expire_s`) and
+announces the ones it re-queued on the job queue, so one live box takes over each dead box's job, which
+then runs once (the queue's claim).
 A write that fails or hangs past its deadline is logged once per outage (and once when it works again);
 nothing here ever stops the daemon. Store calls run in worker threads, off the event loop.
 It must not decide the box's readiness nor read residency itself: both are handed in.
@@ -37,7 +39,8 @@ class Heartbeat:
         self.expire_s = expire_s
         self.summary = summary
         self.readiness = readiness
-        self.announce = announce  # None: no job queue here, no sweep
+        self.announce = announce  # None: no sweep (the job queue is not running)
+        self._sweeping = asyncio.Lock()
         self.max_attempts = max_attempts
         self.deadline_s = min(WRITE_DEADLINE_S, max(interval_s, 1.0))
         self.beats = 0  # rows written (the status page and tests read it)
@@ -49,6 +52,15 @@ class Heartbeat:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.ensure_future(self._loop())
+
+    def sweep_with(self, announce: Callable[[Job], Awaitable[None]]) -> None:
+        """Sweep for dead boxes' jobs after every beat, announcing what is re-queued with `announce`."""
+        self.announce = announce
+
+    async def stop_sweeping(self) -> None:
+        """No more sweeps (a sweep under way finishes first): the job queue is about to close."""
+        async with self._sweeping:
+            self.announce = None
 
     async def _loop(self) -> None:
         while True:
@@ -97,8 +109,12 @@ class Heartbeat:
 
     async def sweep(self) -> list[Job]:
         """Take back dead boxes' running jobs; the ones re-queued here are announced on the job queue."""
-        if self.announce is None:
-            return []
+        async with self._sweeping:
+            if self.announce is None:
+                return []
+            return await self._sweep(self.announce)
+
+    async def _sweep(self, announce: Callable[[Job], Awaitable[None]]) -> list[Job]:
         try:
             jobs: list[Job] = await self._call(self.store.jobs_requeue_orphans, self.expire_s, self.max_attempts)
         except Exception as exc:
@@ -114,7 +130,7 @@ class Heartbeat:
                             job.id, job.model, job.owner, job.attempts, self.max_attempts)
         for job_id, job in list(self._unannounced.items()):
             try:
-                await asyncio.wait_for(self.announce(job), self.deadline_s)
+                await asyncio.wait_for(announce(job), self.deadline_s)
             except Exception as exc:  # the job stays queued in the store; announced again next sweep
                 log.warning("job %s: cannot announce it yet (%s: %s)", job_id, type(exc).__name__, exc)
                 break

@@ -75,6 +75,8 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await appliance.startup()
         await runner.start(job_models(appliance))
+        if appliance.heartbeat is not None:  # the queue runs: dead boxes' jobs can be re-announced on it
+            appliance.heartbeat.sweep_with(appliance.job_queue.announce)
         await retrieval.start()
         appliance.mark_serving()
         # Everything loaded so far lives as long as the process: keep it out of the collector's full
@@ -84,7 +86,9 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await runner.close()  # first: a job cut off now stays running, re-queued at the next start
+            if appliance.heartbeat is not None:
+                await appliance.heartbeat.stop_sweeping()  # before the queue closes
+            await runner.close()  # a job cut off now stays running, re-queued at the next start (or by a live box)
             await retrieval.close()  # an attachment cut off stays in_progress, indexed again at the next start
             routes.pools.close()
             await appliance.shutdown()

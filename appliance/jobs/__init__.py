@@ -23,10 +23,6 @@ class JobsError(Exception):
     """The jobs backend is misconfigured or unreachable; one line naming the setting."""
 
 
-def box_id(config: Config, port: int) -> str:
-    return config.jobs.box_id or f"{socket.gethostname()}:{port}"
-
-
 def check_brokers(brokers: list[str], timeout_s: float = 3.0) -> None:
     """Raise JobsError unless at least one broker accepts a TCP connection (the start-up check)."""
     problems: list[str] = []
