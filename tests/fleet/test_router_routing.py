@@ -88,6 +88,11 @@ def test_the_router_routes_by_model_and_follows_the_registry(router: Router, reg
         assert chat(router, "sd")[1]["box"] == "b"
     # A model no box holds: the box with the most free VRAM (b: 20 GB), never a random one.
     assert {chat(router, "whisper")[1]["box"] for _ in range(4)} == {"b"}
+    # A request with no model (a job's state, read from the shared store) goes to the fallback box.
+    req = urllib.request.Request(router.url + "/v1/jobs/job_1", data=None)
+    with pytest.raises(urllib.error.HTTPError) as no_model:
+        urllib.request.urlopen(req, timeout=15)
+    assert no_model.value.code == 404  # the fake box's answer to GET, not HAProxy's 503
     # The X-Model header routes without the body's model; a 64 KB body with "model" last routes too.
     assert chat(router, None, header_model="sd")[1]["box"] == "b"
     status, doc = chat(router, "llama", pad=64 * 1024)
