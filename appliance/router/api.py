@@ -34,6 +34,7 @@ from .service import RouterService
 from .tokens import same, write_secret
 
 DRAIN_DEADLINE_S = 10.0
+KEY_PROPAGATION_S = 5.0  # how long a 401 from a box is retried after the router made its key
 MIN_API_VERSION = 1  # the oldest box API the router still routes to
 UI_DIR = Path(__file__).resolve().parent / "ui"
 STYLE = Path(__file__).resolve().parent.parent / "ui" / "style.css"
@@ -149,10 +150,17 @@ class RouterApi:
             raise NotFound(f"box_id: no live box {box_id!r} in the registry", param="box_id")
         admin_key = await asyncio.to_thread(self._admin_key)
         await self.service.drain(box_id)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + KEY_PROPAGATION_S
         try:
             async with httpx.AsyncClient(timeout=DRAIN_DEADLINE_S, verify=False) as client:
-                reply = await client.post(record.url.rstrip("/") + "/api/drain",
-                                          headers={"Authorization": f"Bearer {admin_key}"})
+                while True:
+                    reply = await client.post(record.url.rstrip("/") + "/api/drain",
+                                              headers={"Authorization": f"Bearer {admin_key}"})
+                    # A key just made reaches a box's key cache within its recheck (about 1 s).
+                    if reply.status_code != 401 or loop.time() >= until:
+                        break
+                    await asyncio.sleep(0.25)
         except httpx.HTTPError as exc:
             raise ApiError(f"box {box_id}: drain request failed: {type(exc).__name__}", status=502,
                            code="box_unreachable") from None
