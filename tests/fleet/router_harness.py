@@ -131,7 +131,8 @@ class Router:
             with urllib.request.urlopen(req, timeout=15) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
+            with e:
+                return e.code, json.loads(e.read() or b"null")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -52,7 +52,8 @@ def http(url: str, body: Any = None, key: str = "", method: str | None = None, t
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
-        raw = e.read()
+        with e:
+            raw = e.read()
         try:
             return e.code, json.loads(raw)
         except ValueError:

@@ -38,7 +38,8 @@ def chat(router: Router, model: str | None, *, header_model: str | None = None, 
         with urllib.request.urlopen(req, timeout=15) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
+        with e:
+            return e.code, e.read().decode(errors="replace")
 
 
 @pytest.fixture
@@ -92,11 +93,17 @@ def test_the_router_routes_by_model_and_follows_the_registry(router: Router, reg
     req = urllib.request.Request(router.url + "/v1/jobs/job_1", data=None)
     with pytest.raises(urllib.error.HTTPError) as no_model:
         urllib.request.urlopen(req, timeout=15)
+    no_model.value.close()
     assert no_model.value.code == 404  # the fake box's answer to GET, not HAProxy's 503
     # The X-Model header routes without the body's model; a 64 KB body with "model" last routes too.
     assert chat(router, None, header_model="sd")[1]["box"] == "b"
     status, doc = chat(router, "llama", pad=64 * 1024)
     assert (status, doc["box"]) == (200, "a") and a.seen[-1]["size"] > 64 * 1024
+    # A body larger than router.bufsize: HAProxy cannot read its model, so it goes to the fallback box
+    # (most free VRAM), which reads the whole body itself; clients can send X-Model instead.
+    status, doc = chat(router, "llama", pad=200 * 1024)
+    assert (status, doc["box"]) == (200, "b") and b.seen[-1]["size"] > 200 * 1024
+    assert chat(router, "llama", pad=200 * 1024, header_model="llama")[1]["box"] == "a"
     # HAProxy sets the fleet token (replacing a client's), marks held models resident-only and passes
     # the client's key through.
     chat(router, "llama", headers={"X-Fleet-Token": "forged"})
