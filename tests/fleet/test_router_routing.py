@@ -175,3 +175,29 @@ def test_failover_drain_and_a_restart_without_the_database(tmp_path: Path, route
     assert all(chat(router, "llama")[1]["box"] == "c" for _ in range(5))
     assert router.api("/api/fleet", admin)[0] == 503  # keys live in the unreachable database
     assert "registry unreadable, routing from the last map" in router.log.read_text()
+
+
+def test_more_boxes_than_slots_reloads_haproxy_without_losing_a_request(router: Router,
+                                                                        registry: tuple[str, SqlStore]) -> None:
+    _, store = registry
+    many = [FakeBox(f"box{i:02d}", {"m"}) for i in range(10)]  # the config holds 8 slots
+    try:
+        for bx in many[:8]:
+            store.put_box(bx.record())
+        wait_until(lambda: len({box_of(router, "m") for _ in range(16)} - {None}) == 8, deadline_s=10,
+                   message="eight boxes serving m")
+        before = router.haproxy("show info")
+        for bx in many[8:]:
+            store.put_box(bx.record())
+        results = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not {"box08", "box09"} <= {r for r in results if r}:
+            results.append(box_of(router, "m"))
+        assert None not in results  # every request answered across the reload
+        assert {"box08", "box09"} <= set(results)
+        pid = [line for line in router.haproxy("show info").splitlines() if line.startswith("Pid:")]
+        assert pid and pid[0] not in before  # a new worker: the config grew to 16 slots
+        assert "server b16 " in (router.state / "router" / "haproxy.cfg").read_text()
+    finally:
+        for bx in many:
+            bx.close()
