@@ -17,9 +17,12 @@
 # 127.0.0.1; anything else gets an admin key and HTTPS), --plain-http (a public bind without TLS: only
 # behind a TLS-terminating proxy such as vast.ai's portal), --tls-cert FILE --tls-key FILE (your own
 # certificate), --no-start, --no-engines, --engines LIST (default: vllm,comfyui,xtts on NVIDIA boxes;
-# add openwebui), --source PATH|URL (checkout, .tar.gz URL or git URL), --uninstall [--purge], -y.
+# add openwebui), --source PATH|URL (checkout, .tar.gz URL or git URL), --uninstall [--purge], -y,
+# --join URL --token T [--advertise-url U] (then joins the fleet of the router at URL: `appliance fleet
+# join`, see docs/fleet.md; binds 0.0.0.0 unless --bind says otherwise, so the router can reach the box).
 # Environment: APPLIANCE_PREFIX, APPLIANCE_DATA_DIR, APPLIANCE_CONFIG_DIR, APPLIANCE_PORT,
-# APPLIANCE_BIND, APPLIANCE_SOURCE, APPLIANCE_GPU (1/0: override NVML detection), PYTHON,
+# APPLIANCE_BIND, APPLIANCE_SOURCE, APPLIANCE_GPU (1/0: override NVML detection), APPLIANCE_JOIN_TOKEN
+# (the join token, instead of --token), PYTHON,
 # APPLIANCE_SUPERVISOR_CONF and APPLIANCE_SUPERVISOR_CONFD (a running supervisord's configuration and
 # the conf.d it includes; default /etc/supervisor/supervisord.conf and /etc/supervisor/conf.d).
 #
@@ -33,9 +36,10 @@ need_cmd() { command -v "$1" >/dev/null 2>&1 || die "'$1' is required and was no
 has() { command -v "$1" >/dev/null 2>&1; }
 
 usage() {
-  sed -n '2,30p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//' || true
+  sed -n '2,33p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//' || true
   printf 'usage: install.sh [--prefix DIR] [--port N] [--bind ADDR] [--plain-http] [--tls-cert F --tls-key F]\n'
   printf '                  [--no-start] [--no-engines] [--engines LIST] [--source SRC] [--uninstall [--purge]] [-y]\n'
+  printf '                  [--join URL --token T [--advertise-url U]]\n'
 }
 
 # ---- downloading: curl, else wget ----------------------------------------------------------------
@@ -351,6 +355,18 @@ choose_manager() {
   fi
 }
 
+# ---- joining a fleet (--join) -------------------------------------------------------------------
+join_fleet() {  # before the service starts: it then starts once, as a fleet box
+  [ -n "$JOIN_URL" ] || return 0
+  say "joining the fleet of $JOIN_URL"
+  set -- fleet join "$JOIN_URL" --config "$CONFIG" --no-restart
+  [ -z "$ADVERTISE_URL" ] || set -- "$@" --advertise-url "$ADVERTISE_URL"
+  # the token goes through the environment: not on a command line other users can read
+  if ! APPLIANCE_JOIN_TOKEN="$JOIN_TOKEN" "$VENV/bin/appliance" "$@"; then
+    die "joining the fleet failed (above); the appliance is installed but not started: fix it, then run $BIN_DIR/appliance fleet join $JOIN_URL --token TOKEN and appliance service start"
+  fi
+}
+
 start_service() {
   mkdir -p "$DATA/logs" "$DATA/run"
   case "$MANAGER" in
@@ -464,7 +480,7 @@ uninstall() {
 main() {
   PREFIX="${APPLIANCE_PREFIX:-}" WANT_PORT="${APPLIANCE_PORT:-}" WANT_BIND="${APPLIANCE_BIND:-}"
   SOURCE="${APPLIANCE_SOURCE:-}" NO_START=0 NO_ENGINES=0 ENGINES="" UNINSTALL=0 PURGE=0 YES=0 PLAIN_HTTP=0
-  USER_CERT="" USER_KEY=""
+  USER_CERT="" USER_KEY="" JOIN_URL="" JOIN_TOKEN="${APPLIANCE_JOIN_TOKEN:-}" ADVERTISE_URL="" TOKEN_FLAG=0
   while [ $# -gt 0 ]; do
     case "$1" in
       --prefix) PREFIX="${2:?--prefix needs a directory}"; shift ;;
@@ -474,6 +490,9 @@ main() {
       --engines) ENGINES="${2:?--engines needs a list}"; shift ;;
       --tls-cert) USER_CERT="${2:?--tls-cert needs a file}"; shift ;;
       --tls-key) USER_KEY="${2:?--tls-key needs a file}"; shift ;;
+      --join) JOIN_URL="${2:?--join needs the router's URL}"; shift ;;
+      --token) JOIN_TOKEN="${2:?--token needs the join token}"; TOKEN_FLAG=1; shift ;;
+      --advertise-url) ADVERTISE_URL="${2:?--advertise-url needs a URL}"; shift ;;
       --plain-http) PLAIN_HTTP=1 ;;
       --no-start) NO_START=1 ;;
       --no-engines) NO_ENGINES=1 ;;
@@ -488,6 +507,14 @@ main() {
   case "$WANT_PORT" in ""|*[!0-9]*) [ -z "$WANT_PORT" ] || die "--port must be a number, got $WANT_PORT" ;; esac
   [ "$PURGE" = 0 ] || [ "$UNINSTALL" = 1 ] || die "--purge goes with --uninstall"
   [ -z "$USER_CERT$USER_KEY" ] || { [ -n "$USER_CERT" ] && [ -n "$USER_KEY" ]; } || die "--tls-cert and --tls-key go together"
+  if [ -n "$JOIN_URL" ]; then
+    case "$JOIN_URL" in http://*|https://*) ;; *) die "--join needs the router's http(s):// URL, got $JOIN_URL" ;; esac
+    [ -n "$JOIN_TOKEN" ] || die "--join needs --token (or APPLIANCE_JOIN_TOKEN): the router's join token"
+    [ "$UNINSTALL" = 0 ] || die "--join does not go with --uninstall"
+    [ -n "$WANT_BIND" ] || WANT_BIND=0.0.0.0  # the router must reach the box
+  elif [ -n "$ADVERTISE_URL" ] || [ "$TOKEN_FLAG" = 1 ]; then
+    die "--token and --advertise-url go with --join URL"
+  fi
   for c in uname sed grep tar mkdir mktemp awk; do need_cmd "$c"; done
   has curl || has wget || die "curl or wget is required (apt-get install curl)"
   [ -z "$PREFIX" ] || { mkdir -p "$PREFIX" && PREFIX=$(cd "$PREFIX" && pwd); }
@@ -510,6 +537,7 @@ main() {
   admin_key
   choose_manager
   receipt
+  join_fleet
   start_service
   [ "$NO_START" = 1 ] || closing_note
 }

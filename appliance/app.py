@@ -9,9 +9,10 @@ Shutdown (one ordered function): stop admitting work, remove this box's registry
 drain up to a deadline, stop every engine in stages, close the probe, write the last usage records,
 close the store.
 
-Readiness (`Appliance.readiness`, owned here and changed only through `mark_serving`, `drain` and
-`shutdown`): "starting" until the daemon serves, "ready", "draining" after `drain()` (an operator's
-`POST /api/drain`: no new /v1 work or jobs, in-flight work finishes), "stopping" once shutdown began.
+Readiness (`Appliance.readiness`, owned here and changed only through `mark_serving`, `drain`,
+`stopping` and `shutdown`): "starting" until the daemon serves, "ready", "draining" after `drain()` (an operator's
+`POST /api/drain`: no new /v1 work or jobs, in-flight work finishes), "stopping" once shutdown began
+(`stopping()`, at the stop signal, before the open requests are let finish).
 `accepting` (new /v1 work and jobs admitted) is true while starting or ready.
 """
 
@@ -178,6 +179,10 @@ class Appliance:
             return "this box is draining (POST /api/drain): it takes no new work; send it to another box"
         return "the appliance is shutting down"
 
+    def stopping(self) -> None:
+        """The daemon is stopping (its stop signal): no new work; called from a signal handler."""
+        self._readiness = "stopping"
+
     def drain(self) -> bool:
         """Stop admitting new work (readiness "draining"); False when already draining or stopping."""
         if self._readiness in ("draining", "stopping"):
@@ -209,7 +214,7 @@ class Appliance:
                 task.add_done_callback(self._background.discard)
 
     async def shutdown(self) -> None:
-        self._readiness = "stopping"
+        self.stopping()
         if self.heartbeat is not None:
             await self.heartbeat.close()  # the row goes: the router drops this box at once
         self.maintenance.stop()

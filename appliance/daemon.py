@@ -32,9 +32,15 @@ class RefusedBind(Exception):
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises the signal after its graceful shutdown (the process then dies of SIGTERM);
-    the daemon's shutdown is complete at that point, so it exits 0 instead."""
+    the daemon's shutdown is complete at that point, so it exits 0 instead. The signal also makes the
+    Appliance's readiness "stopping" at once, while uvicorn lets the open requests finish."""
+
+    def __init__(self, config: uvicorn.Config, appliance: Appliance) -> None:
+        super().__init__(config)
+        self.appliance = appliance
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.appliance.stopping()
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         else:
@@ -80,7 +86,7 @@ async def serve(config: Config, host: str, port: int, has_keys: bool, hub_endpoi
                         lifespan="on", loop="none", http="httptools", proxy_headers=False,
                         timeout_graceful_shutdown=int(config.server.shutdown_grace_s) or None,
                         ssl_certfile=_tls_file(config.server.tls_cert), ssl_keyfile=_tls_file(config.server.tls_key))
-    server = _Server(uv)
+    server = _Server(uv, appliance)
     if uv.ssl_certfile and uv.ssl_keyfile:
         uv.load()  # builds the SSL context now, so the renewal below reloads the one that serves
         from .tls import CertificateKeeper

@@ -104,3 +104,35 @@ def test_on_vast_the_portal_token_is_accepted_beside_the_admin_key(tmp_path: Pat
     admin, portal = store.verify((tmp_path / "admin.key").read_text().strip()), store.verify(token)
     opened.close()
     assert admin is not None and admin.admin and portal is not None and portal.name == "vast-OPEN_BUTTON_TOKEN"
+
+
+def test_join_flags_are_checked_before_anything_is_installed(tmp_path: Path) -> None:
+    script = tmp_path / "install.sh"
+    script.write_text((ROOT / "install.sh").read_text())
+    for args, message in ((["--join", "https://router.example:8443"], "--join needs --token"),
+                          (["--join", "router.example", "--token", "t"], "--join needs the router's http(s):// URL"),
+                          (["--token", "t"], "--token and --advertise-url go with --join URL"),
+                          (["--advertise-url", "http://203.0.113.9:41234"], "go with --join URL")):
+        out = subprocess.run(["sh", str(script), *args], capture_output=True, text=True, timeout=60,
+                             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+        assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
+
+
+def test_join_runs_appliance_fleet_join_before_the_service_starts(tmp_path: Path) -> None:
+    stub = tmp_path / "stub" / "bin"
+    stub.mkdir(parents=True)
+    record = tmp_path / "called"
+    (stub / "appliance").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" "token=$APPLIANCE_JOIN_TOKEN" >"{record}"\n'
+                                    'exit "${STUB_EXIT:-0}"\n')
+    (stub / "appliance").chmod(0o755)
+    join = (f'VENV="{tmp_path / "stub"}" BIN_DIR=/usr/local/bin CONFIG=/etc/appliance/config.toml '
+            'JOIN_URL=https://router.example:8443 JOIN_TOKEN=s3cret ADVERTISE_URL=http://203.0.113.9:41234; join_fleet')
+    out = sh(tmp_path, join)
+    assert out.returncode == 0, out.stderr
+    assert record.read_text().splitlines() == [
+        "fleet", "join", "https://router.example:8443", "--config", "/etc/appliance/config.toml", "--no-restart",
+        "--advertise-url", "http://203.0.113.9:41234", "token=s3cret"]  # the token only in the environment
+    failed = sh(tmp_path, join, env={"STUB_EXIT": "1"})
+    assert failed.returncode != 0 and "joining the fleet failed" in failed.stderr
+    assert "s3cret" not in failed.stderr + failed.stdout
+    assert sh(tmp_path, 'JOIN_URL=""; join_fleet').returncode == 0  # no --join: nothing to do

@@ -43,7 +43,6 @@ class Heartbeat:
         self._sweeping = asyncio.Lock()
         self.max_attempts = max_attempts
         self.deadline_s = min(WRITE_DEADLINE_S, max(interval_s, 1.0))
-        self.beats = 0  # rows written (the status page and tests read it)
         self._down: str | None = None  # what failed, while an outage lasts
         self._write: asyncio.Future[Any] | None = None
         self._unannounced: dict[str, Job] = {}  # re-queued jobs whose announcement failed: tried again
@@ -103,7 +102,6 @@ class Heartbeat:
         except Exception as exc:
             self._failed(f"cannot write this box's heartbeat to {self.store.describe()} ({exc})")
             return False
-        self.beats += 1
         self._recovered()
         return True
 

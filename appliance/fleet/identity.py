@@ -38,16 +38,21 @@ def box_identity(config: Config, state_dir: Path) -> tuple[str, bool]:
     if config.jobs.box_id:
         return config.jobs.box_id, False
     path = state_dir / FILE
+    emptied = False
     with contextlib.suppress(FileNotFoundError):
         kept = path.read_text(encoding="utf-8").strip()
         if kept:
             return kept, False
+        emptied = True  # a file left empty (a full disk): made again below
     state_dir.mkdir(parents=True, exist_ok=True)
     made = new_box_id(socket.gethostname(), secrets.token_hex(4))
     tmp = path.with_name(f"{FILE}.{os.getpid()}.tmp")
     tmp.write_text(made + "\n", encoding="utf-8")
     try:
-        os.link(tmp, path)  # fails if the daemon and the CLI raced and the other one won: theirs is kept
+        if emptied:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if the daemon and the CLI raced and the other one won: theirs is kept
     except FileExistsError:
         return path.read_text(encoding="utf-8").strip(), False
     finally:

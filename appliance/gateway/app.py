@@ -29,7 +29,7 @@ from ..vectors.api import RetrievalApi
 from ..vectors.embedder import GatewayEmbedder
 from ..vectors.service import Retrieval
 from . import admin, docs_ui, fleet_api, keys_api, usage_api
-from .auth import Authenticator, KeyCache, RateLimiter, is_loopback
+from .auth import Authenticator, KeyCache, RateLimiter, SharedRateLimiter, is_loopback
 from .errors import ApiError, InvalidRequest, NotFound, internal_error
 from .front import Gateway
 from .keys import KeyStore
@@ -88,7 +88,7 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
         finally:
             if appliance.heartbeat is not None:
                 await appliance.heartbeat.stop_sweeping()  # before the queue closes
-            await runner.close()  # a job cut off now stays running, re-queued at the next start (or by a live box)
+            await runner.close()  # a job cut off now goes back to the queue, announced for another box
             await retrieval.close()  # an attachment cut off stays in_progress, indexed again at the next start
             routes.pools.close()
             await appliance.shutdown()
@@ -124,8 +124,12 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
     server = appliance.config.server
     sink = usage if usage is not None else appliance.usage
     app.state.usage = sink
-    auth = Authenticator(KeyCache(KeyStore(appliance.store)), RateLimiter(server.rate_limit_per_minute),
-                         open_when_no_keys=is_loopback(appliance.host), router_token=appliance.fleet_token)
+    limiter = RateLimiter(server.rate_limit_per_minute)
+    shared = None
+    if server.rate_limit_per_minute > 0 and appliance.store.backend == "postgresql":  # shared by the fleet
+        shared = SharedRateLimiter(server.rate_limit_per_minute, appliance.store.count_request, limiter)
+    auth = Authenticator(KeyCache(KeyStore(appliance.store)), limiter, open_when_no_keys=is_loopback(appliance.host),
+                         router_token=appliance.fleet_token, shared=shared)
     app.state.key_cache = auth.keys  # keys_api refreshes it after a change, so the change holds at once
     images = appliance.images
     routes = OpenAIRoutes(appliance, sink, images)

@@ -12,6 +12,11 @@ Policy (what the README documents):
   `X-Fleet-Token` equal to the token in `fleet.token_file` (compared in constant time), and then
   the client's own key is checked as usual; an admin key passes without the token; 403 otherwise.
 
+Rate limits (`server.rate_limit_per_minute`): a token bucket per key in this process, or, when the
+store is shared (PostgreSQL: a fleet), fixed one-minute windows counted in the store for `/v1`
+(`SharedRateLimiter`), so a key's limit holds across every box; that count is one small upsert in a
+worker thread per request, and while the store is away the box falls back to its own bucket.
+
 Keys are verified without touching the store per request: `KeyCache` holds id -> (record, hash) and
 reloads when the key table's fingerprint changes (asked at most once a second, so `appliance keys
 revoke` takes effect within about a second, from any box sharing the store). The secret's SHA-256 is compared with
@@ -21,6 +26,7 @@ It must not write to the key store (the CLI is its one writer).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
@@ -120,14 +126,61 @@ class RateLimiter:
         self._buckets[who] = (tokens - 1.0, now)
 
 
+WINDOW_S = 60
+
+
+class SharedRateLimiter:
+    """`per_minute` requests per key and fixed minute (by the boxes' clocks), counted in the shared
+    store (`count`: `Store.count_request`) so that every box adds to the same count. Off the event
+    loop (a worker thread); a store that fails falls back to `fallback`, this box's own bucket."""
+
+    def __init__(self, per_minute: int, count: Callable[[str, int], int], fallback: RateLimiter,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.per_minute = per_minute
+        self._count = count
+        self._fallback = fallback
+        self._clock = clock
+        self._store_failing = False
+
+    async def admit(self, who: str) -> None:
+        now = self._clock()
+        window = int(now // WINDOW_S) * WINDOW_S
+        try:
+            n = await asyncio.to_thread(self._count, who, window)
+        except StoreError as exc:
+            if not self._store_failing:
+                log.warning("rate limits: the shared store does not answer (%s); limiting per box until it does", exc)
+            self._store_failing = True
+            self._fallback.admit(who)
+            return
+        if self._store_failing:
+            log.info("rate limits: the shared store answers again; limits are fleet-wide again")
+            self._store_failing = False
+        if n > self.per_minute:
+            raise RateLimited(f"rate limit of {self.per_minute} requests per minute reached for this key "
+                              "(counted across the fleet)", retry_after=max(1.0, window + WINDOW_S - now))
+
+
 class Authenticator:
     def __init__(self, keys: KeyCache, limiter: RateLimiter, *, open_when_no_keys: bool,
-                 router_token: str = "") -> None:
-        """`router_token`: the fleet router's token (fleet.enabled), "" when this box is not in a fleet."""
+                 router_token: str = "", shared: SharedRateLimiter | None = None) -> None:
+        """`router_token`: the fleet router's token (fleet.enabled), "" when this box is not in a fleet.
+        `shared`: the fleet-wide limiter for /v1 (the `routed` checks); None: `limiter` for all."""
         self.keys = keys
         self.limiter = limiter
+        self.shared = shared
         self.open_when_no_keys = open_when_no_keys
         self._router_token = router_token.encode()
+
+    async def admit_routed(self, key: ApiKey | None) -> None:
+        """The fleet-wide rate limit of a /v1 request `check` let through (nothing without one)."""
+        if self.shared is not None:
+            await self.shared.admit(key.id if key is not None else "-")
+
+    def _admit(self, who: str, routed: bool) -> None:
+        if routed and self.shared is not None:
+            return  # counted fleet-wide by `admit_routed`
+        self.limiter.admit(who)
 
     def check(self, authorization: bytes | None, *, admin: bool, routed: bool = False,
               fleet_token: bytes | None = None) -> ApiKey | None:
@@ -140,7 +193,7 @@ class Authenticator:
             # Open mode: whatever the client sends (the SDKs insist on some key) is not looked at.
             if routed:
                 self._check_router(fleet_token, None)
-            self.limiter.admit("-")
+            self._admit("-", routed)
             return None
         if authorization is None:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' "
@@ -155,7 +208,7 @@ class Authenticator:
             raise Forbidden(f"key {key.name!r} is not an admin key; this route needs one")
         if routed:
             self._check_router(fleet_token, key)
-        self.limiter.admit(key.id)
+        self._admit(key.id, routed)
         return key
 
     def _check_router(self, presented: bytes | None, key: ApiKey | None) -> None:

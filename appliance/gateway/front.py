@@ -16,7 +16,8 @@ with `metrics.open_on_loopback` a client connecting from a loopback address need
 on the box); when the API is open (loopback bind, no key yet) it is open like the rest.
 A fleet box (`fleet.enabled`) takes `/v1` only with the router's `X-Fleet-Token` or an admin key
 (gateway.auth). The router's hints (`X-Route-Policy`, `X-Route-Retry-Status`: gateway.routing) are
-parsed here, once, and a bad value is refused with 400 naming the header. `GET /v1/residency` (any
+parsed here, once (a bad value is refused with 400 naming the header), and given to the model
+routes' leases. `GET /v1/residency` (any
 valid key) is this box's residency summary (appliance.fleet.summary). The /v1 requests in progress
 are counted (`in_flight`), for a drain's progress (appliance.fleet.drain).
 An authenticated `/api` request reaches FastAPI with the caller's key in `scope[KEY_SCOPE]` (None when
@@ -96,7 +97,8 @@ class Gateway:
             try:
                 key = self.auth.check(ex.header(b"authorization"), admin=False, routed=True,
                                       fleet_token=ex.header(b"x-fleet-token"))
-                ROUTE_POLICY.set(parse_policy(ex.header(b"x-route-policy"), ex.header(b"x-route-retry-status")))
+                policy = parse_policy(ex.header(b"x-route-policy"), ex.header(b"x-route-retry-status"))
+                await self.auth.admit_routed(key)
             except ApiError as err:
                 await ex.fail(err)
                 return
@@ -115,6 +117,9 @@ class Gateway:
                 elif self.retrieval is not None and path.startswith(RETRIEVAL_PREFIXES):
                     await self.retrieval.handle(ex, key)
                 else:
+                    # Only the model routes' own leases see the policy (not work a job or an upload
+                    # starts in the background, which would inherit the context).
+                    ROUTE_POLICY.set(policy)
                     await self.routes.handle(ex, key)
             finally:
                 self.in_flight -= 1

@@ -116,6 +116,11 @@ def _paths() -> dict[str, Any]:
                                "responses": {"200": _json("ModelList"), "401": _ERR}}},
         "/v1/models/{model}": {"get": {"summary": "One model", "tags": ["v1"], "parameters": [model_param],
                                        "responses": {"200": _json("Model"), "404": _ERR}}},
+        "/v1/residency": {"get": {"summary": "This box's residency summary (docs/fleet.md): each model's tier, "
+                                             "whether it is resident or loadable, its queue; free VRAM; a "
+                                             "generation counter; the box's readiness", "tags": ["v1"],
+                                  "responses": {"200": {"description": "the summary", "content": {
+                                      "application/json": {"schema": {"type": "object"}}}}, "401": _ERR}}},
         "/v1/chat/completions": _post("Chat completion (streams with stream=true)", "ChatRequest",
                                       _json("ChatResponse")),
         "/v1/completions": _post("Text completion (streams with stream=true)", "CompletionRequest",

@@ -4,7 +4,8 @@ so each box takes the jobs of the models it serves and a job's message goes to o
 A message carries only the job id; the store's job row stays the truth. A box claims the job in the
 store (atomically, so a redelivered message or a second box cannot run it twice) and then commits
 the message's offset. A box that dies after the claim leaves the job running under its name, and
-re-queues and re-announces it at its next start (`JobRunner.start`); every job still queued for its
+re-queues and re-announces it at its next start (`JobRunner.start`), or a live fleet box does once
+the dead box's registry row expires (appliance.fleet.heartbeat); every job still queued for its
 models is announced again at start too (a duplicate message is skipped by the claim). Topics are
 created at start. `stop_taking()` (a drain) stops the consumer, which leaves the group: the
 partitions go to the other boxes, and the messages read here but not claimed (their offsets not

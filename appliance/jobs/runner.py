@@ -7,7 +7,10 @@ A 5xx, a 429 or a dropped response (an engine crash, a model that could not load
 `jobs.max_attempts`, keeping the error; another 4xx fails the job at once. A settle names the attempt
 it ran, so a stale attempt (re-queued after a restart, cancelled meanwhile) reports nothing.
 `stop_taking()` (a drain) makes the queue claim nothing more; the attempts running finish and
-settle (`running` counts them).
+settle (`running` counts them). `close()` (the daemon stops) cancels the attempts still running and
+puts their jobs back in the queue, announced, so another box can take them at once; after a crash
+they are re-queued at the box's next start, or in a fleet by a live box once this box's registry
+row expires (appliance.fleet.heartbeat).
 It must not choose which box runs a job (the queue's claim does) nor touch residency itself.
 """
 
@@ -29,6 +32,7 @@ from ..store import Job, Store
 from .queue import JobQueue
 
 log = logging.getLogger("appliance.jobs")
+CLOSE_DEADLINE_S = 10.0  # re-queueing and announcing the attempts a stop cut off, each step at most
 AUDIO_EXT = {"audio/mpeg": "mp3", "audio/wav": "wav", "audio/x-wav": "wav", "audio/opus": "opus",
              "audio/ogg": "ogg", "audio/aac": "aac", "audio/flac": "flac", "audio/pcm": "pcm", "audio/L16": "pcm"}
 
@@ -187,13 +191,28 @@ class JobRunner:
         return True
 
     async def close(self) -> None:
+        cut_off = bool(self._running)
         for task in self._workers:
             task.cancel()
         for task in self._workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._workers.clear()
+        if cut_off:
+            await self._requeue_cut_off()
         await self.queue.close()
+
+    async def _requeue_cut_off(self) -> None:
+        """The attempts this stop cut off go back to the queue now, announced while the queue still runs, so
+        another box can take them at once; what a failure here leaves running is re-queued at the next start."""
+        try:
+            jobs = await asyncio.wait_for(asyncio.to_thread(self.store.jobs_requeue, self.owner), CLOSE_DEADLINE_S)
+            for job in jobs:
+                log.warning("job %s (%s): re-queued, the daemon stopped while it ran", job.id, job.model)
+                await asyncio.wait_for(self.queue.announce(job), CLOSE_DEADLINE_S)
+        except Exception as exc:
+            log.warning("jobs: the attempts cut off by the stop are re-queued at the next start (%s: %s)",
+                        type(exc).__name__, exc)
 
 
 def _message(body: bytes | bytearray) -> str:

@@ -89,6 +89,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         "heartbeat_at {float} NOT NULL, joined_at {float} NOT NULL)",
         "CREATE INDEX jobs_owner ON jobs (state, owner)",
     )),
+    Migration("0009_request_windows", (
+        "CREATE TABLE request_windows (key_id TEXT NOT NULL, window_start BIGINT NOT NULL, "
+        "requests INTEGER NOT NULL, PRIMARY KEY (key_id, window_start))",
+    )),
 )
 
 

@@ -187,9 +187,16 @@ class Store(Protocol):
         ...
 
     def jobs_requeue_orphans(self, expire_s: float, max_attempts: int) -> list[Job]:
-        """Running jobs whose owner has no registry row younger than `expire_s` (by the database's clock)
-        and that started at least `expire_s` ago: back to queued (failed for good once `max_attempts`
-        runs were made), atomically: of several boxes calling this at once, exactly one gets each job."""
+        """Running jobs whose owner's registry row is older than `expire_s` (by the database's clock): back
+        to queued (failed for good once `max_attempts` runs were made), atomically: of several boxes
+        calling this at once, exactly one gets each job. A box with no row (not a fleet box, or one that
+        left) is not a dead box: its jobs are its own (`jobs_requeue` at its start, or at its stop)."""
+        ...
+
+    # -- fleet-wide rate limits (fixed windows every box sharing the store counts into)
+    def count_request(self, key_id: str, window_start: int) -> int:
+        """Count one request of `key_id` in the window beginning at `window_start` (epoch seconds);
+        the window's count so far, this request included. A key's older windows are dropped."""
         ...
 
     # -- fleet registry (heartbeat ages by the database's clock, so boxes' clocks need not agree)

@@ -31,7 +31,8 @@ _SUMS = ("count(*) AS requests, sum(CASE WHEN error IS NULL THEN 0 ELSE 1 END) A
          "coalesce(sum(tokens_in), 0) AS tokens_in, coalesce(sum(tokens_out), 0) AS tokens_out, "
          "coalesce(sum(images), 0) AS images, coalesce(sum(audio_s), 0) AS audio_s, "
          "coalesce(sum(gpu_s), 0) AS gpu_s")
-# What dump/load copy: not `boxes`, the fleet registry's heartbeats, which are live state, not data.
+# What dump/load copy: not `boxes`, the fleet registry's heartbeats, nor `request_windows`, the
+# rate limits' current counts: live state, not data.
 TABLES = ("keys", "usage", "usage_daily", "state", "jobs", "files", "vector_stores", "vector_store_files",
           "vector_store_batches")
 
@@ -336,10 +337,10 @@ class SqlStore(RetrievalSql):
         rows = self._write(lambda tx: tx.query(
             "UPDATE jobs SET state = CASE WHEN attempts < ? THEN ? ELSE ? END, "
             "finished = CASE WHEN attempts < ? THEN NULL ELSE ? END, error = ? "
-            f"WHERE state = ? AND started < {self.now_sql} - ? AND (owner IS NULL OR owner NOT IN "
-            f"(SELECT box_id FROM boxes WHERE heartbeat_at > {self.now_sql} - ?)) RETURNING {_JOB_COLS}",
+            f"WHERE state = ? AND owner IN (SELECT box_id FROM boxes WHERE heartbeat_at <= {self.now_sql} - ?) "
+            f"RETURNING {_JOB_COLS}",
             (max_attempts, JobState.QUEUED.value, JobState.FAILED.value, max_attempts, now,
-             "interrupted: the box running it stopped heartbeating", JobState.RUNNING.value, expire_s, expire_s)))
+             "interrupted: the box running it stopped heartbeating", JobState.RUNNING.value, expire_s)))
         return sorted((_job(r) for r in rows), key=lambda j: j.seq)
 
     def jobs_queued(self, models: Iterable[str]) -> list[Job]:
@@ -357,6 +358,17 @@ class SqlStore(RetrievalSql):
             (JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value, before)))
 
     # -- fleet registry
+    def count_request(self, key_id: str, window_start: int) -> int:
+        def bump(tx: Tx) -> int:
+            rows = tx.query("INSERT INTO request_windows (key_id, window_start, requests) VALUES (?, ?, 1) "
+                            "ON CONFLICT (key_id, window_start) DO UPDATE SET requests = request_windows.requests + 1 "
+                            "RETURNING requests", (key_id, window_start))
+            n = int(rows[0]["requests"])
+            if n == 1:  # a new window: the key's older ones are spent (one delete per key and window)
+                tx.execute("DELETE FROM request_windows WHERE key_id = ? AND window_start < ?", (key_id, window_start))
+            return n
+        return self._write(bump)
+
     def put_box(self, box: BoxRecord) -> None:
         residency = json.dumps(box.residency, sort_keys=True)
         self._write(lambda tx: tx.execute(

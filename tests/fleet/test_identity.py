@@ -22,6 +22,9 @@ def test_an_id_written_meanwhile_by_another_process_is_the_one_kept(tmp_path: Pa
     (tmp_path / "box_id").write_text("theirs-0001\n")
     assert box_identity(cfg, tmp_path) == ("theirs-0001", False)
     assert list(tmp_path.iterdir()) == [tmp_path / "box_id"]  # no temporary file left
+    (tmp_path / "box_id").write_text("")  # left empty: made again
+    made, fresh = box_identity(cfg, tmp_path)
+    assert fresh and made and (tmp_path / "box_id").read_text().strip() == made
 
 
 def test_generated_ids_are_safe_in_a_url_path() -> None:

@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from appliance.gateway.errors import InvalidRequest
+from appliance.gateway.routing import RoutePolicy, apply_model_header, parse_policy
+
 from .conftest import Gateway, Http, free_port, launch, vllm_engine, wait_until
 
 GIB = 1 << 30
@@ -39,6 +42,31 @@ def chat(model: str | None, **extra: Any) -> dict[str, Any]:
 def error(resp: Http) -> dict[str, Any]:
     err: dict[str, Any] = resp.json()["error"]
     return err
+
+
+def test_routing_headers_parse_strictly() -> None:
+    assert parse_policy(None, None) is None
+    assert parse_policy(b"resident-only", None) == RoutePolicy(409)
+    assert parse_policy(b" Resident-Only ", b"503") == RoutePolicy(503)
+    for policy, status, param in ((b"any", None, "X-Route-Policy"), (b"resident-only", b"500", "X-Route-Retry-Status"),
+                                  (None, b"soon", "X-Route-Retry-Status")):
+        with pytest.raises(InvalidRequest) as err:
+            parse_policy(policy, status)
+        assert err.value.param == param
+
+
+def test_x_model_fills_or_must_match_the_body() -> None:
+    body: dict[str, Any] = {"messages": []}
+    assert apply_model_header(body, b"alpha") is True and body["model"] == "alpha"  # the body is written again
+    same = {"model": "alpha"}
+    assert apply_model_header(same, b"alpha") is False
+    assert apply_model_header({"model": None}, b"alpha") is True
+    untouched = {"model": "beta"}
+    assert apply_model_header(untouched, None) is False and untouched == {"model": "beta"}
+    for bad, param in (({"model": "beta"}, "model"), ({}, "X-Model")):
+        with pytest.raises(InvalidRequest) as err:
+            apply_model_header(bad, b"alpha" if param == "model" else b" ")
+        assert err.value.param == param
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +145,7 @@ def test_x_model_names_the_model_and_must_match_the_body(box: Gateway) -> None:
 
 
 def test_drain_refuses_new_work_and_loses_nothing_in_flight(tmp_path: Path) -> None:
-    gw = launch(tmp_path, two_engines(VLLM_STANDIN_TTFT_S="1.5"), keys={"user": False, "admin": True})
+    gw = launch(tmp_path, two_engines(VLLM_STANDIN_TTFT_S="3"), keys={"user": False, "admin": True})
     try:
         assert gw.request("POST", "/v1/chat/completions", chat("alpha")).status == 200  # loaded: slow answers now
         results: dict[str, Http] = {}
@@ -133,11 +161,14 @@ def test_drain_refuses_new_work_and_loses_nothing_in_flight(tmp_path: Path) -> N
                 streamed.extend(c.delta.content or "" for c in part.choices)
             streamed.append("[end]")
 
+        submitted = gw.request("POST", "/v1/jobs", {"route": "/v1/chat/completions", **chat("alpha")})
+        assert submitted.status == 202, submitted.body
         threads = [threading.Thread(target=plain), threading.Thread(target=stream)]
         for t in threads:
             t.start()
-        wait_until(lambda: gw.request("GET", "/api/drain", key="admin").json()["in_flight"]["requests"] == 2,
-                   20, "both requests in flight")
+        busy = {"requests": 2, "jobs": 1}
+        wait_until(lambda: gw.request("GET", "/api/drain", key="admin").json()["in_flight"] == busy, 20,
+                   "both requests and the job in flight")
         assert gw.request("POST", "/api/drain", key="user").status == 403
         started = gw.request("POST", "/api/drain", key="admin")
         assert started.status == 200 and started.json()["state"] == "draining"
@@ -152,6 +183,9 @@ def test_drain_refuses_new_work_and_loses_nothing_in_flight(tmp_path: Path) -> N
             t.join(60)
         assert results["plain"].status == 200 and results["plain"].json()["choices"][0]["message"]["content"]
         assert streamed[-1] == "[end]" and "".join(streamed[:-1])
+        job_id = submitted.json()["id"]
+        wait_until(lambda: gw.request("GET", f"/v1/jobs/{job_id}").json()["status"] == "succeeded", 30,
+                   "the job that was running to finish")
         progress = gw.request("GET", "/api/drain", key="admin").json()
         assert progress["drained"] is True and progress["in_flight"] == {"requests": 0, "jobs": 0}
         again = gw.request("POST", "/api/drain", key="admin")  # idempotent

@@ -582,3 +582,19 @@ def test_an_idle_switch_is_held_until_the_waiter_has_its_credit() -> None:
     d.ready("image", 14.0)
     d.done("i1", 20.0)
     assert d.dispatched()[-2:] == ["i1", "i2"]
+
+
+def test_resident_only_request_is_refused_without_any_swap_unless_resident() -> None:
+    d = Driver.create(box(), tiers=HOST)
+    refused = d.arrive("r1", "llm", 0.0, resident_only=True)
+    assert len(refused) == 1 and isinstance(refused[0], Reject)
+    assert refused[0].status == 409 and refused[0].retry_after_s >= 1.0
+    assert d.of(Wake) == [] and d.of(Start) == []  # nothing was brought in for it
+    d.arrive("i1", "image", 1.0)
+    d.ready("image", 2.0)
+    assert d.done("i1", 3.0) == []
+    assert d.arrive("r2", "image", 4.0, resident_only=True) == [Dispatch("image", "r2")]
+    d.done("r2", 5.0)
+    d.arrive("l1", "llm", 6.0)  # the image model is evicted for it (its release begins)
+    evicting = d.arrive("r3", "image", 6.1, resident_only=True)
+    assert [type(a) for a in evicting] == [Reject] and evicting[0].status == 409  # type: ignore[union-attr]
