@@ -59,7 +59,7 @@ def compatibility(api_version: int) -> str:
 def join_reply(service: RouterService, fleet_token: str, router_url: str) -> dict[str, Any]:
     jobs = service.cfg.jobs
     return {"store_url": service.cfg.store.url,
-            "jobs": {"backend": "kafka", "brokers": list(jobs.brokers), "topic_prefix": jobs.topic_prefix,
+            "jobs": {"backend": jobs.backend, "brokers": list(jobs.brokers), "topic_prefix": jobs.topic_prefix,
                      "group": jobs.group},
             "fleet_token": fleet_token, "router_url": router_url}
 

@@ -35,7 +35,7 @@ def _toml(doc: dict[str, dict[str, Any]]) -> str:
 
 
 class Router:
-    def __init__(self, tmp: Path, store_url: str, *, brokers: list[str] | None = None, sync_s: float = 0.2,
+    def __init__(self, tmp: Path, store_url: str, *, jobs: dict[str, Any] | None = None, sync_s: float = 0.2,
                  check_interval_ms: int = 300, expire_s: float = 3.0) -> None:
         self.tmp = tmp
         self.port = _free_port()
@@ -44,18 +44,19 @@ class Router:
         self.log = tmp / "router.log"
         self.config = tmp / "router.toml"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.write_config(store_url, brokers or [], sync_s, check_interval_ms, expire_s)
+        self.jobs = jobs or {}
+        self.write_config(store_url, sync_s, check_interval_ms, expire_s)
 
-    def write_config(self, store_url: str, brokers: list[str], sync_s: float, check_interval_ms: int,
-                     expire_s: float) -> None:
+    def write_config(self, store_url: str, sync_s: float = 0.2, check_interval_ms: int = 300,
+                     expire_s: float = 3.0) -> None:
         doc: dict[str, dict[str, Any]] = {
             "server": {"state_dir": str(self.state), "log_level": "info"},
             "store": {"url": store_url},
             "fleet": {"expire_s": expire_s, "heartbeat_s": expire_s / 3},
             "router": {"host": "127.0.0.1", "port": self.port, "api_port": self.api_port, "sync_s": sync_s,
                        "check_interval_ms": check_interval_ms, "bufsize": 131072}}
-        if brokers:
-            doc["jobs"] = {"backend": "kafka", "brokers": brokers}
+        if self.jobs:
+            doc["jobs"] = self.jobs  # what joining boxes are told
         self.config.write_text(_toml(doc))
 
     @property

@@ -3,11 +3,12 @@ their own ports, separate fake-GPU and state directories), `appliance router` wi
 real PostgreSQL (a fresh schema) and the Tansu Kafka broker.
 
 Boxes: all three serve `alpha`; box2 also serves `beta` and `delta`, only one of which fits beside
-alpha. The test walks, in order: routing by model; a key made on one box working on all with its usage
-summed fleet-wide; a 64 KB body with `model` last; a residency change reaching HAProxy's map within
-2 s; killing the box running a Kafka job under traffic (no request lost, the job redelivered and
-finished once); draining one of the two boxes left under traffic (no request lost, new work on the
-other); a router restarted with PostgreSQL unreachable still routing. Every wait is bounded.
+alpha; box4 (`gamma`) joins during the test. The test walks, in order: routing by model; a key made
+on one box working on all with its usage summed fleet-wide; `appliance fleet join` bringing box4 in;
+a 64 KB body with `model` last; a residency change reaching HAProxy's map within 2 s; killing the box
+running a Kafka job under traffic (no request lost, the job redelivered and finished once); draining
+one of the two boxes left under traffic (no request lost, new work on the other); a router restarted
+with PostgreSQL unreachable still routing. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -34,11 +37,12 @@ from appliance.store import JobState, open_store
 from appliance.store.sqlcore import SqlStore
 from fleet.router_harness import Router
 
+ROOT = Path(__file__).resolve().parent.parent.parent
 GIB = 1 << 30
 EXPIRE_S = 3.0
 MAP_DEADLINE_S = 2.0  # issue #20: a residency change reaches HAProxy's map within 2 s
 # alpha (8 GiB) fits beside beta or delta (14 GiB each) on a 24 GiB box; beta and delta do not fit together.
-VRAM_GIB = {"alpha": 8, "beta": 14, "delta": 14}
+VRAM_GIB = {"alpha": 8, "beta": 14, "delta": 14, "gamma": 8}
 BOXES = {"box1": ["alpha"], "box2": ["alpha", "beta", "delta"], "box3": ["alpha"]}
 
 
@@ -68,31 +72,44 @@ def chat(model: str, max_tokens: int = 2, pad: int = 0) -> dict[str, Any]:
 
 
 class Box:
-    def __init__(self, tmp: Path, name: str, models: list[str], store_url: str, broker: str, prefix: str,
-                 token: str) -> None:
+    def __init__(self, tmp: Path, name: str, models: list[str], store_url: str, jobs: dict[str, Any],
+                 token: str | None) -> None:
+        """A box configured as a fleet member (`token`: the router's), or a fresh one to join (None)."""
         self.name = name
         (tmp / name).mkdir()
         self.daemon = Daemon(tmp / name, {})
         d = self.daemon
         self.engine_ports = {m: free_port() for m in models}
-        token_file = d.tmp / "fleet.token"
-        token_file.write_text(token + "\n")
-        token_file.chmod(0o600)
-        doc = {
+        doc: dict[str, Any] = {
             "server": {"state_dir": str(d.state), "port": d.port, "load_deadline_s": 60.0},
             "gpu": {"probe": "fake", "fake_dir": str(d.fake_gpu), "declared_total_gb": 24},
             "scheduler": {"max_wait_s": 1.0},
-            "store": {"url": store_url, "usage_flush_s": 0.2},
-            "jobs": {"backend": "kafka", "brokers": [broker], "topic_prefix": prefix, "group": f"g-{prefix}",
-                     "box_id": name, "poll_s": 0.5},
-            "fleet": {"enabled": True, "advertise_url": d.url, "token_file": str(token_file), "heartbeat_s": 0.5,
-                      "expire_s": EXPIRE_S},
+            "store": {"usage_flush_s": 0.2},
+            "fleet": {"heartbeat_s": 0.5, "expire_s": EXPIRE_S},
             "engines": {f"e-{m}": vllm_engine(port, sleep_mode=True, env={
                 "VLLM_STANDIN_FOOTPRINT_BYTES": str(VRAM_GIB[m] * GIB), "VLLM_STANDIN_TOKENS_PER_S": "25"})
                 for m, port in self.engine_ports.items()},
             "models": {m: {"engine": f"e-{m}", "modality": "text", "vram_gb": float(VRAM_GIB[m])} for m in models},
         }
+        if token is not None:
+            token_file = d.tmp / "fleet.token"
+            token_file.write_text(token + "\n")
+            token_file.chmod(0o600)
+            doc["store"]["url"] = store_url
+            doc["jobs"] = {**jobs, "box_id": name, "poll_s": 0.5}
+            doc["fleet"].update(enabled=True, advertise_url=d.url, token_file=str(token_file))
         d.config.write_text(to_toml(doc))
+
+    def join(self, router: Router) -> str:
+        """`appliance fleet join` on this box's fresh state directory, for real; its output."""
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("APPLIANCE_STATE_DIR", None)
+        done = subprocess.run([sys.executable, "-m", "appliance", "fleet", "join", router.url, "--token",
+                               router.join_token, "--advertise-url", self.daemon.url, "--no-restart",
+                               "--config", str(self.daemon.config)],
+                              env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
 
     def served(self, model: str) -> float:
         """Requests the model's engine on this box finished (the stand-in's vLLM counter)."""
@@ -136,14 +153,16 @@ def fleet(tmp_path: Path, pg_database: str, kafka_broker: str) -> Iterator[dict[
     store_url = pg_schema_url(pg_database)
     store = open_store(store_url, None)
     prefix = f"e{uuid.uuid4().hex[:8]}."
-    router = Router(tmp_path, store_url, brokers=[kafka_broker], expire_s=EXPIRE_S)
+    jobs = {"backend": "kafka", "brokers": [kafka_broker], "topic_prefix": prefix, "group": f"g-{prefix}"}
+    router = Router(tmp_path, store_url, jobs=jobs, expire_s=EXPIRE_S)
     router.start()
-    boxes = {name: Box(tmp_path, name, models, store_url, kafka_broker, prefix, router.fleet_token)
+    boxes = {name: Box(tmp_path, name, models, store_url, jobs, router.fleet_token)
              for name, models in BOXES.items()}
+    boxes["box4"] = Box(tmp_path, "box4", ["gamma"], store_url, jobs, None)  # joins during the test
     _, admin = KeyStore(store).create("test-admin", admin=True)
     try:
-        for b in boxes.values():
-            b.daemon.start()
+        for name in BOXES:
+            boxes[name].daemon.start()
         yield {"router": router, "boxes": boxes, "store": store, "admin": admin, "store_url": store_url}
     finally:
         pids = [pid for b in boxes.values() for pid in b.engine_pids()]
@@ -197,6 +216,18 @@ def test_three_boxes_behind_the_router(fleet: dict[str, Any]) -> None:
         status, doc = http(b3.daemon.url + f"/api/usage?key={key_id}", key=admin)
         return sum(int(t.get("requests", 0)) for t in doc.get("totals", [])) if status == 200 else -1
     wait_for(lambda: usage_requests() == 12, 10, "the key's usage summed over box1, box2 and box3")
+
+    # The join flow for real: `appliance fleet join` on a fresh state directory registers box4, which
+    # then receives the requests for its model (gamma: no other box has it).
+    b4 = boxes["box4"]
+    out = b4.join(router)
+    assert "registered box" in out and (b4.daemon.state / "fleet.token").read_text().strip() == router.fleet_token
+    b4_id = (b4.daemon.state / "box_id").read_text().strip()  # made by the join, kept by the daemon
+    b4.daemon.start()
+    wait_for(lambda: map_members(router, admin, "gamma") == [b4_id], 20, "box4 routed for gamma")
+    for _ in range(3):
+        assert http(router.url + "/v1/chat/completions", chat("gamma"), key)[0] == 200
+    assert b4.served("gamma") == 3
 
     # A 64 KB chat body with "model" as its last field routes by that model.
     assert chat("alpha", pad=64 * 1024) and list(chat("alpha"))[-1] == "model"
@@ -262,7 +293,7 @@ def test_three_boxes_behind_the_router(fleet: dict[str, Any]) -> None:
 
     # A router restarted while PostgreSQL is unreachable keeps routing from its last map.
     router.stop()
-    router.write_config("postgresql://appliance@127.0.0.1:1/nowhere?connect_timeout=1", [], 0.2, 300, EXPIRE_S)
+    router.write_config("postgresql://appliance@127.0.0.1:1/nowhere?connect_timeout=1", expire_s=EXPIRE_S)
     router.start()
     served = last_box.served("alpha")
     for _ in range(3):

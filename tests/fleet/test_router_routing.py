@@ -168,7 +168,7 @@ def test_failover_drain_and_a_restart_without_the_database(tmp_path: Path, route
 
     # A router restarted while PostgreSQL is unreachable routes from its last map.
     router.stop()
-    router.write_config("postgresql://appliance@127.0.0.1:1/nowhere?connect_timeout=1", [], 0.2, 300, 600)
+    router.write_config("postgresql://appliance@127.0.0.1:1/nowhere?connect_timeout=1", expire_s=600)
     router.start()
     assert all(chat(router, "llama")[1]["box"] == "c" for _ in range(5))
     time.sleep(0.5)  # several failed registry reads: the map stays
