@@ -201,3 +201,28 @@ def test_more_boxes_than_slots_reloads_haproxy_without_losing_a_request(router: 
     finally:
         for bx in many:
             bx.close()
+
+
+def test_join_answers_what_a_box_writes_and_refuses_bad_tokens_and_fields(router: Router) -> None:
+    def join(token: str, body: Any) -> tuple[int, Any]:
+        req = urllib.request.Request(router.url + "/api/fleet/join", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=15) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code, json.loads(e.read())
+
+    good = {"box_id": "box-9", "url": "http://10.0.0.9:8080", "version": "1.2", "api_version": 1}
+    status, answer = join(router.join_token, good)
+    assert status == 200, answer
+    assert answer["fleet_token"] == router.fleet_token and answer["store_url"].startswith("postgresql://")
+    assert answer["jobs"]["backend"] == "local" and answer["router_url"] == router.url
+    assert join("wrong-token", good)[0] == 401
+    status, err = join(router.join_token, {**good, "url": "10.0.0.9:8080"})
+    assert status == 400 and err["error"]["param"] == "url"
+    status, err = join(router.join_token, {**good, "api_version": 99})
+    assert status == 400 and err["error"]["param"] == "api_version" and "not supported" in err["error"]["message"]
+    with urllib.request.urlopen(router.url + "/fleet", timeout=15) as page:
+        assert b"/fleet/fleet.js" in page.read() and "default-src 'self'" in page.headers["Content-Security-Policy"]
