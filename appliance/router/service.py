@@ -33,6 +33,7 @@ from .runtime import RuntimeApi, RuntimeApiError
 
 log = logging.getLogger("appliance.router")
 RESOLVE_DEADLINE_S = 2.0
+REGISTRY_DEADLINE_S = 10.0  # one read of the registry (opening the store included)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class RouterService:
         self.draining: set[str] = set()  # boxes drained through the router, out of every model
         self.resolved: dict[str, str] = {}  # host -> IP, kept when a later lookup fails
         self._stop = asyncio.Event()
+        self._reading: asyncio.Future[list[BoxRecord]] | None = None  # the registry read in flight
 
     # -- start and stop
     async def start(self) -> None:
@@ -123,26 +125,44 @@ class RouterService:
                 await asyncio.wait_for(self._stop.wait(), self.cfg.router.sync_s)
 
     # -- one sync
+    def _read(self) -> list[BoxRecord]:
+        """In a worker thread: open the store when needed, read the live boxes."""
+        if self.store is None:
+            self.store = self.open_store()
+        return self.store.boxes(self.cfg.fleet.expire_s)
+
     async def read_registry(self) -> list[BoxRecord] | None:
+        """The live boxes, or None when the registry cannot be read within REGISTRY_DEADLINE_S (the
+        database is down or unreachable): the caller keeps the last plan. A read still hanging after
+        its deadline is not started again until it ends, so hung reads do not pile up."""
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(asyncio.to_thread(self._read))
         try:
-            if self.store is None:
-                self.store = await asyncio.to_thread(self.open_store)
-            records = await asyncio.to_thread(self.store.boxes, self.cfg.fleet.expire_s)
-        except Exception as exc:  # the database is down or unreachable: keep the last plan
-            message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            if message != self.registry_error:
-                log.warning("registry unreadable, routing from the last map: %s", message)
-            self.registry_error = message
-            store, self.store = self.store, None
-            if store is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(store.close)
+            records = await asyncio.wait_for(asyncio.shield(self._reading), REGISTRY_DEADLINE_S)
+        except Exception as exc:
+            self._registry_failed(exc)
             return None
+        finally:
+            if self._reading.done():
+                self._reading = None
         if self.registry_error is not None:
             log.info("registry readable again")
         self.registry_error = None
         self.registry_read_at = time.time()
         return records
+
+    def _registry_failed(self, exc: BaseException) -> None:
+        message = (f"{type(exc).__name__}: {exc}".splitlines() or ["?"])[0]
+        if isinstance(exc, TimeoutError):
+            message = f"no answer within {REGISTRY_DEADLINE_S:g} s"
+        if message != self.registry_error:
+            log.warning("registry unreadable, routing from the last map: %s", message)
+        self.registry_error = message
+        if self._reading is not None and self._reading.done():
+            store, self.store = self.store, None  # reopen next time
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    store.close()
 
     async def _resolve(self, host: str) -> str | None:
         try:
@@ -244,4 +264,4 @@ class RouterService:
             return {"error": str(exc)}
         return {"map": models, "resident": sorted(resident),
                 "servers": {f"{b}/{s}": st for (b, s), st in sorted(status.items())
-                            if st not in ("MAINT",) and b != "router_api"}}
+                            if not st.startswith("MAINT") and b != "router_api"}}
