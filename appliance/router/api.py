@@ -30,12 +30,12 @@ from ..fleet import API_VERSION
 from ..gateway.errors import ApiError, Forbidden, InvalidRequest, NotFound, Unauthorized, Unavailable
 from ..gateway.keys import KeyStore
 from ..gateway.ui import CSP
+from . import plan
 from .service import RouterService
 from .tokens import same, write_secret
 
 DRAIN_DEADLINE_S = 10.0
 KEY_PROPAGATION_S = 5.0  # how long a 401 from a box is retried after the router made its key
-MIN_API_VERSION = 1  # the oldest box API the router still routes to
 UI_DIR = Path(__file__).resolve().parent / "ui"
 STYLE = Path(__file__).resolve().parent.parent / "ui" / "style.css"
 
@@ -49,11 +49,7 @@ def bearer(request: Request) -> str:
 
 
 def compatibility(api_version: int) -> str:
-    if api_version == API_VERSION:
-        return "current"
-    if MIN_API_VERSION <= api_version < API_VERSION:
-        return "older, compatible"
-    return "incompatible"
+    return plan.compatibility(api_version, API_VERSION)
 
 
 def join_reply(service: RouterService, fleet_token: str, router_url: str) -> dict[str, Any]:
@@ -77,7 +73,7 @@ def validate_join(body: Any) -> dict[str, Any]:
         raise InvalidRequest("api_version: required, an integer", param="api_version")
     if compatibility(api_version) == "incompatible":
         raise InvalidRequest(f"api_version: {api_version} is not supported by this router "
-                             f"({MIN_API_VERSION}..{API_VERSION})", param="api_version")
+                             f"({plan.MIN_API_VERSION}..{API_VERSION})", param="api_version")
     return body
 
 
@@ -107,11 +103,11 @@ class RouterApi:
         await self.require_admin(request)
         svc = self.service
         now = time.time()
-        plan = svc.plan
+        routes = svc.plan
         boxes = []
         for rec in svc.records:
             residency = rec.residency if isinstance(rec.residency, dict) else {}
-            slot = plan.slot_of(rec.box_id)
+            slot = routes.slot_of(rec.box_id)
             boxes.append({
                 "box_id": rec.box_id, "url": rec.url, "state": rec.state, "version": rec.version,
                 "api_version": rec.api_version, "compatibility": compatibility(rec.api_version),
@@ -127,8 +123,8 @@ class RouterApi:
             "api_version": API_VERSION, "boxes": boxes, "version_skew": len(versions) > 1, "versions": versions,
             "registry": {"readable": svc.registry_error is None, "error": svc.registry_error,
                          "read_age_s": None if svc.registry_read_at is None else round(now - svc.registry_read_at, 1)},
-            "routes": {m: sorted(ids) for m, ids in sorted(plan.members.items())},
-            "resident_only": sorted(plan.resident), "fallback": plan.fallback,
+            "routes": {m: sorted(ids) for m, ids in sorted(routes.members.items())},
+            "resident_only": sorted(routes.resident), "fallback": routes.fallback,
             "haproxy": await svc.haproxy_view()})
 
     async def join(self, request: Request) -> Response:

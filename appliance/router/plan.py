@@ -18,9 +18,10 @@ the registry (stable across syncs); when either runs out the plan grows and the 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+MIN_API_VERSION = 1  # the oldest box API (appliance.fleet.API_VERSION of a box) this router routes to
 RESIDENT_TIERS = frozenset({"vram"})  # appliance.scheduler.types.Tier.VRAM
 WARM_TIERS = frozenset({"host"})  # Tier.HOST: slept or offloaded to host RAM
 MIN_SLOTS = 8
@@ -81,6 +82,15 @@ class RoutePlan:
         return {m: f"m{j + 1}" for j, m in enumerate(self.model_backends) if m is not None and m in self.members}
 
 
+def compatibility(api_version: int, current: int) -> str:
+    """How a box's API version relates to this router's (`current`): routed unless "incompatible"."""
+    if api_version == current:
+        return "current"
+    if MIN_API_VERSION <= api_version < current:
+        return "older, compatible"
+    return "incompatible"
+
+
 def admin_state(state: str) -> str:
     if state == "ready":
         return "ready"
@@ -130,13 +140,17 @@ def members_of(model: str, ready: list[BoxView]) -> tuple[frozenset[str], bool]:
 
 
 def plan_routes(boxes: Iterable[BoxView], previous: RoutePlan, down: frozenset[str] = frozenset(),
-                drained: frozenset[str] = frozenset()) -> RoutePlan:
+                drained: frozenset[str] = frozenset(), api_version: int | None = None) -> RoutePlan:
     """The plan for these registry rows, keeping `previous`'s slot and backend assignments. Boxes in
     `down` (HAProxy's health check fails them) keep their slot, still checked, but serve no model:
     a model only they could load goes to the next box with the most free VRAM before their row expires.
     Boxes in `drained` (drained through the router, before their row says so) are in "drain" and
-    serve no model either."""
+    serve no model either. With `api_version` (this router's), a box whose API is incompatible is
+    treated as not ready (rolling upgrade: older compatible boxes keep serving)."""
     by_id = {b.box_id: b for b in boxes}
+    if api_version is not None:
+        by_id = {i: replace(b, state="incompatible")
+                 if compatibility(b.api_version, api_version) == "incompatible" else b for i, b in by_id.items()}
     prev_ids = tuple(s.box_id if s else None for s in previous.slots)
     slot_ids = _assign(prev_ids, by_id)
     slots = tuple(

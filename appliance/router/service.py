@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import Config
+from ..fleet import API_VERSION
 from ..store import BoxRecord, Store
 from .commands import transition
 from .haproxy_config import Paths, map_text, render, server_name
@@ -198,7 +199,8 @@ class RouterService:
             live = {r.box_id for r in records}
             self.draining &= live
             self.views_now = await self.views(records)
-            plan = plan_routes(self.views_now, self.plan, await self.down_boxes(), frozenset(self.draining))
+            plan = plan_routes(self.views_now, self.plan, await self.down_boxes(), frozenset(self.draining),
+                               API_VERSION)
         else:
             plan = self.plan
         await self.apply(plan)
@@ -252,7 +254,8 @@ class RouterService:
     async def drain(self, box_id: str) -> None:
         """Take the box out of every model now (before its health check fails)."""
         self.draining.add(box_id)
-        await self.apply(plan_routes(self.views_now, self.plan, await self.down_boxes(), frozenset(self.draining)))
+        await self.apply(plan_routes(self.views_now, self.plan, await self.down_boxes(), frozenset(self.draining),
+                                     API_VERSION))
 
     async def haproxy_view(self) -> dict[str, Any]:
         """What HAProxy's map and servers say now (for /api/fleet)."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from appliance.router.plan import BoxView, RoutePlan, plan_doc, plan_from_doc, plan_routes
+from appliance.router.plan import BoxView, RoutePlan, compatibility, plan_doc, plan_from_doc, plan_routes
 
 GB = 1 << 30
 
@@ -90,3 +91,14 @@ def test_a_box_haproxy_finds_down_serves_nothing_before_its_row_expires() -> Non
     plan = plan_routes(boxes, RoutePlan(), down=frozenset({"a"}))
     assert plan.members["m"] == {"b"} and plan.fallback == "b"
     assert plan.slots[plan.slot_of("a") or 0] is not None  # still checked, to come back
+
+
+def test_a_box_of_an_older_compatible_api_is_routed_and_an_incompatible_one_is_not() -> None:
+    old = replace(box("old", {"m": "vram"}), api_version=1)
+    new = replace(box("new", {"m": "vram"}), api_version=2)
+    future = replace(box("future", {"m": "vram"}), api_version=3)
+    plan = plan_routes([old, new, future], RoutePlan(), api_version=2)
+    assert plan.members["m"] == {"old", "new"}
+    assert plan.slots[plan.slot_of("future") or 0].admin == "maint"  # type: ignore[union-attr]
+    assert [compatibility(v, 2) for v in (1, 2, 3, 0)] == ["older, compatible", "current", "incompatible",
+                                                           "incompatible"]
