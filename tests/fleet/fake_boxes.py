@@ -99,7 +99,8 @@ class FakeBox:
                 model = self.headers.get("X-Model") or json.loads(body or b"{}").get("model")
                 box.seen.append({"model": model, "token": self.headers.get("X-Fleet-Token"),
                                  "auth": self.headers.get("Authorization"),
-                                 "policy": self.headers.get("X-Route-Policy"), "size": len(body)})
+                                 "policy": self.headers.get("X-Route-Policy"), "size": len(body),
+                                 "proto": self.headers.get("X-Forwarded-Proto")})
                 if self.headers.get("X-Route-Policy") == "resident-only" and model not in box.resident:
                     status = int(self.headers.get("X-Route-Retry-Status") or 409)
                     self._reply(status, {"error": {"message": "not resident", "code": "model_not_resident"}})

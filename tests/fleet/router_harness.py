@@ -36,8 +36,9 @@ def _toml(doc: dict[str, dict[str, Any]]) -> str:
 
 class Router:
     def __init__(self, tmp: Path, store_url: str, *, jobs: dict[str, Any] | None = None, sync_s: float = 0.2,
-                 check_interval_ms: int = 300, expire_s: float = 3.0) -> None:
+                 check_interval_ms: int = 300, expire_s: float = 3.0, tls_pem: str = "") -> None:
         self.tmp = tmp
+        self.tls_pem = tls_pem
         self.port = _free_port()
         self.api_port = _free_port()
         self.state = tmp / "router-state"
@@ -54,14 +55,14 @@ class Router:
             "store": {"url": store_url},
             "fleet": {"expire_s": expire_s, "heartbeat_s": expire_s / 3},
             "router": {"host": "127.0.0.1", "port": self.port, "api_port": self.api_port, "sync_s": sync_s,
-                       "check_interval_ms": check_interval_ms, "bufsize": 131072}}
+                       "check_interval_ms": check_interval_ms, "bufsize": 131072, "tls_pem": self.tls_pem}}
         if self.jobs:
             doc["jobs"] = self.jobs  # what joining boxes are told
         self.config.write_text(_toml(doc))
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_pem else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def fleet_token(self) -> str:

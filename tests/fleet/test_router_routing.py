@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -233,3 +234,34 @@ def test_join_answers_what_a_box_writes_and_refuses_bad_tokens_and_fields(router
     assert status == 400 and err["error"]["param"] == "api_version" and "not supported" in err["error"]["message"]
     with urllib.request.urlopen(router.url + "/fleet", timeout=15) as page:
         assert b"/fleet/fleet.js" in page.read() and "default-src 'self'" in page.headers["Content-Security-Policy"]
+
+
+def test_tls_is_terminated_in_haproxy(tmp_path: Path, registry: tuple[str, SqlStore],
+                                      boxes: dict[str, FakeBox]) -> None:
+    pem = tmp_path / "router.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "2", "-subj", "/CN=router", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True, timeout=60)
+    pem.write_bytes((tmp_path / "cert.pem").read_bytes() + (tmp_path / "key.pem").read_bytes())
+    url, store = registry
+    store.put_box(boxes["a"].record({"llama": "vram"}))
+    router = Router(tmp_path, url, expire_s=600, tls_pem=str(pem)).start()
+    try:
+        context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        req = urllib.request.Request(router.url + "/v1/chat/completions", data=b'{"model": "llama"}',
+                                     headers={"Content-Type": "application/json"})
+
+        def routed() -> bool:
+            try:
+                with urllib.request.urlopen(req, timeout=15, context=context) as r:
+                    return bool(json.loads(r.read())["box"] == "a")
+            except urllib.error.HTTPError as e:
+                e.close()
+                return False
+        wait_until(routed, deadline_s=10, message="llama routed over HTTPS")
+        assert boxes["a"].seen[-1]["proto"] == "https"  # the box builds its URLs with the client's scheme
+        with pytest.raises(OSError):  # no plain HTTP on the TLS port (the connection is closed)
+            urllib.request.urlopen(router.url.replace("https://", "http://") + "/fleet", timeout=5)
+    finally:
+        router.stop()

@@ -42,9 +42,10 @@ def test_the_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
     assert "server b2 127.0.0.1:9002 track boxes/b2" in text and "retry-on 503 conn-failure" in text
 
 
-def test_tls_termination_binds_with_the_pem(tmp_path: Path) -> None:
+def test_tls_termination_binds_with_the_pem_and_tells_the_boxes(tmp_path: Path) -> None:
     text = render(RouterConfig(tls_pem="/etc/appliance/router.pem"), Paths(tmp_path), RoutePlan())
     assert "bind 0.0.0.0:8443 ssl crt /etc/appliance/router.pem" in text
+    assert "set-header X-Forwarded-Proto https if { ssl_fc }" in text  # image and job URLs keep https
 
 
 def test_commands_follow_a_residency_change_without_touching_the_rest(tmp_path: Path) -> None:
