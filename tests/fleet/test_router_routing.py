@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -45,6 +46,8 @@ def chat(router: Router, model: str | None, *, header_model: str | None = None, 
     except urllib.error.HTTPError as e:
         with e:
             return e.code, e.read().decode(errors="replace")
+    except OSError as e:  # URLError included: nothing listening
+        return 0, str(e)
 
 
 @pytest.fixture
@@ -265,3 +268,19 @@ def test_tls_is_terminated_in_haproxy(tmp_path: Path, registry: tuple[str, SqlSt
             urllib.request.urlopen(router.url.replace("https://", "http://") + "/fleet", timeout=5)
     finally:
         router.stop()
+
+
+def test_a_crashed_haproxy_is_restarted_with_the_current_routes(router: Router, registry: tuple[str, SqlStore],
+                                                               boxes: dict[str, FakeBox]) -> None:
+    _, store = registry
+    store.put_box(boxes["a"].record({"llama": "vram"}))
+    store.put_box(boxes["b"].record({"sd": "vram"}))
+    wait_until(lambda: box_of(router, "sd") == "b", deadline_s=10, message="sd routed")
+    master = int((router.state / "router" / "haproxy.pid").read_text().split()[0])
+    os.killpg(master, signal.SIGKILL)
+    store.put_box(boxes["c"].record({"sd": "vram"}))  # a change while HAProxy is down
+    boxes["c"].resident.add("sd")
+    wait_until(lambda: {box_of(router, "sd") for _ in range(6)} == {"b", "c"}, deadline_s=20,
+               message="HAProxy back with the routes")
+    assert box_of(router, "llama") == "a"
+    assert "HAProxy exited" in router.log.read_text()
