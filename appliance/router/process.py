@@ -41,10 +41,17 @@ class HaproxyProcess:
         self.restarts = 0
         self.starts = 0  # successful starts (a watcher's restart included)
 
+    def _missing(self, exc: OSError) -> HaproxyError:
+        return HaproxyError(f"router.haproxy_bin: cannot run {self.binary!r} ({exc.strerror or exc}); "
+                            "install HAProxy 2.6 or later (apt-get install haproxy)")
+
     async def check(self, config: Path) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            self.binary, "-c", "-q", "-f", str(config), env=self._env(),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.binary, "-c", "-q", "-f", str(config), env=self._env(),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        except OSError as exc:
+            raise self._missing(exc) from None
         try:
             async with asyncio.timeout(START_DEADLINE_S):
                 out, _ = await proc.communicate()
@@ -74,9 +81,12 @@ class HaproxyProcess:
         self._reap_leftover()
         with contextlib.suppress(FileNotFoundError):
             self.paths.socket.unlink()
-        self.proc = await asyncio.create_subprocess_exec(
-            self.binary, "-W", "-f", str(self.paths.config), "-p", str(self.paths.pid),
-            env=self._env(), start_new_session=True, stdin=asyncio.subprocess.DEVNULL)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                self.binary, "-W", "-f", str(self.paths.config), "-p", str(self.paths.pid),
+                env=self._env(), start_new_session=True, stdin=asyncio.subprocess.DEVNULL)
+        except OSError as exc:
+            raise self._missing(exc) from None
         api = RuntimeApi(self.paths.socket, deadline_s=1.0)
         loop = asyncio.get_running_loop()
         until = loop.time() + START_DEADLINE_S
