@@ -12,8 +12,9 @@ Measures, in order:
 1. throughput of "slow" with CLIENTS concurrent clients sent straight to one box (admin key: no
    router token needed), then through the router to three boxes (an ordinary key);
 2. the router's added latency: p50 of one-connection "fast" requests through the router minus p50 of
-   the same requests (same key, the router's token and resident-only headers) straight to one box,
-   alternating blocks; a plain request (admin key, no routing headers) straight to the box besides;
+   the same requests (same key, the router's token and resident-only headers) sent straight to the
+   three boxes in turn (the router spreads them too), alternating blocks; a plain request (admin key,
+   no routing headers) straight to the boxes besides;
 3. failover: CLIENTS clients on "slow" through the router, one box SIGKILLed half-way: requests that
    did not answer 200 are lost.
 Ends with one JSON line: scaling_ratio_3 (target >= 2.5), router_added_p50_ms (<= 1), and
@@ -104,12 +105,13 @@ def load(port: int, key: str, duration_s: float, clients: int = CLIENTS,
     return sum(1 for s in statuses if s == 200) / elapsed, statuses
 
 
-def latencies(port: int, key: str, n: int, headers: dict[str, str] | None = None) -> list[float]:
-    c = Client(port, key, headers)
+def latencies(ports: list[int], key: str, n: int, headers: dict[str, str] | None = None) -> list[float]:
+    """One request at a time, each on the next port's kept-alive connection in turn."""
+    clients = [Client(port, key, headers) for port in ports]
     out = []
-    for _ in range(n):
+    for i in range(n):
         t0 = time.perf_counter()
-        assert c.post(FAST) == 200
+        assert clients[i % len(clients)].post(FAST) == 200
         out.append(time.perf_counter() - t0)
     return out
 
@@ -184,17 +186,19 @@ def main() -> None:
         plain: list[float] = []
         direct: list[float] = []
         routed: list[float] = []
+        # The router spreads requests over the three boxes, so the straight requests rotate over them too.
+        ports = [d.port for d in boxes]
         for _ in range(3):
-            plain += latencies(boxes[0].port, admin, lat_n)
-            direct += latencies(boxes[0].port, user, lat_n, as_routed)
-            routed += latencies(router.port, user, lat_n)
+            plain += latencies(ports, admin, lat_n)
+            direct += latencies(ports, user, lat_n, as_routed)
+            routed += latencies([router.port], user, lat_n)
         added_ms = (statistics.median(routed) - statistics.median(direct)) * 1000
         # 3. failover: one box killed half-way through the load
         _, statuses = load(router.port, user, phase_s, during=boxes[2].kill)
         lost = sum(1 for s in statuses if s != 200)
         print(f"one box:            {one:7.1f} req/s (service time {HOLD_S * 1000:.0f} ms, one at a time)")
         print(f"three via router:   {three:7.1f} req/s  ratio {three / one:.2f}")
-        print(f"fast p50: straight to a box {statistics.median(direct) * 1000:.3f} ms (plain request "
+        print(f"fast p50: straight to the boxes {statistics.median(direct) * 1000:.3f} ms (plain request "
               f"{statistics.median(plain) * 1000:.3f} ms), via the router {statistics.median(routed) * 1000:.3f} ms: "
               f"the router adds {added_ms:.3f} ms")
         print(f"failover: {len(statuses)} requests, {lost} not answered 200, box3 killed half-way")
