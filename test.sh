@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 
 # prometheus: promtool checks packaging/prometheus and the dashboard; chromium: the web UI's browser tests
 # drive Debian's chromium through the `playwright` package of the dev extra (never `playwright install`)
-APT_PACKAGES="espeak-ng prometheus chromium openssl"  # openssl: the HTTPS and certificate-renewal tests
+APT_PACKAGES="espeak-ng prometheus chromium openssl haproxy"  # openssl: the HTTPS and certificate-renewal tests; haproxy: the fleet router
 if command -v apt-get >/dev/null 2>&1; then
   missing=""
   for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

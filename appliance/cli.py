@@ -21,6 +21,7 @@ from .cli_config import ConfigOpt, daemon_target, installed, obtain_config
 from .daemon_client import DaemonError, DaemonUnreachable, request_json
 from .fleet import cli as fleet_cli
 from .gateway import keys_cli
+from .router import cli as router_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="AI Appliance: one GPU box, every model, one OpenAI-compatible API.")
@@ -215,6 +216,7 @@ app.add_typer(store_cli.app, name="store")
 app.add_typer(service_cli.app, name="service")
 app.add_typer(vectors_cli.app, name="vectors")
 app.add_typer(fleet_cli.app, name="fleet")
+app.add_typer(router_cli.app, name="router")
 app.command("doctor")(doctor.doctor_command)
 
 
