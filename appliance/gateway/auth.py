@@ -19,7 +19,8 @@ worker thread per request, and while the store is away the box falls back to its
 
 Keys are verified without touching the store per request: `KeyCache` holds id -> (record, hash) and
 reloads when the key table's fingerprint changes (asked at most once a second, so `appliance keys
-revoke` takes effect within about a second, from any box sharing the store). The secret's SHA-256 is compared with
+revoke` takes effect within about a second, from any box sharing the store); a key id it does not know
+rereads the table at once (at most ten times a second), so a key made on another box works at once. The secret's SHA-256 is compared with
 hmac.compare_digest.
 It must not write to the key store (the CLI is its one writer).
 """
@@ -39,6 +40,7 @@ from .keys import ApiKey, KeyStore, match_imported, secret_hash, split_key
 
 log = logging.getLogger("appliance.gateway")
 RECHECK_S = 1.0
+UNKNOWN_RECHECK_S = 0.1  # an unknown key id rereads the table at once, at most this often
 _DUMMY_HASH = secret_hash("x" * 32)  # compared against for unknown ids: the same work either way
 
 
@@ -62,14 +64,17 @@ class KeyCache:
         self._keys: dict[str, tuple[ApiKey, str]] = {}
         self._fingerprint: object = ()
         self._next_check = 0.0
+        self._next_unknown = 0.0
         self.any_active = False
         self.refresh(force=True)
 
-    def refresh(self, force: bool = False) -> None:
-        now = self._clock()
-        if not force and now < self._next_check:
+    def refresh(self, force: bool = False, now: bool = False) -> None:
+        """Reread the key table if its fingerprint changed (at most every `recheck_s`, unless `now`);
+        `force`: reread it whatever the fingerprint, and raise when the store cannot be read."""
+        t = self._clock()
+        if not (force or now) and t < self._next_check:
             return
-        self._next_check = now + self._recheck_s
+        self._next_check = t + self._recheck_s
         try:
             fingerprint = self.store.fingerprint()
             if not force and fingerprint == self._fingerprint:
@@ -96,6 +101,13 @@ class KeyCache:
             return (None, "revoked") if imported.revoked is not None else (imported, "")
         key_id, secret = parts
         entry = self._keys.get(key_id)
+        if entry is None and self._clock() >= self._next_unknown:
+            # A key made a moment ago (on this box by the CLI, or on another box of a fleet): read the
+            # table now instead of answering 401 until the next recheck. Bounded, so random ids cannot
+            # turn every request into a store query.
+            self._next_unknown = self._clock() + UNKNOWN_RECHECK_S
+            self.refresh(force=False, now=True)
+            entry = self._keys.get(key_id)
         ok = hmac.compare_digest(secret_hash(secret), entry[1] if entry else _DUMMY_HASH)
         if entry is None or not ok:
             return None, "invalid"

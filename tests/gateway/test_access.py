@@ -55,6 +55,31 @@ def test_key_cache_verifies_without_the_database_and_sees_revocation_after_reche
     assert cache.verify(secret) == (None, "revoked")
 
 
+def test_a_key_made_after_the_last_recheck_works_at_once_and_unknown_ids_reread_at_most_every_tenth_second(
+        store: KeyStore) -> None:
+    clock = Clock()
+    cache = KeyCache(store, clock=clock, recheck_s=1.0)
+    reads = 0
+    snapshot = store.snapshot
+
+    def counted() -> dict[str, object]:
+        nonlocal reads
+        reads += 1
+        return snapshot()  # type: ignore[return-value]
+
+    store.snapshot = counted  # type: ignore[method-assign]
+    _, secret = store.create("dave")  # as on another box of the fleet: this cache was not told
+    key, why = cache.verify(secret)  # no clock advance: read because the id is unknown
+    assert key is not None and key.name == "dave" and why == "" and reads == 1
+    stranger = "sk-app-0123abcd-" + secret.split("-", 3)[3]
+    for _ in range(5):
+        assert cache.verify(stranger) == (None, "invalid")
+    assert reads == 1  # the table did not change: fingerprints only, and at most one of them here
+    clock.now += 0.2
+    _, other = store.create("erin")
+    assert cache.verify(other)[0] is not None and reads == 2
+
+
 def test_key_cache_rejects_tampered_and_foreign_keys(store: KeyStore) -> None:
     _, secret = store.create("bob")
     cache = KeyCache(store)
