@@ -6,7 +6,9 @@ Each engine pins its own torch, so each gets its own virtual environment under R
 - comfyui: `git clone --branch TAG` into ROOT/comfyui/ComfyUI, then its requirements.txt into
   ROOT/comfyui/venv through comfyui.lock;
 - xtts: packaging/xtts-requirements.txt through requirements-xtts.lock into ROOT/xtts/venv;
-- openwebui: `open-webui==X` into ROOT/openwebui/venv.
+- openwebui: `open-webui==X` into ROOT/openwebui/venv, after a CPU build of torch (`cpu_torch`, from
+  PyTorch's CPU index, or APPLIANCE_TORCH_CPU_INDEX): the appliance serves its speech and embeddings,
+  so it never touches the GPU, and PyPI's CUDA build would cost several GB for nothing.
 Pins and locks live in packaging/engines/pins.toml. A finished install leaves ROOT/NAME/installed.toml
 (the pinned version it installed and its interpreter); `installed_engines` reads those back for the
 configuration (`plan --write --engines-root`) and doctor compares them with the pins.
@@ -43,6 +45,10 @@ class Pin:
     repo: str = ""
     requirements: Path | None = None
     needs_gpu: bool = False
+    cpu_torch: str = ""  # a torch version installed first from the CPU index (engines that never use the GPU)
+
+
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def source_root() -> Path:
@@ -70,7 +76,7 @@ def load_pins(source: Path) -> dict[str, Pin]:
         if requirements is not None and not version:
             version = _pinned(requirements, "coqui-tts")
         pins[name] = Pin(name, version, packages, lock_path, table.get("repo", ""), requirements,
-                         bool(table.get("needs_gpu", False)))
+                         bool(table.get("needs_gpu", False)), str(table.get("cpu_torch", "")))
     return pins
 
 
@@ -133,6 +139,9 @@ def install_engine(name: str, root: Path, source: Path, env: Mapping[str, str], 
     elif pin.requirements is not None:
         _run([str(py), "-m", "pip", "install", "-c", str(pin.lock), "-r", str(pin.requirements)], log, env)
     else:
+        if pin.cpu_torch:  # first, so the engine's own dependency on torch is already met by this build
+            index = env.get("APPLIANCE_TORCH_CPU_INDEX") or TORCH_CPU_INDEX
+            _run([str(py), "-m", "pip", "install", "--index-url", index, f"torch=={pin.cpu_torch}"], log, env)
         _run([str(py), "-m", "pip", "install", "-c", str(pin.lock), *pin.packages], log, env)
         exe = {"vllm": "vllm", "openwebui": "open-webui"}[name]
         record["executable"] = str(home / "venv" / "bin" / exe)

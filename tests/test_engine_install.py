@@ -127,3 +127,29 @@ def test_engines_install_from_their_sources_and_the_written_configuration_starts
             d.wait_engine(name, lambda e: e["state"] == "ready", 90, "ready")
     finally:
         d.stop()
+
+
+def test_open_webui_installs_after_a_cpu_build_of_torch_that_its_own_install_keeps(tmp_path: Path) -> None:
+    """Open WebUI never uses the GPU (the appliance serves its speech and embeddings): torch comes first from
+    the CPU index, and the engine's lock keeps pip from replacing it with PyPI's CUDA build."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    pin = PINS["openwebui"]
+    assert pin.cpu_torch
+    build_wheel(wheels, "torch", pin.cpu_torch, {"torch/__init__.py": "BUILD = 'cpu'\n"})
+    build_wheel(wheels, "torch", "99.0", {"torch/__init__.py": "BUILD = 'cuda'\n"})  # what PyPI would hand out
+    build_wheel(wheels, "open-webui", pin.version, {"open_webui/__init__.py": "", "open_webui/cli.py": "def main():\n"
+                "    import torch\n    print(torch.BUILD)\n"}, console={"open-webui": "open_webui.cli:main"},
+                requires=("torch",))
+    root = tmp_path / "engines"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "APPLIANCE_"))}
+    env.update({"PYTHONPATH": str(ROOT), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels),
+                "PIP_DISABLE_PIP_VERSION_CHECK": "1", "APPLIANCE_TORCH_CPU_INDEX": "http://127.0.0.1:9/cpu"})
+    out = appliance("engine", "install", "openwebui", "--root", str(root), env=env)
+    assert out.returncode == 0, out.stderr + (root / "openwebui.log").read_text()[-3000:]
+    log = (root / "openwebui.log").read_text()
+    torch_step = log.index(f"--index-url http://127.0.0.1:9/cpu torch=={pin.cpu_torch}")
+    assert torch_step < log.index(f"-c {pin.lock}")  # torch first, then the engine through its lock
+    exe = installed_engines(root)["openwebui"]["executable"]
+    ran = subprocess.run([exe], capture_output=True, text=True, timeout=60, check=True)
+    assert ran.stdout.strip() == "cpu"
