@@ -20,8 +20,8 @@ worker thread per request, and while the store is away the box falls back to its
 Keys are verified without touching the store per request: `KeyCache` holds id -> (record, hash) and
 reloads when the key table's fingerprint changes (asked at most once a second, so `appliance keys
 revoke` takes effect within about a second, from any box sharing the store); a key id it does not know
-rereads the table at once (at most ten times a second), so a key made on another box works at once. The secret's SHA-256 is compared with
-hmac.compare_digest.
+rereads the table at once (at most ten times a second), so a key made on another box works at once.
+The secret's SHA-256 is compared with hmac.compare_digest.
 It must not write to the key store (the CLI is its one writer).
 """
 
