@@ -141,7 +141,8 @@ def install_engine(name: str, root: Path, source: Path, env: Mapping[str, str], 
     else:
         if pin.cpu_torch:  # first, so the engine's own dependency on torch is already met by this build
             index = env.get("APPLIANCE_TORCH_CPU_INDEX") or TORCH_CPU_INDEX
-            _run([str(py), "-m", "pip", "install", "--index-url", index, f"torch=={pin.cpu_torch}"], log, env)
+            torch = f"torch=={pin.cpu_torch}"
+            _run([str(py), "-m", "pip", "install", "-c", str(pin.lock), "--index-url", index, torch], log, env)
         _run([str(py), "-m", "pip", "install", "-c", str(pin.lock), *pin.packages], log, env)
         exe = {"vllm": "vllm", "openwebui": "open-webui"}[name]
         record["executable"] = str(home / "venv" / "bin" / exe)
