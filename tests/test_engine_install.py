@@ -148,8 +148,8 @@ def test_open_webui_installs_after_a_cpu_build_of_torch_that_its_own_install_kee
     out = appliance("engine", "install", "openwebui", "--root", str(root), env=env)
     assert out.returncode == 0, out.stderr + (root / "openwebui.log").read_text()[-3000:]
     log = (root / "openwebui.log").read_text()
-    torch_step = log.index(f"--index-url http://127.0.0.1:9/cpu torch=={pin.cpu_torch}")
-    assert torch_step < log.index(f"-c {pin.lock}")  # torch first, then the engine through its lock
+    torch_step = log.index(f"-c {pin.lock} --index-url http://127.0.0.1:9/cpu torch=={pin.cpu_torch}")
+    assert torch_step < log.index(f"-c {pin.lock} open-webui=={pin.version}")  # torch first, then the engine
     exe = installed_engines(root)["openwebui"]["executable"]
     ran = subprocess.run([exe], capture_output=True, text=True, timeout=60, check=True)
     assert ran.stdout.strip() == "cpu"
