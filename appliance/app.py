@@ -154,7 +154,8 @@ class Appliance:
                 expire_s=config.fleet.expire_s, summary=lambda: residency_summary(self),
                 readiness=lambda: self.readiness, max_attempts=config.jobs.max_attempts)
         self.maintenance = Maintenance(self.store, config.store, jobs_dir=data_dir / "jobs",
-                                       image_sweep=lambda: self.images.sweep(force=True))
+                                       image_sweep=lambda: self.images.sweep(force=True),
+                                       forget_boxes_after_s=config.fleet.forget_after_h * 3600)
         self._readiness = "starting"
         self._background: set[asyncio.Task[None]] = set()
 

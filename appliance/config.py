@@ -289,6 +289,7 @@ class FleetConfig(_Frozen):
     token_file: str = ""  # the router's shared token (mode 0600); "" = <state_dir>/fleet.token
     heartbeat_s: float = Field(default=5.0, gt=0)  # how often the box writes its row in the registry
     expire_s: float = Field(default=15.0, gt=0)  # a row not refreshed this long is a dead box
+    forget_after_h: float = Field(default=24.0, gt=0)  # a dead box's row is deleted this long after its last heartbeat
 
     @field_validator("advertise_url", "router_url")
     @classmethod
@@ -369,6 +370,9 @@ class Config(_Frozen):
         if self.fleet.expire_s <= self.fleet.heartbeat_s:
             problems.append(f"fleet.expire_s: {self.fleet.expire_s:g} s must be longer than fleet.heartbeat_s "
                             f"({self.fleet.heartbeat_s:g} s): live boxes would expire between heartbeats")
+        if self.fleet.forget_after_h * 3600 <= self.fleet.expire_s:
+            problems.append(f"fleet.forget_after_h: {self.fleet.forget_after_h:g} h must be longer than fleet.expire_s "
+                            f"({self.fleet.expire_s:g} s): a box's row would go before it counts as dead")
         em = self.vectors.embedding_model
         if em and (em not in self.models or self.models[em].modality != "embedding"):
             problems.append(f"vectors.embedding_model: {em!r} is not a configured embedding model")

@@ -1,6 +1,7 @@
 """Scheduled upkeep of what the appliance keeps, run by apscheduler beside (never inside) the
 residency core: retention of usage records, generated images, finished jobs and their files; the
-daily usage rollup; an optional backup of the embedded store.
+fleet registry's rows of boxes dead for `fleet.forget_after_h`; the daily usage rollup; an optional
+backup of the embedded store.
 
 Each pass is a plain method (`retention`, `rollup`, `backup`) taking the time, so tests call it
 directly; `start()` registers them with an AsyncIOScheduler that runs them off the event loop.
@@ -49,9 +50,10 @@ def sweep_files(directory: Path, older_than: float) -> int:
 
 class Maintenance:
     def __init__(self, store: Store, settings: StoreConfig, *, jobs_dir: Path,
-                 image_sweep: Callable[[], int] | None = None) -> None:
+                 image_sweep: Callable[[], int] | None = None, forget_boxes_after_s: float | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.forget_boxes_after_s = forget_boxes_after_s  # fleet.forget_after_h; None: registry left alone
         self.jobs_dir = jobs_dir
         self.image_sweep = image_sweep
         self._scheduler: Any = None
@@ -64,13 +66,19 @@ class Maintenance:
 
     def retention(self, now: float) -> dict[str, int]:
         s = self.settings
-        out = {"usage": 0, "jobs": 0, "job_files": 0, "images": 0}
+        out = {"usage": 0, "jobs": 0, "job_files": 0, "images": 0, "boxes": 0}
         if s.usage_retention_days > 0:
             out["usage"] = self.store.usage_prune(now - s.usage_retention_days * 86400)
         out["jobs"] = self.store.jobs_prune(now - s.job_retention_h * 3600)
         out["job_files"] = sweep_files(self.jobs_dir, now - s.job_retention_h * 3600)
         if self.image_sweep is not None:
             out["images"] = self.image_sweep()
+        if self.forget_boxes_after_s is not None:
+            forgotten = self.store.boxes_forget(self.forget_boxes_after_s)
+            if forgotten:
+                log.info("fleet registry: forgot %d box(es) dead for over %g h: %s", len(forgotten),
+                         self.forget_boxes_after_s / 3600, ", ".join(forgotten))
+            out["boxes"] = len(forgotten)
         return out
 
     def backup(self, now: float) -> Path | None:

@@ -210,6 +210,12 @@ class Store(Protocol):
 
     def remove_box(self, box_id: str) -> bool: ...
 
+    def boxes_forget(self, older_than_s: float) -> list[str]:
+        """Delete the rows whose last heartbeat is older than `older_than_s` (by the database's clock) and
+        under which no job is still running (a dead box's running jobs are found through its row); the
+        ids deleted, sorted."""
+        ...
+
     # -- retrieval (rows are dicts of the columns in store.retrieval; JSON columns stay text)
     def file_insert(self, row: dict[str, Any]) -> None: ...
 

@@ -390,6 +390,13 @@ class SqlStore(RetrievalSql):
     def remove_box(self, box_id: str) -> bool:
         return self._write(lambda tx: tx.execute("DELETE FROM boxes WHERE box_id = ?", (box_id,))) == 1
 
+    def boxes_forget(self, older_than_s: float) -> list[str]:
+        rows = self._write(lambda tx: tx.query(
+            f"DELETE FROM boxes WHERE heartbeat_at <= {self.now_sql} - ? "
+            "AND box_id NOT IN (SELECT owner FROM jobs WHERE state = ? AND owner IS NOT NULL) RETURNING box_id",
+            (older_than_s, JobState.RUNNING.value)))
+        return sorted(str(r["box_id"]) for r in rows)
+
     # -- copy
     def dump(self) -> Iterator[tuple[str, list[str], list[tuple[Any, ...]]]]:
         for table in TABLES:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from appliance.config import StoreConfig
-from appliance.store import NewJob
+from appliance.store import BoxRecord, NewJob
 from appliance.store.maintenance import Maintenance
 from appliance.store.sqlcore import SqlStore
 from appliance.usage import UsageRecord
@@ -78,3 +78,17 @@ async def test_schedule_registers_the_passes(tmp_path: Path) -> None:
     finally:
         m.stop()
         store.close()
+
+
+def test_retention_forgets_boxes_dead_for_forget_after_h_only(store: SqlStore, tmp_path: Path) -> None:
+    from appliance.config import parse_config
+
+    for box_id in ("live", "gone"):
+        store.put_box(BoxRecord(box_id, "http://127.0.0.1:1", "1", 1, "ready", {}))
+    store._write(lambda tx: tx.execute("UPDATE boxes SET heartbeat_at = heartbeat_at - ? WHERE box_id = ?",
+                                       (25 * 3600.0, "gone")))
+    cfg = parse_config({"fleet": {"forget_after_h": 24}})
+    m = Maintenance(store, StoreConfig(), jobs_dir=tmp_path, forget_boxes_after_s=cfg.fleet.forget_after_h * 3600)
+    assert m.retention(time.time())["boxes"] == 1
+    assert [b.box_id for b in store.boxes()] == ["live"]
+    assert Maintenance(store, StoreConfig(), jobs_dir=tmp_path).retention(time.time())["boxes"] == 0

@@ -170,6 +170,23 @@ def test_box_registry_upsert_keeps_joined_at_and_expires_by_heartbeat(store: Sql
     assert "boxes" not in {t for t, _, _ in store.dump()}  # live state, not copied
 
 
+def test_boxes_dead_long_ago_are_forgotten_but_not_live_recent_or_busy_ones(store: SqlStore) -> None:
+    for box_id in ("live", "recent", "old", "old-busy"):
+        store.put_box(_box(box_id))
+    store.job_create(_job("still-running"))
+    assert store.job_claim("old-busy", models=["tts"]) is not None  # its row finds its job for a requeue
+    _age_heartbeat(store, "recent", 60.0)  # expired a minute ago
+    _age_heartbeat(store, "old", 2 * 86400.0)
+    _age_heartbeat(store, "old-busy", 2 * 86400.0)
+    assert store.boxes_forget(older_than_s=86400.0) == ["old"]
+    assert [b.box_id for b in store.boxes()] == ["live", "old-busy", "recent"]
+    assert store.boxes_forget(older_than_s=86400.0) == []  # nothing more to do
+    assert [j.id for j in store.jobs_requeue_orphans(expire_s=30, max_attempts=3)] == ["still-running"]
+    assert store.boxes_forget(older_than_s=86400.0) == ["old-busy"]  # its job is back in the queue
+    store.put_box(_box("old"))  # a forgotten box that comes back is a new row
+    assert [b.box_id for b in store.boxes(live_within_s=30)] == ["live", "old"]
+
+
 def test_dead_boxes_running_jobs_go_back_to_the_queue_once(store: SqlStore) -> None:
     for i in range(3):
         store.job_create(_job(f"o{i}"))
