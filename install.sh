@@ -20,9 +20,15 @@
 # add openwebui), --source PATH|URL (checkout, .tar.gz URL or git URL), --uninstall [--purge], -y,
 # --join URL --token T [--advertise-url U] (then joins the fleet of the router at URL: `appliance fleet
 # join`, see docs/fleet.md; binds 0.0.0.0 unless --bind says otherwise, so the router can reach the box).
+# Router mode (a small always-on server in front of the fleet, no GPU; docs/fleet.md "The router"):
+# --router --store-url postgresql://... [--tls-pem FILE] [--router-port N] installs the same package from
+# the same lock, plus Debian's haproxy, writes a router configuration ([server] state_dir, [store] url,
+# [router]), makes the join token file (mode 0600), runs `appliance router` as the service instead of
+# `appliance serve` and prints how boxes join. No engines; not with --join.
 # Environment: APPLIANCE_PREFIX, APPLIANCE_DATA_DIR, APPLIANCE_CONFIG_DIR, APPLIANCE_PORT,
 # APPLIANCE_BIND, APPLIANCE_SOURCE, APPLIANCE_GPU (1/0: override NVML detection), APPLIANCE_JOIN_TOKEN
-# (the join token, instead of --token), PYTHON,
+# (the join token, instead of --token), APPLIANCE_STORE_URL (instead of --store-url: keeps the database
+# password off the process list), APPLIANCE_ROUTER_TLS_PEM, APPLIANCE_ROUTER_PORT, PYTHON,
 # APPLIANCE_SUPERVISOR_CONF and APPLIANCE_SUPERVISOR_CONFD (a running supervisord's configuration and
 # the conf.d it includes; default /etc/supervisor/supervisord.conf and /etc/supervisor/conf.d).
 #
@@ -36,10 +42,11 @@ need_cmd() { command -v "$1" >/dev/null 2>&1 || die "'$1' is required and was no
 has() { command -v "$1" >/dev/null 2>&1; }
 
 usage() {
-  sed -n '2,33p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//' || true
+  sed -n '2,/^set -eu$/{/^#/p}' "$0" 2>/dev/null | sed 's/^# \{0,1\}//' || true
   printf 'usage: install.sh [--prefix DIR] [--port N] [--bind ADDR] [--plain-http] [--tls-cert F --tls-key F]\n'
   printf '                  [--no-start] [--no-engines] [--engines LIST] [--source SRC] [--uninstall [--purge]] [-y]\n'
   printf '                  [--join URL --token T [--advertise-url U]]\n'
+  printf '                  [--router --store-url URL [--tls-pem F] [--router-port N]]\n'
 }
 
 # ---- downloading: curl, else wget ----------------------------------------------------------------
@@ -112,15 +119,109 @@ find_python() {
 }
 
 system_packages() {
+  NEW_HAPROXY=0
   has apt-get || return 0
   missing=""
-  for p in espeak-ng; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+  wanted=espeak-ng; [ "$ROUTER" = 1 ] && wanted="haproxy"  # the router speaks no text: HAProxy instead
+  for p in $wanted; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
   [ -n "$missing" ] || return 0
   if [ "$(id -u)" = 0 ]; then SUDO=""; elif has sudo; then SUDO=sudo; else
     warn "not root and no sudo: skipping system packages:$missing"; return 0; fi
   say "installing system packages:$missing"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+  case " $missing " in *" haproxy "*) NEW_HAPROXY=1 ;; esac
+}
+
+# ---- router mode (--router) ----------------------------------------------------------------------
+router_haproxy() {  # the router starts HAProxy itself: 2.6 or later, and not Debian's own unit beside it
+  has haproxy || [ -x /usr/sbin/haproxy ] || die "--router needs HAProxy 2.6 or later: apt-get install haproxy"
+  bin=haproxy; has haproxy || bin=/usr/sbin/haproxy
+  version=$("$bin" -v 2>/dev/null | sed -n 's/^HAProxy version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p' | head -1)
+  set -- $version
+  { [ $# = 2 ] && { [ "$1" -gt 2 ] || { [ "$1" = 2 ] && [ "$2" -ge 6 ]; }; }; } \
+    || die "--router needs HAProxy 2.6 or later; $bin -v says: $("$bin" -v 2>/dev/null | head -1)"
+  HAPROXY_BIN=$(command -v "$bin")
+  if [ "$NEW_HAPROXY" = 1 ] && [ "$INIT" = systemd ] && [ "$(id -u)" = 0 ]; then
+    say "disabling Debian's haproxy.service (the router runs its own HAProxy)"
+    systemctl disable --now -q haproxy.service 2>/dev/null || true
+  fi
+}
+
+router_ports() {  # PORT: HAProxy's public port; API_PORT: the router's own API on loopback
+  if [ -f "$CONFIG" ]; then
+    PORT=$(configured_in router port) API_PORT=$(configured_in router api_port)
+    [ -n "$PORT" ] || PORT=8443; [ -n "$API_PORT" ] || API_PORT=8090
+    [ -z "$WANT_ROUTER_PORT" ] || [ "$WANT_ROUTER_PORT" = "$PORT" ] \
+      || warn "keeping port $PORT from $CONFIG (edit router.port there to change it)"
+    return 0
+  fi
+  PORT="${WANT_ROUTER_PORT:-8443}"
+  port_free 0.0.0.0 "$PORT" || die "port $PORT is taken (choose another with --router-port)"
+  API_PORT=8090
+  while [ "$API_PORT" -lt 8200 ] && { [ "$API_PORT" = "$PORT" ] || ! port_free 127.0.0.1 "$API_PORT"; }; do
+    API_PORT=$((API_PORT + 1))
+  done
+  [ "$API_PORT" -lt 8200 ] || die "no free port for the router's API between 8090 and 8199"
+}
+
+write_router_config() {
+  mkdir -p "$CONFIG_DIR" "$DATA"
+  if [ -f "$CONFIG" ]; then
+    say "keeping the configuration $CONFIG"
+    [ -z "$STORE_URL" ] || [ "$STORE_URL" = "$(configured_in store url)" ] \
+      || warn "keeping store.url from $CONFIG (edit it there to change it)"
+  else
+    # the values go through the environment (the store URL holds the database password) and come out
+    # as TOML strings written by Python (quotes and backslashes escaped), mode 0600
+    (umask 077; R_CONFIG="$CONFIG" R_STATE="$DATA" R_STORE="$STORE_URL" R_PEM="$TLS_PEM" R_PORT="$PORT" \
+      R_API_PORT="$API_PORT" R_HAPROXY="$HAPROXY_BIN" "$VENV/bin/python" -c '
+import json, os
+e = os.environ
+q = json.dumps  # a JSON string of printable text is a valid TOML basic string
+text = f"""# Written by install.sh --router: `appliance router` (docs/fleet.md, "The router"). Kept on upgrades.
+[server]
+state_dir = {q(e["R_STATE"])}
+[store]
+url = {q(e["R_STORE"])}   # the fleet shared store: registry, keys, usage (what joining boxes are told)
+# [jobs]                  # what joining boxes are told to use: backend = "kafka", brokers = ["host:9092"]
+[router]
+host = "0.0.0.0"
+port = {e["R_PORT"]}
+api_port = {e["R_API_PORT"]}
+haproxy_bin = {q(e["R_HAPROXY"])}
+tls_pem = {q(e["R_PEM"])}
+"""
+tmp = e["R_CONFIG"] + ".tmp"
+with open(tmp, "w") as f:
+    f.write(text)
+os.replace(tmp, e["R_CONFIG"])
+') || die "could not write $CONFIG"
+    say "wrote the router configuration $CONFIG"
+  fi
+  "$VENV/bin/appliance" check-config "$CONFIG" >/dev/null || die "invalid configuration: $CONFIG"
+  PORT=$(configured_in router port) API_PORT=$(configured_in router api_port) TLS_PEM=$(configured_in router tls_pem)
+  [ -n "$API_PORT" ] || API_PORT=8090
+  TOKENS=$("$VENV/bin/appliance" router tokens --config "$CONFIG") || die "could not create the router's tokens"
+  JOIN_TOKEN_FILE=$(printf '%s\n' "$TOKENS" | sed -n 's/^join token: //p')
+  say "the join token is in $JOIN_TOKEN_FILE (mode 0600)"
+  if [ -z "$TLS_PEM" ]; then
+    warn "no --tls-pem: the router speaks plain HTTP on port $PORT; keys and the join token cross the network in clear text unless a TLS proxy fronts it"
+  fi
+}
+
+router_note() {
+  scheme=http; [ -n "$TLS_PEM" ] && scheme=https
+  addr="${PUBLIC_IPADDR:-}"
+  [ -n "$addr" ] || addr=$(hostname -I 2>/dev/null | awk '{print $1}')
+  [ -n "$addr" ] || addr=$(hostname)
+  url="$scheme://$addr:$PORT"
+  say "the router is up: $url (fleet page: $url/fleet, sign in with a fleet admin key)"
+  [ -z "$KEY_NOTE" ] || say "a fleet admin key is in $KEY_FILE:  Authorization: Bearer \$(cat $KEY_FILE)"
+  say "boxes join with (the token is the content of $JOIN_TOKEN_FILE):"
+  say "  ./install.sh --join $url --token TOKEN      (or APPLIANCE_JOIN_TOKEN=TOKEN ./install.sh --join $url)"
+  say "  an installed box: appliance fleet join $url --token TOKEN"
+  say "manage it with: $BIN_DIR/appliance service status|start|stop|restart|logs;  drain a box: APPLIANCE_API_KEY=KEY appliance router upgrade-drain BOX"
 }
 
 # ---- where things go -----------------------------------------------------------------------------
@@ -222,9 +323,13 @@ except OSError:
 }
 
 configured() {  # configured KEY: a [server] value of the existing configuration
+  configured_in server "$1"
+}
+
+configured_in() {  # configured_in TABLE KEY: a value of the existing configuration
   "$VENV/bin/python" -c '
 import sys, tomllib
-print(tomllib.load(open(sys.argv[1], "rb")).get("server", {}).get(sys.argv[2], ""))' "$CONFIG" "$1"
+print(tomllib.load(open(sys.argv[1], "rb")).get(sys.argv[2], {}).get(sys.argv[3], ""))' "$CONFIG" "$1" "$2"
 }
 
 pick_port() {
@@ -337,8 +442,9 @@ receipt() {
 }
 
 # ---- the service ---------------------------------------------------------------------------------
-render() {  # render TEMPLATE OUT
-  sed -e "s#@VENV@#$VENV#g" -e "s#@CONFIG@#$CONFIG#g" -e "s#@STATE@#$DATA#g" -e "s#@PORT@#$PORT#g" "$1" >"$2"
+render() {  # render TEMPLATE OUT (COMMAND: serve, or router with --router)
+  sed -e "s#@VENV@#$VENV#g" -e "s#@CONFIG@#$CONFIG#g" -e "s#@STATE@#$DATA#g" -e "s#@PORT@#$PORT#g" \
+      -e "s#@COMMAND@#$COMMAND#g" "$1" >"$2"
 }
 
 choose_manager() {
@@ -397,13 +503,15 @@ start_service() {
   esac
   scheme=http; [ -n "$TLS_CERT" ] && scheme=https
   case "$BIND" in 0.0.0.0) host=127.0.0.1 ;; ::) host="[::1]" ;; *) host="$BIND" ;; esac
-  say "waiting for $scheme://$host:$PORT/health"
+  health="$scheme://$host:$PORT/health"
+  [ "$ROUTER" = 1 ] && health="http://127.0.0.1:$API_PORT/health"  # the router's API: 200 once HAProxy runs
+  say "waiting for $health"
   i=0
-  until http_ok "$scheme://$host:$PORT/health"; do
+  until http_ok "$health"; do
     i=$((i + 1))
     if [ "$i" -gt 240 ]; then
       "$VENV/bin/appliance" service logs 2>/dev/null | tail -20 || true
-      die "the daemon did not answer on port $PORT within 120 s (appliance service logs)"
+      die "the $COMMAND service did not answer at $health within 120 s (appliance service logs)"
     fi
     sleep 0.5
   done
@@ -481,6 +589,8 @@ main() {
   PREFIX="${APPLIANCE_PREFIX:-}" WANT_PORT="${APPLIANCE_PORT:-}" WANT_BIND="${APPLIANCE_BIND:-}"
   SOURCE="${APPLIANCE_SOURCE:-}" NO_START=0 NO_ENGINES=0 ENGINES="" UNINSTALL=0 PURGE=0 YES=0 PLAIN_HTTP=0
   USER_CERT="" USER_KEY="" JOIN_URL="" JOIN_TOKEN="${APPLIANCE_JOIN_TOKEN:-}" ADVERTISE_URL="" TOKEN_FLAG=0
+  ROUTER=0 STORE_URL="${APPLIANCE_STORE_URL:-}" TLS_PEM="${APPLIANCE_ROUTER_TLS_PEM:-}"
+  WANT_ROUTER_PORT="${APPLIANCE_ROUTER_PORT:-}" ROUTER_FLAG="" COMMAND=serve HAPROXY_BIN=haproxy
   while [ $# -gt 0 ]; do
     case "$1" in
       --prefix) PREFIX="${2:?--prefix needs a directory}"; shift ;;
@@ -493,6 +603,10 @@ main() {
       --join) JOIN_URL="${2:?--join needs the router's URL}"; shift ;;
       --token) JOIN_TOKEN="${2:?--token needs the join token}"; TOKEN_FLAG=1; shift ;;
       --advertise-url) ADVERTISE_URL="${2:?--advertise-url needs a URL}"; shift ;;
+      --router) ROUTER=1 ;;
+      --store-url) STORE_URL="${2:?--store-url needs a postgresql:// URL}"; ROUTER_FLAG=--store-url; shift ;;
+      --tls-pem) TLS_PEM="${2:?--tls-pem needs a file}"; ROUTER_FLAG=--tls-pem; shift ;;
+      --router-port) WANT_ROUTER_PORT="${2:?--router-port needs a number}"; ROUTER_FLAG=--router-port; shift ;;
       --plain-http) PLAIN_HTTP=1 ;;
       --no-start) NO_START=1 ;;
       --no-engines) NO_ENGINES=1 ;;
@@ -515,6 +629,24 @@ main() {
   elif [ -n "$ADVERTISE_URL" ] || [ "$TOKEN_FLAG" = 1 ]; then
     die "--token and --advertise-url go with --join URL"
   fi
+  if [ "$ROUTER" = 1 ] && [ "$UNINSTALL" = 0 ]; then
+    [ -z "$JOIN_URL" ] || die "--router does not go with --join: a router is the fleet's front door, not one of its boxes"
+    [ -n "$STORE_URL" ] || die "--router needs --store-url postgresql://... (or APPLIANCE_STORE_URL): the fleet's shared store"
+    case "$STORE_URL" in postgresql://*|postgres://*) ;;
+      *) die "--store-url must be a postgresql:// URL (the store the boxes share), got ${STORE_URL%%://*}://..." ;; esac
+    case "$WANT_ROUTER_PORT" in ""|*[!0-9]*) [ -z "$WANT_ROUTER_PORT" ] || die "--router-port must be a number, got $WANT_ROUTER_PORT" ;; esac
+    if [ -n "$TLS_PEM" ]; then
+      [ -f "$TLS_PEM" ] && [ -r "$TLS_PEM" ] || die "--tls-pem $TLS_PEM: not a readable file (certificate chain and key in one PEM)"
+      grep -q "PRIVATE KEY" "$TLS_PEM" && grep -q "CERTIFICATE" "$TLS_PEM" \
+        || die "--tls-pem $TLS_PEM: needs the certificate chain and the private key in one file (cat fullchain.pem privkey.pem)"
+      TLS_PEM=$(cd "$(dirname "$TLS_PEM")" && pwd)/$(basename "$TLS_PEM")
+    fi
+    [ -z "$ENGINES" ] || die "--engines does not go with --router: the router runs no engines"
+    [ -z "$USER_CERT" ] || die "--tls-cert and --tls-key are the box's: the router takes --tls-pem"
+    COMMAND=router NO_ENGINES=1
+  elif [ "$ROUTER" = 0 ] && [ -n "$ROUTER_FLAG" ]; then
+    die "$ROUTER_FLAG goes with --router"
+  fi
   for c in uname sed grep tar mkdir mktemp awk; do need_cmd "$c"; done
   has curl || has wget || die "curl or wget is required (apt-get install curl)"
   [ -z "$PREFIX" ] || { mkdir -p "$PREFIX" && PREFIX=$(cd "$PREFIX" && pwd); }
@@ -524,22 +656,32 @@ main() {
   if [ "$UNINSTALL" = 1 ]; then uninstall; return 0; fi
 
   detect_os; detect_init; detect_vast; find_python; detect_gpu
+  [ "$ROUTER" = 0 ] || say "router mode: \`appliance router\` (HAProxy) as the service, no engines"
   say "box: $OS_ID $OS_VERSION $ARCH; NVIDIA GPUs (NVML): $GPUS; init: $INIT; vast.ai: $([ "$VAST" = 1 ] && echo yes || echo no)"
   say "code $CODE, configuration $CONFIG_DIR, data $DATA"
   [ -f "$CONFIG" ] && say "upgrading in place: the configuration, keys, models and data are kept"
   locate_source
   system_packages
   daemon_env
-  engines
-  pick_port
-  tls_setup
-  write_config
-  admin_key
+  if [ "$ROUTER" = 1 ]; then
+    router_haproxy
+    router_ports
+    write_router_config
+    BIND=0.0.0.0 TLS_CERT="" FINGERPRINT=""
+    admin_key
+  else
+    engines
+    pick_port
+    tls_setup
+    write_config
+    admin_key
+  fi
   choose_manager
   receipt
   join_fleet
   start_service
-  [ "$NO_START" = 1 ] || closing_note
+  if [ "$NO_START" = 1 ]; then return 0; fi
+  if [ "$ROUTER" = 1 ]; then router_note; else closing_note; fi
 }
 
 main "$@"

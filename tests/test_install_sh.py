@@ -136,3 +136,114 @@ def test_join_runs_appliance_fleet_join_before_the_service_starts(tmp_path: Path
     assert failed.returncode != 0 and "joining the fleet failed" in failed.stderr
     assert "s3cret" not in failed.stderr + failed.stdout
     assert sh(tmp_path, 'JOIN_URL=""; join_fleet').returncode == 0  # no --join: nothing to do
+
+
+def test_router_flags_are_checked_before_anything_is_installed(tmp_path: Path) -> None:
+    script = tmp_path / "install.sh"
+    script.write_text((ROOT / "install.sh").read_text())
+    pem = tmp_path / "cert-only.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    pg = "postgresql://appliance:pw@db.example:5432/appliance"
+    for args, message in (
+            (["--router", "--store-url", pg, "--join", "https://r.example", "--token", "t"],
+             "--router does not go with --join"),
+            (["--router"], "--router needs --store-url postgresql://"),
+            (["--router", "--store-url", "sqlite:///x.db"], "--store-url must be a postgresql:// URL"),
+            (["--router", "--store-url", pg, "--router-port", "44x"], "--router-port must be a number"),
+            (["--router", "--store-url", pg, "--tls-pem", str(tmp_path / "none.pem")], "not a readable file"),
+            (["--router", "--store-url", pg, "--tls-pem", str(pem)], "the certificate chain and the private key"),
+            (["--router", "--store-url", pg, "--engines", "vllm"], "--engines does not go with --router"),
+            (["--store-url", pg], "--store-url goes with --router"),
+            (["--router-port", "8443"], "--router-port goes with --router")):
+        out = subprocess.run(["sh", str(script), *args], capture_output=True, text=True, timeout=60,
+                             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+        assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
+        assert "pw@" not in out.stderr  # the database password is not echoed back
+        assert not (tmp_path / ".local").exists()  # refused before anything was installed
+
+
+def _stubs(tmp: Path, **scripts: str) -> str:
+    """A PATH whose first directory holds these stub commands (name -> sh body)."""
+    stub = tmp / "stubs"
+    stub.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        (stub / name).write_text("#!/bin/sh\n" + body + "\n")
+        (stub / name).chmod(0o755)
+    return f"{stub}:/usr/bin:/bin"
+
+
+def test_router_mode_installs_debians_haproxy_and_needs_26_or_later(tmp_path: Path) -> None:
+    calls = tmp_path / "apt.log"
+    path = _stubs(tmp_path, **{"apt-get": f'echo "apt-get $*" >>"{calls}"', "dpkg": "exit 1",
+                               "id": 'echo 0', "haproxy": 'echo "HAProxy version 2.6.12-1+deb12u4 2026/10/17"'})
+    out = sh(tmp_path, "ROUTER=1 INIT=none; system_packages; router_haproxy; echo \"BIN=$HAPROXY_BIN\"",
+             env={"PATH": path})
+    assert out.returncode == 0, out.stderr
+    assert calls.read_text().splitlines() == ["apt-get update -qq", "apt-get install -y -qq haproxy"]
+    assert out.stdout.strip().splitlines()[-1] == f"BIN={tmp_path / 'stubs' / 'haproxy'}"
+    calls.unlink()
+    box = sh(tmp_path, "ROUTER=0; system_packages", env={"PATH": path})  # a box installs espeak-ng, not HAProxy
+    assert box.returncode == 0 and calls.read_text().splitlines()[-1] == "apt-get install -y -qq espeak-ng"
+    old = _stubs(tmp_path, haproxy='echo "HA-Proxy version 2.2.9-2 2021/01/01"')
+    out = sh(tmp_path, "ROUTER=1 INIT=none NEW_HAPROXY=0; router_haproxy", env={"PATH": old})
+    assert out.returncode != 0 and "--router needs HAProxy 2.6 or later" in out.stderr
+
+
+def test_router_config_tokens_and_the_join_note(tmp_path: Path) -> None:
+    from appliance.config import load_config
+
+    etc, data = tmp_path / "etc", tmp_path / "data"
+    store_url = 'postgresql://appliance:p"w\\d@db.example:5432/appliance'
+    setup = (f'CONFIG_DIR="{etc}" CONFIG="{etc / "config.toml"}" DATA="{data}" WANT_ROUTER_PORT=0 '
+             f'TLS_PEM="" HAPROXY_BIN=/usr/sbin/haproxy; ')
+    out = sh(tmp_path, setup + 'API_PORT=8090; PORT=18443; write_router_config; '
+                               'echo "JOIN=$JOIN_TOKEN_FILE PORT=$PORT API=$API_PORT"',
+             env={"STORE_URL": store_url, "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    cfg = load_config(etc / "config.toml")
+    assert (cfg.store.url, cfg.router.port, cfg.router.api_port, cfg.router.haproxy_bin, cfg.router.tls_pem) == (
+        store_url, 18443, 8090, "/usr/sbin/haproxy", "")
+    assert cfg.state_path() == data
+    assert oct((etc / "config.toml").stat().st_mode & 0o777) == "0o600"  # it holds the database password
+    join = data / "join.token"
+    assert out.stdout.strip().splitlines()[-1] == f"JOIN={join} PORT=18443 API=8090"
+    assert oct(join.stat().st_mode & 0o777) == "0o600" and len(join.read_text().strip()) >= 32
+    assert oct((data / "fleet.token").stat().st_mode & 0o777) == "0o600"
+    assert "plain HTTP on port 18443" in out.stderr  # no --tls-pem: said, not silent
+    token = join.read_text().strip()
+    # again (an upgrade): the configuration and the token are kept, a different --store-url is not applied
+    again = sh(tmp_path, setup + "write_router_config",
+               env={"STORE_URL": "postgresql://other/db", "HOME": str(tmp_path)})
+    assert again.returncode == 0, again.stderr
+    assert "keeping store.url from" in again.stderr and load_config(etc / "config.toml").store.url == store_url
+    assert join.read_text().strip() == token
+    note = sh(tmp_path, f'TLS_PEM=/etc/r.pem PORT=18443 KEY_NOTE=k KEY_FILE=/e/admin.key BIN_DIR=/x/bin '
+                        f'JOIN_TOKEN_FILE="{join}"; router_note', env={"PUBLIC_IPADDR": "203.0.113.7"})
+    assert note.returncode == 0, note.stderr
+    assert "./install.sh --join https://203.0.113.7:18443 --token TOKEN" in note.stdout
+    assert f"the token is the content of {join}" in note.stdout and "/fleet" in note.stdout
+    assert token not in note.stdout + out.stdout + out.stderr  # the token is never printed
+
+
+def test_router_ports_refuse_a_taken_public_port_and_move_a_taken_api_port(tmp_path: Path) -> None:
+    taken, api_holder = socket.socket(), socket.socket()
+    try:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen(1)
+        try:
+            api_holder.bind(("127.0.0.1", 8090))
+            api_holder.listen(1)
+        except OSError:
+            pass  # something else holds it: taken either way
+        busy = sh(tmp_path, f"WANT_ROUTER_PORT={taken.getsockname()[1]}; router_ports")
+        with socket.socket() as probe:
+            probe.bind(("0.0.0.0", 0))
+            free = probe.getsockname()[1]
+        out = sh(tmp_path, f'WANT_ROUTER_PORT={free}; router_ports; echo "PORT=$PORT API=$API_PORT"')
+    finally:
+        taken.close()
+        api_holder.close()
+    assert busy.returncode != 0 and "is taken (choose another with --router-port)" in busy.stderr
+    assert out.returncode == 0, out.stderr
+    port, api = (int(p.split("=")[1]) for p in out.stdout.strip().splitlines()[-1].split())
+    assert port == free and 8090 < api < 8200

@@ -35,10 +35,11 @@ def venv(tmp_path: Path) -> Path:
     return root
 
 
-def render(template: Path, out: Path, *, venv: Path, config: Path, state: Path, port: int) -> Path:
+def render(template: Path, out: Path, *, venv: Path, config: Path, state: Path, port: int,
+           command: str = "serve") -> Path:
     text = template.read_text()
     for key, value in (("@VENV@", str(venv)), ("@CONFIG@", str(config)), ("@STATE@", str(state)),
-                       ("@PORT@", str(port))):
+                       ("@PORT@", str(port)), ("@COMMAND@", command)):
         text = text.replace(key, value)
     out.write_text(text)
     return out
@@ -104,6 +105,11 @@ def test_systemd_unit_verifies(tmp_path: Path, venv: Path) -> None:
         assert not any(ln.startswith(hides_gpus) for ln in settings), hides_gpus
     out = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+    (tmp_path / "router").mkdir()
+    router = render(ROOT / "systemd" / "appliance.service", tmp_path / "router" / "appliance.service", venv=venv,
+                    config=ROOT / "config.toml", state=tmp_path / "state", port=8443, command="router")
+    assert f"ExecStart={venv}/bin/appliance router --config" in router.read_text()
+    assert "@" not in "".join(ln for ln in router.read_text().splitlines() if not ln.startswith("#"))
 
 
 def test_runs_under_its_own_supervisord(tmp_path: Path, venv: Path) -> None:
@@ -159,3 +165,28 @@ def test_program_file_in_a_running_supervisords_confd_restarts_a_killed_daemon(t
         os.kill(first, signal.SIGKILL)  # an unexpected death: autorestart=unexpected starts it again
         wait_for(lambda: daemon_pid() not in (0, first) and healthy(port), 60, "supervisord to restart the daemon",
                  interval=0.2)
+
+
+def test_the_router_runs_under_its_own_supervisord(tmp_path: Path, venv: Path) -> None:
+    """install.sh --router renders the same file with `router`: the router (and its HAProxy) come up, its
+    /health answers on the API port (what install.sh waits for), and a shutdown stops HAProxy too."""
+    port, api_port = free_port(), free_port()
+    state = tmp_path / "state"
+    (state / "run").mkdir(parents=True)
+    (state / "logs").mkdir()
+    config = tmp_path / "router.toml"
+    config.write_text(f'[server]\nstate_dir = "{state}"\n[store]\nurl = "postgresql://a@127.0.0.1:1/none"\n'
+                      f'[router]\nhost = "127.0.0.1"\nport = {port}\napi_port = {api_port}\n')
+    conf = render(ROOT / "packaging" / "supervisord.conf", state / "run" / "supervisord.conf", venv=venv,
+                  config=config, state=state, port=port, command="router")
+    assert f"{venv}/bin/appliance router --config {config}" in conf.read_text()
+    with supervisord(conf, venv) as sup:
+        wait_for(lambda: healthy(api_port), 60, "the router under supervisord", interval=0.2)
+        pid_file = state / "router" / "haproxy.pid"
+        master = int(pid_file.read_text().split()[0])
+        assert b"haproxy" in Path(f"/proc/{master}/cmdline").read_bytes()
+        assert oct((state / "join.token").stat().st_mode & 0o777) == "0o600"
+        subprocess.run([str(venv / "bin" / "supervisorctl"), "-c", str(conf), "shutdown"], capture_output=True,
+                       timeout=60)
+        assert sup.wait(60) == 0
+        assert not healthy(api_port) and not Path(f"/proc/{master}").exists()

@@ -64,6 +64,33 @@ def test_ready_status_watchdog_stopping_reach_the_socket(tmp_path: Path) -> None
     assert f"configuration: {config}" in log.read_text()
 
 
+def test_the_router_says_ready_pets_the_watchdog_and_says_stopping(tmp_path: Path) -> None:
+    """install.sh --router runs `appliance router` under the same Type=notify unit with WatchdogSec."""
+    from fleet.router_harness import Router
+
+    router = Router(tmp_path, "postgresql://a@127.0.0.1:1/none?connect_timeout=1")
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(30)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"}
+    env.pop("APPLIANCE_STATE_DIR", None)
+    with router.log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "appliance", "router", "--config", str(router.config)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    router.proc = proc
+    try:
+        got = _collect(sock, "WATCHDOG=1")
+        assert any(m.startswith("READY=1") for m in got), got
+        assert "STATUS=serving; engines: haproxy running" in got and got[-1] == "WATCHDOG=1", got
+        proc.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in _collect(sock, "STOPPING=1")
+        assert proc.wait(60) == 0
+    finally:
+        router.stop()
+        sock.close()
+
+
 def test_no_watchdog_without_health(tmp_path: Path) -> None:
     """A daemon whose /health does not answer is not petted: systemd's watchdog then restarts it."""
     path = tmp_path / "n.sock"

@@ -7,6 +7,8 @@
 - `POST /api/fleet/boxes/{id}/drain` (admin key): out of the routing now, then the box's own
   `POST /api/drain` with the router's admin key (tokens.py), deadline DRAIN_DEADLINE_S.
 - `GET /fleet`, `/fleet/fleet.js`, `/fleet/style.css`: the fleet page (no CDN assets).
+- `GET /health` (open, loopback only: HAProxy sends /health to a box): 200 while HAProxy runs, else 503;
+  what install.sh waits for and what the router's systemd watchdog checks.
 Admin keys are the fleet's keys, checked against the shared store. It must not change routing
 itself: it asks the service (service.py).
 """
@@ -184,6 +186,10 @@ class RouterApi:
         write_secret(self.admin_key_file, key)
         return key
 
+    async def health(self, request: Request) -> Response:
+        up = self.service.haproxy.running
+        return JSONResponse({"status": "ok" if up else "haproxy not running"}, status_code=200 if up else 503)
+
     async def static(self, request: Request) -> Response:
         body, ctype = self.page[request.url.path]
         return Response(body, media_type=ctype, headers={"Cache-Control": "no-cache", "Content-Security-Policy":
@@ -199,5 +205,6 @@ def build_app(api: RouterApi) -> Starlette:
     routes = [Route("/api/fleet", api.fleet, methods=["GET"]),
               Route("/api/fleet/join", api.join, methods=["POST"]),
               Route("/api/fleet/boxes/{box_id}/drain", api.drain, methods=["POST"]),
+              Route("/health", api.health, methods=["GET"]),
               *(Route(path, api.static, methods=["GET"]) for path in api.page)]
     return Starlette(routes=routes, exception_handlers={ApiError: _api_error})

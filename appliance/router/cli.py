@@ -1,5 +1,7 @@
-"""`appliance router` (run the router in the foreground) and `appliance router upgrade-drain BOX`
-(drain one box through a running router, for a rolling upgrade). The CLI edge: reads the config
+"""`appliance router` (run the router in the foreground), `appliance router upgrade-drain BOX`
+(drain one box through a running router, for a rolling upgrade) and `appliance router tokens` (make
+the join and fleet tokens before the first start, as install.sh --router does; prints their files,
+never the tokens). The CLI edge: reads the config
 and APPLIANCE_API_KEY, prints one line per problem.
 """
 
@@ -63,3 +65,19 @@ def upgrade_drain(box_id: Annotated[str, typer.Argument(help="the box to drain (
     except OSError as exc:
         typer.echo(f"error: router API at {url}: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+@app.command("tokens")
+def tokens(config: ConfigOpt = None) -> None:
+    """Create the join token (router.join_token_file) and the fleet token (fleet.token_file) when missing,
+    mode 0600, and print where they are (the tokens themselves are not printed)."""
+    cfg = obtain_config(config)
+    from .tokens import fleet_token_path, join_token_path, read_or_create
+
+    for label, path in (("join token", join_token_path(cfg)), ("fleet token", fleet_token_path(cfg))):
+        try:
+            read_or_create(path)
+        except OSError as exc:
+            typer.echo(f"error: {label} file {path}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"{label}: {path}")

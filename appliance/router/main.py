@@ -3,6 +3,9 @@
 Start: the fleet and join tokens (created on first start), the sync service starts HAProxy from the
 last plan, then the sync loop, HAProxy's watcher and the API server run side by side. SIGTERM/SIGINT
 only set a flag; shutdown then stops the API server, the sync loop, HAProxy, and closes the store.
+Under systemd (install.sh --router uses the daemon's unit, Type=notify with a watchdog) it says
+READY=1 once HAProxy and the API answer, WATCHDOG=1 only after its own `GET /health` answered
+(HAProxy running), and STOPPING=1 at shutdown; outside systemd these are no-ops (systemd_notify.py).
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 
 import uvicorn
 
 from ..config import Config
 from ..store import Store, open_store
+from ..systemd_notify import answers_health, notify_loop, sd_notify
 from .api import RouterApi, build_app
 from .haproxy_config import Paths
 from .process import HaproxyProcess
@@ -57,6 +62,7 @@ async def run_router(cfg: Config) -> None:
              asyncio.create_task(haproxy.watch(), name="haproxy-watch"),
              asyncio.create_task(server.serve(), name="router-api")]
     stopper = asyncio.create_task(stop.wait())
+    notifier = asyncio.create_task(_notify(server, haproxy, cfg.router.api_port), name="systemd-notify")
     log.info("router listening on %s:%d (API on 127.0.0.1:%d)", cfg.router.host, cfg.router.port,
              cfg.router.api_port)
     try:
@@ -65,10 +71,24 @@ async def run_router(cfg: Config) -> None:
             if task is not stopper and task.exception() is not None:
                 log.error("%s failed: %s", task.get_name(), task.exception())
     finally:
+        sd_notify("STOPPING=1")
         server.should_exit = True
         await service.stop()
-        for task in (*tasks, stopper):
+        for task in (*tasks, stopper, notifier):
             task.cancel()
-        for task in tasks:
+        for task in (*tasks, notifier):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def _notify(server: uvicorn.Server, haproxy: HaproxyProcess, api_port: int) -> None:
+    """READY=1 once the API listens (HAProxy already answered its socket), then the watchdog loop."""
+    for _ in range(600):  # uvicorn binds within a moment; a bind that fails ends run_router instead
+        if server.started:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        return
+    sd_notify("READY=1\nSTATUS=routing")
+    await notify_loop(lambda: [{"name": "haproxy", "state": "running" if haproxy.running else "restarting"}],
+                      lambda: answers_health("127.0.0.1", api_port, False), os.environ)

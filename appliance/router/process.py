@@ -41,6 +41,11 @@ class HaproxyProcess:
         self.restarts = 0
         self.starts = 0  # successful starts (a watcher's restart included)
 
+    @property
+    def running(self) -> bool:
+        """Whether the master process is alive now."""
+        return self.proc is not None and self.proc.returncode is None
+
     def _missing(self, exc: OSError) -> HaproxyError:
         return HaproxyError(f"router.haproxy_bin: cannot run {self.binary!r} ({exc.strerror or exc}); "
                             "install HAProxy 2.6 or later (apt-get install haproxy)")
