@@ -121,8 +121,12 @@ class RouterApi:
                 "slot": None if slot is None else f"b{slot + 1}",
                 "drained_by_router": rec.box_id in svc.draining})
         versions = sorted({rec.version for rec in svc.records})
+        api_versions = sorted({rec.api_version for rec in svc.records})
         return JSONResponse({
-            "api_version": API_VERSION, "boxes": boxes, "version_skew": len(versions) > 1, "versions": versions,
+            "api_version": API_VERSION, "min_api_version": plan.MIN_API_VERSION, "boxes": boxes,
+            "version_skew": len(versions) > 1 or len(api_versions) > 1, "versions": versions,
+            "api_versions": api_versions,
+            "incompatible": sorted(b["box_id"] for b in boxes if b["compatibility"] == "incompatible"),
             "registry": {"readable": svc.registry_error is None, "error": svc.registry_error,
                          "read_age_s": None if svc.registry_read_at is None else round(now - svc.registry_read_at, 1)},
             "routes": {m: sorted(ids) for m, ids in sorted(routes.members.items())},

@@ -92,6 +92,8 @@ class RouterService:
         self.registry_error: str | None = None
         self.registry_read_at: float | None = None
         self.draining: set[str] = set()  # boxes drained through the router, out of every model
+        self._drained_as: dict[str, tuple[str, int]] = {}  # drained box -> (version, api_version) then
+        self._drain_seen: set[str] = set()  # drained boxes whose row has since said they are not ready
         self.resolved: dict[str, str] = {}  # host -> IP, kept when a later lookup fails
         self._stop = asyncio.Event()
         self._reading: asyncio.Future[list[BoxRecord]] | None = None  # the registry read in flight
@@ -196,14 +198,34 @@ class RouterService:
         records = await self.read_registry()
         if records is not None:
             self.records = records
-            live = {r.box_id for r in records}
-            self.draining &= live
+            self.draining = self._still_draining(records)
             self.views_now = await self.views(records)
             plan = plan_routes(self.views_now, self.plan, await self.down_boxes(), frozenset(self.draining),
                                API_VERSION)
         else:
             plan = self.plan
         await self.apply(plan)
+
+    def _still_draining(self, records: list[BoxRecord]) -> set[str]:
+        """The boxes drained through the router that are still the box that was drained. A box comes
+        back into the routing (rolling upgrade: drain, upgrade, restart) when its row went away (a clean
+        stop removes it), when it reports another version or API version (upgraded), or when its row
+        says "ready" again after it said it was not (restarted; its own health check decides the rest)."""
+        by_id = {r.box_id: r for r in records}
+        keep: set[str] = set()
+        for box_id in self.draining:
+            rec = by_id.get(box_id)
+            if rec is None or (rec.version, rec.api_version) != self._drained_as.get(box_id):
+                continue
+            if rec.state != "ready":
+                self._drain_seen.add(box_id)
+            elif box_id in self._drain_seen:
+                continue
+            keep.add(box_id)
+        for box_id in set(self._drained_as) - keep:
+            self._drained_as.pop(box_id, None)
+            self._drain_seen.discard(box_id)
+        return keep
 
     async def down_boxes(self) -> frozenset[str]:
         """Boxes whose slot HAProxy's health check marks DOWN now (none when it cannot be asked)."""
@@ -254,6 +276,10 @@ class RouterService:
     async def drain(self, box_id: str) -> None:
         """Take the box out of every model now (before its health check fails)."""
         self.draining.add(box_id)
+        rec = next((r for r in self.records if r.box_id == box_id), None)
+        if rec is not None:
+            self._drained_as[box_id] = (rec.version, rec.api_version)
+            self._drain_seen.discard(box_id)
         await self.apply(plan_routes(self.views_now, self.plan, await self.down_boxes(), frozenset(self.draining),
                                      API_VERSION))
 

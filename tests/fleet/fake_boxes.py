@@ -26,9 +26,11 @@ class FakeBox:
         self.resident = set(resident)
         self.free_gb = free_gb
         self.ready = True
+        self.draining = False  # after POST /api/drain: not ready, new work refused with 503 (as a box does)
         self.dead = False
         self.seen: list[dict[str, Any]] = []
         self.drained_with: list[str] = []
+        self.refused = 0  # requests refused while draining (HAProxy retries them on another box)
         self.server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -41,13 +43,19 @@ class FakeBox:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def record(self, models: dict[str, str] | None = None, state: str = "ready") -> BoxRecord:
+    def record(self, models: dict[str, str] | None = None, state: str = "ready", version: str = "1.0",
+               api_version: int = 1) -> BoxRecord:
         tiers = models if models is not None else dict.fromkeys(self.resident, "vram")
-        return BoxRecord(self.name, self.url, "1.0", 1, state,
+        return BoxRecord(self.name, self.url, version, api_version, state,
                          {"box_id": self.name, "generation": 1, "state": state,
                           "models": {m: {"tier": t, "loadable": True, "queue": 0, "engine": "e"}
                                      for m, t in tiers.items()},
                           "free_vram_bytes": self.free_gb << 30, "total_vram_bytes": 24 << 30})
+
+    def restart(self) -> None:
+        """Back from a drain, as a restarted box is: ready, taking work."""
+        self.draining = False
+        self.ready = True
 
     def close(self) -> None:
         """Gone as a killed process is: the listener closed, and kept-alive connections HAProxy still
@@ -94,6 +102,7 @@ class FakeBox:
                 if self.path == "/api/drain":
                     box.drained_with.append(self.headers.get("Authorization", ""))
                     box.ready = False
+                    box.draining = True
                     self._reply(200, {"state": "draining", "in_flight": 0})
                     return
                 model = self.headers.get("X-Model") or json.loads(body or b"{}").get("model")
@@ -101,6 +110,10 @@ class FakeBox:
                                  "auth": self.headers.get("Authorization"),
                                  "policy": self.headers.get("X-Route-Policy"), "size": len(body),
                                  "proto": self.headers.get("X-Forwarded-Proto")})
+                if box.draining:
+                    box.refused += 1
+                    self._reply(503, {"error": {"message": "draining", "code": "draining"}})
+                    return
                 if self.headers.get("X-Route-Policy") == "resident-only" and model not in box.resident:
                     status = int(self.headers.get("X-Route-Retry-Status") or 409)
                     self._reply(status, {"error": {"message": "not resident", "code": "model_not_resident"}})

@@ -36,7 +36,8 @@ def _toml(doc: dict[str, dict[str, Any]]) -> str:
 
 class Router:
     def __init__(self, tmp: Path, store_url: str, *, jobs: dict[str, Any] | None = None, sync_s: float = 0.2,
-                 check_interval_ms: int = 300, expire_s: float = 3.0, tls_pem: str = "") -> None:
+                 check_interval_ms: int = 300, expire_s: float = 3.0, tls_pem: str = "",
+                 api_versions: tuple[int, int] | None = None) -> None:
         self.tmp = tmp
         self.tls_pem = tls_pem
         self.port = _free_port()
@@ -46,6 +47,10 @@ class Router:
         self.config = tmp / "router.toml"
         self.proc: subprocess.Popen[bytes] | None = None
         self.jobs = jobs or {}
+        # (this router's box API version, the oldest it routes to): a router of a later release than this
+        # checkout, for rolling-upgrade tests (appliance.fleet.API_VERSION and plan.MIN_API_VERSION set
+        # in the router's process before it imports the modules that read them)
+        self.api_versions = api_versions
         self.write_config(store_url, sync_s, check_interval_ms, expire_s)
 
     def write_config(self, store_url: str, sync_s: float = 0.2, check_interval_ms: int = 300,
@@ -76,7 +81,7 @@ class Router:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         env.pop("APPLIANCE_STATE_DIR", None)
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "appliance", "router", "--config", str(self.config)],
+            self.proc = subprocess.Popen([*self.launcher(), "router", "--config", str(self.config)],
                                          env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -86,6 +91,14 @@ class Router:
                 return self
             time.sleep(0.05)
         raise AssertionError(f"router not up in {timeout_s} s: {self.log.read_text()[-3000:]}")
+
+    def launcher(self) -> list[str]:
+        if self.api_versions is None:
+            return [sys.executable, "-m", "appliance"]
+        current, oldest = self.api_versions
+        return [sys.executable, "-c", "import sys, appliance.fleet as f, appliance.router.plan as p; "
+                f"f.API_VERSION = {current}; p.MIN_API_VERSION = {oldest}; "
+                "from appliance.cli import main; sys.argv[0] = 'appliance'; main()"]
 
     def api_up(self) -> bool:
         try:

@@ -24,7 +24,11 @@ function render(doc) {
   $("registry").textContent = reg.readable
     ? `Registry read ${reg.read_age_s ?? "-"} s ago; box API version ${doc.api_version}.`
     : `Registry unreachable (${reg.error}): routing from the last map.`;
-  $("skew").textContent = doc.version_skew ? `Version skew: ${doc.versions.join(", ")} (rolling upgrade in progress?)` : "";
+  const skew = [];
+  if (doc.versions.length > 1) skew.push(`versions ${doc.versions.join(", ")}`);
+  if (doc.api_versions.length > 1) skew.push(`box API versions ${doc.api_versions.join(", ")}`);
+  if (doc.incompatible.length) skew.push(`not routed to (box API outside ${doc.min_api_version}..${doc.api_version}): ${doc.incompatible.join(", ")}`);
+  $("skew").textContent = doc.version_skew || doc.incompatible.length ? `Version skew: ${skew.join("; ")} (rolling upgrade in progress?)` : "";
   const servers = doc.haproxy.servers || {};
   $("boxes").replaceChildren(...doc.boxes.map((b) => {
     const models = el("td");
@@ -38,7 +42,7 @@ function render(doc) {
     return el("tr", {}, el("td", {}, b.box_id, el("br"), el("span", { class: "muted" }, b.url)),
       el("td", { class: `state-${b.state}` }, b.state + (b.drained_by_router ? " (drained)" : "")),
       el("td", {}, (b.slot && servers[`boxes/${b.slot}`]) || "-"), el("td", {}, b.version),
-      el("td", {}, `${b.api_version} (${b.compatibility})`), el("td", { class: "num" }, `${b.heartbeat_age_s} s`),
+      el("td", { class: b.compatibility === "incompatible" ? "error" : "" }, `${b.api_version} (${b.compatibility})`), el("td", { class: "num" }, `${b.heartbeat_age_s} s`),
       el("td", { class: "num" }, `${gb(b.free_vram_bytes)} / ${gb(b.total_vram_bytes)}`), models, el("td", {}, drain));
   }));
   const map = doc.haproxy.map || {};
