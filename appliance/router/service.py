@@ -291,6 +291,7 @@ class RouterService:
             status = await self.api.server_status()
         except RuntimeApiError as exc:
             return {"error": str(exc)}
-        return {"map": models, "resident": sorted(resident),
+        boxes = {("boxes", server_name(i)) for i, slot in enumerate(self.plan.slots) if slot is not None}
+        return {"map": models, "resident": sorted(resident),  # unused slots (in MAINT) left out
                 "servers": {f"{b}/{s}": st for (b, s), st in sorted(status.items())
-                            if not st.startswith("MAINT") and b != "router_api"}}
+                            if b != "router_api" and (not st.startswith("MAINT") or (b, s) in boxes)}}

@@ -34,7 +34,7 @@ function render(doc) {
     const models = el("td");
     for (const [m, v] of Object.entries(b.models)) models.append(el("span", { class: `pill tier-${v.tier}` }, `${m}: ${v.tier}`), " ");
     const drain = el("button", { type: "button" }, "Drain");
-    drain.disabled = b.state !== "ready";
+    drain.disabled = b.state !== "ready" || b.drained_by_router;
     drain.addEventListener("click", async () => {
       if (!confirm(`Drain ${b.box_id}? It stops taking new work.`)) return;
       try { await call(`/api/fleet/boxes/${encodeURIComponent(b.box_id)}/drain`, "POST"); } catch (e) { $("error").textContent = e.message; }
