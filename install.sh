@@ -643,6 +643,8 @@ main() {
     fi
     [ -z "$ENGINES" ] || die "--engines does not go with --router: the router runs no engines"
     [ -z "$USER_CERT" ] || die "--tls-cert and --tls-key are the box's: the router takes --tls-pem"
+    [ -z "$WANT_PORT$WANT_BIND" ] || die "--port and --bind are the box's: the router takes --router-port (it binds 0.0.0.0)"
+    [ "$PLAIN_HTTP" = 0 ] || die "--plain-http is the box's: the router speaks plain HTTP whenever --tls-pem is not given"
     COMMAND=router NO_ENGINES=1
   elif [ "$ROUTER" = 0 ] && [ -n "$ROUTER_FLAG" ]; then
     die "$ROUTER_FLAG goes with --router"

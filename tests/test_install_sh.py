@@ -153,6 +153,8 @@ def test_router_flags_are_checked_before_anything_is_installed(tmp_path: Path) -
             (["--router", "--store-url", pg, "--tls-pem", str(tmp_path / "none.pem")], "not a readable file"),
             (["--router", "--store-url", pg, "--tls-pem", str(pem)], "the certificate chain and the private key"),
             (["--router", "--store-url", pg, "--engines", "vllm"], "--engines does not go with --router"),
+            (["--router", "--store-url", pg, "--port", "9000"], "--port and --bind are the box's"),
+            (["--router", "--store-url", pg, "--plain-http"], "--plain-http is the box's"),
             (["--store-url", pg], "--store-url goes with --router"),
             (["--router-port", "8443"], "--router-port goes with --router")):
         out = subprocess.run(["sh", str(script), *args], capture_output=True, text=True, timeout=60,
