@@ -24,7 +24,8 @@
 # --router --store-url postgresql://... [--tls-pem FILE] [--router-port N] installs the same package from
 # the same lock, plus Debian's haproxy, writes a router configuration ([server] state_dir, [store] url,
 # [router]), makes the join token file (mode 0600), runs `appliance router` as the service instead of
-# `appliance serve` and prints how boxes join. No engines; not with --join.
+# `appliance serve` and prints how boxes join. No engines; not with --join nor the box's --port, --bind,
+# --plain-http, --tls-cert.
 # Environment: APPLIANCE_PREFIX, APPLIANCE_DATA_DIR, APPLIANCE_CONFIG_DIR, APPLIANCE_PORT,
 # APPLIANCE_BIND, APPLIANCE_SOURCE, APPLIANCE_GPU (1/0: override NVML detection), APPLIANCE_JOIN_TOKEN
 # (the join token, instead of --token), APPLIANCE_STORE_URL (instead of --store-url: keeps the database
