@@ -46,5 +46,6 @@ def build_queue(config: Config, store: Store, owner: str) -> JobQueue:
             from .kafka import KafkaQueue
         except ImportError as exc:
             raise JobsError(f"jobs.backend: kafka needs aiokafka ({exc}): pip install 'appliance[full]'") from None
-        return KafkaQueue(store, owner, config.jobs.brokers, config.jobs.topic_prefix, config.jobs.group)
+        return KafkaQueue(store, owner, config.jobs.brokers, config.jobs.topic_prefix, config.jobs.group,
+                          partitions=config.jobs.partitions)
     return LocalQueue(store, owner, config.jobs.poll_s)
