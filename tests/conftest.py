@@ -1,5 +1,5 @@
 """Session fixtures shared by every test directory: the tiny models, built once; the backing
-services (PostgreSQL, a Kafka-protocol broker) started on first use."""
+services (PostgreSQL, a Kafka-protocol broker, a Milvus server) started on first use."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import tiny_models
-from backing_services import kafka_broker, pg_database  # noqa: F401  (fixtures for every directory)
+from backing_services import kafka_broker, milvus_uri, pg_database  # noqa: F401  (fixtures for every directory)
 
 
 @pytest.fixture(scope="session")

@@ -83,6 +83,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE TABLE vector_store_batches (id TEXT PRIMARY KEY, vector_store_id TEXT NOT NULL, "
         "created {float} NOT NULL)",
     )),
+    Migration("0008_vector_store_lifecycle", (
+        "ALTER TABLE vector_stores ADD COLUMN expires_after TEXT",  # {"anchor": "last_active_at", "days": N}
+        "ALTER TABLE vector_store_batches ADD COLUMN cancelled {float}",  # when a cancel was asked
+    )),
 )
 
 

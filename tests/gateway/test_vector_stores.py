@@ -1,6 +1,7 @@
 """Retrieval on the box, driven by the official `openai` client against a running `appliance serve` with the
 packaged embedding model (all-MiniLM-L6-v2 in the embed worker): upload, create a store, attach, poll, search,
-filter by attributes, delete; the same flow over embedded Chroma and milvus-lite. Retrieval quality on a small
+filter by attributes, delete; the same flow over embedded Chroma, milvus-lite (a local file) and a Milvus
+server process on loopback (tests/milvus_server.py), through an http:// URI. Retrieval quality on a small
 corpus of paraphrase questions, the bad inputs of issue 16, and a restart that loses nothing."""
 
 from __future__ import annotations
@@ -62,20 +63,29 @@ TOPIC = {"bread.markdown": "food", "garden.markdown": "food", "coffee.txt": "foo
 YEAR = {name: 2015 + i for i, name in enumerate(CORPUS)}
 
 
-def config(backend: str, tmp: Path) -> dict[str, Any]:
-    vectors: dict[str, Any] = {"backend": backend}
-    if backend == "milvus":
-        vectors["uri"] = str(tmp / "milvus.db")
+def config(vectors: dict[str, Any]) -> dict[str, Any]:
     return {"engines": {"embed": worker_engine("embed", "all-MiniLM-L6-v2")},
             "models": {"minilm": {"engine": "embed", "modality": "embedding", "vram_gb": 0.2}},
             "vectors": vectors}
 
 
-@pytest.fixture(scope="module", params=["chroma", "milvus"])
+def vectors_section(backend: str, tmp: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """chroma: embedded in the daemon; milvus-lite: a local .db file (pymilvus runs its server in the daemon's
+    process); milvus-server: a Milvus server process on loopback, reached by its http:// URI."""
+    if backend == "chroma":
+        return {"backend": "chroma"}
+    if backend == "milvus-lite":
+        return {"backend": "milvus", "uri": str(tmp / "milvus.db")}
+    return {"backend": "milvus", "uri": request.getfixturevalue("milvus_uri")}
+
+
+@pytest.fixture(scope="module", params=["chroma", "milvus-lite", "milvus-server"])
 def box(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp(f"vectors-{request.param}")
-    gw = launch(tmp, config(request.param, tmp), keys={"user": False, "other": False, "admin": True})
+    vectors = vectors_section(request.param, tmp, request)
+    gw = launch(tmp, config(vectors), keys={"user": False, "other": False, "admin": True})
     gw.backend = request.param  # type: ignore[attr-defined]
+    gw.vectors = vectors  # type: ignore[attr-defined]
     try:
         yield gw
     finally:
@@ -317,7 +327,7 @@ def test_restart_loses_nothing_and_another_embedding_model_is_refused(box: Gatew
     client = box.client()
     before = client.vector_stores.search(vector_store_id=corpus["store"], query=CORPUS["coffee.txt"][1]).data
     box.stop()
-    doc = config(box.backend, box.tmp)  # type: ignore[attr-defined]
+    doc = config(box.vectors)  # type: ignore[attr-defined]
     keys = dict(box.keys)
     again = launch(box.tmp, doc)
     again.keys = keys
