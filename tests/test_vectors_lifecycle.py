@@ -162,6 +162,12 @@ async def test_cancelling_a_batch_stops_the_files_in_progress_and_keeps_the_comp
     with pytest.raises(openai.NotFoundError):
         await client.vector_stores.file_batches.cancel("vsfb_nope", vector_store_id=vs.id)
 
+    row = await box.service.vector_store(None, vs.id)  # a rebuild embeds the kept files again, not the cancelled
+    await box.service.reindex(None, row, "minilm")
+    await box.service.wait_indexed()
+    assert (await state()) == {fast: "completed", **dict.fromkeys(held, "cancelled")}
+    assert db.count(vs.id) == 2  # fast.txt and b.txt
+
 
 async def test_a_cancel_recorded_before_a_restart_is_finished_at_the_next_start(tmp_path: Path) -> None:
     clock, embedder = Clock(1_800_000_000.0), GatedEmbedder()

@@ -117,7 +117,7 @@ class Retrieval:
         for row in pending:
             log.warning("vector store %s: file %s was being indexed when the daemon stopped; indexing again",
                         row["vector_store_id"], row["file_id"])
-            self._schedule(row["vector_store_id"], row["file_id"], None)
+            self._schedule(row["vector_store_id"], row["file_id"], None, resumed=True)
 
     async def close(self) -> None:
         tasks = [*self._cancels, *self._tasks.values()]
@@ -277,7 +277,8 @@ class Retrieval:
 
     async def reindex(self, key: ApiKey | None, row: dict[str, Any], model: str) -> dict[str, Any]:
         """Rebuild the store with `model` (the configured embedding model): its chunks are dropped, the store
-        takes the model and its files go back to in_progress, each embedded again from its kept bytes."""
+        takes the model and its files go back to in_progress, each embedded again from its kept bytes (a
+        cancelled file stays cancelled)."""
         self._live(row)
         configured = embedding_model(self.config)
         if model != configured:
@@ -291,6 +292,7 @@ class Retrieval:
         await asyncio.to_thread(db.drop, row["id"])
         fields = {"embedding_model": model, "dimension": None}
         await asyncio.to_thread(self.store.vstore_update, row["id"], fields)
+        attached = [a for a in attached if a["status"] != "cancelled"]
         for a in attached:
             await asyncio.to_thread(self.store.attach_update, row["id"], a["file_id"], {
                 "status": "in_progress", "last_error": None, "usage_bytes": 0, "chunks": 0})
@@ -353,8 +355,10 @@ class Retrieval:
         await asyncio.to_thread(self.store.attach_delete, row["id"], file_id)
 
     # -- indexing
-    def _schedule(self, store_id: str, file_id: str, key: ApiKey | None) -> None:
-        task = asyncio.ensure_future(self._index(store_id, file_id, key))
+    def _schedule(self, store_id: str, file_id: str, key: ApiKey | None, resumed: bool = False) -> None:
+        """Index the file; `resumed`: it was in progress when the daemon stopped (its batch's cancel, if
+        one was recorded, is honoured first)."""
+        task = asyncio.ensure_future(self._index(store_id, file_id, key, resumed))
         self._tasks[(store_id, file_id)] = task
         task.add_done_callback(lambda _t: self._tasks.pop((store_id, file_id), None))
 
@@ -370,9 +374,9 @@ class Retrieval:
         while self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-    async def _index(self, store_id: str, file_id: str, key: ApiKey | None) -> None:
+    async def _index(self, store_id: str, file_id: str, key: ApiKey | None, resumed: bool) -> None:
         async with self._slots:
-            if await self._batch_cancelled(store_id, file_id):  # asked while it waited, or before a restart
+            if resumed and await self._batch_cancelled(store_id, file_id):  # asked before the daemon stopped
                 await self._end_cancelled(store_id, file_id)
                 return
             try:
