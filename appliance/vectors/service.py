@@ -39,6 +39,7 @@ from . import backend as backends
 from . import chunking, filters, parsing, tokens
 from .backend import Chunk, Hit, VectorBackend, VectorsError
 from .embedder import EmbeddingFailed, GatewayEmbedder
+from .views import expires_at
 
 log = logging.getLogger("appliance.vectors")
 INDEXERS = 2  # files indexed at once (each embeds in batches under the model's lease)
@@ -79,13 +80,6 @@ def embedding_model_path(config: Config) -> str:
     model = config.models.get(embedding_model(config))
     engine = config.engines.get(model.engine) if model is not None else None
     return str(getattr(engine, "model_path", "") or getattr(engine, "model", "") or "")
-
-
-def expires_at(row: dict[str, Any]) -> float | None:
-    """When the store expires: `days` after its last activity; None when it has no expiry policy."""
-    if not row.get("expires_after"):
-        return None
-    return float(row["last_active"]) + int(json.loads(row["expires_after"])["days"]) * 86400
 
 
 class Retrieval:

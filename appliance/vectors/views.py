@@ -26,17 +26,24 @@ def counts(attachments: list[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
+def expires_at(row: dict[str, Any]) -> float | None:
+    """When a store expires: `days` after its last activity; None when it has no expiry policy."""
+    if not row.get("expires_after"):
+        return None
+    return float(row["last_active"]) + int(json.loads(row["expires_after"])["days"]) * 86400
+
+
 def vector_store(row: dict[str, Any], attachments: list[dict[str, Any]], now: float) -> dict[str, Any]:
-    """`expires_at` is `days` after the last activity; at or past it the status is `expired`."""
+    """At or past `expires_at` the status is `expired`."""
     c = counts(attachments)
     policy = json.loads(row["expires_after"]) if row.get("expires_after") else None
-    expires_at = float(row["last_active"]) + policy["days"] * 86400 if policy else None
-    status = ("expired" if expires_at is not None and now >= expires_at
+    until = expires_at(row)
+    status = ("expired" if until is not None and now >= until
               else "in_progress" if c["in_progress"] else "completed")
     return {"id": row["id"], "object": "vector_store", "created_at": int(row["created"]), "name": row["name"],
             "usage_bytes": sum(int(a["usage_bytes"]) for a in attachments), "file_counts": c,
             "status": status, "expires_after": policy,
-            "expires_at": int(expires_at) if expires_at is not None else None,
+            "expires_at": int(until) if until is not None else None,
             "last_active_at": int(row["last_active"]), "metadata": json.loads(row["metadata"]),
             # the appliance's own: what built the store (searching needs the same model)
             "embedding_model": row["embedding_model"], "embedding_dimension": row["dimension"]}
