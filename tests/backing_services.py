@@ -48,7 +48,12 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Milvus server on a free loopback port, for the session: its "http://127.0.0.1:PORT"."""
+    """A Milvus server for the session: its "http://127.0.0.1:PORT". milvus-lite's server process on a free
+    loopback port, or the server `$APPLIANCE_TEST_MILVUS` names (e.g. a Milvus standalone started by hand)."""
+    given = os.environ.get("APPLIANCE_TEST_MILVUS", "")
+    if given:
+        yield given
+        return
     tmp = tmp_path_factory.mktemp("milvus-server")
     with milvus_server(tmp / "data", tmp / "milvus.log") as uri:
         yield uri

@@ -3,6 +3,8 @@
 One collection per vector store with a string primary key, the file id, the text and a FLAT cosine
 index (exact search: at the sizes one box keeps, it is fast enough and its recall is 1). Calls are
 synchronous; the caller runs them off the loop. Every call to the server carries a deadline (`CALL_TIMEOUT_S`).
+Reads are Strong-consistent: a Milvus server's default (Bounded) lets a search see chunks a moment after
+they were deleted, and miss chunks just written.
 It must not decide what is stored (appliance.vectors.service does).
 """
 
@@ -19,6 +21,7 @@ from .backend import Chunk, Hit
 TEXT_MAX = 65535
 CONNECT_TIMEOUT_S = 10.0  # a server that does not answer: the route's 503 names it
 CALL_TIMEOUT_S = 120.0  # one insert of 2,000 rows, a flush, a search or a delete
+STRONG = "Strong"
 
 
 class MilvusBackend:
@@ -54,7 +57,8 @@ class MilvusBackend:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
         index = self.client.prepare_index_params()
         index.add_index("vector", metric_type="COSINE", index_type="FLAT")
-        self.client.create_collection(name, schema=schema, index_params=index, timeout=CALL_TIMEOUT_S)
+        self.client.create_collection(name, schema=schema, index_params=index, consistency_level=STRONG,
+                                      timeout=CALL_TIMEOUT_S)
         self._ready(name)
 
     def add(self, collection: str, dimension: int, chunks: list[Chunk]) -> None:
@@ -75,7 +79,8 @@ class MilvusBackend:
             return []
         expr = "" if file_ids is None else f"file_id in {json.dumps(file_ids)}"
         res: Any = self.client.search(collection, data=[vector], limit=k, filter=expr,
-                                      output_fields=["file_id", "text"], timeout=CALL_TIMEOUT_S)
+                                      output_fields=["file_id", "text"], consistency_level=STRONG,
+                                      timeout=CALL_TIMEOUT_S)
         return [Hit(str(h["id"]), h["entity"]["file_id"], h["entity"]["text"], float(h["distance"])) for h in res[0]]
 
     def texts(self, collection: str, ids: list[str]) -> list[str]:
@@ -84,7 +89,7 @@ class MilvusBackend:
         by_id: dict[str, str] = {}
         for i in range(0, len(ids), 1000):
             rows: Any = self.client.get(collection, ids=ids[i:i + 1000], output_fields=["text"],
-                                        timeout=CALL_TIMEOUT_S)
+                                        consistency_level=STRONG, timeout=CALL_TIMEOUT_S)
             by_id.update((str(r["id"]), str(r["text"])) for r in rows)
         return [by_id[i] for i in ids if i in by_id]
 
@@ -96,7 +101,8 @@ class MilvusBackend:
     def count(self, collection: str) -> int:
         if not self._ready(collection):
             return 0
-        res: Any = self.client.query(collection, filter="", output_fields=["count(*)"], timeout=CALL_TIMEOUT_S)
+        res: Any = self.client.query(collection, filter="", output_fields=["count(*)"], consistency_level=STRONG,
+                                     timeout=CALL_TIMEOUT_S)
         return int(res[0]["count(*)"])
 
     def drop(self, collection: str) -> None:

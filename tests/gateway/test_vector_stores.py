@@ -1,7 +1,8 @@
 """Retrieval on the box, driven by the official `openai` client against a running `appliance serve` with the
 packaged embedding model (all-MiniLM-L6-v2 in the embed worker): upload, create a store, attach, poll, search,
 filter by attributes, delete; the same flow over embedded Chroma, milvus-lite (a local file) and a Milvus
-server process on loopback (tests/milvus_server.py), through an http:// URI. Retrieval quality on a small
+server process on loopback (tests/milvus_server.py, or the server $APPLIANCE_TEST_MILVUS names), through an
+http:// URI. Retrieval quality on a small
 corpus of paraphrase questions, the bad inputs of issue 16, and a restart that loses nothing."""
 
 from __future__ import annotations
