@@ -283,6 +283,7 @@ def test_expires_after_sets_expires_at_from_the_last_activity(box: Gateway) -> N
     assert cleared.expires_after is None and cleared.expires_at is None
     bad = box.request("POST", "/v1/vector_stores", {"expires_after": {"anchor": "last_active_at", "days": 0}})
     assert bad.status == 400 and _error(bad)["param"] == "expires_after.days"
+    assert "vector-store-expiry" in box.status()["maintenance"]  # the pass that deletes expired stores
     client.vector_stores.delete(vs.id)
 
 
