@@ -261,8 +261,10 @@ async def test_expires_after_is_checked_and_can_be_changed_or_removed(box: Box) 
             await client.vector_stores.create(name="x", expires_after=value)  # type: ignore[arg-type]
         assert bad.value.body["param"] == param, bad.value.body  # type: ignore[index]
     assert (await client.vector_stores.list()).data == []  # nothing written
-    vs = await client.vector_stores.create(name="policy")
+    vs = await client.vector_stores.create(name="policy", description="kept, not dropped")
     assert vs.expires_after is None and vs.expires_at is None
+    assert (await client.vector_stores.retrieve(vs.id)).model_extra == {
+        "embedding_model": "minilm", "embedding_dimension": None, "description": "kept, not dropped"}
     box.clock.now += 10.0
     set_ = await client.vector_stores.update(vs.id, expires_after={"anchor": "last_active_at", "days": 7})
     assert set_.expires_at == int(box.clock.now + 7 * DAY)  # a change is activity

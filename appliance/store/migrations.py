@@ -85,6 +85,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     )),
     Migration("0008_vector_store_lifecycle", (
         "ALTER TABLE vector_stores ADD COLUMN expires_after TEXT",  # {"anchor": "last_active_at", "days": N}
+        "ALTER TABLE vector_stores ADD COLUMN description TEXT",
         "ALTER TABLE vector_store_batches ADD COLUMN cancelled {float}",  # when a cancel was asked
     )),
 )

@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 FILE_COLS = ("id", "key_id", "filename", "purpose", "bytes", "created")
 STORE_COLS = ("id", "key_id", "name", "metadata", "embedding_model", "dimension", "created", "last_active",
-              "expires_after")
+              "expires_after", "description")
 ATTACH_COLS = ("vector_store_id", "file_id", "batch_id", "status", "last_error", "attributes", "chunking",
                "usage_bytes", "chunks", "created")
 STORE_UPDATABLE = frozenset({"name", "metadata", "embedding_model", "dimension", "last_active", "expires_after"})
@@ -67,7 +67,7 @@ class RetrievalSql:
 
     # -- vector stores
     def vstore_insert(self, row: dict[str, Any]) -> None:
-        self._write(_insert("vector_stores", STORE_COLS, {"expires_after": None, **row}))
+        self._write(_insert("vector_stores", STORE_COLS, {"expires_after": None, "description": None, **row}))
 
     def vstore_get(self, store_id: str) -> dict[str, Any] | None:
         rows = self._read(lambda tx: tx.query(

@@ -169,7 +169,7 @@ class RetrievalApi:
             raise _bad("file_ids", "lists a file more than once")
         strategy = _strategy(body.get("chunking_strategy"))
         row = await self.service.create_store(key, name, _metadata(body.get("metadata")), file_ids, strategy,
-                                              expires)
+                                              expires, _opt_str(body, "description"))
         await self._send_store(ex, row)
 
     async def _modify_store(self, ex: Exchange, row: dict[str, Any]) -> None:

@@ -214,7 +214,8 @@ class Retrieval:
     # -- vector stores
     async def create_store(self, key: ApiKey | None, name: str | None, metadata: dict[str, str],
                            file_ids: list[str], strategy: chunking.Strategy,
-                           expires_after: dict[str, Any] | None = None) -> dict[str, Any]:
+                           expires_after: dict[str, Any] | None = None, description: str | None = None
+                           ) -> dict[str, Any]:
         model = embedding_model(self.config)
         if not model:
             raise RetrievalError(400, "no embedding model is configured (models.<id>.modality = \"embedding\")",
@@ -224,7 +225,7 @@ class Retrieval:
         now = self.clock()
         row = {"id": new_id("vs_"), "key_id": _owner(key), "name": name, "metadata": json.dumps(metadata),
                "embedding_model": model, "dimension": None, "created": now, "last_active": now,
-               "expires_after": json.dumps(expires_after) if expires_after else None}
+               "expires_after": json.dumps(expires_after) if expires_after else None, "description": description}
         await asyncio.to_thread(self.store.vstore_insert, row)
         if files:
             await self._attach(row, files, {}, strategy, None, key)

@@ -46,7 +46,8 @@ def vector_store(row: dict[str, Any], attachments: list[dict[str, Any]], now: fl
             "expires_at": int(until) if until is not None else None,
             "last_active_at": int(row["last_active"]), "metadata": json.loads(row["metadata"]),
             # the appliance's own: what built the store (searching needs the same model)
-            "embedding_model": row["embedding_model"], "embedding_dimension": row["dimension"]}
+            "embedding_model": row["embedding_model"], "embedding_dimension": row["dimension"],
+            "description": row.get("description")}  # kept as given at create (OpenAI's object omits it)
 
 
 def vector_store_file(row: dict[str, Any]) -> dict[str, Any]:
