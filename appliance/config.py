@@ -266,6 +266,7 @@ class JobsConfig(_Frozen):
     brokers: list[str] = Field(default_factory=list)  # kafka: host:port of the bootstrap brokers
     topic_prefix: str = "appliance-jobs."  # kafka: one topic per model, this prefix + the model id
     group: str = "appliance-jobs"  # kafka: consumer group shared by the boxes
+    partitions: int = Field(default=8, ge=1, le=1024)  # kafka: partitions of a model's topic made here
     max_attempts: int = Field(default=3, ge=1)  # runs of one job before it fails for good
     workers_per_model: int = Field(default=1, ge=1)  # jobs of one model run at once on this box
     box_id: str = ""  # this box's name in the job table; "" = hostname:port

@@ -6,7 +6,8 @@
   against exact search (numpy, brute-force cosine) over the same queries. The vectors are clustered like
   sentence embeddings (1,000 topic centres plus noise), not uniform noise, on which no index is useful.
 - End-to-end search latency through a running daemon (`appliance serve` with the embed worker and the
-  packaged all-MiniLM-L6-v2 on the CPU): POST /v1/vector_stores/{id}/search on a store of 200 chunks,
+  packaged all-MiniLM-L6-v2 on the CPU): POST /v1/vector_stores/{id}/search on a store of one 2,000-note file
+  (254 chunks of the auto strategy, up to 254 MiniLM tokens each),
   the query embedded on each request, p50 and p99.
 
 Ends with one line of JSON: chroma_insert_per_s, milvus_insert_per_s, chroma_qps, milvus_qps,

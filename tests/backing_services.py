@@ -1,6 +1,7 @@
 """Session fixtures for the real backing services the store and jobs suites run against:
-a throwaway PostgreSQL database (the server on 127.0.0.1:5432; `.ci/run` starts it) and a Tansu
-Kafka-protocol broker (tests/kafka_broker.py). Registered for every directory by tests/conftest.py."""
+a throwaway PostgreSQL database (the server on 127.0.0.1:5432; `.ci/run` starts it), a Tansu
+Kafka-protocol broker (tests/kafka_broker.py) and a Milvus server process (tests/milvus_server.py).
+Registered for every directory by tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from kafka_broker import tansu_broker
+from milvus_server import milvus_server
 
 ADMIN_URL = os.environ.get("APPLIANCE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -42,3 +44,16 @@ def pg_schema_url(database_url: str) -> str:
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with tansu_broker(tmp_path_factory.mktemp("tansu") / "tansu.log") as address:
         yield address
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Milvus server for the session: its "http://127.0.0.1:PORT". milvus-lite's server process on a free
+    loopback port, or the server `$APPLIANCE_TEST_MILVUS` names (e.g. a Milvus standalone started by hand)."""
+    given = os.environ.get("APPLIANCE_TEST_MILVUS", "")
+    if given:
+        yield given
+        return
+    tmp = tmp_path_factory.mktemp("milvus-server")
+    with milvus_server(tmp / "data", tmp / "milvus.log") as uri:
+        yield uri

@@ -1,6 +1,6 @@
 """Session fixtures shared by every test directory: the tiny models, built once; a real multilingual
-Whisper joined from its packages; the backing services (PostgreSQL, a Kafka-protocol broker) started
-on first use."""
+Whisper joined from its packages; the backing services (PostgreSQL, a Kafka-protocol broker, a Milvus
+server) started on first use."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import tiny_models
-from backing_services import kafka_broker, pg_database  # noqa: F401  (fixtures for every directory)
+from backing_services import kafka_broker, milvus_uri, pg_database  # noqa: F401  (fixtures for every directory)
 
 
 @pytest.fixture(scope="session")

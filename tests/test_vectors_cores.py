@@ -1,24 +1,96 @@
-"""The pure cores of retrieval: parsing files to text, chunking, attribute filters, list pages."""
+"""The pure cores of retrieval: parsing files to text, chunking (in the embedding model's tokens), attribute
+filters, list pages."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
-from appliance.vectors import chunking, filters, parsing, views
+from appliance.vectors import chunking, filters, parsing, tokens, views
 
 
 def test_chunks_overlap_by_the_static_strategy_and_cover_the_text() -> None:
     text = " ".join(f"w{i}" for i in range(250))
     strategy = chunking.parse_strategy({"type": "static",
                                         "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 20}})
-    chunks = chunking.chunk(text, strategy)
+    chunks = chunking.chunk(text, strategy, tokens.words)
     assert [len(c.split()) for c in chunks] == [100, 100, 90]
     assert chunks[0].split()[-20:] == chunks[1].split()[:20]  # the overlap
     assert chunks[-1].endswith("w249")
-    assert chunking.chunk("   ", chunking.AUTO) == []
+    assert chunking.chunk("   ", chunking.AUTO, tokens.words) == []
     assert chunking.parse_strategy(None) == chunking.parse_strategy({"type": "auto"}) == chunking.AUTO
+
+
+def _minilm() -> tokens.Tokenizer:
+    tok = tokens.for_model("all-MiniLM-L6-v2", Path("/nonexistent-state"))
+    assert tok is not tokens.FALLBACK and tok.name.endswith("tokenizer.json"), tok.name
+    return tok
+
+
+def test_chunk_sizes_are_counted_in_the_embedding_models_word_pieces() -> None:
+    """all-MiniLM-L6-v2's own tokenizer (packaged, no download): long words are several tokens, so a
+    100-token chunk holds fewer than 100 words; every chunk but the last is exactly 100 tokens and
+    consecutive chunks share exactly 20."""
+    tok = _minilm()
+    text = " ".join(f"Unbelievably {i} tokenization-heavy paragraphs." for i in range(120))
+    strategy = chunking.Strategy(False, 100, 20)
+    chunks = chunking.chunk(text, strategy, tok.spans)
+    spans = tok.spans(text)
+    assert len(spans) > 3 * len(text.split())  # word pieces, not words
+    starts, pos = [], 0
+    for c in chunks:  # where each chunk lies in the text
+        at = text.index(c, pos)
+        starts.append(at)
+        pos = at + 1
+    counts = [sum(1 for a, b in spans if s <= a and b <= s + len(c)) for s, c in zip(starts, chunks, strict=True)]
+    assert counts[:-1] == [100] * (len(chunks) - 1) and 0 < counts[-1] <= 100, counts
+    assert all(len(c.split()) < 100 for c in chunks)
+    for (s1, c1), s2 in zip(zip(starts, chunks, strict=True), starts[1:], strict=False):
+        shared = [sp for sp in spans if s2 <= sp[0] and sp[1] <= s1 + len(c1)]
+        assert len(shared) == 20
+    assert chunks[-1].endswith("paragraphs.") and chunks[0].startswith("Unbelievably 0")
+
+
+def test_the_auto_strategy_is_openais_800_400_within_the_models_window() -> None:
+    assert chunking.AUTO.view() == {"type": "static", "static": {"max_chunk_size_tokens": 800,
+                                                                  "chunk_overlap_tokens": 400}}
+    assert _minilm().window == 254  # max_seq_length 256, less [CLS] and [SEP]
+    assert chunking.auto_for(254) == chunking.Strategy(True, 254, 127)
+    assert chunking.auto_for(None) == chunking.auto_for(8192) == chunking.AUTO
+    fallback = tokens.for_model("some/hub-model-not-on-disk", Path("/nonexistent-state"))
+    assert fallback is tokens.FALLBACK and fallback.window is None
+    assert fallback.spans("Hello, world") == [(0, 5), (5, 6), (7, 12)]
+
+
+def test_a_pulled_models_tokenizer_is_found_in_the_state_directory(tmp_path: Path) -> None:
+    packaged = tokens.model_dir("all-MiniLM-L6-v2", tmp_path)
+    assert packaged is not None
+    pulled = tmp_path / "models" / "my-embedder"
+    pulled.mkdir(parents=True)
+    (pulled / "tokenizer.json").write_bytes((packaged / "tokenizer.json").read_bytes())
+    (pulled / "sentence_bert_config.json").write_text('{"max_seq_length": 512}')
+    tok = tokens.for_model("my-embedder", tmp_path)
+    assert tok.window == 510 and str(pulled) in tok.name
+
+
+def test_a_hub_models_tokenizer_is_read_from_the_hugging_face_cache(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    packaged = tokens.model_dir("all-MiniLM-L6-v2", tmp_path)
+    assert packaged is not None
+    repo = tmp_path / "hub" / "models--acme--embedder"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    (snapshot / "tokenizer.json").write_bytes((packaged / "tokenizer.json").read_bytes())
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert tokens.model_dir("acme/embedder", tmp_path) == snapshot
+    assert tokens.for_model("acme/embedder", tmp_path).spans("Hi there") == [(0, 2), (3, 8)]
+    assert tokens.model_dir("acme/not-cached", tmp_path) is None
 
 
 @pytest.mark.parametrize(("value", "param"), [

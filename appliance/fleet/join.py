@@ -32,7 +32,7 @@ class JoinError(Exception):
 @dataclass(frozen=True)
 class JoinAnswer:
     store_url: str
-    jobs: dict[str, Any]  # backend, brokers, topic_prefix, group
+    jobs: dict[str, Any]  # backend, brokers, topic_prefix, group, partitions
     fleet_token: str
     router_url: str
 
@@ -90,6 +90,11 @@ def parse_answer(doc: Any) -> JoinAnswer:
     for key in ("topic_prefix", "group"):
         if key in jobs:
             settled[key] = _text(jobs, key, "jobs.")
+    if "partitions" in jobs:
+        partitions = jobs["partitions"]
+        if not isinstance(partitions, int) or isinstance(partitions, bool) or not 1 <= partitions <= 1024:
+            raise JoinError(f"the router's answer: jobs.partitions: must be an integer 1-1024, got {partitions!r}")
+        settled["partitions"] = partitions
     router_url = doc.get("router_url", "")
     if not isinstance(router_url, str) or (router_url and not router_url.startswith(("http://", "https://"))):
         raise JoinError(f"the router's answer: router_url: must be an http(s) URL, got {router_url!r}")

@@ -27,7 +27,7 @@ from ..metrics import exporter_for
 from ..usage import UsageSink
 from ..vectors.api import RetrievalApi
 from ..vectors.embedder import GatewayEmbedder
-from ..vectors.service import Retrieval
+from ..vectors.service import EXPIRY_EVERY_S, Retrieval
 from . import admin, docs_ui, fleet_api, keys_api, usage_api
 from .auth import Authenticator, KeyCache, RateLimiter, SharedRateLimiter, is_loopback
 from .errors import ApiError, InvalidRequest, NotFound, internal_error
@@ -152,6 +152,7 @@ def build_app(appliance: Appliance, usage: UsageSink | None = None) -> FastAPI:
     jobs_api = JobsApi(appliance, routes, images, appliance.store, appliance.job_queue, runner)
     retrieval = Retrieval(appliance.config, appliance.store, GatewayEmbedder(routes),
                           files_dir=appliance.state_dir / "data" / "files")
+    appliance.maintenance.add_periodic("vector-store-expiry", retrieval.expire, EXPIRY_EVERY_S)
     front = Gateway(app.fastapi, routes=routes, auth=auth, images=images, metrics=endpoint,
                     metrics_open_on_loopback=metrics.open_on_loopback, jobs=jobs_api, ui=StaticUi(),
                     retrieval=RetrievalApi(retrieval, server.max_body_bytes))

@@ -1,5 +1,7 @@
 """The Kafka job queue (the full profile): a topic per model, one consumer group shared by the boxes,
 so each box takes the jobs of the models it serves and a job's message goes to one box of the group.
+A model's topic has `jobs.partitions` partitions (messages keyed by job id), so up to that many boxes
+take its jobs at once; a topic keeps the count it was made with.
 
 A message carries only the job id; the store's job row stays the truth. A box claims the job in the
 store (atomically, so a redelivered message or a second box cannot run it twice) and then commits
@@ -41,12 +43,14 @@ def topic_for(prefix: str, model: str) -> str:
 class KafkaQueue:
     backend = "kafka"
 
-    def __init__(self, store: Store, owner: str, brokers: list[str], topic_prefix: str, group: str) -> None:
+    def __init__(self, store: Store, owner: str, brokers: list[str], topic_prefix: str, group: str,
+                 partitions: int = 8) -> None:
         self.store = store
         self.owner = owner
         self.brokers = brokers
         self.prefix = topic_prefix
         self.group = group
+        self.partitions = partitions
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._inbox: dict[str, asyncio.Queue[ConsumerRecord[bytes, bytes]]] = {}
@@ -82,7 +86,8 @@ class KafkaQueue:
             missing = [t for t in topics if t not in existing]
             if missing:
                 with contextlib.suppress(TopicAlreadyExistsError):  # another box made it meanwhile
-                    await admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in missing])
+                    await admin.create_topics([NewTopic(t, num_partitions=self.partitions, replication_factor=1)
+                                               for t in missing])
         finally:
             await admin.close()
 
@@ -102,7 +107,9 @@ class KafkaQueue:
     async def announce(self, job: Job) -> None:
         if self._producer is None:
             raise RuntimeError("the Kafka queue is not started")
-        await self._producer.send_and_wait(topic_for(self.prefix, job.model), job.id.encode())
+        # Keyed by the job id: the jobs of one model spread over its partitions, so every box of the group
+        # that holds some of them takes a share (one partition would feed one box at a time).
+        await self._producer.send_and_wait(topic_for(self.prefix, job.model), job.id.encode(), key=job.id.encode())
 
     async def take(self, model: str) -> Job:
         inbox = self._inbox[model]
@@ -130,7 +137,7 @@ class KafkaQueue:
                 inbox.get_nowait()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.backend, "brokers": self.brokers, "group": self.group,
+        return {"backend": self.backend, "brokers": self.brokers, "group": self.group, "partitions": self.partitions,
                 "topics": sorted(self._model_of)}
 
     async def _stop_consumer(self) -> None:

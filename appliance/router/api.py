@@ -58,7 +58,7 @@ def join_reply(service: RouterService, fleet_token: str, router_url: str) -> dic
     jobs = service.cfg.jobs
     return {"store_url": service.cfg.store.url,
             "jobs": {"backend": jobs.backend, "brokers": list(jobs.brokers), "topic_prefix": jobs.topic_prefix,
-                     "group": jobs.group},
+                     "group": jobs.group, "partitions": jobs.partitions},
             "fleet_token": fleet_token, "router_url": router_url}
 
 

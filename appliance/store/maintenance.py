@@ -1,7 +1,8 @@
 """Scheduled upkeep of what the appliance keeps, run by apscheduler beside (never inside) the
 residency core: retention of usage records, generated images, finished jobs and their files; the
 fleet registry's rows of boxes dead for `fleet.forget_after_h`; the daily usage rollup; an optional
-backup of the embedded store.
+backup of the embedded store; and the passes other parts register (`add_daily`, `add_periodic`: e.g.
+the TLS renewal, the removal of expired vector stores).
 
 Each pass is a plain method (`retention`, `rollup`, `backup`) taking the time, so tests call it
 directly; `start()` registers them with an AsyncIOScheduler that runs them off the event loop.
@@ -16,7 +17,7 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ class Maintenance:
         self.image_sweep = image_sweep
         self._scheduler: Any = None
         self._extra: dict[str, Callable[[float], object]] = {}
+        self._periodic: dict[str, tuple[Callable[[float], Awaitable[object]], float]] = {}
 
     # -- the passes
     def rollup(self, now: float) -> int:
@@ -118,6 +120,8 @@ class Maintenance:
                           id="backup", coalesce=True)
         for job_id, step in self._extra.items():
             self._schedule_extra(sched, job_id, step)
+        for job_id, (astep, every_s) in self._periodic.items():
+            self._schedule_periodic(sched, job_id, astep, every_s)
         sched.start()
         self._scheduler = sched
 
@@ -141,6 +145,23 @@ class Maintenance:
     def _schedule_extra(self, sched: Any, job_id: str, step: Callable[[float], object]) -> None:
         sched.add_job(self._off_loop(step), "interval", hours=24, id=job_id, coalesce=True,
                       next_run_time=datetime.now(UTC))
+
+    def add_periodic(self, job_id: str, step: Callable[[float], Awaitable[object]], every_s: float) -> None:
+        """A pass that runs on the event loop every `every_s` seconds (it does its own I/O off the loop),
+        first at start; a failure is one log line and the next pass runs as planned."""
+        self._periodic[job_id] = (step, every_s)
+        if self._scheduler is not None:
+            self._schedule_periodic(self._scheduler, job_id, step, every_s)
+
+    @staticmethod
+    def _schedule_periodic(sched: Any, job_id: str, step: Callable[[float], Awaitable[object]],
+                           every_s: float) -> None:
+        async def run() -> None:
+            try:
+                await step(time.time())
+            except Exception as exc:  # the scheduler keeps running; the failure is one line
+                log.warning("maintenance (%s) failed: %s: %s", job_id, type(exc).__name__, exc)
+        sched.add_job(run, "interval", seconds=every_s, id=job_id, coalesce=True, next_run_time=datetime.now(UTC))
 
     def jobs(self) -> list[str]:
         """Ids of the scheduled passes (for /api/status and tests)."""

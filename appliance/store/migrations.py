@@ -93,6 +93,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE TABLE request_windows (key_id TEXT NOT NULL, window_start BIGINT NOT NULL, "
         "requests INTEGER NOT NULL, PRIMARY KEY (key_id, window_start))",
     )),
+    Migration("0010_vector_store_lifecycle", (
+        "ALTER TABLE vector_stores ADD COLUMN expires_after TEXT",  # {"anchor": "last_active_at", "days": N}
+        "ALTER TABLE vector_stores ADD COLUMN description TEXT",
+        "ALTER TABLE vector_store_batches ADD COLUMN cancelled {float}",  # when a cancel was asked
+    )),
 )
 
 

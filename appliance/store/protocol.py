@@ -246,9 +246,17 @@ class Store(Protocol):
 
     def attach_update(self, store_id: str, file_id: str, fields: dict[str, Any]) -> bool: ...
 
+    def attach_transition(self, store_id: str, file_id: str, from_status: str, fields: dict[str, Any]) -> bool:
+        """Update the attachment only while its status is `from_status`; whether it did."""
+        ...
+
     def attach_delete(self, store_id: str, file_id: str) -> bool: ...
 
     def batch_get(self, batch_id: str) -> dict[str, Any] | None: ...
+
+    def batch_cancel(self, batch_id: str, at: float) -> bool:
+        """Record the time a batch's cancel was asked (the first ask only)."""
+        ...
 
     # -- copy and backup
     def dump(self) -> Iterator[tuple[str, list[str], list[tuple[Any, ...]]]]:

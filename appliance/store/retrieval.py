@@ -1,7 +1,8 @@
 """The SQL of retrieval's records: uploaded files, vector stores, the files attached to them and batches.
 
 Rows cross as plain dicts keyed by column name (the columns of migrations `0006_files` and
-`0007_vector_stores`); JSON columns (`metadata`, `attributes`, `chunking`, `last_error`) stay JSON text
+`0007_vector_stores`, `0010_vector_store_lifecycle`); JSON columns (`metadata`, `attributes`, `chunking`,
+`last_error`, `expires_after`) stay JSON text
 here and are decoded by the caller (appliance.vectors.records). Written once over a transaction (`Tx`)
 for both backends, mixed into `SqlStore`.
 It must not open connections nor know where the bytes of a file or the vectors of a chunk live.
@@ -17,10 +18,11 @@ from .migrations import Tx
 T = TypeVar("T")
 
 FILE_COLS = ("id", "key_id", "filename", "purpose", "bytes", "created")
-STORE_COLS = ("id", "key_id", "name", "metadata", "embedding_model", "dimension", "created", "last_active")
+STORE_COLS = ("id", "key_id", "name", "metadata", "embedding_model", "dimension", "created", "last_active",
+              "expires_after", "description")
 ATTACH_COLS = ("vector_store_id", "file_id", "batch_id", "status", "last_error", "attributes", "chunking",
                "usage_bytes", "chunks", "created")
-STORE_UPDATABLE = frozenset({"name", "metadata", "embedding_model", "dimension", "last_active"})
+STORE_UPDATABLE = frozenset({"name", "metadata", "embedding_model", "dimension", "last_active", "expires_after"})
 ATTACH_UPDATABLE = frozenset({"status", "last_error", "attributes", "usage_bytes", "chunks"})
 
 
@@ -65,7 +67,7 @@ class RetrievalSql:
 
     # -- vector stores
     def vstore_insert(self, row: dict[str, Any]) -> None:
-        self._write(_insert("vector_stores", STORE_COLS, row))
+        self._write(_insert("vector_stores", STORE_COLS, {"expires_after": None, "description": None, **row}))
 
     def vstore_get(self, store_id: str) -> dict[str, Any] | None:
         rows = self._read(lambda tx: tx.query(
@@ -119,11 +121,23 @@ class RetrievalSql:
         sql = _update_sql("vector_store_files", ATTACH_UPDATABLE, fields, "vector_store_id = ? AND file_id = ?")
         return self._write(lambda tx: tx.execute(sql, (*fields.values(), store_id, file_id))) > 0
 
+    def attach_transition(self, store_id: str, file_id: str, from_status: str, fields: dict[str, Any]) -> bool:
+        """Update the attachment only while its status is still `from_status` (an indexing task and a cancel
+        race to end it: the first to write wins, the other learns it lost)."""
+        sql = _update_sql("vector_store_files", ATTACH_UPDATABLE, fields,
+                          "vector_store_id = ? AND file_id = ? AND status = ?")
+        return self._write(lambda tx: tx.execute(sql, (*fields.values(), store_id, file_id, from_status))) > 0
+
     def attach_delete(self, store_id: str, file_id: str) -> bool:
         return self._write(lambda tx: tx.execute(
             "DELETE FROM vector_store_files WHERE vector_store_id = ? AND file_id = ?", (store_id, file_id))) > 0
 
     def batch_get(self, batch_id: str) -> dict[str, Any] | None:
         rows = self._read(lambda tx: tx.query(
-            "SELECT id, vector_store_id, created FROM vector_store_batches WHERE id = ?", (batch_id,)))
+            "SELECT id, vector_store_id, created, cancelled FROM vector_store_batches WHERE id = ?", (batch_id,)))
         return rows[0] if rows else None
+
+    def batch_cancel(self, batch_id: str, at: float) -> bool:
+        """Record that the batch's cancel was asked at `at` (once: a second ask keeps the first time)."""
+        return self._write(lambda tx: tx.execute(
+            "UPDATE vector_store_batches SET cancelled = ? WHERE id = ? AND cancelled IS NULL", (at, batch_id))) > 0

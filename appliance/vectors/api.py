@@ -123,7 +123,8 @@ class RetrievalApi:
                 return await self._create_store(ex, key)
             if method == "GET":
                 rows = await self.service.vector_stores(key)
-                out = [views.vector_store(r, await self.service.attachments(r["id"])) for r in rows]
+                now = self.service.clock()
+                out = [views.vector_store(r, await self.service.attachments(r["id"]), now) for r in rows]
                 return await self._list(ex, out, self._query(ex))
             raise MethodNotAllowed(f"{STORES} accepts GET and POST, not {method}")
         row = await self.service.vector_store(key, parts[0])
@@ -159,9 +160,7 @@ class RetrievalApi:
     async def _create_store(self, ex: Exchange, key: ApiKey | None) -> None:
         body = await self._body(ex)
         _only(body, {"name", "file_ids", "metadata", "chunking_strategy", "expires_after", "description"})
-        if body.get("expires_after") is not None:
-            raise _bad("expires_after", "is not supported: vector stores on the appliance do not expire",
-                       code="unsupported_parameter")
+        expires = _expires_after(body.get("expires_after"))
         name = _opt_str(body, "name")
         file_ids = body.get("file_ids", [])
         if not isinstance(file_ids, list):
@@ -169,16 +168,17 @@ class RetrievalApi:
         if len(set(map(str, file_ids))) != len(file_ids):
             raise _bad("file_ids", "lists a file more than once")
         strategy = _strategy(body.get("chunking_strategy"))
-        row = await self.service.create_store(key, name, _metadata(body.get("metadata")), file_ids, strategy)
+        row = await self.service.create_store(key, name, _metadata(body.get("metadata")), file_ids, strategy,
+                                              expires, _opt_str(body, "description"))
         await self._send_store(ex, row)
 
     async def _modify_store(self, ex: Exchange, row: dict[str, Any]) -> None:
         body = await self._body(ex)
         _only(body, {"name", "metadata", "expires_after"})
-        if body.get("expires_after") is not None:
-            raise _bad("expires_after", "is not supported: vector stores on the appliance do not expire",
-                       code="unsupported_parameter")
         fields: dict[str, Any] = {}
+        if "expires_after" in body:  # null: the store no longer expires
+            expires = _expires_after(body["expires_after"])
+            fields["expires_after"] = json.dumps(expires) if expires else None
         if "name" in body:
             fields["name"] = _opt_str(body, "name")
         if "metadata" in body:
@@ -205,6 +205,10 @@ class RetrievalApi:
                 rows = await self.service.attachments(row["id"], status=status)
                 return await self._list(ex, [views.vector_store_file(a) for a in rows], q)
             raise MethodNotAllowed(f"{STORES}/{{id}}/files accepts GET and POST, not {method}")
+        if len(rest) == 2 and rest[1] == "content":
+            if method != "GET":
+                raise MethodNotAllowed(f"{STORES}/{{id}}/files/{{file_id}}/content accepts GET, not {method}")
+            return await self._send(ex, views.file_content(await self.service.file_content(row, rest[0])))
         if len(rest) != 1:
             raise NotFound(f"no route {method} {ex.scope['path']}")
         file_id = rest[0]
@@ -249,8 +253,8 @@ class RetrievalApi:
             rows = await self.service.attachments(row["id"], batch_id=batch_id, status=_status_filter(q))
             return await self._list(ex, [views.vector_store_file(a) for a in rows], q)
         if tail == ["cancel"] and method == "POST":
-            raise ApiError("a batch cannot be cancelled on the appliance: delete its files instead",
-                           status=400, code="unsupported_operation")
+            await self.service.cancel_batch(row, await self._batch(row["id"], batch_id))
+            return await self._send_batch(ex, row["id"], batch_id)
         raise NotFound(f"no route {method} {ex.scope['path']}")
 
     async def _search(self, ex: Exchange, key: ApiKey | None, row: dict[str, Any]) -> None:
@@ -304,7 +308,7 @@ class RetrievalApi:
         return batch
 
     async def _send_store(self, ex: Exchange, row: dict[str, Any]) -> None:
-        await self._send(ex, views.vector_store(row, await self.service.attachments(row["id"])))
+        await self._send(ex, views.vector_store(row, await self.service.attachments(row["id"]), self.service.clock()))
 
     async def _send_attachment(self, ex: Exchange, store_id: str, file_id: str) -> None:
         await self._send(ex, views.vector_store_file(await self._attachment(store_id, file_id)))
@@ -370,6 +374,19 @@ def _metadata(value: object) -> dict[str, str]:
                        for k, v in value.items())):
         raise _bad("metadata", "must be an object of at most 16 string keys (64 chars) and string values (512)")
     return dict(value)
+
+
+def _expires_after(value: object) -> dict[str, Any] | None:
+    """OpenAI's expiry policy: {"anchor": "last_active_at", "days": 1..365}; None: no expiry."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"anchor", "days"}:
+        raise _bad("expires_after", 'must be {"anchor": "last_active_at", "days": N}')
+    if value["anchor"] != "last_active_at":
+        raise _bad("expires_after.anchor", 'must be "last_active_at"')
+    if type(value["days"]) is not int or not 1 <= value["days"] <= 365:
+        raise _bad("expires_after.days", "must be an integer from 1 to 365")
+    return {"anchor": "last_active_at", "days": value["days"]}
 
 
 def _attributes(value: object) -> dict[str, Any]:

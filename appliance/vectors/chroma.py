@@ -67,6 +67,13 @@ class ChromaBackend:
         return [Hit(i, str(m["file_id"]), d or "", 1.0 - float(s))
                 for i, d, m, s in zip(ids, docs[0], metas[0], dists[0], strict=True)]
 
+    def texts(self, collection: str, ids: list[str]) -> list[str]:
+        if not ids:
+            return []
+        got = self._collection(collection).get(ids=ids, include=["documents"])
+        by_id = dict(zip(got["ids"], got["documents"] or [], strict=True))
+        return [by_id[i] or "" for i in ids if i in by_id]
+
     def delete_file(self, collection: str, file_id: str) -> None:
         with self.lock:
             self._collection(collection).delete(where={"file_id": file_id})

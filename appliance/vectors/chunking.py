@@ -1,21 +1,23 @@
 """Cutting text into overlapping chunks, by OpenAI's `chunking_strategy` (auto, or static with
-`max_chunk_size_tokens` and `chunk_overlap_tokens`).
+`max_chunk_size_tokens` and `chunk_overlap_tokens`), counted in tokens.
 
-A token here is a word or a punctuation mark (the daemon has no tokenizer; a sub-word tokenizer makes
-somewhat more of them). `auto` is 200 tokens with 50 overlapping, sized for the embedding models the
-box ships (they read 256 word pieces; a longer chunk is embedded from its beginning). The static
-limits are OpenAI's: 100..4096 tokens, an overlap of at most half the chunk. Pure.
-It must not parse files nor embed.
+What a token is comes from outside as a function (text in, the character offsets of its tokens out;
+appliance.vectors.tokens gives the embedding model's own tokenizer), so `chunk` stays pure. `auto` is
+OpenAI's 800 tokens with 400 overlapping, made smaller for an embedding model that reads fewer tokens per
+input (`auto_for`: all-MiniLM-L6-v2 reads 254, so its auto chunks are 254 with 127 overlapping; a longer
+chunk would be embedded from its beginning only). The static limits are OpenAI's: 100..4096 tokens, an
+overlap of at most half the chunk. Pure.
+It must not parse files, load a tokenizer nor embed.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-AUTO_MAX, AUTO_OVERLAP = 200, 50
-_TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+AUTO_MAX, AUTO_OVERLAP = 800, 400  # OpenAI's auto strategy
+Spans = Callable[[str], list[tuple[int, int]]]  # text -> the (start, end) character offsets of its tokens
 
 
 class ChunkingError(ValueError):
@@ -41,6 +43,15 @@ class Strategy:
 AUTO = Strategy(True, AUTO_MAX, AUTO_OVERLAP)
 
 
+def auto_for(window: int | None) -> Strategy:
+    """The auto strategy for a model that embeds `window` tokens per input (None: unknown): OpenAI's
+    800/400, or the model's window with half of it overlapping when that is smaller."""
+    if window is None or window >= AUTO_MAX:
+        return AUTO
+    size = max(1, window)
+    return Strategy(True, size, size // 2)
+
+
 def parse_strategy(value: object, param: str = "chunking_strategy") -> Strategy:
     if value is None:
         return AUTO
@@ -62,18 +73,18 @@ def parse_strategy(value: object, param: str = "chunking_strategy") -> Strategy:
     return Strategy(False, size, overlap)
 
 
-def chunk(text: str, strategy: Strategy) -> list[str]:
-    """Windows of `max_tokens` tokens, each starting `max_tokens - overlap` after the previous; each
-    chunk is the original text between its first and last token (whitespace kept)."""
-    spans = [m.span() for m in _TOKEN.finditer(text)]
-    if not spans:
+def chunk(text: str, strategy: Strategy, spans: Spans) -> list[str]:
+    """Windows of `max_tokens` tokens (as `spans` finds them), each starting `max_tokens - overlap` after
+    the previous; each chunk is the original text from its first token's start to its last token's end."""
+    offsets = spans(text)
+    if not offsets:
         return []
     step = strategy.max_tokens - strategy.overlap
     out: list[str] = []
     start = 0
     while True:
-        end = min(start + strategy.max_tokens, len(spans))
-        out.append(text[spans[start][0]:spans[end - 1][1]])
-        if end == len(spans):
+        end = min(start + strategy.max_tokens, len(offsets))
+        out.append(text[offsets[start][0]:offsets[end - 1][1]])
+        if end == len(offsets):
             return out
         start += step

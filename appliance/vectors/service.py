@@ -8,7 +8,14 @@ embeds (through the gateway's own embeddings handler, under the model's residenc
 then marks it `completed` or `failed` with `last_error`; a failure removes whatever chunks it wrote. At
 start, attachments still `in_progress` (the daemon stopped mid-way) are indexed again.
 A store remembers the embedding model and dimension that built it: when the configured model differs,
-search and attach are refused (`appliance vectors reindex` rebuilds it).
+search and attach are refused (`appliance vectors reindex` rebuilds it). Chunk sizes count the embedding
+model's own tokens (appliance.vectors.tokens, loaded at the first attach).
+A file batch can be cancelled: the cancel is recorded on the batch, its files still in progress are
+stopped and marked `cancelled` with their chunks removed, files already completed stay. An indexing task
+and a cancel race to end a file through a conditional status change, so exactly one of them wins.
+A store with `expires_after` expires `days` after its last activity (create, attach, modify, search);
+an expired one reports status `expired`, refuses search and attach, and `expire` (an hourly maintenance
+job) deletes it. Time comes from `clock`, injected by tests.
 It must not speak HTTP (appliance.vectors.api does) nor know which vector database it talks to.
 """
 
@@ -20,6 +27,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +36,14 @@ from ..config import Config
 from ..gateway.keys import ApiKey
 from ..store import Store
 from . import backend as backends
-from . import chunking, filters, parsing
+from . import chunking, filters, parsing, tokens
 from .backend import Chunk, Hit, VectorBackend, VectorsError
 from .embedder import EmbeddingFailed, GatewayEmbedder
+from .views import expires_at
 
 log = logging.getLogger("appliance.vectors")
 INDEXERS = 2  # files indexed at once (each embeds in batches under the model's lease)
+EXPIRY_EVERY_S = 3600.0  # how often the maintenance job deletes expired stores
 
 
 class RetrievalError(Exception):
@@ -65,9 +75,20 @@ def embedding_model(config: Config) -> str:
     return next((mid for mid, m in config.models.items() if m.modality == "embedding"), "")
 
 
+def embedding_model_path(config: Config) -> str:
+    """Where the embedding model's engine loads it from (a worker's `model_path`, vLLM's `model`), or ""."""
+    model = config.models.get(embedding_model(config))
+    engine = config.engines.get(model.engine) if model is not None else None
+    return str(getattr(engine, "model_path", "") or getattr(engine, "model", "") or "")
+
+
 class Retrieval:
-    def __init__(self, config: Config, store: Store, embedder: GatewayEmbedder, files_dir: Path) -> None:
+    def __init__(self, config: Config, store: Store, embedder: GatewayEmbedder, files_dir: Path,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.clock = clock
+        self._tokenizer: tokens.Tokenizer | None = None
+        self._cancels: set[asyncio.Task[None]] = set()
         self.store = store
         self.embedder = embedder
         self.files_dir = files_dir
@@ -90,10 +111,10 @@ class Retrieval:
         for row in pending:
             log.warning("vector store %s: file %s was being indexed when the daemon stopped; indexing again",
                         row["vector_store_id"], row["file_id"])
-            self._schedule(row["vector_store_id"], row["file_id"], None)
+            self._schedule(row["vector_store_id"], row["file_id"], None, resumed=True)
 
     async def close(self) -> None:
-        tasks = list(self._tasks.values())
+        tasks = [*self._cancels, *self._tasks.values()]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -102,6 +123,31 @@ class Retrieval:
         if self._backend is not None:
             await asyncio.to_thread(self._backend.close)
             self._backend = None
+
+    async def tokenizer(self) -> tokens.Tokenizer:
+        """The embedding model's tokenizer (or the fallback), read once at the first attach."""
+        if self._tokenizer is None:
+            tok = await asyncio.to_thread(tokens.for_model, embedding_model_path(self.config),
+                                          self.config.state_path())
+            log.info("vectors: a chunk's tokens are %s", tok.name)
+            self._tokenizer = tok
+        return self._tokenizer
+
+    def expired(self, row: dict[str, Any]) -> bool:
+        at = expires_at(row)
+        return at is not None and self.clock() >= at
+
+    def _live(self, row: dict[str, Any]) -> None:
+        if self.expired(row):
+            raise RetrievalError(409, f"vector store {row['id']} expired (expires_after: {row['expires_after']}, "
+                                      "no activity since); it is deleted by the next maintenance pass",
+                                 param="vector_store_id", code="vector_store_expired")
+
+    async def _touch(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Activity on the store: `last_active_at` now, which moves `expires_at`."""
+        now = self.clock()
+        await asyncio.to_thread(self.store.vstore_update, row["id"], {"last_active": now})
+        return {**row, "last_active": now}
 
     async def backend(self) -> VectorBackend:
         if self.problem:
@@ -123,7 +169,7 @@ class Retrieval:
         if not data:
             raise RetrievalError(400, f"file {filename!r} is empty", param="file", code="empty_file")
         row: dict[str, Any] = {"id": new_id("file-"), "key_id": _owner(key), "filename": filename, "purpose": purpose,
-               "bytes": len(data), "created": time.time()}
+               "bytes": len(data), "created": self.clock()}
 
         def write() -> None:
             path = self.files_dir / row["id"]
@@ -167,16 +213,19 @@ class Retrieval:
 
     # -- vector stores
     async def create_store(self, key: ApiKey | None, name: str | None, metadata: dict[str, str],
-                           file_ids: list[str], strategy: chunking.Strategy) -> dict[str, Any]:
+                           file_ids: list[str], strategy: chunking.Strategy,
+                           expires_after: dict[str, Any] | None = None, description: str | None = None
+                           ) -> dict[str, Any]:
         model = embedding_model(self.config)
         if not model:
             raise RetrievalError(400, "no embedding model is configured (models.<id>.modality = \"embedding\")",
                                  code="no_embedding_model")
         await self.backend()
         files = [await self._attachable(key, fid, f"file_ids[{i}]") for i, fid in enumerate(file_ids)]
-        now = time.time()
+        now = self.clock()
         row = {"id": new_id("vs_"), "key_id": _owner(key), "name": name, "metadata": json.dumps(metadata),
-               "embedding_model": model, "dimension": None, "created": now, "last_active": now}
+               "embedding_model": model, "dimension": None, "created": now, "last_active": now,
+               "expires_after": json.dumps(expires_after) if expires_after else None, "description": description}
         await asyncio.to_thread(self.store.vstore_insert, row)
         if files:
             await self._attach(row, files, {}, strategy, None, key)
@@ -196,8 +245,23 @@ class Retrieval:
         return await asyncio.to_thread(lambda: self.store.attach_list(store_id, **where))
 
     async def modify_store(self, row: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        """Change name, metadata or expires_after; a change is activity (a live store's expiry moves)."""
+        if not self.expired(row):
+            fields = {**fields, "last_active": self.clock()}
         await asyncio.to_thread(self.store.vstore_update, row["id"], fields)
         return {**row, **fields}
+
+    async def expire(self, now: float) -> list[str]:
+        """Delete every store expired at `now` (the maintenance job); their ids."""
+        gone = []
+        for row in await asyncio.to_thread(self.store.vstore_list):
+            at = expires_at(row)
+            if at is not None and now >= at:
+                await self.delete_store(row)
+                log.info("vector store %s expired (no activity since %s) and was deleted", row["id"],
+                         time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(float(row["last_active"]))))
+                gone.append(row["id"])
+        return gone
 
     async def delete_store(self, row: dict[str, Any]) -> None:
         for a in await self.attachments(row["id"]):
@@ -208,7 +272,9 @@ class Retrieval:
 
     async def reindex(self, key: ApiKey | None, row: dict[str, Any], model: str) -> dict[str, Any]:
         """Rebuild the store with `model` (the configured embedding model): its chunks are dropped, the store
-        takes the model and its files go back to in_progress, each embedded again from its kept bytes."""
+        takes the model and its files go back to in_progress, each embedded again from its kept bytes (a
+        cancelled file stays cancelled)."""
+        self._live(row)
         configured = embedding_model(self.config)
         if model != configured:
             raise RetrievalError(400, f"model: {model!r} is not vectors.embedding_model ({configured!r}); a store "
@@ -221,6 +287,7 @@ class Retrieval:
         await asyncio.to_thread(db.drop, row["id"])
         fields = {"embedding_model": model, "dimension": None}
         await asyncio.to_thread(self.store.vstore_update, row["id"], fields)
+        attached = [a for a in attached if a["status"] != "cancelled"]
         for a in attached:
             await asyncio.to_thread(self.store.attach_update, row["id"], a["file_id"], {
                 "status": "in_progress", "last_error": None, "usage_bytes": 0, "chunks": 0})
@@ -233,6 +300,7 @@ class Retrieval:
     async def attach(self, key: ApiKey | None, row: dict[str, Any], file_ids: list[str], attributes: dict[str, Any],
                      strategy: chunking.Strategy, batch: bool, param: str) -> str | None:
         """Attach `file_ids` (a batch when `batch`); returns the batch id."""
+        self._live(row)
         self._same_model(row)
         await self.backend()
         files = []
@@ -241,6 +309,7 @@ class Retrieval:
                 raise RetrievalError(409, f"file {fid!r} is already attached to vector store {row['id']}",
                                      param=f"{param}[{i}]" if batch else param, code="file_already_attached")
             files.append(await self._attachable(key, fid, f"{param}[{i}]" if batch else param))
+        row = await self._touch(row)
         return await self._attach(row, files, attributes, strategy, new_id("vsfb_") if batch else None, key)
 
     async def _attachable(self, key: ApiKey | None, file_id: str, param: str) -> dict[str, Any]:
@@ -259,7 +328,9 @@ class Retrieval:
 
     async def _attach(self, row: dict[str, Any], files: list[dict[str, Any]], attributes: dict[str, Any],
                       strategy: chunking.Strategy, batch_id: str | None, key: ApiKey | None) -> str | None:
-        now = time.time()
+        if strategy.auto:  # OpenAI's 800/400, within what the embedding model reads
+            strategy = chunking.auto_for((await self.tokenizer()).window)
+        now = self.clock()
         rows = [{"vector_store_id": row["id"], "file_id": f["id"], "batch_id": batch_id, "status": "in_progress",
                  "last_error": None, "attributes": json.dumps(attributes), "chunking": json.dumps(strategy.view()),
                  "usage_bytes": 0, "chunks": 0, "created": now} for f in files]
@@ -279,8 +350,10 @@ class Retrieval:
         await asyncio.to_thread(self.store.attach_delete, row["id"], file_id)
 
     # -- indexing
-    def _schedule(self, store_id: str, file_id: str, key: ApiKey | None) -> None:
-        task = asyncio.ensure_future(self._index(store_id, file_id, key))
+    def _schedule(self, store_id: str, file_id: str, key: ApiKey | None, resumed: bool = False) -> None:
+        """Index the file; `resumed`: it was in progress when the daemon stopped (its batch's cancel, if
+        one was recorded, is honoured first)."""
+        task = asyncio.ensure_future(self._index(store_id, file_id, key, resumed))
         self._tasks[(store_id, file_id)] = task
         task.add_done_callback(lambda _t: self._tasks.pop((store_id, file_id), None))
 
@@ -296,8 +369,11 @@ class Retrieval:
         while self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-    async def _index(self, store_id: str, file_id: str, key: ApiKey | None) -> None:
+    async def _index(self, store_id: str, file_id: str, key: ApiKey | None, resumed: bool) -> None:
         async with self._slots:
+            if resumed and await self._batch_cancelled(store_id, file_id):  # asked before the daemon stopped
+                await self._end_cancelled(store_id, file_id)
+                return
             try:
                 usage, count = await self._build(store_id, file_id, key)
             except asyncio.CancelledError:
@@ -309,8 +385,43 @@ class Retrieval:
                 log.exception("vector store %s: indexing file %s failed", store_id, file_id)
                 await self._failed(store_id, file_id, "server_error", f"indexing failed: {type(exc).__name__}")
                 return
-            await asyncio.to_thread(self.store.attach_update, store_id, file_id,
-                                    {"status": "completed", "usage_bytes": usage, "chunks": count})
+            done = await asyncio.to_thread(self.store.attach_transition, store_id, file_id, "in_progress",
+                                           {"status": "completed", "usage_bytes": usage, "chunks": count})
+            if not done:  # cancelled or detached meanwhile: nothing of it stays
+                db = await self.backend()
+                await asyncio.to_thread(db.delete_file, store_id, file_id)
+
+    async def _batch_cancelled(self, store_id: str, file_id: str) -> bool:
+        att = await asyncio.to_thread(self.store.attach_get, store_id, file_id)
+        if att is None or not att["batch_id"]:
+            return False
+        batch = await asyncio.to_thread(self.store.batch_get, att["batch_id"])
+        return batch is not None and batch["cancelled"] is not None
+
+    async def _end_cancelled(self, store_id: str, file_id: str) -> None:
+        """Mark a file still in progress `cancelled` and drop whatever chunks it has."""
+        if await asyncio.to_thread(self.store.attach_transition, store_id, file_id, "in_progress",
+                                   {"status": "cancelled", "usage_bytes": 0, "chunks": 0}):
+            db = await self.backend()
+            await asyncio.to_thread(db.delete_file, store_id, file_id)
+            log.info("vector store %s: file %s cancelled", store_id, file_id)
+
+    async def cancel_batch(self, row: dict[str, Any], batch: dict[str, Any]) -> None:
+        """Record the cancel and stop the batch's files still in progress, in the background (the batch
+        reads `cancelling` until none is left, then `cancelled`)."""
+        files = await self.attachments(row["id"], batch_id=batch["id"])
+        if batch["cancelled"] is None and not any(a["status"] == "in_progress" for a in files):
+            raise RetrievalError(409, f"file batch {batch['id']} has finished; only a batch in progress can be "
+                                      "cancelled", param="batch_id", code="batch_not_in_progress")
+        await asyncio.to_thread(self.store.batch_cancel, batch["id"], self.clock())
+        task = asyncio.ensure_future(self._cancel_files(row["id"], batch["id"]))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    async def _cancel_files(self, store_id: str, batch_id: str) -> None:
+        for a in await self.attachments(store_id, batch_id=batch_id, status="in_progress"):
+            await self._cancel_indexing(store_id, a["file_id"])  # its own cleanup drops what it wrote
+            await self._end_cancelled(store_id, a["file_id"])
 
     async def _build(self, store_id: str, file_id: str, key: ApiKey | None) -> tuple[int, int]:
         store_row = await asyncio.to_thread(self.store.vstore_get, store_id)
@@ -321,8 +432,8 @@ class Retrieval:
         data = await asyncio.to_thread((self.files_dir / file_id).read_bytes)
         text = await asyncio.to_thread(parsing.extract, frow["filename"], data)
         static = json.loads(att["chunking"])["static"]
-        pieces = chunking.chunk(text, chunking.Strategy(False, static["max_chunk_size_tokens"],
-                                                        static["chunk_overlap_tokens"]))
+        strategy = chunking.Strategy(False, static["max_chunk_size_tokens"], static["chunk_overlap_tokens"])
+        pieces = await asyncio.to_thread(chunking.chunk, text, strategy, (await self.tokenizer()).spans)
         db = await self.backend()
         await asyncio.to_thread(db.delete_file, store_id, file_id)  # a re-run after a restart starts clean
         step = self.config.vectors.embed_batch
@@ -352,7 +463,7 @@ class Retrieval:
 
     async def _failed(self, store_id: str, file_id: str, code: str, message: str) -> None:
         log.warning("vector store %s: file %s failed: %s", store_id, file_id, message)
-        await asyncio.to_thread(self.store.attach_update, store_id, file_id, {
+        await asyncio.to_thread(self.store.attach_transition, store_id, file_id, "in_progress", {
             "status": "failed", "last_error": json.dumps({"code": code, "message": message}),
             "usage_bytes": 0, "chunks": 0})
 
@@ -365,8 +476,24 @@ class Retrieval:
                                       f"rebuild it: appliance vectors reindex {row['id']} --model {model}",
                                  param="vector_store_id", code="embedding_model_mismatch")
 
+    async def file_content(self, row: dict[str, Any], file_id: str) -> list[str]:
+        """The chunks of an attached file as stored, in order (none for a failed or cancelled one)."""
+        att = await asyncio.to_thread(self.store.attach_get, row["id"], file_id)
+        if att is None:
+            raise RetrievalError(404, f"file {file_id!r} is not attached to vector store {row['id']}",
+                                 param="file_id", code="file_not_found")
+        if att["status"] == "in_progress":
+            raise RetrievalError(409, f"file {file_id} is still being indexed in vector store {row['id']}; poll "
+                                      "it until its status is completed", param="file_id",
+                                 code="vector_store_file_not_ready")
+        if att["status"] != "completed" or not att["chunks"]:
+            return []
+        db = await self.backend()
+        return await asyncio.to_thread(db.texts, row["id"], [f"{file_id}:{i}" for i in range(int(att["chunks"]))])
+
     async def search(self, key: ApiKey | None, row: dict[str, Any], queries: list[str], k: int,
                      flt: dict[str, Any] | None, threshold: float) -> list[SearchHit]:
+        self._live(row)
         self._same_model(row)
         attached = await self.attachments(row["id"])
         busy = [a["file_id"] for a in attached if a["status"] == "in_progress"]
@@ -376,7 +503,7 @@ class Retrieval:
                                  param="vector_store_id", code="vector_store_not_ready")
         done = [a for a in attached if a["status"] == "completed"
                 and (flt is None or filters.matches(flt, json.loads(a["attributes"])))]
-        await asyncio.to_thread(self.store.vstore_update, row["id"], {"last_active": time.time()})
+        await self._touch(row)
         if not done:
             return []
         vectors = await self.embedder.embed(row["embedding_model"], queries, key)

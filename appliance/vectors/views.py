@@ -26,14 +26,28 @@ def counts(attachments: list[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
-def vector_store(row: dict[str, Any], attachments: list[dict[str, Any]]) -> dict[str, Any]:
+def expires_at(row: dict[str, Any]) -> float | None:
+    """When a store expires: `days` after its last activity; None when it has no expiry policy."""
+    if not row.get("expires_after"):
+        return None
+    return float(row["last_active"]) + int(json.loads(row["expires_after"])["days"]) * 86400
+
+
+def vector_store(row: dict[str, Any], attachments: list[dict[str, Any]], now: float) -> dict[str, Any]:
+    """At or past `expires_at` the status is `expired`."""
     c = counts(attachments)
+    policy = json.loads(row["expires_after"]) if row.get("expires_after") else None
+    until = expires_at(row)
+    status = ("expired" if until is not None and now >= until
+              else "in_progress" if c["in_progress"] else "completed")
     return {"id": row["id"], "object": "vector_store", "created_at": int(row["created"]), "name": row["name"],
             "usage_bytes": sum(int(a["usage_bytes"]) for a in attachments), "file_counts": c,
-            "status": "in_progress" if c["in_progress"] else "completed", "expires_after": None, "expires_at": None,
+            "status": status, "expires_after": policy,
+            "expires_at": int(until) if until is not None else None,
             "last_active_at": int(row["last_active"]), "metadata": json.loads(row["metadata"]),
             # the appliance's own: what built the store (searching needs the same model)
-            "embedding_model": row["embedding_model"], "embedding_dimension": row["dimension"]}
+            "embedding_model": row["embedding_model"], "embedding_dimension": row["dimension"],
+            "description": row.get("description")}  # kept as given at create (OpenAI's object omits it)
 
 
 def vector_store_file(row: dict[str, Any]) -> dict[str, Any]:
@@ -44,10 +58,21 @@ def vector_store_file(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def batch(row: dict[str, Any], attachments: list[dict[str, Any]]) -> dict[str, Any]:
+    """A cancelled batch reads `cancelling` while some of its files are still being stopped."""
     c = counts(attachments)
-    status = "in_progress" if c["in_progress"] else ("failed" if c["failed"] and not c["completed"] else "completed")
+    if row.get("cancelled") is not None:
+        status = "cancelling" if c["in_progress"] else "cancelled"
+    else:
+        status = "in_progress" if c["in_progress"] else ("failed" if c["failed"] and not c["completed"]
+                                                           else "completed")
     return {"id": row["id"], "object": "vector_store.files_batch", "created_at": int(row["created"]),
             "vector_store_id": row["vector_store_id"], "status": status, "file_counts": c}
+
+
+def file_content(texts: list[str]) -> dict[str, Any]:
+    """A vector store file's parsed content: its chunks as text parts, on one page."""
+    return {"object": "vector_store.file_content.page", "data": [{"type": "text", "text": t} for t in texts],
+            "has_more": False, "next_page": None}
 
 
 def deleted(obj_id: str, kind: str) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Retrieval on the box, driven by the official `openai` client against a running `appliance serve` with the
 packaged embedding model (all-MiniLM-L6-v2 in the embed worker): upload, create a store, attach, poll, search,
-filter by attributes, delete; the same flow over embedded Chroma and milvus-lite. Retrieval quality on a small
+filter by attributes, delete; the same flow over embedded Chroma, milvus-lite (a local file) and a Milvus
+server process on loopback (tests/milvus_server.py, or the server $APPLIANCE_TEST_MILVUS names), through an
+http:// URI. Retrieval quality on a small
 corpus of paraphrase questions, the bad inputs of issue 16, and a restart that loses nothing."""
 
 from __future__ import annotations
@@ -62,20 +64,29 @@ TOPIC = {"bread.markdown": "food", "garden.markdown": "food", "coffee.txt": "foo
 YEAR = {name: 2015 + i for i, name in enumerate(CORPUS)}
 
 
-def config(backend: str, tmp: Path) -> dict[str, Any]:
-    vectors: dict[str, Any] = {"backend": backend}
-    if backend == "milvus":
-        vectors["uri"] = str(tmp / "milvus.db")
+def config(vectors: dict[str, Any]) -> dict[str, Any]:
     return {"engines": {"embed": worker_engine("embed", "all-MiniLM-L6-v2")},
             "models": {"minilm": {"engine": "embed", "modality": "embedding", "vram_gb": 0.2}},
             "vectors": vectors}
 
 
-@pytest.fixture(scope="module", params=["chroma", "milvus"])
+def vectors_section(backend: str, tmp: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """chroma: embedded in the daemon; milvus-lite: a local .db file (pymilvus runs its server in the daemon's
+    process); milvus-server: a Milvus server process on loopback, reached by its http:// URI."""
+    if backend == "chroma":
+        return {"backend": "chroma"}
+    if backend == "milvus-lite":
+        return {"backend": "milvus", "uri": str(tmp / "milvus.db")}
+    return {"backend": "milvus", "uri": request.getfixturevalue("milvus_uri")}
+
+
+@pytest.fixture(scope="module", params=["chroma", "milvus-lite", "milvus-server"])
 def box(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp(f"vectors-{request.param}")
-    gw = launch(tmp, config(request.param, tmp), keys={"user": False, "other": False, "admin": True})
+    vectors = vectors_section(request.param, tmp, request)
+    gw = launch(tmp, config(vectors), keys={"user": False, "other": False, "admin": True})
     gw.backend = request.param  # type: ignore[attr-defined]
+    gw.vectors = vectors  # type: ignore[attr-defined]
     try:
         yield gw
     finally:
@@ -214,6 +225,68 @@ def test_batches_static_chunking_and_deleting_a_file_removes_its_chunks(box: Gat
         client.vector_stores.retrieve(vs.id)
 
 
+def test_a_vector_store_files_content_is_its_chunks_in_tokens(box: Gateway, corpus: dict[str, Any]) -> None:
+    """GET /v1/vector_stores/{id}/files/{file_id}/content: the parsed text as stored, chunk by chunk."""
+    client = box.client()
+    short = client.vector_stores.files.content(corpus["files"]["volcano.txt"], vector_store_id=corpus["store"])
+    assert [(p.type, p.text) for p in short.data] == [("text", CORPUS["volcano.txt"][0])]
+    html = client.vector_stores.files.content(corpus["files"]["bikes.html"], vector_store_id=corpus["store"])
+    assert html.data[0].text.startswith("Bicycle maintenance") and "<p>" not in (html.data[0].text or "")
+    words = " ".join(f"Lighthouse{i} keepers polished enormous brass lamps." for i in range(400))
+    f = client.files.create(file=("lamps.txt", io.BytesIO(words.encode())), purpose="assistants")
+    vs = client.vector_stores.create(name="content", file_ids=[f.id])
+    poll_completed(client, vs.id)
+    vsf = client.vector_stores.files.retrieve(f.id, vector_store_id=vs.id)
+    auto = vsf.chunking_strategy.static  # type: ignore[union-attr]
+    assert (auto.max_chunk_size_tokens, auto.chunk_overlap_tokens) == (254, 127)  # MiniLM's window, half overlap
+    parts = [p.text or "" for p in client.vector_stores.files.content(f.id, vector_store_id=vs.id).data]
+    assert len(parts) > 5 and parts[0].startswith("Lighthouse0 ") and parts[-1].endswith("lamps.")
+    assert all(len(p.split()) < 254 for p in parts)  # word pieces: fewer words than tokens per chunk
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.files.content("file-nope", vector_store_id=vs.id)
+    client.vector_stores.delete(vs.id)
+
+
+def test_cancelling_a_batch_leaves_each_file_completed_or_cancelled_without_chunks(box: Gateway) -> None:
+    """Against the daemon the race is real (tests/test_vectors_lifecycle.py decides it): whatever had
+    completed stays searchable, every cancelled file has no chunk left, the batch ends `cancelled`."""
+    client = box.client()
+    ids = [client.files.create(file=(f"river{i}.txt", io.BytesIO(" ".join(
+        f"River {i} sentence {j} describes how water flows." for j in range(1500)).encode())), purpose="assistants").id
+           for i in range(4)]
+    vs = client.vector_stores.create(name="cancel")
+    batch = client.vector_stores.file_batches.create(vector_store_id=vs.id, file_ids=ids)
+    cancelling = client.vector_stores.file_batches.cancel(batch.id, vector_store_id=vs.id)
+    assert cancelling.status in ("cancelling", "cancelled")
+    done = wait_until(lambda: (b := client.vector_stores.file_batches.retrieve(batch.id, vector_store_id=vs.id))
+                      .status == "cancelled" and b, 120, "the batch to be cancelled")
+    assert done.file_counts.cancelled >= 1 and done.file_counts.in_progress == 0
+    files = client.vector_stores.file_batches.list_files(batch.id, vector_store_id=vs.id).data
+    status = {f.id: f.status for f in files}
+    assert set(status.values()) <= {"completed", "cancelled"}
+    for fid, st in status.items():
+        parts = client.vector_stores.files.content(fid, vector_store_id=vs.id).data
+        assert (len(parts) > 0) == (st == "completed"), (fid, st)
+    hits = client.vector_stores.search(vector_store_id=vs.id, query="how water flows", max_num_results=50).data
+    assert {h.file_id for h in hits} <= {fid for fid, st in status.items() if st == "completed"}
+    client.vector_stores.delete(vs.id)
+
+
+def test_expires_after_sets_expires_at_from_the_last_activity(box: Gateway) -> None:
+    """The expiry itself (status expired, refusals, the maintenance pass) runs on an injected clock in
+    tests/test_vectors_lifecycle.py; here the daemon's shapes."""
+    client = box.client()
+    vs = client.vector_stores.create(name="expiring", expires_after={"anchor": "last_active_at", "days": 3})
+    assert vs.expires_after is not None and (vs.expires_after.anchor, vs.expires_after.days) == ("last_active_at", 3)
+    assert vs.expires_at == vs.last_active_at + 3 * 86400 and vs.status == "completed"
+    cleared = client.vector_stores.update(vs.id, expires_after=None)
+    assert cleared.expires_after is None and cleared.expires_at is None
+    bad = box.request("POST", "/v1/vector_stores", {"expires_after": {"anchor": "last_active_at", "days": 0}})
+    assert bad.status == 400 and _error(bad)["param"] == "expires_after.days"
+    assert "vector-store-expiry" in box.status()["maintenance"]  # the pass that deletes expired stores
+    client.vector_stores.delete(vs.id)
+
+
 def _error(resp: Any) -> dict[str, Any]:
     err: dict[str, Any] = resp.json()["error"]
     return err
@@ -317,7 +390,7 @@ def test_restart_loses_nothing_and_another_embedding_model_is_refused(box: Gatew
     client = box.client()
     before = client.vector_stores.search(vector_store_id=corpus["store"], query=CORPUS["coffee.txt"][1]).data
     box.stop()
-    doc = config(box.backend, box.tmp)  # type: ignore[attr-defined]
+    doc = config(box.vectors)  # type: ignore[attr-defined]
     keys = dict(box.keys)
     again = launch(box.tmp, doc)
     again.keys = keys

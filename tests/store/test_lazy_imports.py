@@ -1,6 +1,6 @@
 """The default profile never loads the external backends' clients (psycopg, aiokafka) nor a vector
-database (chromadb, pymilvus) or pypdf at start: they are imported only when `store.url` or
-`jobs.backend` selects them, or a vector route first needs them. Nor pandas or numpy, which sqlite-utils
+database (chromadb, pymilvus), pypdf or the tokenizers package at start: they are imported only when
+`store.url` or `jobs.backend` selects them, or a vector route first needs them. Nor pandas or numpy, which sqlite-utils
 would import for nothing the store uses (they made the idle daemon 181 MB instead of 78)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ app = Appliance(parse_config({"server": {"state_dir": tempfile.mkdtemp()}, "gpu"
 build_app(app)
 app.store.close()
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("psycopg", "psycopg_pool", "aiokafka", "chromadb",
-                                                 "pymilvus", "milvus_lite", "pypdf", "pandas", "numpy")))
+                                                 "pymilvus", "milvus_lite", "pypdf", "pandas", "numpy", "tokenizers")))
 """
 
 

@@ -29,8 +29,15 @@ def test_files_stores_attachments_and_batches_round_trip(store: SqlStore) -> Non
     assert (store.vstore_get("vs1") or {})["dimension"] == 384
     store.attach_insert([_attach("vs1", "f1", "b1"), _attach("vs1", "f2", "b1")],
                         {"id": "b1", "vector_store_id": "vs1", "created": 1.0})
-    assert store.batch_get("b1") == {"id": "b1", "vector_store_id": "vs1", "created": 1.0}
+    assert store.batch_get("b1") == {"id": "b1", "vector_store_id": "vs1", "created": 1.0, "cancelled": None}
+    assert store.batch_cancel("b1", 5.0) and not store.batch_cancel("b1", 6.0)
+    assert (store.batch_get("b1") or {})["cancelled"] == 5.0
+    assert (store.vstore_get("vs1") or {})["expires_after"] is None
+    store.vstore_update("vs1", {"expires_after": json.dumps({"anchor": "last_active_at", "days": 2})})
+    assert json.loads((store.vstore_get("vs1") or {})["expires_after"])["days"] == 2
     assert store.attach_update("vs1", "f1", {"status": "completed", "chunks": 4})
+    assert not store.attach_transition("vs1", "f1", "in_progress", {"status": "cancelled"})  # lost the race
+    assert (store.attach_get("vs1", "f1") or {})["status"] == "completed"
     assert [a["file_id"] for a in store.attach_list("vs1", status="completed")] == ["f1"]
     assert [a["file_id"] for a in store.attach_list(status="in_progress")] == ["f2"]
     assert len(store.attach_list("vs1", batch_id="b1")) == 2
