@@ -312,6 +312,7 @@ class RouterConfig(_Frozen):
     check_interval_ms: int = Field(default=1000, ge=100)  # HAProxy health checks of the boxes
     bufsize: int = Field(default=131072, ge=16384)  # HAProxy tune.bufsize: the largest body routed by its model
     join_token_file: str = ""  # the token `appliance fleet join` must present; "" = <state_dir>/join.token
+    box_ca_file: str = ""  # PEM CA that signed the boxes' certificates: https boxes are verified; "" = not verified
 
 
 class LicenceConfig(_Frozen):

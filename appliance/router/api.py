@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..config import RouterConfig
 from ..fleet import API_VERSION
 from ..gateway.errors import ApiError, Forbidden, InvalidRequest, NotFound, Unauthorized, Unavailable
 from ..gateway.keys import KeyStore
@@ -78,6 +80,17 @@ def validate_join(body: Any) -> dict[str, Any]:
                              f"({plan.MIN_API_VERSION}..{API_VERSION})", param="api_version")
     return body
 
+
+
+def box_tls(cfg: RouterConfig) -> ssl.SSLContext | bool:
+    """The router's own calls to an https box (a drain, which carries the router's admin key), verified
+    as HAProxy verifies them (haproxy_config.tls_words): against `router.box_ca_file` when set (the
+    chain, not the host name: a box's certificate names its IP), else not at all."""
+    if not cfg.box_ca_file:
+        return False
+    ctx = ssl.create_default_context(cafile=cfg.box_ca_file)
+    ctx.check_hostname = False
+    return ctx
 
 class RouterApi:
     def __init__(self, service: RouterService, fleet_token: str, join_token: str, admin_key_file: Path) -> None:
@@ -155,7 +168,7 @@ class RouterApi:
         loop = asyncio.get_running_loop()
         until = loop.time() + KEY_PROPAGATION_S
         try:
-            async with httpx.AsyncClient(timeout=DRAIN_DEADLINE_S, verify=False) as client:
+            async with httpx.AsyncClient(timeout=DRAIN_DEADLINE_S, verify=box_tls(self.service.cfg.router)) as client:
                 while True:
                     reply = await client.post(record.url.rstrip("/") + "/api/drain",
                                               headers={"Authorization": f"Bearer {admin_key}"})

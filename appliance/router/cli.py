@@ -35,6 +35,10 @@ def router(ctx: typer.Context, config: ConfigOpt = None) -> None:
     from .process import HaproxyError
 
     configure_logging(cfg.server.log_level, cfg.server.log_format, sys.stderr)
+    ca = cfg.router.box_ca_file
+    if ca and not os.access(ca, os.R_OK):
+        typer.echo(f"error: {cfg.source}: router.box_ca_file: cannot read {ca}", err=True)
+        raise typer.Exit(2)
     try:
         asyncio.run(run_router(cfg))
     except HaproxyError as exc:

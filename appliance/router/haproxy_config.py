@@ -59,36 +59,41 @@ def backend_name(index: int) -> str:
     return f"m{index + 1}"
 
 
-def _server(slot: int, box: BoxSlot | None, *, track: bool, enabled: bool) -> str:
+def tls_words(ca_file: str) -> str:
+    """How HAProxy speaks TLS to an https box: verified against `router.box_ca_file` when set (the
+    chain must lead to that CA: a box's certificate names an IP, so no host name is checked); else
+    unverified, since boxes often use the appliance's own self-signed certificate (docs/fleet.md)."""
+    return f"ssl verify required ca-file {ca_file}" if ca_file else "ssl verify none"
+
+
+def _server(slot: int, box: BoxSlot | None, *, track: bool, enabled: bool, ca_file: str = "") -> str:
     address, port = (box.address, box.port) if box is not None else PLACEHOLDER
     host = f"[{address}]" if ":" in address else address
     words = [f"    server {server_name(slot)} {host}:{port}"]
     if box is not None and box.tls:
-        # Boxes use the appliance's own (often self-signed) certificate; the fleet token, not the
-        # certificate, authenticates the router to the box (docs/fleet.md).
-        words.append("ssl verify none")
+        words.append(tls_words(ca_file))
     words.append(f"track boxes/{server_name(slot)}" if track else "check")
     if not enabled:
         words.append("disabled")
     return " ".join(words)
 
 
-def box_servers(plan: RoutePlan) -> str:
-    return "\n".join(_server(i, s, track=False, enabled=s is not None and s.admin != "maint")
+def box_servers(plan: RoutePlan, ca_file: str = "") -> str:
+    return "\n".join(_server(i, s, track=False, enabled=s is not None and s.admin != "maint", ca_file=ca_file)
                      for i, s in enumerate(plan.slots))
 
 
-def member_servers(plan: RoutePlan, ids: frozenset[str]) -> str:
-    return "\n".join(_server(i, s, track=True, enabled=s is not None and s.box_id in ids)
+def member_servers(plan: RoutePlan, ids: frozenset[str], ca_file: str = "") -> str:
+    return "\n".join(_server(i, s, track=True, enabled=s is not None and s.box_id in ids, ca_file=ca_file)
                      for i, s in enumerate(plan.slots))
 
 
-def model_backends(plan: RoutePlan) -> str:
+def model_backends(plan: RoutePlan, ca_file: str = "") -> str:
     blocks = []
     for j, model in enumerate(plan.model_backends):
         ids = plan.members.get(model, frozenset()) if model is not None else frozenset()
         blocks.append(f"\n# {model or '(free)'}\nbackend {backend_name(j)}\n    balance leastconn\n"
-                      + member_servers(plan, ids))
+                      + member_servers(plan, ids, ca_file))
     return "\n".join(blocks)
 
 
@@ -105,8 +110,9 @@ def render(cfg: RouterConfig, paths: Paths, plan: RoutePlan, template: str | Non
         socket=str(paths.socket), bufsize=cfg.bufsize, bind=bind_line(cfg), api_port=cfg.api_port,
         check_interval_ms=cfg.check_interval_ms, check_timeout_ms=max(cfg.check_interval_ms, 1000),
         models_map=str(paths.models_map), resident_map=str(paths.resident_map),
-        box_servers=box_servers(plan), fallback_servers=member_servers(plan, fallback),
-        model_backends=model_backends(plan))
+        box_servers=box_servers(plan, cfg.box_ca_file),
+        fallback_servers=member_servers(plan, fallback, cfg.box_ca_file),
+        model_backends=model_backends(plan, cfg.box_ca_file))
 
 
 def map_text(entries: dict[str, str]) -> str:

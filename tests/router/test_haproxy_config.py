@@ -83,3 +83,35 @@ def test_an_unknown_haproxy_state_gets_every_command(tmp_path: Path) -> None:
     assert sum(c.endswith("state maint") for c in cmds) > 0
     assert f"add map {paths.resident_map} llama 1" in cmds
     assert map_text(plan.map_entries()).splitlines()[0].startswith("llama m")
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_ca_and_certs(where: Path) -> tuple[Path, Path, Path]:
+    """A CA, a box certificate it signed (for 127.0.0.1) and a self-signed one: (ca.pem, signed.pem,
+    selfsigned.pem), each certificate file holding its key too."""
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=fleet CA",
+             "-keyout", "ca.key", "-out", "ca.pem", cwd=where)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=box", "-keyout", "box.key", "-out", "box.csr",
+             cwd=where)
+    (where / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "box.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+             "-extfile", "san.ext", "-out", "box.crt", cwd=where)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=stranger",
+             "-keyout", "self.key", "-out", "self.crt", cwd=where)
+    signed, selfsigned = where / "signed.pem", where / "selfsigned.pem"
+    signed.write_text((where / "box.crt").read_text() + (where / "box.key").read_text())
+    selfsigned.write_text((where / "self.crt").read_text() + (where / "self.key").read_text())
+    return where / "ca.pem", signed, selfsigned
+
+
+def test_https_boxes_are_verified_against_the_configured_ca(tmp_path: Path) -> None:
+    ca, _, _ = make_ca_and_certs(tmp_path)
+    plan = plan_routes(_boxes(tls=True), RoutePlan())
+    text = render(RouterConfig(box_ca_file=str(ca)), Paths(tmp_path), plan)
+    assert f"server b1 127.0.0.1:9001 ssl verify required ca-file {ca} check" in text
+    assert "verify none" not in text
+    result = _check(text, tmp_path)  # HAProxy loads the CA file and accepts the lines
+    assert result.returncode == 0, result.stdout + result.stderr
