@@ -10,9 +10,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from standins.launch import wait_until
 
 
 def _free_port() -> int:
@@ -30,17 +31,19 @@ def milvus_server(data_dir: Path, log: Path | None = None, timeout_s: float = 60
                              "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
+        def listening() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"the milvus-lite server exited with {proc.returncode} before listening")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
             except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"milvus-lite did not listen on {port} within {timeout_s} s") from None
-                time.sleep(0.05)
+                return False
+            return True
+
+        try:
+            wait_until(listening, deadline_s=timeout_s, interval_s=0.05, message=f"milvus-lite on port {port}")
+        except TimeoutError:
+            raise RuntimeError(f"milvus-lite did not listen on {port} within {timeout_s} s") from None
         yield f"http://127.0.0.1:{port}"
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -46,10 +46,15 @@ class Clock:
 class GatedEmbedder:
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.held = 0  # embeddings waiting for the release now
 
     async def embed(self, model: str, texts: list[str], key: Any) -> list[list[float]]:
         if any("HOLD" in t for t in texts):
-            await self.release.wait()
+            self.held += 1
+            try:
+                await self.release.wait()
+            finally:
+                self.held -= 1
         return [_vector(t) for t in texts]
 
 
@@ -149,7 +154,7 @@ async def test_cancelling_a_batch_stops_the_files_in_progress_and_keeps_the_comp
     assert store.status == "completed" and store.file_counts.cancelled == 3
 
     box.embedder.release.set()  # a held embedding that returns now writes nothing
-    await asyncio.sleep(0)
+    await async_wait_until(lambda: box.embedder.held == 0 or None, 10, message="the held embedding to return")
     assert db.count(vs.id) == 1
     again = await client.vector_stores.file_batches.cancel(batch.id, vector_store_id=vs.id)
     assert again.status == "cancelled"  # asking twice is harmless

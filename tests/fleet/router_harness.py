@@ -11,11 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from daemon_harness import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -83,14 +84,16 @@ class Router:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([*self.launcher(), "router", "--config", str(self.config)],
                                          env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"router exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-            if self.haproxy("show info") and self.api_up():
-                return self
-            time.sleep(0.05)
-        raise AssertionError(f"router not up in {timeout_s} s: {self.log.read_text()[-3000:]}")
+            return bool(self.haproxy("show info")) and self.api_up()
+
+        try:
+            wait_for(up, timeout_s, "the router's HAProxy and API")
+        except TimeoutError:
+            raise AssertionError(f"router not up in {timeout_s} s: {self.log.read_text()[-3000:]}") from None
+        return self
 
     def launcher(self) -> list[str]:
         if self.api_versions is None:

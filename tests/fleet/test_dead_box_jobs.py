@@ -35,6 +35,15 @@ class Box:
                                    announce=self._announce, max_attempts=3)
         self.finished: list[str] = []
         self._worker: asyncio.Task[None] | None = None
+        self.sweeps = 0
+        sweep = self.heartbeat.sweep
+
+        async def counted() -> list[Job]:
+            done = await sweep()
+            self.sweeps += 1
+            return done
+
+        self.heartbeat.sweep = counted  # type: ignore[method-assign]
 
     async def _announce(self, job: Job) -> None:
         self.announced.append(job.id)
@@ -98,7 +107,9 @@ async def test_a_job_held_by_a_box_that_dies_is_completed_exactly_once_by_anothe
     c: Box = fleet("box-c")
     await asyncio.gather(b.start(), c.start())  # both sweep for dead boxes' jobs, both take tts jobs
     await async_wait_until(lambda: (b.finished or c.finished) or None, 60, message="the job completed elsewhere")
-    await asyncio.sleep(EXPIRE_S * 2)  # more sweeps by both boxes: nothing is taken back twice
+    swept = b.sweeps, c.sweeps
+    await async_wait_until(lambda: (b.sweeps >= swept[0] + 3 and c.sweeps >= swept[1] + 3) or None, 30,
+                           message="three more sweeps by both boxes")  # nothing is taken back twice
 
     done = b.store.job_get("j1")
     assert done is not None and done.state is JobState.SUCCEEDED and done.attempts == 2

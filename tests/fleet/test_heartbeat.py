@@ -3,7 +3,6 @@ and a registry that fails or hangs is logged once per outage without stopping an
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Iterator
@@ -34,11 +33,13 @@ class FlakyStore:
         self.down = False
         self.hang = threading.Event()
         self.release = threading.Event()
+        self.attempts = 0
 
     def describe(self) -> str:
         return "postgresql://registry"
 
     def put_box(self, box: BoxRecord) -> None:
+        self.attempts += 1
         if self.hang.is_set():
             self.release.wait(30)
         if self.down:
@@ -89,15 +90,18 @@ async def test_a_failing_registry_is_logged_once_per_outage_and_the_beat_goes_on
     beat.start()
     try:
         await async_wait_until(lambda: len(caplog.records) >= 1 or None, 10, message="the outage logged")
-        await asyncio.sleep(0.3)  # several more failed beats
+        tried = flaky.attempts
+        await async_wait_until(lambda: flaky.attempts >= tried + 3 or None, 10, message="three more failed beats")
         outage = [r.getMessage() for r in caplog.records]
         assert len(outage) == 1 and "connection refused" in outage[0] and "keeps serving" in outage[0]
         flaky.down = False
-        await async_wait_until(lambda: store.boxes() or None, 10, message="a beat after the outage")
+        await async_wait_until(lambda: len(caplog.records) >= 2 or None, 10, message="a beat after the outage")
+        assert store.boxes()  # the row is written again, and logged once (below)
         assert len(caplog.records) == 2 and "written again" in caplog.records[1].getMessage()
         flaky.down = True  # a second outage is logged again, once
         await async_wait_until(lambda: len(caplog.records) >= 3 or None, 10, message="the second outage")
-        await asyncio.sleep(0.3)
+        tried = flaky.attempts
+        await async_wait_until(lambda: flaky.attempts >= tried + 3 or None, 10, message="three more failed beats")
         assert len(caplog.records) == 3
         assert beat._task is not None and not beat._task.done()  # never stopped by a failure
     finally:

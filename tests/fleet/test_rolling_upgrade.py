@@ -66,10 +66,11 @@ class Client:
 
     def run(self) -> None:
         deadline = time.monotonic() + 120
-        while not self.stop.is_set() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             status, doc = chat(self.router, "llama")
             self.results.append((time.monotonic(), status, doc["box"] if status == 200 else str(doc)[:200]))
-            time.sleep(0.01)
+            if self.stop.wait(0.01):  # paced, and stopped at once when told
+                break
 
     def since(self, t: float) -> set[str]:
         return {box for at, status, box in self.results if at >= t and status == 200}
@@ -129,7 +130,8 @@ def test_skewed_versions_route_by_compatibility_and_upgrade_drain_moves_traffic_
             assert client.since(drained_at) == {second}, f"traffic still reaches {first} after its drain"
             assert boxes[first].draining
             put(store, boxes[first], state="draining")  # its heartbeat says so
-            time.sleep(0.5)  # a sync or two: still drained
+            wait_until(lambda b=first: {x["box_id"]: x["state"] for x in router.api("/api/fleet", admin)[1]["boxes"]}
+                       .get(b) == "draining", deadline_s=10, message="the router read the draining row")
             assert all(box_of(router, "llama") == second for _ in range(4))
             # Upgraded and restarted: back as the new release, ready; the router routes to it again.
             boxes[first].restart()
@@ -138,7 +140,8 @@ def test_skewed_versions_route_by_compatibility_and_upgrade_drain_moves_traffic_
             back_at = time.monotonic()
             wait_until(lambda b=first, t=back_at: b in client.since(t), deadline_s=10,
                        message=f"{first} back after its upgrade")
-        time.sleep(0.2)
+        ended = time.monotonic()
+        wait_until(lambda: client.answered_since(ended) >= 3, deadline_s=10, message="a few more answers")
     lost = [r for r in client.results if r[1] != 200]
     assert not lost, lost[:5]
     assert len(client.results) > 40

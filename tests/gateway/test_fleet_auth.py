@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from backing_services import pg_schema_url
+from standins.launch import wait_until
 
 from appliance.gateway.auth import Authenticator, KeyCache, RateLimiter, SharedRateLimiter
 from appliance.gateway.errors import Forbidden, RateLimited
@@ -128,8 +129,8 @@ def test_fleet_box_takes_v1_only_from_the_router_and_limits_per_key_fleet_wide(f
     assert a.request("GET", "/v1/models", headers={"X-Fleet-Token": "wrong"}).status == 403
     assert a.request("GET", "/health/ready", key=None).status == 200  # health checks stay open
     assert a.request("GET", "/v1/models", key="admin").status == 200  # an admin key needs no token
-    if time.time() % 60 > 45:  # keep the six requests below inside one minute's window (a bounded wait)
-        time.sleep(61 - time.time() % 60)
+    # keep the six requests below inside one minute's window: start them in its first 45 s
+    wait_until(lambda: time.time() % 60 <= 45, deadline_s=20, interval_s=0.2, message="a fresh rate-limit window")
     statuses = [box.request("GET", "/v1/models", headers=routed) for box in (a, b, a, b, a, b)]
     assert [r.status for r in statuses] == [200] * 5 + [429]  # 5 a minute for "user" across both boxes
     assert "fleet" in statuses[-1].json()["error"]["message"] and "retry-after" in statuses[-1].headers

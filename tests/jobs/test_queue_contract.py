@@ -122,8 +122,12 @@ async def test_a_drained_box_claims_nothing_and_its_jobs_go_to_another_box(queue
     assert sorted(j.id for j in taken) == ["d0", "d1", "d2"]
     assert all(j.owner == "box-b" for j in taken)
     late = asyncio.ensure_future(drained.take("tts"))
-    await asyncio.sleep(0.3)  # a bounded look: the drained box is still waiting, holding nothing
-    assert not late.done()
+    _new(queues.store, "d3")  # type: ignore[arg-type]
+    job = queues.store.job_get("d3")
+    assert job is not None
+    await drained.announce(job)  # the drained box is waiting too: the live box still gets the job
+    assert (await asyncio.wait_for(other.take("tts"), TAKE_TIMEOUT_S)).id == "d3"
+    assert not late.done()  # holding nothing
     late.cancel()
     await asyncio.gather(late, return_exceptions=True)
 
@@ -154,7 +158,10 @@ async def test_two_boxes_share_one_models_jobs(queues: QueueFactory) -> None:
         while True:
             job = await box.take("tts")  # type: ignore[attr-defined]
             owners[job.id] = name
-            await asyncio.sleep(0.05)  # a job takes a while: the other box gets its turn
+            # A box busy with a job takes no other until the other box has taken one (or none is left):
+            # with one partition (or a queue only one box reads) this waits until the deadline and fails.
+            await async_wait_until(lambda: len(owners) >= len(ids) or any(o != name for o in owners.values()) or None,
+                                   TAKE_TIMEOUT_S, message=f"the other box to take a job while {name} is busy")
 
     tasks = [asyncio.ensure_future(work(b, n)) for b, n in zip(boxes, ("box-a", "box-b"), strict=True)]
     try:
