@@ -31,12 +31,13 @@ from starlette.routing import Route
 
 from ..config import RouterConfig
 from ..fleet import API_VERSION
+from ..fleet.token import write_token
 from ..gateway.errors import ApiError, Forbidden, InvalidRequest, NotFound, Unauthorized, Unavailable
 from ..gateway.keys import KeyStore
 from ..gateway.ui import CSP
 from . import plan
 from .service import RouterService
-from .tokens import same, write_secret
+from .tokens import same
 
 DRAIN_DEADLINE_S = 10.0
 KEY_PROPAGATION_S = 5.0  # how long a 401 from a box is retried after the router made its key
@@ -200,7 +201,7 @@ class RouterApi:
             if found is not None and found.admin:
                 return key
         _, key = keys.create("router", admin=True)
-        write_secret(self.admin_key_file, key)
+        write_token(self.admin_key_file, key)
         return key
 
     async def health(self, request: Request) -> Response:

@@ -76,7 +76,8 @@ def tokens(config: ConfigOpt = None) -> None:
     """Create the join token (router.join_token_file) and the fleet token (fleet.token_file) when missing,
     mode 0600, and print where they are (the tokens themselves are not printed)."""
     cfg = obtain_config(config)
-    from .tokens import fleet_token_path, join_token_path, read_or_create
+    from ..fleet.token import token_path as fleet_token_path
+    from .tokens import join_token_path, read_or_create
 
     for label, path in (("join token", join_token_path(cfg)), ("fleet token", fleet_token_path(cfg))):
         try:

@@ -19,13 +19,14 @@ import signal
 import uvicorn
 
 from ..config import Config
+from ..fleet.token import token_path as fleet_token_path
 from ..store import Store, open_store
 from ..systemd_notify import answers_health, notify_loop, sd_notify
 from .api import RouterApi, build_app
 from .haproxy_config import Paths
 from .process import HaproxyProcess
 from .service import RouterService
-from .tokens import fleet_token_path, join_token_path, read_or_create
+from .tokens import join_token_path, read_or_create
 
 log = logging.getLogger("appliance.router")
 
